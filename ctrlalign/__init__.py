@@ -1,0 +1,24 @@
+"""ctrlalign: test-time alignment of language models as stochastic optimal control on pre-logits."""
+
+__version__ = "0.1.0"
+
+from . import theory
+from ._checks import ConfigError, RewardError
+from .dynamics import Dynamics, Outcomes, Sample
+from .random import make_generators, prompt_seed
+from .rewards import CallableReward, Reward, WeightedSum
+
+__all__ = [
+    "__version__",
+    "theory",
+    "ConfigError",
+    "RewardError",
+    "Dynamics",
+    "Outcomes",
+    "Sample",
+    "make_generators",
+    "prompt_seed",
+    "Reward",
+    "CallableReward",
+    "WeightedSum",
+]

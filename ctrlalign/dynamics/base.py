@@ -1,0 +1,167 @@
+"""The system under control: ``Dynamics`` maps controls V to outcomes."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["Dynamics", "Outcomes", "Sample"]
+
+
+@dataclass
+class Sample:
+    """One response: what ``Outcomes.sample(d, i)`` returns and what ``align`` keeps as best.
+
+    Attributes:
+        value: the numeric outcome (toy systems), shape (...), or None.
+        tokens: generated token ids (without padding), or None.
+        text: decoded response text, or None.
+        logprob: Σ_t log-probability of the tokens under the controlled head, or None.
+        base_logprob: the same under the uncontrolled head, or None.
+    """
+
+    value: torch.Tensor | None = None
+    tokens: list[int] | None = None
+    text: str | None = None
+    logprob: float | None = None
+    base_logprob: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.text is not None:
+            out["text"] = self.text
+        if self.tokens is not None:
+            out["tokens"] = list(self.tokens)
+        if self.value is not None:
+            out["value"] = self.value.tolist()
+        if self.logprob is not None:
+            out["logprob"] = self.logprob
+        if self.base_logprob is not None:
+            out["base_logprob"] = self.base_logprob
+        return out
+
+
+@dataclass
+class Outcomes:
+    """Outcomes of one rollout of D prompts × n samples.
+
+    Every field but the sizes is optional: toy systems fill ``values``, language models fill
+    ``tokens``, ``lengths``, ``texts`` and the log-probabilities.
+
+    Attributes:
+        num_prompts: D.
+        num_samples: n.
+        values: (D, n, ...) numeric outcomes.
+        tokens: (D, n, T) generated token ids; positions at or past ``lengths`` hold padding.
+        lengths: (D, n) number of generated tokens (EOS included when it was produced).
+        texts: D lists of n decoded strings.
+        logprobs: (D, n, T) log-probability of each generated token under the controlled
+            head, 0 past ``lengths``.
+        base_logprobs: (D, n, T) the same under the uncontrolled head W z + b.
+        extras: anything else a dynamics wants to report.
+    """
+
+    num_prompts: int
+    num_samples: int
+    values: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
+    texts: list[list[str]] | None = None
+    logprobs: torch.Tensor | None = None
+    base_logprobs: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def sample(self, d: int, i: int) -> Sample:
+        """The i-th sample of the d-th prompt as a :class:`Sample`."""
+        if not (0 <= d < self.num_prompts and 0 <= i < self.num_samples):
+            raise IndexError(
+                f"sample ({d}, {i}) out of range for {self.num_prompts} prompts x "
+                f"{self.num_samples} samples"
+            )
+        length = int(self.lengths[d, i]) if self.lengths is not None else None
+        tokens = None
+        if self.tokens is not None:
+            row = self.tokens[d, i]
+            tokens = row[: length if length is not None else row.shape[0]].tolist()
+        lp = blp = None
+        if self.logprobs is not None:
+            lp = float(self.logprobs[d, i, :length].sum())
+        if self.base_logprobs is not None:
+            blp = float(self.base_logprobs[d, i, :length].sum())
+        return Sample(
+            value=None if self.values is None else self.values[d, i].detach().cpu().clone(),
+            tokens=tokens,
+            text=None if self.texts is None else self.texts[d][i],
+            logprob=lp,
+            base_logprob=blp,
+        )
+
+
+class Dynamics(ABC):
+    """A controllable system: prompts x and controls V (D, n, τ, d) → outcomes.
+
+    Subclasses override :meth:`rollout` and set ``hidden_size`` (d); they may override
+    :meth:`prepare` to do per-prompt work once per run (an LLM prefills its prompt there and
+    reuses the cache for every sample and iteration).
+
+    Contract:
+        * ``rollout`` uses only ``generators[j]`` for prompt j's randomness, so a prompt's
+          outcomes do not depend on which other prompts share the batch.
+        * ``controls=None`` means no control at all (the uncontrolled system).
+    """
+
+    #: d, the pre-logit / control dimension.
+    hidden_size: int
+    #: the largest τ this system accepts (None: any).
+    max_horizon: int | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Device on which controls should be created."""
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the controls."""
+        return torch.float32
+
+    def prepare(self, prompts: Sequence[Any]) -> Any:
+        """Per-run preparation of D prompts (default: the list itself). Returns a context."""
+        return list(prompts)
+
+    @abstractmethod
+    def rollout(
+        self,
+        context: Any,
+        controls: torch.Tensor | None,
+        generators: Sequence[torch.Generator],
+        num_samples: int,
+    ) -> Outcomes:
+        """Run the system.
+
+        Args:
+            context: what :meth:`prepare` returned for D prompts.
+            controls: (D, n, τ, d) controls V, or None for the uncontrolled system.
+            generators: D generators, one per prompt, for the system's own randomness.
+            num_samples: n (needed when ``controls`` is None).
+
+        Returns:
+            :class:`Outcomes` of D prompts × n samples.
+        """
+
+    def check_controls(self, controls: torch.Tensor | None, num_prompts: int, num_samples: int) -> None:
+        """Raise ``ValueError`` naming the shape if ``controls`` is not (D, n, τ, d)."""
+        if controls is None:
+            return
+        if controls.dim() != 4 or controls.shape[0] != num_prompts or controls.shape[1] != num_samples or controls.shape[3] != self.hidden_size:
+            raise ValueError(
+                f"controls must have shape (num_prompts={num_prompts}, num_samples={num_samples}, "
+                f"horizon, hidden_size={self.hidden_size}), got {tuple(controls.shape)}"
+            )
+        if self.max_horizon is not None and controls.shape[2] > self.max_horizon:
+            raise ValueError(
+                f"horizon (τ) = {controls.shape[2]} exceeds this system's maximum {self.max_horizon}"
+            )

