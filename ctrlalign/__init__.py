@@ -7,6 +7,11 @@ from ._checks import ConfigError, RewardError
 from .dynamics import Dynamics, Outcomes, Sample
 from .random import make_generators, prompt_seed
 from .rewards import CallableReward, Reward, WeightedSum
+from .rewards.toy import QuadraticReward, TableReward
+from .dynamics.toy import LinearGaussian, SoftmaxHead
+from .controllers import AISP, CEM, MPPI, BestOfN, Controller, ControllerState, SoftmaxSampling, StepInfo
+from .cost import Cost, CostTerms
+from .align import AlignmentResult, IterationRecord, align
 
 __all__ = [
     "__version__",
@@ -21,4 +26,21 @@ __all__ = [
     "Reward",
     "CallableReward",
     "WeightedSum",
+    "QuadraticReward",
+    "TableReward",
+    "LinearGaussian",
+    "SoftmaxHead",
+    "Controller",
+    "ControllerState",
+    "StepInfo",
+    "AISP",
+    "MPPI",
+    "BestOfN",
+    "SoftmaxSampling",
+    "CEM",
+    "Cost",
+    "CostTerms",
+    "align",
+    "AlignmentResult",
+    "IterationRecord",
 ]

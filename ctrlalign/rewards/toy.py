@@ -1,0 +1,50 @@
+"""Rewards for the toy systems (closed-form and enumerable)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..dynamics.base import Outcomes
+from .base import Reward
+
+__all__ = ["QuadraticReward", "TableReward"]
+
+
+class QuadraticReward(Reward):
+    r""":math:`r(y) = -\tfrac12 (y-y^\star)^\top Q (y-y^\star)` on numeric outcomes (D, n, p).
+
+    Args:
+        target: (p,) y*; Q: (p, p) symmetric PSD (default identity).
+    """
+
+    name = "quadratic"
+
+    def __init__(self, target: torch.Tensor, Q: torch.Tensor | None = None):
+        self.target = torch.as_tensor(target, dtype=torch.float64)
+        p = self.target.shape[0]
+        self.Q = torch.eye(p, dtype=torch.float64) if Q is None else torch.as_tensor(Q, dtype=torch.float64)
+        if self.Q.shape != (p, p):
+            raise ValueError(f"Q must be (p, p) = {(p, p)}, got {tuple(self.Q.shape)}")
+
+    def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
+        e = outcomes.values.to(torch.float64) - self.target
+        return -0.5 * torch.einsum("dnp,pq,dnq->dn", e, self.Q, e)
+
+
+class TableReward(Reward):
+    """A reward looked up from a table of token sequences: ``table[tuple(tokens)]``.
+
+    Args:
+        table: mapping from token-sequence tuples to rewards (must cover every outcome).
+    """
+
+    name = "table"
+
+    def __init__(self, table: Mapping[tuple[int, ...], float]):
+        self.table = {tuple(k): float(v) for k, v in table.items()}
+
+    def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
+        toks = outcomes.tokens.tolist()
+        return torch.tensor([[self.table[tuple(s)] for s in row] for row in toks], dtype=torch.float64)
