@@ -172,6 +172,7 @@ def align(
     gens = make_generators(seed, prompts, device=dynamics.device)
     control_gens = [g.control for g in gens]
     rollout_gens = [g.rollout for g in gens]
+    select_gens = [g.select for g in gens]
     state = controller.init(D, dynamics.hidden_size, tau, device=dynamics.device, dtype=dynamics.dtype)
     kept: list[Sample | None] = [None] * D
     calls = torch.zeros(D, dtype=torch.long)
@@ -190,7 +191,7 @@ def align(
         rewards = cost.rewards(prompts, outcomes)
         calls += n
         kl = controller.kl(state)
-        state, info = controller.step(state, controls, rewards, control_gens)
+        state, info = controller.step(state, controls, rewards, select_gens)
         for d in range(D):
             if bool(info.replace[d]) or kept[d] is None:
                 kept[d] = outcomes.sample(d, int(info.chosen[d]))

@@ -1,7 +1,7 @@
 """Per-prompt random generators, so that a prompt's results never depend on its batch.
 
-Each prompt owns two ``torch.Generator`` streams seeded from (seed, the prompt's content):
-one for the controller's Gaussian noise and one for the dynamics' sampling. A prompt solved
+Each prompt owns three ``torch.Generator`` streams seeded from (seed, the prompt's content):
+the controller's Gaussian noise, the dynamics' sampling, and the controller's selection. A prompt solved
 alone, or inside any batch, at any position, sees the same random numbers.
 """
 
@@ -17,10 +17,18 @@ __all__ = ["PromptGenerators", "prompt_key", "prompt_seed", "make_generators"]
 
 
 class PromptGenerators(NamedTuple):
-    """The two random streams owned by one prompt."""
+    """The three random streams owned by one prompt.
+
+    Attributes:
+        control: the controller's Gaussian noise ε (identical across controllers).
+        rollout: the dynamics' own sampling (token uniforms).
+        select: the controller's other randomness (softmax sampling's resampling), kept
+            apart so that it never shifts the noise stream.
+    """
 
     control: torch.Generator
     rollout: torch.Generator
+    select: torch.Generator
 
 
 def prompt_key(prompt: Any) -> bytes:
@@ -54,7 +62,7 @@ def make_generators(
     out = []
     for p in prompts:
         gens = []
-        for stream in (0, 1):
+        for stream in (0, 1, 2):
             g = torch.Generator(device=device)
             g.manual_seed(prompt_seed(seed, p, stream))
             gens.append(g)

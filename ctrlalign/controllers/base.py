@@ -7,7 +7,7 @@ controls are drawn, and updates it from rewards. One iteration of :func:`ctrlali
 
     controls = controller.sample(state, generators)          # (D, n, τ, d) or None
     rewards = reward(prompts, dynamics.rollout(ctx, controls, ...))   # (D, n)
-    state, info = controller.step(state, controls, rewards, generators)
+    state, info = controller.step(state, controls, rewards, select_generators)
 
 Subclasses override :meth:`Controller.step` (and :meth:`Controller.sample` only if they
 sample differently). Every controller draws its Gaussian noise :math:`\varepsilon\sim\mathcal N(0, I)`
@@ -158,7 +158,8 @@ class Controller(ABC):
              generators: Sequence[torch.Generator] | None = None) -> tuple[ControllerState, StepInfo]:
         """Update the state from this round's controls (D, n, τ, d) and rewards (D, n).
 
-        Must not modify its inputs. Returns the new state and a :class:`StepInfo`.
+        ``generators`` (one per prompt, the prompts' ``select`` streams) serve controllers that
+        need randomness in the update (softmax sampling). Must not modify its inputs. Returns the new state and a :class:`StepInfo`.
         """
 
     # ------------------------------------------------------------------ helpers
