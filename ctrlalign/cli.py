@@ -1,0 +1,161 @@
+"""The ``ctrlalign`` command line.
+
+* ``ctrlalign align "PROMPT"`` — align one prompt with the default model and reward; prints the
+  chosen response and reward, the plain model's response and reward, and the trace.
+* ``ctrlalign run CONFIG`` — a prompt set × model × reward × controller from a validated
+  config file; resumable; shards over ``torchrun`` ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+__all__ = ["main"]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=None, help="base seed (default 0)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctrlalign", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"ctrlalign {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("align", help="align one prompt and show the result against the plain model")
+    a.add_argument("prompt", help="the prompt text")
+    a.add_argument("--model", default="default", help="'default' (packaged SmolLM2-135M-Instruct), HF id or path")
+    a.add_argument("--reward", default=None, action="append", dest="rewards",
+                   help="reward name (sentiment, embedding, judge, toxicity, classifier); repeat to sum")
+    a.add_argument("--controller", default="aisp", choices=["aisp", "mppi", "bon", "softmax", "cem"])
+    a.add_argument("-n", "--num-samples", type=int, default=8, help="n, samples per iteration")
+    a.add_argument("-k", "--num-iterations", type=int, default=4, help="k, iterations")
+    a.add_argument("--sigma", type=float, default=0.3, help="σ, control noise std")
+    a.add_argument("--temperature", type=float, default=None, help="λ (aisp/mppi/softmax; default 0.1)")
+    a.add_argument("--alpha", type=float, default=None, help="α (aisp; default 0.99)")
+    a.add_argument("--horizon", type=int, default=None, help="τ (default: max-new-tokens)")
+    a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_common(a)
+
+    r = sub.add_parser("run", help="run a config file (resumable; torchrun-aware)")
+    r.add_argument("config", help="YAML/JSON/TOML config file")
+    r.add_argument("--overwrite", action="store_true", help="discard results of a different config")
+    r.add_argument("--output", default=None, help="override run.output")
+    r.add_argument("--limit", type=int, default=None, help="override limit")
+    r.add_argument("--no-progress", action="store_true")
+    _add_common(r)
+    return parser
+
+
+def _build_align_config(args: argparse.Namespace):
+    from .config import RunConfig
+
+    rewards = args.rewards or ["sentiment"]
+    ctrl: dict[str, Any] = dict(name=args.controller, num_samples=args.num_samples,
+                                num_iterations=args.num_iterations, sigma=args.sigma, horizon=args.horizon)
+    if args.controller in ("aisp", "mppi", "softmax"):
+        ctrl["temperature"] = args.temperature if args.temperature is not None else 0.1
+    if args.controller == "aisp":
+        ctrl["alpha"] = args.alpha if args.alpha is not None else 0.99
+    model: dict[str, Any] = dict(name=args.model, max_new_tokens=args.max_new_tokens)
+    if args.device:
+        model["device"] = args.device
+    if args.dtype:
+        model["dtype"] = args.dtype
+    return RunConfig.model_validate(dict(
+        prompts=[args.prompt], model=model, reward=[{"name": x} for x in rewards], controller=ctrl,
+        run=dict(seed=args.seed or 0, batch_prompts=1, output=os.devnull),
+    ))
+
+
+def _fmt_trace(trace: list[dict[str, float]]) -> str:
+    head = f"{'iter':>4} {'mean r':>8} {'max r':>8} {'best r':>8} {'ESS':>6} {'H(w)':>6} {'‖U‖':>8} {'KL':>9} {'sec':>6}"
+    rows = [head]
+    for t in trace:
+        rows.append(f"{t['iteration']:>4d} {t['mean_reward']:>8.4f} {t['max_reward']:>8.4f} {t['best_reward']:>8.4f} "
+                    f"{t['ess']:>6.2f} {t['weight_entropy']:>6.2f} {t['mean_norm']:>8.3f} {t['kl']:>9.2f} "
+                    f"{t['seconds']:>6.2f}")
+    return "\n".join(rows)
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from .data import PromptItem
+    from .runner import build_dynamics, solve_batch
+
+    cfg = _build_align_config(args)
+    t0 = time.perf_counter()
+    print(f"loading model {cfg.model.name!r} on {cfg.model.device} ...", file=sys.stderr, flush=True)
+    dyn = build_dynamics(cfg)
+    reward = cfg.build_reward()
+    ctrl = cfg.controller.build()
+    print(f"model ready in {time.perf_counter() - t0:.1f}s; {ctrl!r}; reward {reward.name}", file=sys.stderr, flush=True)
+    rec = solve_batch(dyn, reward, ctrl, [PromptItem(id="p0", text=args.prompt)], cfg.run.seed, base=True,
+                      progress=True)[0]
+    rec["seconds_total"] = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps(rec, ensure_ascii=False, indent=2))
+        return 0
+    print(f"\nPrompt: {args.prompt}\n")
+    print(f"Aligned response ({ctrl.name}, {rec['reward_calls']} reward calls)   reward = {rec['reward']:.4f}")
+    print("  " + (rec["response"] or "").replace("\n", "\n  "))
+    print(f"\nPlain model response   reward = {rec['base_reward']:.4f}")
+    print("  " + (rec["base_response"] or "").replace("\n", "\n  "))
+    print("\nTrace:")
+    print(_fmt_trace(rec["trace"]))
+    print(f"\ntotal {rec['seconds_total']:.1f}s")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runner import ConfigChangedError, run
+
+    overrides: dict[str, Any] = {}
+    if args.seed is not None:
+        overrides["run.seed"] = args.seed
+    if args.output is not None:
+        overrides["run.output"] = args.output
+    if args.device is not None:
+        overrides["model.device"] = args.device
+    if args.dtype is not None:
+        overrides["model.dtype"] = args.dtype
+    cfg = load_config(args.config, overrides)
+    if args.limit is not None:
+        cfg.limit = args.limit
+    try:
+        out = run(cfg, overwrite=args.overwrite, progress=not args.no_progress,
+                  log=lambda s: print(s, file=sys.stderr, flush=True))
+    except ConfigChangedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "align":
+            return cmd_align(args)
+        if args.command == "run":
+            return cmd_run(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
