@@ -6,7 +6,18 @@ from . import theory
 from ._checks import ConfigError, RewardError
 from .dynamics import Dynamics, Outcomes, Sample
 from .random import make_generators, prompt_seed
-from .rewards import CallableReward, Reward, WeightedSum
+from .rewards import (
+    CallableReward,
+    EmbeddingSimilarity,
+    LexiconSentiment,
+    LMJudge,
+    Reward,
+    SequenceClassifierReward,
+    Toxicity,
+    WeightedSum,
+    evaluate_reward,
+    get_reward,
+)
 
 __all__ = [
     "__version__",
@@ -21,4 +32,11 @@ __all__ = [
     "Reward",
     "CallableReward",
     "WeightedSum",
+    "evaluate_reward",
+    "get_reward",
+    "SequenceClassifierReward",
+    "LexiconSentiment",
+    "EmbeddingSimilarity",
+    "LMJudge",
+    "Toxicity",
 ]
