@@ -18,7 +18,10 @@ _ANALYZER = None
 def _analyzer():
     global _ANALYZER
     if _ANALYZER is None:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        try:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        except ImportError as exc:
+            raise ImportError("LexiconSentiment needs VADER: pip install vaderSentiment") from exc
 
         _ANALYZER = SentimentIntensityAnalyzer()
     return _ANALYZER

@@ -21,7 +21,10 @@ def toxicity_probability(texts: Sequence[str]) -> torch.Tensor:
     """
     if len(texts) == 0:
         return torch.zeros(0, dtype=torch.float32)
-    from profanity_check import predict_prob
+    try:
+        from profanity_check import predict_prob
+    except ImportError as exc:
+        raise ImportError("Toxicity needs the profanity classifier: pip install alt-profanity-check") from exc
 
     return torch.as_tensor(predict_prob(list(texts)), dtype=torch.float32)
 
