@@ -168,9 +168,12 @@ class LMJudge(Reward):
             )
         self.yes_id, self.no_id = int(ids_y[0]), int(ids_n[0])
         try:
-            self._takes_positions = "position_ids" in inspect.signature(self.model.forward).parameters
+            params = inspect.signature(self.model.forward).parameters
         except (TypeError, ValueError):
-            self._takes_positions = False
+            params = {}
+        self._takes_positions = "position_ids" in params
+        # only the last position's logits are needed: skip the (T, vocab) head product
+        self._keep_last = "logits_to_keep" in params
         self._ready = True
 
     def _build(self, prompt: str, response: str) -> str:
@@ -218,6 +221,8 @@ class LMJudge(Reward):
             kwargs: dict[str, Any] = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
             if self._takes_positions:
                 kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0).to(dev)
+            if self._keep_last:
+                kwargs["logits_to_keep"] = 1
             logits = self.model(**kwargs).logits[:, -1, :].float()
             logp = torch.log_softmax(logits, dim=-1)
             out[torch.tensor(chunk)] = (logp[:, self.yes_id] - logp[:, self.no_id]).cpu()
