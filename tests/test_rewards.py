@@ -326,6 +326,33 @@ def test_judge_log_odds_equal_hand_computed_log_softmax():
     assert torch.allclose(r, LMJudge(model, tok, question_template=template, batch_size=1)(PROMPTS, o), atol=1e-4)
 
 
+def test_judge_chat_template_strips_answer_space_and_keeps_response():
+    from transformers import LlamaForCausalLM
+
+    template = "Question : {prompt} Response : {response} Good ?"
+    corpus = PROMPTS + [r for row in RESPONSES for r in row] + [LONG_PROMPT, template, "< user > < assistant > Yes No"]
+    tok = word_tokenizer(corpus, bos_eos=False)
+    tok.chat_template = ("{% for m in messages %}< {{ m['role'] }} > {{ m['content'] }} [EOS] {% endfor %}"
+                         "{% if add_generation_prompt %}< assistant >{% endif %}")
+    torch.manual_seed(4)
+    model = LlamaForCausalLM(tiny_llama_config(len(tok))).eval()
+    judge = LMJudge(model, tok, question_template=template)  # yes=" Yes" -> "Yes" after the template
+    r = judge(PROMPTS[:1], outcomes_of([RESPONSES[0][:1]]))
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": template.format(prompt=PROMPTS[0], response=RESPONSES[0][0])}],
+        tokenize=False, add_generation_prompt=True)
+    with torch.no_grad():
+        logp = model(**tok(text, return_tensors="pt")).logits[0, -1].log_softmax(-1)
+    yes, no = tok.convert_tokens_to_ids("Yes"), tok.convert_tokens_to_ids("No")
+    assert math.isclose(float(r[0, 0]), float(logp[yes] - logp[no]), abs_tol=1e-4)
+    short = LMJudge(model, tok, question_template=template, max_length=20)
+    with pytest.warns(UserWarning, match="truncated"):
+        ids = short.encode(LONG_PROMPT, "Paris is the capital .")
+    assert tok.convert_ids_to_tokens(ids) == [
+        "<", "user", ">", "Question", ":", "w58", "w59", "Response", ":",
+        "Paris", "is", "the", "capital", ".", "Good", "?", "[EOS]", "<", "assistant", ">"]
+
+
 def test_judge_config_errors():
     with pytest.raises(ConfigError, match="response"):
         LMJudge(question_template="Is {prompt} good?")
@@ -417,6 +444,14 @@ def test_failures_name_prompt_and_sample():
 
     with pytest.raises(RewardError, match="prompt 1, sample 2"):
         safe_call(CallableReward(per_sample), prompts, o)
+
+    def needs_company(ps, oc):
+        if oc.num_prompts * oc.num_samples == 6:
+            raise RuntimeError("whole-batch failure")
+        return torch.zeros(oc.num_prompts, oc.num_samples)
+
+    with pytest.raises(RewardError, match="no single prompt/sample reproduces it"):
+        evaluate_reward(CallableReward(needs_company, batched=True), prompts, o)
 
     wrong = CallableReward(lambda ps, oc: torch.zeros(3, 2), batched=True, name="wrong")
     with pytest.raises(RewardError, match=r"shape \(3, 2\).*num_prompts=2, num_samples=3"):
