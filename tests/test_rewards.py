@@ -249,6 +249,29 @@ def test_classifier_chat_template_and_truncation(classifier_parts):
     assert plain.encode("a", "b") == tok("a\n\nb")["input_ids"]
 
 
+def test_classifier_bert_head_with_cls_sep(classifier_parts):
+    """An encoder reward model (BERT, absolute positions, right padding) works the same way."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    _, tok = classifier_parts
+    torch.manual_seed(5)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=1,
+                     pad_token_id=tok.pad_token_id)
+    model = BertForSequenceClassification(cfg).eval()
+    reward = SequenceClassifierReward(model, tok)
+    assert reward.encode("a", "b") and reward.max_length == 64
+    o = outcomes_of([[RESPONSES[0][0], RESPONSES[0][2]]])
+    with pytest.warns(UserWarning, match="truncated"):
+        r = reward([LONG_PROMPT + " " + LONG_PROMPT], o)
+    for i in range(2):
+        ids = reward.encode(LONG_PROMPT + " " + LONG_PROMPT, o.texts[0][i])
+        assert len(ids) == 64 and ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+        with torch.no_grad():
+            direct = model(input_ids=torch.tensor([ids])).logits[0, 0]
+        assert torch.allclose(r[0, i], direct, atol=1e-5)
+
+
 def test_classifier_multiclass_label_index(classifier_parts):
     from transformers import LlamaForSequenceClassification
 
