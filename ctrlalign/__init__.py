@@ -6,12 +6,23 @@ from . import theory
 from ._checks import ConfigError, RewardError
 from .dynamics import Dynamics, Outcomes, Sample
 from .random import make_generators, prompt_seed
-from .rewards import CallableReward, Reward, WeightedSum
 from .rewards.toy import QuadraticReward, TableReward
 from .dynamics.toy import LinearGaussian, SoftmaxHead
 from .controllers import AISP, CEM, MPPI, BestOfN, Controller, ControllerState, SoftmaxSampling, StepInfo
 from .cost import Cost, CostTerms
 from .align import AlignmentResult, IterationRecord, align
+from .rewards import (
+    CallableReward,
+    EmbeddingSimilarity,
+    LexiconSentiment,
+    LMJudge,
+    Reward,
+    SequenceClassifierReward,
+    Toxicity,
+    WeightedSum,
+    evaluate_reward,
+    get_reward,
+)
 
 __all__ = [
     "__version__",
@@ -43,4 +54,11 @@ __all__ = [
     "align",
     "AlignmentResult",
     "IterationRecord",
+    "evaluate_reward",
+    "get_reward",
+    "SequenceClassifierReward",
+    "LexiconSentiment",
+    "EmbeddingSimilarity",
+    "LMJudge",
+    "Toxicity",
 ]

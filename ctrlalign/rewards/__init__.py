@@ -1,5 +1,42 @@
-"""Rewards: batched scorers of outcomes, shape (D, n)."""
+"""Rewards: batched scorers of outcomes, shape (D, n).
 
-from .base import CallableReward, Reward, WeightedSum
+Every plug-in loads its model lazily on the first call; importing this package is cheap.
+"""
 
-__all__ = ["Reward", "CallableReward", "WeightedSum"]
+from .base import (
+    CallableReward,
+    Reward,
+    WeightedSum,
+    evaluate_reward,
+    prompt_text,
+    response_texts,
+    safe_call,
+    select_outcomes,
+)
+from .classifier import SequenceClassifierReward
+from .embedding import EmbeddingSimilarity, embed
+from .judge import DEFAULT_JUDGE_TEMPLATE, LMJudge
+from .registry import REWARDS, get_reward, register_reward
+from .sentiment import LexiconSentiment
+from .toxicity import Toxicity
+
+__all__ = [
+    "Reward",
+    "CallableReward",
+    "WeightedSum",
+    "evaluate_reward",
+    "safe_call",
+    "select_outcomes",
+    "prompt_text",
+    "response_texts",
+    "SequenceClassifierReward",
+    "LexiconSentiment",
+    "EmbeddingSimilarity",
+    "embed",
+    "LMJudge",
+    "DEFAULT_JUDGE_TEMPLATE",
+    "Toxicity",
+    "REWARDS",
+    "get_reward",
+    "register_reward",
+]

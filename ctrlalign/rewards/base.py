@@ -8,10 +8,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .._checks import RewardError
+from .._checks import RewardError, check_rewards
 from ..dynamics.base import Outcomes
 
-__all__ = ["Reward", "CallableReward", "WeightedSum"]
+__all__ = [
+    "Reward",
+    "CallableReward",
+    "WeightedSum",
+    "evaluate_reward",
+    "safe_call",
+    "select_outcomes",
+    "response_texts",
+    "prompt_text",
+]
 
 
 class Reward(ABC):
@@ -36,6 +45,10 @@ class Reward(ABC):
         Returns:
             (D, n) float tensor of finite rewards.
         """
+
+    def evaluate(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
+        """Checked call: :func:`evaluate_reward` (errors name the prompt and sample index)."""
+        return evaluate_reward(self, prompts, outcomes)
 
     def __add__(self, other: "Reward") -> "WeightedSum":
         return WeightedSum([(1.0, self), (1.0, other)])
@@ -73,9 +86,10 @@ class WeightedSum(Reward):
         self.name = " + ".join(f"{c:g}*{r.name}" for c, r in flat)
 
     def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
+        # Each term is checked on its own, so a failure names the term, the prompt and the sample.
         total = None
         for c, r in self.terms:
-            v = torch.as_tensor(r(prompts, outcomes), dtype=torch.float32)
+            v = evaluate_reward(r, prompts, outcomes).to(torch.float32)
             total = c * v if total is None else total + c * v
         return total
 
@@ -127,3 +141,177 @@ class CallableReward(Reward):
                         f"at prompt {d}, sample {i}"
                     ) from exc
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the reward plug-ins
+# ---------------------------------------------------------------------------------------------
+
+
+def prompt_text(prompt: Any) -> str:
+    """The text of one prompt.
+
+    A ``str`` is returned as is; a chat (a list of ``{"role", "content"}`` dicts) gives the
+    content of its last user message; a dict with ``"prompt"`` or ``"content"`` gives that field.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, dict):
+        for key in ("prompt", "content", "text", "question"):
+            if key in prompt:
+                return str(prompt[key])
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
+        users = [m for m in prompt if m.get("role") == "user"] or list(prompt)
+        return str(users[-1].get("content", ""))
+    return str(prompt)
+
+
+def response_texts(outcomes: Outcomes, source: str = "reward") -> list[list[str]]:
+    """``outcomes.texts`` checked to be D lists of n strings.
+
+    Raises:
+        ValueError: when the outcomes carry no texts or the nesting is not (D, n).
+    """
+    texts = outcomes.texts
+    D, n = outcomes.num_prompts, outcomes.num_samples
+    if texts is None:
+        raise ValueError(
+            f"{source} scores texts, but the outcomes have texts=None; use a dynamics that "
+            "decodes its responses (a language model), or a reward on `values`"
+        )
+    if len(texts) != D or any(len(row) != n for row in texts):
+        shape = (len(texts), [len(row) for row in texts])
+        raise ValueError(
+            f"{source}: outcomes.texts must be {D} lists of {n} strings "
+            f"(num_prompts x num_samples), got lengths {shape}"
+        )
+    return [[str(t) if t is not None else "" for t in row] for row in texts]
+
+
+def select_outcomes(outcomes: Outcomes, prompt_idx: Sequence[int], sample_idx: Sequence[int]) -> Outcomes:
+    """The sub-grid ``outcomes[prompt_idx][:, sample_idx]`` as a new :class:`Outcomes`.
+
+    Every (D, n, ...) field is indexed; ``extras`` is passed through unchanged. Used to
+    re-run a failing reward on smaller grids to find the offending (prompt, sample).
+    """
+    pi = list(prompt_idx)
+    si = list(sample_idx)
+
+    def take(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        return t[pi][:, si]
+
+    texts = None if outcomes.texts is None else [[outcomes.texts[d][i] for i in si] for d in pi]
+    return Outcomes(
+        num_prompts=len(pi),
+        num_samples=len(si),
+        values=take(outcomes.values),
+        tokens=take(outcomes.tokens),
+        lengths=take(outcomes.lengths),
+        texts=texts,
+        logprobs=take(outcomes.logprobs),
+        base_logprobs=take(outcomes.base_logprobs),
+        extras=outcomes.extras,
+    )
+
+
+def _short(x: Any, limit: int = 60) -> str:
+    s = prompt_text(x) if not isinstance(x, str) else x
+    s = s.replace("\n", " ")
+    return repr(s if len(s) <= limit else s[: limit - 3] + "...")
+
+
+def _fails(reward: Reward, prompts: Sequence[Any], outcomes: Outcomes, pi: list[int], si: list[int]) -> bool:
+    try:
+        reward([prompts[d] for d in pi], select_outcomes(outcomes, pi, si))
+    except Exception:  # noqa: BLE001 - any failure counts while bisecting
+        return True
+    return False
+
+
+def _locate_failure(reward: Reward, prompts: Sequence[Any], outcomes: Outcomes) -> tuple[int, int] | None:
+    """Bisect over prompts, then over samples, for the first (d, i) on which ``reward`` raises.
+
+    Costs O(log D + log n) reward calls on shrinking grids. Returns None if no single
+    sub-grid reproduces the failure (a failure that needs the whole batch).
+    """
+    pi = list(range(outcomes.num_prompts))
+    si = list(range(outcomes.num_samples))
+    for axis in (0, 1):
+        cur = pi if axis == 0 else si
+        while len(cur) > 1:
+            half = len(cur) // 2
+            left, right = cur[:half], cur[half:]
+            lp, ls = (left, si) if axis == 0 else (pi, left)
+            rp, rs = (right, si) if axis == 0 else (pi, right)
+            if _fails(reward, prompts, outcomes, lp, ls):
+                cur = left
+            elif _fails(reward, prompts, outcomes, rp, rs):
+                cur = right
+            else:
+                return None
+            if axis == 0:
+                pi = cur
+            else:
+                si = cur
+    if not _fails(reward, prompts, outcomes, pi, si):
+        return None
+    return pi[0], si[0]
+
+
+def evaluate_reward(
+    reward: Reward | Callable[..., Any],
+    prompts: Sequence[Any],
+    outcomes: Outcomes,
+    *,
+    locate: bool = True,
+) -> torch.Tensor:
+    """Call ``reward(prompts, outcomes)`` and check the result: the one safe way to score.
+
+    Returns the (D, n) float tensor of finite rewards. Every failure is a
+    :class:`~ctrlalign.RewardError` whose message names the reward and, where it can be known,
+    the prompt index, the prompt's text and the sample index:
+
+    * the reward raised: the batch is bisected (prompts first, then samples; O(log D + log n)
+      extra calls on sub-grids) to find the first (prompt, sample) that reproduces the
+      exception; ``locate=False`` skips this;
+    * it returned the wrong shape: expected (D, n) and actual shapes are named;
+    * it returned NaN or ±inf: the first offending (prompt, sample) is named.
+    """
+    D, n = outcomes.num_prompts, outcomes.num_samples
+    name = getattr(reward, "name", None) or getattr(reward, "__name__", type(reward).__name__)
+    source = f"reward {name!r}"
+    if len(prompts) != D:
+        raise RewardError(f"{source} got {len(prompts)} prompts but outcomes for num_prompts={D}")
+    try:
+        out = reward(prompts, outcomes)
+    except RewardError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        where = None
+        if locate and isinstance(reward, Reward) and D * n > 1:
+            where = _locate_failure(reward, prompts, outcomes)
+        elif D * n == 1:
+            where = (0, 0)
+        if where is not None:
+            d, i = where
+            loc = f"at prompt {d} ({_short(prompts[d])}), sample {i}"
+        else:
+            loc = f"on the batch of {D} prompts x {n} samples (no single prompt/sample reproduces it)"
+        raise RewardError(f"{source} raised {type(exc).__name__}: {exc} {loc}") from exc
+    if isinstance(out, torch.Tensor) and tuple(out.shape) == (D, n):
+        out_f = out if out.is_floating_point() else out.to(torch.float32)
+        bad = ~torch.isfinite(out_f)
+        if bool(bad.any()):
+            d, i = (int(x) for x in torch.nonzero(bad)[0])
+            raise RewardError(
+                f"{source} returned a non-finite value {out_f[d, i].item()} at prompt {d} "
+                f"({_short(prompts[d])}), sample {i} ({int(bad.sum())} non-finite entries in "
+                "all); rewards must be finite"
+            )
+    return check_rewards(out, D, n, source=source)
+
+
+#: alias of :func:`evaluate_reward`.
+safe_call = evaluate_reward
