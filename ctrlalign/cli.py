@@ -168,6 +168,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cfg.model.device = args.device
     if args.report_only:
         result = BenchResult.load(cfg.output)
+        if not result.summary:  # a run stopped early: summarise the completed part
+            from .bench.harness import finish_bench
+
+            finish_bench(result, cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+            result.save(cfg.output)
     else:
         result = run_bench(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     figures = write_figures(result, cfg.figures, prefix=cfg.name, primary=cfg.primary) if cfg.figures else []

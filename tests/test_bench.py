@@ -305,3 +305,61 @@ def test_budget_mismatch_is_caught(tmp_path):
             run_bench(cfg, dynamics=dyn, reward=counting, judge=False, prompts=prompts, log=None, save=False)
     finally:
         H.CountingReward.__call__ = orig
+
+
+# ------------------------------------------------------------------------------------ tiny random language model
+
+
+def _tiny_lm():
+    causal_lm = pytest.importorskip("ctrlalign.dynamics.causal_lm", reason="CausalLM not merged into this branch yet")
+    try:
+        from conftest import make_model, make_tokenizer
+    except ImportError:  # pragma: no cover - conftest of the llm branch not merged yet
+        pytest.skip("tiny-model fixtures (tests/conftest.py) not available")
+    from ctrlalign.dynamics.decoding import SamplingConfig
+
+    return causal_lm.CausalLM(make_model("llama"), make_tokenizer(), sampling=SamplingConfig(max_new_tokens=6))
+
+
+def test_tiny_language_model_bench(tmp_path):
+    lm = _tiny_lm()
+    prompts = ["write a poem about the sea and the moon", "tell me a story about a happy cat", "why is the sky blue"]
+    good = {"happy", "good", "love", "sun", "blue"}
+
+    def reward(prompt: str, text: str) -> float:
+        return float(sum(w in good for w in text.split()))
+
+    def judge(prompt: str, text: str) -> float:
+        return float(len(set(text.split())))
+
+    cfg = BenchConfig.model_validate(dict(
+        name="tiny", prompts=prompts, reward=[{"name": "sentiment"}], budgets=[4, 8], seeds=[0, 1],
+        batch_prompts=2, coherence=True, output=str(tmp_path / "tiny.json"), figures=str(tmp_path / "img"),
+        controllers=[
+            {"label": "bon-plain", "name": "bon", "sigma": 0, "num_samples": 4},
+            {"label": "bon-prior", "name": "bon", "sigma": 0.5, "num_samples": 4},
+            {"label": "aisp", "name": "aisp", "sigma": 0.5, "temperature": 0.5, "alpha": 0.99, "num_samples": 4},
+        ],
+        primary="aisp", baselines=["bon-plain", "bon-prior"]))
+    counting = CountingReward(ca.CallableReward(reward))
+    res = run_bench(cfg, dynamics=lm, reward=counting, judge=ca.CallableReward(judge), log=None)
+    for p in prompts:
+        assert counting.calls[CountingReward.key(p)] == 3 * 2 * 8  # controllers × seeds × N_max
+    assert all(r["reward_calls"] == r["budget"] for r in res.records)
+    assert res.meta["head_row_norm"] == pytest.approx(M.head_row_norm(lm.head.weight))
+    for r in res.records:
+        assert isinstance(r["text"], str) and r["judge"] is not None and -1 <= r["coherence"] <= 1
+        assert 0 <= r["diversity"] <= 1
+        if r["controller"] == "bon-plain":
+            assert r["token_kl"] == 0.0
+    assert any(r["token_kl"] != 0.0 for r in res.select("aisp"))
+    # anytime read-out = a separate run with k = N / n
+    aisp = cfg.controllers[2].build(1)
+    out = ca.align(lm, ca.CallableReward(reward), aisp, prompts, seed=1)
+    recs = {r["prompt_id"]: r for r in res.select("aisp", 4) if r["seed"] == 1}
+    for d in range(3):
+        assert recs[f"p{d}"]["text"] == out.texts[d]
+        assert recs[f"p{d}"]["reward"] == pytest.approx(float(out.rewards[d]))
+    paths = write_figures(res, tmp_path / "img", prefix="tiny", primary="aisp")
+    assert len(paths) >= 4 and all(p.stat().st_size > 1000 for p in paths)
+    assert "bon-prior" in results_table(res) and "Goal" in markdown_report(res)

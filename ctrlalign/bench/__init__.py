@@ -6,7 +6,7 @@
 """
 
 from .config import BenchConfig, BenchController, SweepGrid, load_bench_config
-from .harness import BenchResult, CountingReward, compare, goal_status, run_bench, summarize
+from .harness import BenchResult, CountingReward, compare, finish_bench, goal_status, run_bench, summarize
 
 __all__ = ["BenchConfig", "BenchController", "SweepGrid", "load_bench_config", "BenchResult", "CountingReward",
-           "run_bench", "summarize", "compare", "goal_status"]
+           "run_bench", "finish_bench", "summarize", "compare", "goal_status"]

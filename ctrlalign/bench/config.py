@@ -126,6 +126,8 @@ class BenchConfig(_Strict):
     budgets: list[int] = Field([8, 16, 32, 64], description="budgets N (reward calls per prompt)")
     seeds: list[int] = Field([0, 1, 2], description="base seeds; results are paired by (prompt, seed)")
     batch_prompts: int = Field(8, ge=1, description="D, prompts decoded together (never changes a result)")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default). On a "
+                                    "shared CPU, 1 avoids thread oversubscription, which slowed decoding ~5x here")
     coherence: bool = Field(True, description="embed prompt and response with MiniLM for the coherence metric")
     primary: str | None = Field(None, description="label of the controller compared against the baselines")
     baselines: list[str] = Field(default_factory=list, description="labels of the baselines for paired differences")

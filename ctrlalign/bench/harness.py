@@ -40,7 +40,7 @@ from ..rewards.base import Reward, evaluate_reward, prompt_text
 from . import metrics
 from .config import FROM_PROMPTS, BenchConfig, BenchController
 
-__all__ = ["run_bench", "BenchResult", "CountingReward", "summarize", "compare"]
+__all__ = ["run_bench", "finish_bench", "BenchResult", "CountingReward", "summarize", "compare", "goal_status"]
 
 
 class CountingReward(Reward):
@@ -264,6 +264,8 @@ def run_bench(
     cfg = config if isinstance(config, BenchConfig) else BenchConfig.model_validate(config)
     say = log or (lambda s: None)
     t_start = time.perf_counter()
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
     items = list(prompts) if prompts is not None else _load_items(cfg)
     if reward is None:
         reward = _build_reward(cfg.reward, items)
@@ -291,6 +293,7 @@ def run_bench(
         },
         "anytime": "results at N = n·i are read off a k_max = N_max/n run after i iterations (exact)",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "argv": list(sys.argv),
     }
     counting = CountingReward(reward)
     cost = Cost(counting)
@@ -315,6 +318,33 @@ def run_bench(
                     f"best@N_max {last['mean_best_reward']:.4f}")
         if save:
             result.save(cfg.output)
+    result.meta["seconds_runs"] = time.perf_counter() - t_start
+    finish_bench(result, cfg, items=items, judge=judge, log=say)
+    result.meta["seconds_total"] = time.perf_counter() - t_start
+    result.meta["peak_rss_mb"] = _peak_rss_mb()
+    if save:
+        result.save(cfg.output)
+    return result
+
+
+def finish_bench(result: BenchResult, cfg: BenchConfig, *, items: Sequence[Any] | None = None,
+                 judge: Reward | None | bool = None, log: Callable[[str], None] | None = None) -> BenchResult:
+    """Score the kept responses with the held-out judge and coherence, then summarise.
+
+    :func:`run_bench` calls it at the end; call it on a partial result (a run stopped early,
+    loaded with :meth:`BenchResult.load`) to summarise what finished — only complete
+    (controller, seed, prompt batch) runs are ever written.
+    """
+    say = log or (lambda s: None)
+    if items is None:
+        ids = set(result.meta.get("prompt_ids", []))
+        items = [it for j, it in enumerate(_load_items(cfg)) if _item_id(it, j) in ids]
+    if judge is None:
+        judge = _build_reward(cfg.judge, items)
+    elif judge is False:
+        judge = None
+    done = {r["prompt_id"] for r in result.records}
+    items = [it for j, it in enumerate(items) if _item_id(it, j) in done]
     if judge is not None or (cfg.coherence and _has_texts(result)):
         say("scoring held-out judge / coherence on the kept responses ...")
         tj = time.perf_counter()
@@ -323,10 +353,7 @@ def run_bench(
     _add_diversity_across_seeds(result)
     result.summary = summarize(result, method=cfg.ci_method)
     result.comparisons = compare(result, cfg.baselines, method=cfg.ci_method)
-    result.meta["seconds_total"] = time.perf_counter() - t_start
-    result.meta["peak_rss_mb"] = _peak_rss_mb()
-    if save:
-        result.save(cfg.output)
+    result.meta["prompts_completed"] = len(done)
     return result
 
 
