@@ -110,6 +110,42 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def _rope2(q, k, cos, sin):
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return F.silu(g) * u
+
+
+def _masked_softmax(sc: torch.Tensor, mask: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    return torch.softmax((sc * scale).float().masked_fill(~mask, float("-inf")), dim=-1).to(dtype)
+
+
+def _add_norm(x: torch.Tensor, o: torch.Tensor, w: torch.Tensor, eps: float):
+    x = x + o
+    return x, _rms_norm(x, w, eps)
+
+
+class _Kernels:
+    """The elementwise pieces of a decode step; torch.compile'd (fused) in 'cudagraph' mode."""
+
+    def __init__(self, compiled: bool) -> None:
+        self.compiled = compiled
+        if compiled:  # one compiled variant per decode shape (B, P, T): allow many
+            import torch._dynamo
+
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
+        wrap = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if compiled else (lambda f: f)
+        self.rms_norm = wrap(_rms_norm)
+        self.rope2 = wrap(_rope2)
+        self.swiglu = wrap(_swiglu)
+        self.masked_softmax = wrap(_masked_softmax)
+        self.add_norm = wrap(_add_norm)
+
+
 def _lin(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
     return F.linear(x, wb[0], wb[1])
 
@@ -156,7 +192,10 @@ class StaticEngine:
         max_batch: the largest B = D·n (and the largest D) a decode/prefill may use.
         max_length: the largest P + T (prompt length + new tokens).
         dtype: compute dtype (bf16 on GPU; float32 for exactness tests and CPU).
-        compile: ``"cudagraph"`` (capture each decode step; CUDA only) or ``"none"`` (eager).
+        compile: ``"cudagraph"`` (capture each decode step in a CUDA graph, with its elementwise
+            pieces fused by ``torch.compile``; CUDA only; falls back to ``"cudagraph_eager"`` with a
+            warning if torch.compile fails), ``"cudagraph_eager"`` (CUDA graphs of the plain
+            PyTorch ops) or ``"none"`` (eager; runs on CPU).
         prefill_chunk: prompts per prefill forward (bounds activation memory).
 
     Raises:
@@ -184,13 +223,14 @@ class StaticEngine:
         sw = getattr(cfg, "sliding_window", None)
         if mt != "llama" and sw is not None and getattr(cfg, "use_sliding_window", mt == "mistral") and sw < max_length:
             raise NotImplementedError(f"{type(model).__name__} with sliding_window={sw} < max_length is not supported")
-        if compile not in ("cudagraph", "none"):
-            raise ValueError(f"compile must be 'cudagraph' or 'none', got {compile!r}")
+        if compile not in ("cudagraph", "cudagraph_eager", "none"):
+            raise ValueError(f"compile must be 'cudagraph', 'cudagraph_eager' or 'none', got {compile!r}")
         inner = model.model
         self.model = model
         self.device = inner.embed_tokens.weight.device
-        if compile == "cudagraph" and self.device.type != "cuda":
-            raise ValueError("compile='cudagraph' needs the model on a CUDA device; use compile='none'")
+        if compile != "none" and self.device.type != "cuda":
+            raise ValueError(f"compile={compile!r} (CUDA graphs) needs the model on a CUDA device; use compile='none'")
+        self._k = _Kernels(compiled=compile == "cudagraph")
         for p in model.parameters():
             if p.dtype != dtype:
                 raise ValueError(f"model parameters are {p.dtype}; convert the model to {dtype} first")
@@ -303,14 +343,15 @@ class StaticEngine:
         dmask = (s.slots <= s.step).view(1, 1, 1, T)
         amask = torch.cat([s.pmask.expand(B, 1, 1, P), dmask.expand(B, 1, 1, T)], dim=-1)
         slot = s.step.view(1)
+        kn = self._k
         x = F.embedding(s.tok, self.embed)
+        ly0 = self.layers[0]
+        h = kn.rms_norm(x, ly0.ln1_w, ly0.ln1_eps)
         for li, ly in enumerate(self.layers):
-            h = _rms_norm(x, ly.ln1_w, ly.ln1_eps)
             q = _lin(h, ly.q).view(B, H, hd)
             k = _lin(h, ly.k).view(B, Hkv, hd)
             v = _lin(h, ly.v).view(B, Hkv, hd)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k = kn.rope2(q, k, cos, sin)
             dk, dv = s.dk[li], s.dv[li]  # (B,Hkv,T,hd) views
             dk.index_copy_(2, slot, k.unsqueeze(2))
             dv.index_copy_(2, slot, v.unsqueeze(2))
@@ -320,15 +361,19 @@ class StaticEngine:
             sp = sp.view(D, Hkv, n, g, P).permute(0, 2, 1, 3, 4).reshape(B, Hkv, g, P)
             qd = q.view(B, Hkv, g, hd)
             sd = torch.matmul(qd, dk.transpose(-1, -2))  # (B,Hkv,g,T)
-            sc = (torch.cat([sp, sd], dim=-1) * self.scale).float().masked_fill(~amask, float("-inf"))
-            pr = torch.softmax(sc, dim=-1).to(self.dtype)
+            pr = kn.masked_softmax(torch.cat([sp, sd], dim=-1), amask, self.scale, self.dtype)
             pp, pd = pr[..., :P], pr[..., P:]
             pp = pp.reshape(D, n, Hkv, g, P).permute(0, 2, 1, 3, 4).reshape(D, Hkv, n * g, P)
             op = torch.matmul(pp, s.pv[li]).view(D, Hkv, n, g, hd).permute(0, 2, 1, 3, 4).reshape(B, H * hd)
             od = torch.matmul(pd, dv).reshape(B, H * hd)
-            x = x + _lin(op + od, ly.o)
-            x = x + self._mlp(_rms_norm(x, ly.ln2_w, ly.ln2_eps), ly)
-        s.z.copy_(_rms_norm(x, self.norm_w, self.norm_eps))
+            x, h = kn.add_norm(x, _lin(op + od, ly.o), ly.ln2_w, ly.ln2_eps)
+            m = _lin(kn.swiglu(_lin(h, ly.gate), _lin(h, ly.up)), ly.down)
+            nxt = self.layers[li + 1] if li + 1 < len(self.layers) else None
+            if nxt is None:
+                x, h = kn.add_norm(x, m, self.norm_w, self.norm_eps)
+            else:
+                x, h = kn.add_norm(x, m, nxt.ln1_w, nxt.ln1_eps)
+        s.z.copy_(h)
         s.step.add_(1)
 
     def _head(self, s: _Session, variant: str, config: SamplingConfig, eos: torch.Tensor | None, pad_id: int) -> None:
@@ -482,7 +527,21 @@ class StaticEngine:
             return
         g = s.graphs.get(key)
         if g is None:
-            g = self._capture(s, fn)
+            try:
+                g = self._capture(s, fn)
+            except Exception as e:  # torch.compile unavailable/failing: plain ops in the graph
+                if not self._k.compiled:
+                    raise
+                import warnings
+
+                warnings.warn(f"StaticEngine: torch.compile failed ({type(e).__name__}: {e}); "
+                              "falling back to compile='cudagraph_eager'")
+                torch.cuda.synchronize()
+                self._k = _Kernels(compiled=False)
+                self.compile = "cudagraph_eager"
+                for ss in self._sessions.values():
+                    ss.graphs.clear()
+                g = self._capture(s, fn)
             s.graphs[key] = g
         g.replay()
 
@@ -494,10 +553,16 @@ class StaticEngine:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):
-                fn()
+            try:
+                for _ in range(2):
+                    fn()
+                    for x, y in zip(state, saved):
+                        x.copy_(y)
+            except Exception:
                 for x, y in zip(state, saved):
                     x.copy_(y)
+                torch.cuda.current_stream().wait_stream(stream)
+                raise
         torch.cuda.current_stream().wait_stream(stream)
         g = torch.cuda.CUDAGraph()
         if self._pool is None:
