@@ -266,6 +266,10 @@ def main(argv=None) -> int:
             eng.clear()
         del eng, model
         gc.collect(), torch.cuda.empty_cache()
+        if a.out:  # partial results survive a later failure
+            os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+            with open(a.out, "w") as f:
+                json.dump(report, f, indent=2)
 
     # table
     rows = ["| model | B | generate tok/s | engine tok/s | speedup | % roofline | decode-only tok/s | "
