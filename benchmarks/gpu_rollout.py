@@ -1,0 +1,302 @@
+"""GPU rollout benchmark: StaticEngine (controlled, CUDA graphs) vs ``transformers.generate``.
+
+One command, on a CUDA machine::
+
+    python benchmarks/gpu_rollout.py --out benchmarks/results/gpu_rollout.json
+    python benchmarks/gpu_rollout.py --quick            # smoke run (small model, batch 32, T=32)
+
+Random-weight models (bf16, created directly on the GPU): a SmolLM2-135M-shaped and a
+Llama-3-8B-shaped Llama. 64-token prompts, 128 new tokens, fixed length (``ignore_eos`` /
+``min_new_tokens``). For each batch B (rows decoded together) it reports:
+
+* ``generate``: ``model.generate(do_sample=True, min_new_tokens=T, max_new_tokens=T)`` on B rows;
+* ``engine``: StaticEngine end-to-end (prefill of D = B/8 prompts + decode of n = 8 samples each,
+  controls on all T steps), and decode alone;
+* roofline: 2·N FLOPs per token (N = parameters of all matmuls, output head included, embedding
+  lookup excluded) at the bf16 matmul TFLOP/s measured here on an 8192³ GEMM;
+* control overhead: controlled (τ = T) vs uncontrolled decode in the engine, and the cost of
+  also computing base log-probabilities;
+* AISP-like cost: k = 4 decodes of n = B/(4D) samples on one prefix (plus drawing the controls
+  and uniforms on the GPU) vs one Best-of-N decode of 4n samples (same total samples, B rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from ctrlalign.dynamics.decoding import SamplingConfig  # noqa: E402
+from ctrlalign.dynamics.static_engine import StaticEngine  # noqa: E402
+
+MODELS = {
+    "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0),
+    "llama3-8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                      intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
+}
+
+
+def sync() -> None:
+    torch.cuda.synchronize()
+
+
+def timed(fn, reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def matmul_tflops() -> float:
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    ts = timed(lambda: [a @ b for _ in range(20)], 3)
+    return 2 * n**3 * 20 / min(ts) / 1e12
+
+
+def build(name: str):
+    import transformers
+
+    cfg = transformers.LlamaConfig(max_position_embeddings=4096, **MODELS[name])
+    cfg._attn_implementation = "sdpa"
+    with torch.device("cuda"):
+        try:
+            model = transformers.LlamaForCausalLM._from_config(cfg, dtype=torch.bfloat16)
+        except TypeError:
+            model = transformers.LlamaForCausalLM._from_config(cfg, torch_dtype=torch.bfloat16)
+    model = model.to(torch.bfloat16).eval()
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = 2
+    return model
+
+
+def matmul_params(model) -> int:
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    n = sum(p.numel() for p in model.parameters())
+    if emb is not head:
+        n -= emb.numel()  # a lookup, not a matmul; a tied head is counted once, as the head
+    return n
+
+
+def bench_generate(model, B, P, T, reps):
+    ids = torch.randint(3, model.config.vocab_size, (B, P), device="cuda")
+    mask = torch.ones_like(ids)
+    kw = dict(do_sample=True, temperature=1.0, top_k=None, top_p=None, pad_token_id=0, eos_token_id=2)
+
+    def run(t):
+        return model.generate(input_ids=ids, attention_mask=mask, min_new_tokens=t, max_new_tokens=t, **kw)
+
+    with torch.no_grad():
+        run(4)  # warm-up
+        torch.cuda.reset_peak_memory_stats()
+        out = None
+        ts = timed(lambda: run(T), reps)
+        out = run(2)
+    assert out.shape[0] == B
+    return dict(seconds=min(ts), tokens_per_s=B * T / min(ts), peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30)
+
+
+def bench_engine(eng, vocab, d, B, P, T, reps, n=8):
+    D = max(1, B // n)
+    n = B // D
+    ids = torch.randint(3, vocab, (D, P), device="cuda")
+    mask = torch.ones_like(ids)
+    cfg = SamplingConfig(max_new_tokens=T, ignore_eos=True)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    u = torch.rand(D, n, T, device="cuda", generator=g)
+    v = 0.3 * torch.randn(D, n, T, d, device="cuda", generator=g, dtype=torch.bfloat16)
+    res: dict = dict(D=D, n=n)
+    torch.cuda.reset_peak_memory_stats()
+    pre = eng.prefill(ids, mask)
+
+    def dec(controls, base=False):
+        return eng.decode(pre, num_samples=n, controls=controls, uniforms=u, config=cfg, eos_token_id=2,
+                          pad_token_id=0, base_logprobs=base)
+
+    sync()
+    t0 = time.perf_counter()
+    dec(v)  # first call captures the graphs
+    sync()
+    res["first_call_s"] = time.perf_counter() - t0
+    dec(None), dec(v, True)
+    t_pre = min(timed(lambda: eng.prefill(ids, mask), reps))
+    t_c = min(timed(lambda: dec(v), reps))
+    t_u = min(timed(lambda: dec(None), reps))
+    t_cb = min(timed(lambda: dec(v, True), reps))
+    res.update(
+        prefill_s=t_pre, decode_controlled_s=t_c, decode_uncontrolled_s=t_u, decode_controlled_base_s=t_cb,
+        tokens_per_s=B * T / (t_pre + t_c), decode_tokens_per_s=B * T / t_c,
+        control_overhead=t_c / t_u - 1, base_logprob_overhead=t_cb / t_u - 1,
+        peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30,
+    )
+    return res
+
+
+def bench_aisp(eng, vocab, d, B, P, T, reps, k=4, n_bon=32):
+    """k decodes of n = n_bon/k samples vs one decode of n_bon samples, D = B/n_bon prompts."""
+    n_bon = min(n_bon, B)
+    D = B // n_bon
+    n = n_bon // k
+    ids = torch.randint(3, vocab, (D, P), device="cuda")
+    pre = eng.prefill(ids, torch.ones_like(ids))
+    cfg = SamplingConfig(max_new_tokens=T, ignore_eos=True)
+    g = torch.Generator(device="cuda").manual_seed(1)
+
+    def bon():
+        u = torch.rand(D, n_bon, T, device="cuda", generator=g)
+        eng.decode(pre, num_samples=n_bon, controls=None, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
+
+    def aisp():
+        mean = torch.zeros(D, T, d, device="cuda")
+        for _ in range(k):
+            u = torch.rand(D, n, T, device="cuda", generator=g)
+            V = mean[:, None] + 0.3 * torch.randn(D, n, T, d, device="cuda", generator=g)
+            eng.decode(pre, num_samples=n, controls=V, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
+            w = torch.softmax(torch.randn(D, n, device="cuda", generator=g), -1)  # stand-in for rewards
+            mean = torch.einsum("dn,dntk->dtk", w, V)
+
+    bon(), aisp()
+    t_bon = min(timed(bon, reps))
+    t_aisp = min(timed(aisp, reps))
+    # equal batch: the device's batch B is the limit for both. AISP: k iterations of B rows
+    # (D2 = B/8 prompts x 8 samples, controlled, with the mean update); BoN with 4·8 = 32
+    # samples for the same D2 prompts then also needs k calls of B rows (uncontrolled).
+    n2 = min(8, B)
+    D2 = B // n2
+    ids2 = torch.randint(3, vocab, (D2, P), device="cuda")
+    pre2 = eng.prefill(ids2, torch.ones_like(ids2))
+
+    def bon_eq():
+        for _ in range(k):
+            u = torch.rand(D2, n2, T, device="cuda", generator=g)
+            eng.decode(pre2, num_samples=n2, controls=None, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
+
+    def aisp_eq():
+        mean = torch.zeros(D2, T, d, device="cuda")
+        for _ in range(k):
+            u = torch.rand(D2, n2, T, device="cuda", generator=g)
+            V = mean[:, None] + 0.3 * torch.randn(D2, n2, T, d, device="cuda", generator=g)
+            eng.decode(pre2, num_samples=n2, controls=V, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
+            w = torch.softmax(torch.randn(D2, n2, device="cuda", generator=g), -1)
+            mean = torch.einsum("dn,dntk->dtk", w, V)
+
+    bon_eq(), aisp_eq()
+    t_bon_eq = min(timed(bon_eq, reps))
+    t_aisp_eq = min(timed(aisp_eq, reps))
+    return dict(D=D, k=k, n=n, n_bon=n_bon, bon_s=t_bon, aisp_s=t_aisp, aisp_over_bon=t_aisp / t_bon,
+                equal_batch=dict(D=D2, n=n2, bon_s=t_bon_eq, aisp_s=t_aisp_eq,
+                                 aisp_over_bon=t_aisp_eq / t_bon_eq))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="smollm2-135m,llama3-8b")
+    ap.add_argument("--batches", default="32,128,512")
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--gen-reps", type=int, default=1)
+    ap.add_argument("--no-generate", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="smoke run: smollm2-135m, batch 32, T=32")
+    ap.add_argument("--out", default=None, help="write JSON here")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.models, a.batches, a.new_tokens, a.reps = "smollm2-135m", "32", 32, 2
+    assert torch.cuda.is_available(), "needs a CUDA device"
+    torch.manual_seed(0)
+    P, T = a.prompt_len, a.new_tokens
+    batches = [int(b) for b in a.batches.split(",")]
+    tflops = matmul_tflops()
+    report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, matmul_tflops_bf16=tflops,
+                  prompt_len=P, new_tokens=T, models={})
+    import transformers
+
+    report["transformers"] = transformers.__version__
+    print(f"device {report['device']}  torch {torch.__version__}  transformers {transformers.__version__}  "
+          f"bf16 matmul {tflops:.0f} TFLOP/s", flush=True)
+    for name in a.models.split(","):
+        t0 = time.perf_counter()
+        model = build(name)
+        N = matmul_params(model)
+        roof = tflops * 1e12 / (2 * N)
+        mr = dict(matmul_params=N, roofline_tokens_per_s=roof, build_s=time.perf_counter() - t0, batches={})
+        report["models"][name] = mr
+        print(f"\n== {name}: {N/1e9:.3f}B matmul params, roofline {roof:,.0f} tok/s (built in {mr['build_s']:.0f}s)",
+              flush=True)
+        if not a.no_generate:
+            for B in batches:
+                r = bench_generate(model, B, P, T, a.gen_reps)
+                mr["batches"].setdefault(str(B), {})["generate"] = r
+                print(f"  generate B={B}: {r['tokens_per_s']:,.0f} tok/s  peak {r['peak_mem_gb']:.1f} GiB", flush=True)
+                gc.collect(), torch.cuda.empty_cache()
+        eng = StaticEngine(model, max_batch=max(batches), max_length=P + T, dtype=torch.bfloat16)
+        for B in batches:
+            r = bench_engine(eng, model.config.vocab_size, model.config.hidden_size, B, P, T, a.reps)
+            r["fraction_of_roofline"] = r["tokens_per_s"] / roof
+            r["decode_fraction_of_roofline"] = r["decode_tokens_per_s"] / roof
+            ag = bench_aisp(eng, model.config.vocab_size, model.config.hidden_size, B, P, T, a.reps)
+            e = mr["batches"].setdefault(str(B), {})
+            e["engine"], e["aisp_vs_bon"] = r, ag
+            if "generate" in e:
+                e["speedup_vs_generate"] = r["tokens_per_s"] / e["generate"]["tokens_per_s"]
+            print(f"  engine B={B} (D={r['D']}×n={r['n']}): {r['tokens_per_s']:,.0f} tok/s "
+                  f"({r['fraction_of_roofline']:.0%} roofline; decode only {r['decode_tokens_per_s']:,.0f}), "
+                  f"control +{r['control_overhead']:.1%}, +base {r['base_logprob_overhead']:.1%}, "
+                  f"peak {r['peak_mem_gb']:.1f} GiB, first call {r['first_call_s']:.1f}s; "
+                  f"AISP(k=4,n={ag['n']})/BoN(n={ag['n_bon']}) = {ag['aisp_over_bon']:.2f}, "
+                  f"at equal batch {ag['equal_batch']['aisp_over_bon']:.3f}", flush=True)
+            eng.clear()
+        del eng, model
+        gc.collect(), torch.cuda.empty_cache()
+        if a.out:  # partial results survive a later failure
+            os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+            with open(a.out, "w") as f:
+                json.dump(report, f, indent=2)
+
+    # table
+    rows = ["| model | B | generate tok/s | engine tok/s | speedup | % roofline | decode-only tok/s | "
+            "control overhead | +base logprobs | AISP/BoN time (same D) | AISP/BoN time (equal batch) | "
+            "peak GiB (gen / engine) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, mr in report["models"].items():
+        for B, e in mr["batches"].items():
+            g, r, ag = e.get("generate"), e["engine"], e["aisp_vs_bon"]
+            rows.append(
+                f"| {name} | {B} | {g['tokens_per_s']:,.0f} | " if g else f"| {name} | {B} | – | "
+            )
+            rows[-1] += (
+                f"{r['tokens_per_s']:,.0f} | {e.get('speedup_vs_generate', float('nan')):.1f}× | "
+                f"{r['fraction_of_roofline']:.1%} | {r['decode_tokens_per_s']:,.0f} | {r['control_overhead']:+.1%} | "
+                f"{r['base_logprob_overhead']:+.1%} | {ag['aisp_over_bon']:.2f} | {ag['equal_batch']['aisp_over_bon']:.3f} | "
+                f"{g['peak_mem_gb'] if g else float('nan'):.1f} / {r['peak_mem_gb']:.1f} |"
+            )
+    report["table_markdown"] = "\n".join(rows)
+    print("\n" + report["table_markdown"], flush=True)
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,584 @@
+r"""A static-cache rollout engine for Llama-family causal LMs, with CUDA-graph decode steps.
+
+:class:`StaticEngine` runs its own forward pass over the weights of a Hugging Face
+``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` / ``MistralForCausalLM`` (RMSNorm, RoPE — any
+``rope_scaling`` the HF module implements, llama3 included, since the cos/sin table is taken
+from the module's own rotary embedding —, GQA attention, SwiGLU MLP) with preallocated buffers,
+so that one decode step can be captured once in a ``torch.cuda.CUDAGraph`` and replayed.
+
+It implements the contract of :mod:`ctrlalign.dynamics.decoding` exactly:
+
+* :meth:`StaticEngine.prefill` runs D left-padded prompts once and returns a :class:`Prefix`
+  (per-layer K/V of the prompts, key mask, prompt lengths and the pre-logit of each prompt's
+  last token). A prefix is reusable across any number of :meth:`StaticEngine.decode` calls.
+* :meth:`StaticEngine.decode` rolls out B = D·n rows (row ``j*n + i`` is sample i of prompt j).
+  Rows do **not** copy their prompt's K/V: attention is split into a *prefix* part, in which
+  the n·(H/Hkv) queries of prompt j attend to prompt j's K/V in one batched matmul, and a
+  *decode* part over a static (B, Hkv, T, hd) cache; the two parts share one softmax.
+* Step t (0-based s = t−1) consists of a *head* (logits of the current pre-logit z — with the
+  control added, W(z+v)+b, for s < τ —, inverse-CDF sampling with the pre-drawn uniform via
+  :func:`~ctrlalign.dynamics.decoding.sample_tokens`, log-probabilities at temperature 1, EOS
+  bookkeeping) and a *body* (one transformer step on the sampled token, writing K/V at decode
+  slot s and producing the next z). The last step runs the head only.
+* With ``base_logprobs=True`` the controlled and base pre-logits are stacked into one (2B, d)
+  matmul for s < τ only; after τ base = controlled and no extra work is done.
+
+Head variants (controlled+base, controlled, uncontrolled) and the body are captured as separate
+CUDA graphs per shape key (D, n, P, T, config, eos); a decode call replays them T times with no
+host synchronisation. ``compile="none"`` runs the same code eagerly (CPU or GPU), which is what
+the CPU tests check against a reference decode through the HF module.
+
+Shapes (DESIGN.md letters): D prompts, n samples, B = D·n, P padded prompt length, T new tokens,
+τ horizon, d hidden size, L layers, Hkv key/value heads, hd head dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .decoding import DecodeResult, SamplingConfig, sample_tokens
+
+__all__ = ["StaticEngine", "Prefix", "SUPPORTED_MODEL_TYPES"]
+
+#: ``config.model_type`` values the engine's own forward pass reproduces.
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+
+
+@dataclass
+class Prefix:
+    """D prefilled prompts (what :meth:`StaticEngine.prefill` returns).
+
+    Attributes:
+        k, v: (L, D, Hkv, P, hd) keys (after RoPE) and values of the prompt tokens.
+        key_mask: (D, P) bool, True at real (non-padding) prompt tokens.
+        lengths: (D,) long, number of real tokens per prompt (the position of the first new token).
+        z: (D, d) pre-logit (final-norm hidden state) at each prompt's last token.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    key_mask: torch.Tensor
+    lengths: torch.Tensor
+    z: torch.Tensor
+
+    @property
+    def num_prompts(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def prompt_len(self) -> int:
+        return self.k.shape[3]
+
+
+class _Layer:
+    """References to one decoder layer's weights (no copies)."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        a, m = layer.self_attn, layer.mlp
+        self.ln1_w, self.ln1_eps = layer.input_layernorm.weight, _eps(layer.input_layernorm)
+        self.ln2_w, self.ln2_eps = layer.post_attention_layernorm.weight, _eps(layer.post_attention_layernorm)
+        self.q = (a.q_proj.weight, a.q_proj.bias)
+        self.k = (a.k_proj.weight, a.k_proj.bias)
+        self.v = (a.v_proj.weight, a.v_proj.bias)
+        self.o = (a.o_proj.weight, a.o_proj.bias)
+        self.gate = (m.gate_proj.weight, m.gate_proj.bias)
+        self.up = (m.up_proj.weight, m.up_proj.bias)
+        self.down = (m.down_proj.weight, m.down_proj.bias)
+
+
+def _eps(norm: torch.nn.Module) -> float:
+    for name in ("variance_epsilon", "eps"):
+        if hasattr(norm, name):
+            return float(getattr(norm, name))
+    raise NotImplementedError(f"cannot read epsilon of {type(norm).__name__}")
+
+
+def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    # identical to LlamaRMSNorm / Qwen2RMSNorm
+    dt = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return w * h.to(dt)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def _rope2(q, k, cos, sin):
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return F.silu(g) * u
+
+
+def _masked_softmax(sc: torch.Tensor, mask: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    return torch.softmax((sc * scale).float().masked_fill(~mask, float("-inf")), dim=-1).to(dtype)
+
+
+def _add_norm(x: torch.Tensor, o: torch.Tensor, w: torch.Tensor, eps: float):
+    x = x + o
+    return x, _rms_norm(x, w, eps)
+
+
+class _Kernels:
+    """The elementwise pieces of a decode step; torch.compile'd (fused) in 'cudagraph' mode."""
+
+    def __init__(self, compiled: bool) -> None:
+        self.compiled = compiled
+        if compiled:  # one compiled variant per decode shape (B, P, T): allow many
+            import torch._dynamo
+
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
+        wrap = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if compiled else (lambda f: f)
+        self.rms_norm = wrap(_rms_norm)
+        self.rope2 = wrap(_rope2)
+        self.swiglu = wrap(_swiglu)
+        self.masked_softmax = wrap(_masked_softmax)
+        self.add_norm = wrap(_add_norm)
+
+
+def _lin(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+    return F.linear(x, wb[0], wb[1])
+
+
+class _Session:
+    """Static buffers (and CUDA graphs) for one shape key (D, n, P, T)."""
+
+    def __init__(self, eng: "StaticEngine", D: int, n: int, P: int, T: int) -> None:
+        dev, dt = eng.device, eng.dtype
+        B = D * n
+        self.D, self.n, self.B, self.P, self.T = D, n, B, P, T
+        L, Hkv, hd, d = eng.num_layers, eng.num_kv_heads, eng.head_dim, eng.hidden_size
+        # prefix: views into the engine's prefix buffer
+        self.pk = eng._pfx_k[:, :D, :, :P]
+        self.pv = eng._pfx_v[:, :D, :, :P]
+        # decode cache: views into the engine's preallocated cache
+        self.dk = eng._dec_k[:, :B, :, :T]
+        self.dv = eng._dec_v[:, :B, :, :T]
+        self.pmask = torch.zeros(B, 1, 1, P, dtype=torch.bool, device=dev)
+        self.base_pos = torch.zeros(B, dtype=torch.long, device=dev)
+        self.step = torch.zeros((), dtype=torch.long, device=dev)
+        self.slots = torch.arange(T, device=dev)
+        self.z = torch.zeros(B, d, dtype=dt, device=dev)
+        self.tok = torch.zeros(B, dtype=torch.long, device=dev)
+        self.uniforms = torch.zeros(B, T, dtype=torch.float32, device=dev)
+        self.controls = torch.zeros(B, T, d, dtype=dt, device=dev)
+        self.out_tokens = torch.zeros(B, T, dtype=torch.long, device=dev)
+        self.out_lp = torch.zeros(B, T, dtype=torch.float32, device=dev)
+        self.out_blp = torch.zeros(B, T, dtype=torch.float32, device=dev)
+        self.done = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.lengths = torch.zeros(B, dtype=torch.long, device=dev)
+        self.graphs: dict[Any, torch.cuda.CUDAGraph] = {}
+        self.loaded: Any = None  # id of the Prefix whose mask/positions are in the buffers
+
+
+class StaticEngine:
+    """Static-KV-cache, CUDA-graph rollout engine over a HF Llama/Qwen2/Mistral causal LM.
+
+    Args:
+        model: a ``LlamaForCausalLM``-style module (``model.model.layers``, ``model.model.norm``,
+            ``model.model.embed_tokens``, ``model.model.rotary_emb``, ``model.lm_head``). Its
+            weights are used in place (no copy); they should already be on the target device in
+            ``dtype``.
+        max_batch: the largest B = D·n (and the largest D) a decode/prefill may use.
+        max_length: the largest P + T (prompt length + new tokens).
+        dtype: compute dtype (bf16 on GPU; float32 for exactness tests and CPU).
+        compile: ``"cudagraph"`` (capture each decode step in a CUDA graph, with its elementwise
+            pieces fused by ``torch.compile``; CUDA only; falls back to ``"cudagraph_eager"`` with a
+            warning if torch.compile fails), ``"cudagraph_eager"`` (CUDA graphs of the plain
+            PyTorch ops) or ``"none"`` (eager; runs on CPU).
+        prefill_chunk: prompts per prefill forward (bounds activation memory).
+
+    Raises:
+        NotImplementedError: the architecture is not one of :data:`SUPPORTED_MODEL_TYPES`, or it
+            uses a feature this forward pass does not reproduce (sliding window, QK-norm, ...).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        max_batch: int,
+        max_length: int,
+        dtype: torch.dtype = torch.bfloat16,
+        compile: str = "cudagraph",
+        prefill_chunk: int = 64,
+    ) -> None:
+        cfg = model.config
+        mt = getattr(cfg, "model_type", type(model).__name__)
+        if mt not in SUPPORTED_MODEL_TYPES:
+            raise NotImplementedError(
+                f"StaticEngine supports model types {SUPPORTED_MODEL_TYPES}; got {mt!r} "
+                f"({type(model).__name__}). Use the eager CausalLM engine for this architecture."
+            )
+        sw = getattr(cfg, "sliding_window", None)
+        if mt != "llama" and sw is not None and getattr(cfg, "use_sliding_window", mt == "mistral") and sw < max_length:
+            raise NotImplementedError(f"{type(model).__name__} with sliding_window={sw} < max_length is not supported")
+        if compile not in ("cudagraph", "cudagraph_eager", "none"):
+            raise ValueError(f"compile must be 'cudagraph', 'cudagraph_eager' or 'none', got {compile!r}")
+        inner = model.model
+        self.model = model
+        self.device = inner.embed_tokens.weight.device
+        if compile != "none" and self.device.type != "cuda":
+            raise ValueError(f"compile={compile!r} (CUDA graphs) needs the model on a CUDA device; use compile='none'")
+        self._k = _Kernels(compiled=compile == "cudagraph")
+        for p in model.parameters():
+            if p.dtype != dtype:
+                raise ValueError(f"model parameters are {p.dtype}; convert the model to {dtype} first")
+            break
+        self.dtype = dtype
+        self.compile = compile
+        self.max_batch = int(max_batch)
+        self.max_length = int(max_length)
+        self.prefill_chunk = int(prefill_chunk)
+        self.num_layers = len(inner.layers)
+        self.hidden_size = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
+        a0 = inner.layers[0].self_attn
+        self.head_dim = getattr(a0, "head_dim", None) or cfg.hidden_size // self.num_heads
+        if hasattr(a0, "q_norm"):
+            raise NotImplementedError(f"{type(model).__name__}: QK-norm attention is not supported")
+        self.scale = self.head_dim ** -0.5
+        self.group = self.num_heads // self.num_kv_heads
+        self.embed = inner.embed_tokens.weight
+        self.layers = [_Layer(l) for l in inner.layers]
+        self.norm_w, self.norm_eps = inner.norm.weight, _eps(inner.norm)
+        head = model.get_output_embeddings()
+        self.head_w, self.head_b = head.weight, getattr(head, "bias", None)
+        self.vocab_size = self.head_w.shape[0]
+        # cos/sin for positions 0..max_length-1 from the module's own rotary embedding
+        with torch.no_grad():
+            pos = torch.arange(self.max_length, device=self.device)[None]
+            dummy = torch.zeros(1, dtype=dtype, device=self.device)
+            cos, sin = inner.rotary_emb(dummy, pos)
+        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # (max_length, hd)
+        L, Hkv, hd = self.num_layers, self.num_kv_heads, self.head_dim
+        self._dec_k = torch.zeros(L, self.max_batch, Hkv, self.max_length, hd, dtype=dtype, device=self.device)
+        self._dec_v = torch.zeros_like(self._dec_k)
+        self._pfx_k = torch.zeros(L, 0, Hkv, 0, hd, dtype=dtype, device=self.device)
+        self._pfx_v = self._pfx_k
+        self._pfx_loaded: Any = None
+        self._sessions: dict[tuple[int, int, int, int], _Session] = {}
+        self._pool = None
+
+    # ------------------------------------------------------------------ prefill
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Prefix:
+        """Run D left-padded prompts once.
+
+        Args:
+            input_ids: (D, P) long, left-padded.
+            attention_mask: (D, P), 1 at real tokens (None: all real). Must be left padding,
+                with at least one real token per prompt.
+
+        Returns:
+            :class:`Prefix` on the engine's device.
+        """
+        ids = input_ids.to(self.device)
+        D, P = ids.shape
+        mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(self.device).bool()
+        if D > self.max_batch:
+            raise ValueError(f"{D} prompts exceed max_batch={self.max_batch}")
+        if P >= self.max_length:
+            raise ValueError(f"prompt length {P} leaves no room under max_length={self.max_length}")
+        lengths = mask.long().sum(-1)
+        if bool((lengths == 0).any()):
+            raise ValueError("every prompt needs at least one real token")
+        # left padding: real tokens are exactly the last `lengths` positions
+        expect = torch.arange(P, device=self.device)[None] >= (P - lengths)[:, None]
+        if not torch.equal(expect, mask):
+            raise ValueError("attention_mask must be left padding (real tokens at the end of each row)")
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        L, Hkv, hd = self.num_layers, self.num_kv_heads, self.head_dim
+        K = torch.empty(L, D, Hkv, P, hd, dtype=self.dtype, device=self.device)
+        Vv = torch.empty_like(K)
+        z = torch.empty(D, self.hidden_size, dtype=self.dtype, device=self.device)
+        causal = torch.ones(P, P, dtype=torch.bool, device=self.device).tril()
+        eye = torch.eye(P, dtype=torch.bool, device=self.device)
+        for a in range(0, D, self.prefill_chunk):
+            b = min(D, a + self.prefill_chunk)
+            m = (causal[None] & mask[a:b, None, :]) | eye[None]  # (c, P, P); pads see themselves
+            x = F.embedding(ids[a:b], self.embed)
+            cos, sin = self.cos[pos[a:b]][:, None], self.sin[pos[a:b]][:, None]  # (c,1,P,hd)
+            c = b - a
+            for li, ly in enumerate(self.layers):
+                h = _rms_norm(x, ly.ln1_w, ly.ln1_eps)
+                q = _lin(h, ly.q).view(c, P, self.num_heads, hd).transpose(1, 2)
+                k = _lin(h, ly.k).view(c, P, Hkv, hd).transpose(1, 2)
+                v = _lin(h, ly.v).view(c, P, Hkv, hd).transpose(1, 2)
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
+                K[li, a:b] = k
+                Vv[li, a:b] = v
+                qg = q.reshape(c, Hkv, self.group * P, hd)
+                s = torch.matmul(qg, k.transpose(-1, -2)) * self.scale  # (c,Hkv,g*P,P)
+                s = s.view(c, Hkv, self.group, P, P).float().masked_fill(~m[:, None, None], float("-inf"))
+                pr = torch.softmax(s, dim=-1).to(self.dtype).view(c, Hkv, self.group * P, P)
+                o = torch.matmul(pr, v).view(c, self.num_heads, P, hd).transpose(1, 2).reshape(c, P, -1)
+                x = x + _lin(o, ly.o)
+                x = x + self._mlp(_rms_norm(x, ly.ln2_w, ly.ln2_eps), ly)
+            z[a:b] = _rms_norm(x[:, -1], self.norm_w, self.norm_eps)
+        return Prefix(k=K, v=Vv, key_mask=mask, lengths=lengths, z=z)
+
+    def _mlp(self, h: torch.Tensor, ly: _Layer) -> torch.Tensor:
+        return _lin(F.silu(_lin(h, ly.gate)) * _lin(h, ly.up), ly.down)
+
+    # ------------------------------------------------------------------ decode pieces
+    def _body(self, s: _Session) -> None:
+        """One transformer step on s.tok at decode slot s.step → s.z; then step += 1."""
+        B, D, n, P, T = s.B, s.D, s.n, s.P, s.T
+        H, Hkv, hd, g = self.num_heads, self.num_kv_heads, self.head_dim, self.group
+        pos = s.base_pos + s.step
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (B,1,hd)
+        dmask = (s.slots <= s.step).view(1, 1, 1, T)
+        amask = torch.cat([s.pmask.expand(B, 1, 1, P), dmask.expand(B, 1, 1, T)], dim=-1)
+        slot = s.step.view(1)
+        kn = self._k
+        x = F.embedding(s.tok, self.embed)
+        ly0 = self.layers[0]
+        h = kn.rms_norm(x, ly0.ln1_w, ly0.ln1_eps)
+        for li, ly in enumerate(self.layers):
+            q = _lin(h, ly.q).view(B, H, hd)
+            k = _lin(h, ly.k).view(B, Hkv, hd)
+            v = _lin(h, ly.v).view(B, Hkv, hd)
+            q, k = kn.rope2(q, k, cos, sin)
+            dk, dv = s.dk[li], s.dv[li]  # (B,Hkv,T,hd) views
+            dk.index_copy_(2, slot, k.unsqueeze(2))
+            dv.index_copy_(2, slot, v.unsqueeze(2))
+            # prefix part: the n*g queries of prompt j against prompt j's keys, no copy of K/V
+            qp = q.view(D, n, Hkv, g, hd).permute(0, 2, 1, 3, 4).reshape(D, Hkv, n * g, hd)
+            sp = torch.matmul(qp, s.pk[li].transpose(-1, -2))  # (D,Hkv,n*g,P)
+            sp = sp.view(D, Hkv, n, g, P).permute(0, 2, 1, 3, 4).reshape(B, Hkv, g, P)
+            qd = q.view(B, Hkv, g, hd)
+            sd = torch.matmul(qd, dk.transpose(-1, -2))  # (B,Hkv,g,T)
+            pr = kn.masked_softmax(torch.cat([sp, sd], dim=-1), amask, self.scale, self.dtype)
+            pp, pd = pr[..., :P], pr[..., P:]
+            pp = pp.reshape(D, n, Hkv, g, P).permute(0, 2, 1, 3, 4).reshape(D, Hkv, n * g, P)
+            op = torch.matmul(pp, s.pv[li]).view(D, Hkv, n, g, hd).permute(0, 2, 1, 3, 4).reshape(B, H * hd)
+            od = torch.matmul(pd, dv).reshape(B, H * hd)
+            x, h = kn.add_norm(x, _lin(op + od, ly.o), ly.ln2_w, ly.ln2_eps)
+            m = _lin(kn.swiglu(_lin(h, ly.gate), _lin(h, ly.up)), ly.down)
+            nxt = self.layers[li + 1] if li + 1 < len(self.layers) else None
+            if nxt is None:
+                x, h = kn.add_norm(x, m, self.norm_w, self.norm_eps)
+            else:
+                x, h = kn.add_norm(x, m, nxt.ln1_w, nxt.ln1_eps)
+        s.z.copy_(h)
+        s.step.add_(1)
+
+    def _head(self, s: _Session, variant: str, config: SamplingConfig, eos: torch.Tensor | None, pad_id: int) -> None:
+        """Logits of s.z at slot s.step → sampled token in s.tok and the outputs at that slot.
+
+        variant: "cb" controlled+base (stacked matmul), "c" controlled, "u" uncontrolled
+        (base = controlled)."""
+        B = s.B
+        slot = s.step.view(1)
+        z = s.z
+        if variant == "u":
+            logits = F.linear(z, self.head_w, self.head_b)
+            base = None
+        else:
+            v = s.controls.index_select(1, slot).squeeze(1)  # (B,d)
+            zc = z + v
+            if variant == "cb":
+                both = F.linear(torch.cat([zc, z], 0), self.head_w, self.head_b)
+                logits, base = both[:B], both[B:]
+            else:
+                logits = F.linear(zc, self.head_w, self.head_b)
+                base = None
+        u = s.uniforms.index_select(1, slot).squeeze(1)
+        tok = sample_tokens(logits, u, config)
+        lf = logits.float()
+        lp = lf.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(lf, dim=-1)
+        if base is not None:
+            bf = base.float()
+            blp = bf.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(bf, dim=-1)
+        else:
+            blp = lp
+        if eos is not None:
+            alive = ~s.done
+            tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
+            zero = torch.zeros_like(lp)
+            lp = torch.where(alive, lp, zero)
+            blp = torch.where(alive, blp, zero)
+            s.lengths.add_(alive.long())
+            s.done.logical_or_(alive & (tok[:, None] == eos[None]).any(-1))
+        else:
+            s.lengths.add_(1)
+        s.tok.copy_(tok)
+        s.out_tokens.index_copy_(1, slot, tok[:, None])
+        s.out_lp.index_copy_(1, slot, lp[:, None])
+        s.out_blp.index_copy_(1, slot, blp[:, None])
+
+    # ------------------------------------------------------------------ decode
+    def _session(self, prefix: Prefix, n: int, T: int) -> _Session:
+        D, P = prefix.num_prompts, prefix.prompt_len
+        if D * n > self.max_batch:
+            raise ValueError(f"D*n = {D}*{n} = {D * n} exceeds max_batch={self.max_batch}")
+        if P + T > self.max_length:
+            raise ValueError(f"prompt length {P} + max_new_tokens {T} exceeds max_length={self.max_length}")
+        # load the prefix into the static prefix buffer (graphs read from fixed addresses)
+        if self._pfx_k.shape[1] < D or self._pfx_k.shape[3] < P:
+            shape = list(self._pfx_k.shape)
+            shape[1], shape[3] = max(shape[1], D), max(shape[3], P)
+            self._sessions.clear()  # their views point to the old buffer
+            self._pfx_k = self._pfx_v = None
+            self._pfx_k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self._pfx_v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self._pfx_loaded = None
+        key = (D, n, P, T)
+        s = self._sessions.get(key)
+        if s is None:
+            s = self._sessions[key] = _Session(self, D, n, P, T)
+        if self._pfx_loaded is not prefix:
+            s.pk.copy_(prefix.k)
+            s.pv.copy_(prefix.v)
+            self._pfx_loaded = prefix
+        if s.loaded is not prefix:
+            s.pmask.copy_(prefix.key_mask.repeat_interleave(n, 0).view(s.B, 1, 1, P))
+            s.base_pos.copy_(prefix.lengths.repeat_interleave(n, 0))
+            s.loaded = prefix
+        return s
+
+    @torch.no_grad()
+    def decode(
+        self,
+        prefix: Prefix,
+        *,
+        num_samples: int,
+        controls: torch.Tensor | None,
+        uniforms: torch.Tensor,
+        config: SamplingConfig,
+        eos_token_id: int | Sequence[int] | None,
+        pad_token_id: int,
+        base_logprobs: bool = False,
+    ) -> DecodeResult:
+        """Roll out n samples for each of the D prompts of ``prefix``.
+
+        Args:
+            prefix: from :meth:`prefill` (reusable).
+            num_samples: n.
+            controls: (D, n, τ, d) with τ ≤ T, or None (uncontrolled).
+            uniforms: (D, n, T) in [0, 1), pre-drawn per prompt.
+            config: :class:`SamplingConfig`; T = ``config.max_new_tokens``.
+            eos_token_id: one id, several ids, or None (never stops).
+            pad_token_id: written after EOS.
+            base_logprobs: also return log-probabilities under the uncontrolled head.
+
+        Returns:
+            :class:`DecodeResult` with B = D·n rows (row ``j*n + i``).
+        """
+        D, n, T = prefix.num_prompts, int(num_samples), config.max_new_tokens
+        B = D * n
+        if tuple(uniforms.shape) != (D, n, T):
+            raise ValueError(f"uniforms must have shape (D, n, T) = {(D, n, T)}, got {tuple(uniforms.shape)}")
+        tau = 0
+        if controls is not None:
+            if controls.dim() != 4 or controls.shape[:2] != (D, n) or controls.shape[3] != self.hidden_size:
+                raise ValueError(
+                    f"controls must have shape (D={D}, n={n}, τ, d={self.hidden_size}), got {tuple(controls.shape)}"
+                )
+            tau = controls.shape[2]
+            if tau > T:
+                raise ValueError(f"horizon τ={tau} exceeds max_new_tokens={T}")
+        s = self._session(prefix, n, T)
+        if controls is not None and tau > 0:
+            s.controls[:, :tau].copy_(controls.reshape(B, tau, self.hidden_size))
+        s.uniforms.copy_(uniforms.reshape(B, T))
+        s.z.copy_(prefix.z.repeat_interleave(n, 0))
+        s.step.zero_()
+        s.done.zero_()
+        s.lengths.zero_()
+        if config.ignore_eos or eos_token_id is None:
+            eos = None
+            ekey = None
+        else:
+            ids = [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
+            ekey = (tuple(ids), int(pad_token_id))
+            eos = getattr(s, "_eos", {}).get(ekey)
+            if eos is None:
+                eos = torch.tensor(ids, dtype=torch.long, device=self.device)
+                s.__dict__.setdefault("_eos", {})[ekey] = eos
+        hv = ("cb" if base_logprobs else "c") if tau > 0 else "u"
+        for t in range(T):
+            self._run(s, ("head", hv if t < tau else "u", config, ekey), lambda v=(hv if t < tau else "u"): self._head(s, v, config, eos, pad_token_id))
+            if t < T - 1:
+                self._run(s, ("body",), lambda: self._body(s))
+        blp = None
+        if base_logprobs:
+            blp = s.out_blp.clone()
+        return DecodeResult(
+            tokens=s.out_tokens.clone(), lengths=s.lengths.clone(), logprobs=s.out_lp.clone(), base_logprobs=blp
+        )
+
+    def _run(self, s: _Session, key: Any, fn) -> None:
+        if self.compile == "none":
+            fn()
+            return
+        g = s.graphs.get(key)
+        if g is None:
+            try:
+                g = self._capture(s, fn)
+            except Exception as e:  # torch.compile unavailable/failing: plain ops in the graph
+                if not self._k.compiled:
+                    raise
+                import warnings
+
+                warnings.warn(f"StaticEngine: torch.compile failed ({type(e).__name__}: {e}); "
+                              "falling back to compile='cudagraph_eager'")
+                torch.cuda.synchronize()
+                self._k = _Kernels(compiled=False)
+                self.compile = "cudagraph_eager"
+                for ss in self._sessions.values():
+                    ss.graphs.clear()
+                g = self._capture(s, fn)
+            s.graphs[key] = g
+        g.replay()
+
+    def _capture(self, s: _Session, fn) -> torch.cuda.CUDAGraph:
+        # The pieces mutate state (step counter, KV slot, done flags): save and restore it
+        # around warm-up and capture so that capturing has no visible effect, then replay.
+        state = [s.step, s.z, s.tok, s.done, s.lengths, s.out_tokens, s.out_lp, s.out_blp]
+        saved = [x.clone() for x in state]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            try:
+                for _ in range(2):
+                    fn()
+                    for x, y in zip(state, saved):
+                        x.copy_(y)
+            except Exception:
+                for x, y in zip(state, saved):
+                    x.copy_(y)
+                torch.cuda.current_stream().wait_stream(stream)
+                raise
+        torch.cuda.current_stream().wait_stream(stream)
+        g = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(g, pool=self._pool):
+            fn()
+        for x, y in zip(state, saved):
+            x.copy_(y)
+        return g
+
+    def clear(self) -> None:
+        """Drop all captured graphs and per-shape buffers (frees their memory)."""
+        self._sessions.clear()
+        self._pfx_k = torch.zeros(self.num_layers, 0, self.num_kv_heads, 0, self.head_dim, dtype=self.dtype, device=self.device)
+        self._pfx_v = self._pfx_k
+        self._pfx_loaded = None
+        self._pool = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
