@@ -256,7 +256,7 @@ def run_bench(
         prompts: use these prompts instead of ``config.prompts`` (strings, PromptItems, or
             toy-system prompt tensors).
         log: progress lines (None: silent).
-        save: write ``config.output`` after every prompt batch, and at the end.
+        save: write ``config.output`` after every (controller, seed, prompt batch) run, and at the end.
 
     Returns:
         :class:`BenchResult` with records, traces, runs, summary and comparisons filled.
@@ -313,11 +313,11 @@ def run_bench(
                 _run_one(result, dynamics, cost, counting, entry, texts, ids, context, seed, cfg.budgets, N_max,
                          prefill_s)
                 last = result.runs[-1]
+                if save:  # after every run, so a run stopped early keeps all completed runs
+                    result.save(cfg.output)
                 say(f"  prompts {start}-{start + len(batch) - 1} seed {seed} {entry.key:<28s} "
                     f"{last['seconds']:7.1f}s  {last['tokens_per_second']:7.1f} tok/s  "
                     f"best@N_max {last['mean_best_reward']:.4f}")
-        if save:
-            result.save(cfg.output)
     result.meta["seconds_runs"] = time.perf_counter() - t_start
     finish_bench(result, cfg, items=items, judge=judge, log=say)
     result.meta["seconds_total"] = time.perf_counter() - t_start
@@ -333,7 +333,8 @@ def finish_bench(result: BenchResult, cfg: BenchConfig, *, items: Sequence[Any] 
 
     :func:`run_bench` calls it at the end; call it on a partial result (a run stopped early,
     loaded with :meth:`BenchResult.load`) to summarise what finished — only complete
-    (controller, seed, prompt batch) runs are ever written.
+    (controller, seed, prompt batch) runs are ever written, so in a stopped run the last
+    prompt batch may be covered by some controllers and seeds only.
     """
     say = log or (lambda s: None)
     if items is None:
