@@ -224,7 +224,10 @@ def test_toy_bench_figures_tables_and_json(toy_result, tmp_path):
     assert sweep_table(res).count("\n") == 1 + 4
     assert "Δ reward" in comparison_table(res)
     report = markdown_report(res)
-    assert "Goal" in report and "σ·‖w‖" in report
+    assert "Goal" in report and "σ·‖w‖" in report and "ESS mean" in report
+    from ctrlalign.bench.report import iteration_table
+
+    assert iteration_table(res, "aisp").count("\n") == 1 + 4  # header, rule, k_max = 4 iterations
     # results JSON written by the run, and it round-trips
     loaded = BenchResult.load(cfg.output)
     assert loaded.summary == json.loads(json.dumps(res.summary))

@@ -6,6 +6,7 @@
   win rates.
 * :func:`sweep_table`: the σ² × λ × α grid at one N, sorted by reward.
 * :func:`scale_table`: σ, σ² and the logit-noise scale σ·‖w‖ per controller.
+* :func:`iteration_table`: a controller's per-iteration diagnostics (ESS, ‖U‖, KL, rewards).
 * :func:`markdown_report`: all of them, with the goal check.
 """
 
@@ -15,7 +16,8 @@ from typing import Any, Sequence
 
 from .plots import parse_sweep_label
 
-__all__ = ["results_table", "comparison_table", "sweep_table", "scale_table", "markdown_report", "fmt_ci"]
+__all__ = ["results_table", "comparison_table", "sweep_table", "scale_table", "iteration_table", "markdown_report",
+           "fmt_ci"]
 
 
 def _get(result, name: str):
@@ -131,6 +133,28 @@ def scale_table(result) -> str:
     return _table(header, rows)
 
 
+def iteration_table(result, controller: str) -> str:
+    """Per-iteration means over prompts × seeds for one controller: round mean / max reward,
+    best so far, ESS of the weights, weight entropy, and ‖U‖ and KL(q_U‖p) of the mean
+    after the update."""
+    traces = [t["trace"] for t in _get(result, "traces") if t["controller"] == controller]
+    if not traces:
+        return ""
+    K = min(len(t) for t in traces)
+    rows = []
+    for i in range(K):
+        def m(key: str) -> float:
+            vals = [t[i][key] for t in traces if t[i].get(key) is not None]
+            return sum(vals) / len(vals) if vals else float("nan")
+        ess = [t[i]["ess"] for t in traces]
+        rows.append([i + 1, _f(m("mean_reward")), _f(m("max_reward")), _f(m("best_reward")),
+                     f"{m('ess'):.2f} ({min(ess):.2f}–{max(ess):.2f})", _f(m("weight_entropy"), 2),
+                     _f(m("post_mean_norm"), 1), _f(m("post_kl"), 0)])
+    header = ["iteration", "round mean r", "round max r", "best so far", "ESS mean (min–max)", "H(w)",
+              "‖U‖ after update", "KL(q_U‖p) after update"]
+    return _table(header, rows)
+
+
 def markdown_report(result, primary: str | None = None, baselines: Sequence[str] | None = None) -> str:
     """All tables, the scale of the model and (if ``primary``) the goal check."""
     from .harness import goal_status
@@ -152,6 +176,10 @@ def markdown_report(result, primary: str | None = None, baselines: Sequence[str]
     comp = comparison_table(result)
     if comp.count("\n") > 1:
         parts += ["", comp]
+    if primary:
+        it = iteration_table(result, primary)
+        if it:
+            parts += ["", f"Per-iteration diagnostics of `{primary}` (means over prompts × seeds):", "", it]
     sw = sweep_table(result)
     if sw.count("\n") > 1:
         parts += ["", sw]
