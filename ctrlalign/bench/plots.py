@@ -177,8 +177,14 @@ def write_figures(result, folder: str | Path, prefix: str = "bench", primary: st
             paths.append(plot_reward_vs_budget(result, folder / f"{prefix}-judge-vs-budget.png", key="judge",
                                                ylabel="held-out judge score of the kept response"))
             paths.append(plot_heldout_vs_reward(result, folder / f"{prefix}-heldout-vs-reward.png"))
-        it_ctrl = primary or next((c for c in main if c.startswith("aisp")), main[0])
-        paths.append(plot_iterations(result, folder / f"{prefix}-iterations.png", controller=it_ctrl))
+        it_ctrl = primary or next((c for c in main if c.startswith("aisp")), None)
+        if it_ctrl is None:  # no AISP among the main entries: the best sweep entry, if any
+            sweep_rows = [r for r in _summary(result) if parse_sweep_label(r["controller"]) is not None]
+            if sweep_rows:
+                N = max(r["budget"] for r in sweep_rows)
+                it_ctrl = max((r for r in sweep_rows if r["budget"] == N), key=lambda r: r["reward"])["controller"]
+        if it_ctrl is not None:
+            paths.append(plot_iterations(result, folder / f"{prefix}-iterations.png", controller=it_ctrl))
     sweep = plot_sweep(result, folder / f"{prefix}-sweep.png")
     if sweep is not None:
         paths.append(sweep)
