@@ -4,21 +4,26 @@ __version__ = "0.1.0"
 
 from . import theory
 from ._checks import ConfigError, RewardError
-from .dynamics import Dynamics, Outcomes, Sample
+from .dynamics import CausalLM, Dynamics, Outcomes, Sample, SamplingConfig
+from .models import default_model_path, load_default
 from .random import make_generators, prompt_seed
 from .rewards import CallableReward, Reward, WeightedSum
 
 __all__ = [
-    "__version__",
-    "theory",
+    "CallableReward",
+    "CausalLM",
     "ConfigError",
-    "RewardError",
     "Dynamics",
     "Outcomes",
+    "Reward",
+    "RewardError",
     "Sample",
+    "SamplingConfig",
+    "WeightedSum",
+    "__version__",
+    "default_model_path",
+    "load_default",
     "make_generators",
     "prompt_seed",
-    "Reward",
-    "CallableReward",
-    "WeightedSum",
+    "theory",
 ]
