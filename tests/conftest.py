@@ -66,7 +66,7 @@ def make_model(arch: str, seed: int = 0):
 
     V = vocab_size()
     torch.manual_seed(seed)
-    common = dict(vocab_size=V, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
+    common = {"vocab_size": V, "pad_token_id": PAD, "eos_token_id": EOS, "bos_token_id": BOS}
     if arch == "llama":
         cfg = tf.LlamaConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

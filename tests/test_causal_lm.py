@@ -123,7 +123,7 @@ def test_head_is_affine_in_the_control(seed, rows, scale):
 
 
 def test_zero_control_reproduces_the_base_model(arch_model, tokenizer):
-    arch, model = arch_model
+    _arch, model = arch_model
     lm = CausalLM(model, tokenizer, sampling=SamplingConfig(max_new_tokens=10))
     ctx = lm.prepare(PROMPTS)
     n = 4
@@ -140,7 +140,7 @@ def test_zero_control_reproduces_the_base_model(arch_model, tokenizer):
 
 def test_greedy_equals_generate(arch_model, tokenizer):
     """Greedy decoding equals model.generate(do_sample=False) on the same left-padded batch."""
-    arch, model = arch_model
+    _arch, model = arch_model
     T = 12
     lm = CausalLM(model, tokenizer, sampling=SamplingConfig(max_new_tokens=T, greedy=True))
     ctx = lm.prepare(PROMPTS)
@@ -163,7 +163,7 @@ def test_greedy_equals_generate(arch_model, tokenizer):
 def test_kv_reuse_and_control_match_full_recomputation(arch_model, tokenizer, ignore_eos):
     """Cached decoding with left padding equals a full uncached forward pass; the control adds
     W v_t to the logits for t ≤ τ and nothing after."""
-    arch, model = arch_model
+    _arch, model = arch_model
     T, tau, n = 9, 5, 3
     lm = CausalLM(model, tokenizer, sampling=SamplingConfig(max_new_tokens=T, ignore_eos=ignore_eos))
     ctx = lm.prepare(PROMPTS)
@@ -235,7 +235,7 @@ def test_deterministic_under_seed_and_context_reusable(llama_model, tokenizer):
 
 
 def test_base_logprobs_off(arch_model, tokenizer):
-    arch, model = arch_model
+    _arch, model = arch_model
     cfg = SamplingConfig(max_new_tokens=8)
     on = CausalLM(model, tokenizer, sampling=cfg, verify=False)
     off = CausalLM(model, tokenizer, sampling=cfg, base_logprobs=False, verify=False)
