@@ -410,8 +410,13 @@ class CausalLM(Dynamics):
             extra (B, d)×(d, V) of head work per controlled step, fused with the controlled
             one).
         system_prompt: a system message put before string prompts when templating.
-        engine: name of the decode engine in :data:`ENGINES` ("eager"), or a function with
-            the signature of :func:`eager_decode`.
+        engine: name of the decode engine in :data:`ENGINES` ("eager"), ``"static"`` (the
+            static-KV-cache engine of :mod:`~ctrlalign.dynamics.static_engine`, with CUDA-graph
+            decode steps on a GPU; Llama/Qwen2/Mistral), or a function with the signature of
+            :func:`eager_decode`.
+        engine_options: for ``engine="static"``: ``max_batch`` (initial capacity in rows,
+            grown on demand), ``compile`` ("cudagraph", "cudagraph_eager" or "none"; default
+            "cudagraph" on CUDA, "none" elsewhere).
         verify: check at construction that the backbone's last hidden state through the head
             reproduces the model's logits (one tiny forward pass); refuses the model if not.
     """
@@ -427,12 +432,26 @@ class CausalLM(Dynamics):
         system_prompt: str | None = None,
         engine: str | Engine = "eager",
         verify: bool = True,
+        engine_options: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(sampling, SamplingConfig):
             raise ConfigError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
-        if isinstance(engine, str):
+        self._static: Any = None
+        self.engine_options = dict(engine_options or {})
+        if engine == "static":
+            from .static_engine import SUPPORTED_MODEL_TYPES
+
+            mt = getattr(model.config, "model_type", type(model).__name__)
+            if mt not in SUPPORTED_MODEL_TYPES:
+                raise ConfigError(
+                    f"engine='static' supports model types {SUPPORTED_MODEL_TYPES}, got {mt!r}; "
+                    "use engine='eager' for this architecture"
+                )
+            self._engine = None  # type: ignore[assignment]
+            self.engine_name = "static"
+        elif isinstance(engine, str):
             if engine not in ENGINES:
-                raise ConfigError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
+                raise ConfigError(f"engine must be one of {sorted(ENGINES) + ['static']}, got {engine!r}")
             self._engine: Engine = ENGINES[engine]
             self.engine_name = engine
         elif callable(engine):
@@ -491,7 +510,7 @@ class CausalLM(Dynamics):
             **kw: :class:`CausalLM` keyword arguments (``sampling``, ``chat_template``, ...);
                 anything else goes to ``AutoModelForCausalLM.from_pretrained``.
         """
-        own = {"sampling", "chat_template", "base_logprobs", "system_prompt", "engine", "verify"}
+        own = {"sampling", "chat_template", "base_logprobs", "system_prompt", "engine", "verify", "engine_options"}
         mine = {k: kw.pop(k) for k in list(kw) if k in own}
         if name_or_path is None or name_or_path == "default":
             from ..models import load_default
@@ -585,12 +604,37 @@ class CausalLM(Dynamics):
             mask[j, L - len(r) :] = 1
         return texts, input_ids, mask
 
+    def _static_engine(self, rows: int, length: int) -> Any:
+        """The static engine, (re)built when ``rows`` (D·n) or ``length`` (P + T) exceed it."""
+        eng = self._static
+        if eng is None or rows > eng.max_batch or length > eng.max_length:
+            from .static_engine import StaticEngine
+
+            opts = dict(self.engine_options)
+            cap = max(rows, int(opts.pop("max_batch", 64)), 0 if eng is None else eng.max_batch)
+            max_len = max(length, 0 if eng is None else eng.max_length)
+            max_len = -(-max_len // 64) * 64  # room to grow: round up to a multiple of 64
+            compile_mode = opts.pop("compile", "cudagraph" if self.device.type == "cuda" else "none")
+            if opts:
+                raise ConfigError(f"unknown engine_options for engine='static': {sorted(opts)}")
+            if eng is not None:
+                eng.clear()
+            eng = StaticEngine(self.model, max_batch=cap, max_length=max_len, dtype=self.dtype,
+                               compile=compile_mode)
+            self._static = eng
+        return eng
+
     # ---------------------------------------------------------------- Dynamics API
     def prepare(self, prompts: Sequence[Any]) -> CausalLMContext:
         """Tokenise, left-pad and prefill D prompts once; returns the reusable context."""
         texts, input_ids, mask = self.tokenize(prompts)
         dev = self.device
         input_ids, mask = input_ids.to(dev), mask.to(dev)
+        if self.engine_name == "static":
+            eng = self._static_engine(input_ids.shape[0], input_ids.shape[1] + self.sampling.max_new_tokens)
+            with torch.inference_mode():
+                prefix = eng.prefill(input_ids, mask)
+            return CausalLMContext(list(prompts), texts, input_ids, mask.sum(-1).cpu(), prefix)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
             out = _backbone(self.model)(
@@ -649,8 +693,23 @@ class CausalLM(Dynamics):
             ctrl = controls.to(device=self.device, dtype=self.dtype).reshape(
                 D * n, controls.shape[2], self.hidden_size
             )
+        if self.engine_name == "static":
+            eng = self._static_engine(D * n, context.input_ids.shape[1] + T)
+            with torch.inference_mode():
+                res = eng.decode(
+                    context.prefix,
+                    num_samples=n,
+                    controls=None if ctrl is None else ctrl.reshape(D, n, -1, self.hidden_size),
+                    uniforms=uniforms.reshape(D, n, T),
+                    config=self.sampling,
+                    eos_token_id=self.eos_token_ids or None,
+                    pad_token_id=self.pad_token_id,
+                    base_logprobs=self.base_logprobs,
+                )
+        else:
+            res = None
         with torch.inference_mode():
-            res = self._engine(
+            res = res if res is not None else self._engine(
                 self.model,
                 self.head,
                 context.prefix,
