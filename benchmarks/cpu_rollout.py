@@ -12,7 +12,7 @@ Measures, at D prompts × n samples × T new tokens (fixed length: ignore_eos / 
 
 Usage::
 
-    python benchmarks/cpu_rollout.py --out results.json [--repeats 3]
+    python benchmarks/cpu_rollout.py --out results.json [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -115,13 +115,15 @@ def speed(D: int, n: int, T: int, sigma: float, repeats: int) -> dict:
         "ours controlled, no base_logprobs": lambda: lm_nobase.rollout(ctx, V, gens(), n),
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
     for fn in cases.values():  # warm-up each once
         fn()
     for _ in range(repeats):  # interleave repetitions so drift hits every case alike
         for k, fn in cases.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
     rows = {}
     for k, ts in times.items():
         best = min(ts)
@@ -130,6 +132,9 @@ def speed(D: int, n: int, T: int, sigma: float, repeats: int) -> dict:
             "seconds_median": statistics.median(ts),
             "seconds_all": ts,
             "tokens_per_s": D * n * T / best,
+            # CPU seconds of this process: with --threads 1 not inflated by other processes
+            "cpu_seconds_best": min(cpu[k]),
+            "cpu_seconds_all": cpu[k],
         }
     # best-of-repeats: on a shared machine other processes only ever add time
     ours_free = rows["ours uncontrolled, base_logprobs"]["seconds_best"]
@@ -137,11 +142,18 @@ def speed(D: int, n: int, T: int, sigma: float, repeats: int) -> dict:
     nb_free = rows["ours uncontrolled, no base_logprobs"]["seconds_best"]
     nb_ctl = rows["ours controlled, no base_logprobs"]["seconds_best"]
     gen = rows["generate(do_sample=True)"]["seconds_best"]
+    c = {k: r["cpu_seconds_best"] for k, r in rows.items()}
     return {
         "D": D,
         "n": n,
         "T": T,
         "sigma": sigma,
+        "cpu_control_overhead_pct_no_base_logprobs": 100
+        * (c["ours controlled, no base_logprobs"] / c["ours uncontrolled, no base_logprobs"] - 1),
+        "cpu_control_overhead_pct_with_base_logprobs": 100
+        * (c["ours controlled, base_logprobs"] / c["ours uncontrolled, base_logprobs"] - 1),
+        "cpu_speedup_vs_generate_controlled_with_base": c["generate(do_sample=True)"]
+        / c["ours controlled, base_logprobs"],
         "prefill_seconds (once per run, D rows)": prefill_s,
         "rows": rows,
         "control_overhead_pct_no_base_logprobs": 100 * (nb_ctl / nb_free - 1),
@@ -189,8 +201,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--T", type=int, default=32)
     ap.add_argument("--sigma", type=float, default=0.3)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine",
+    )
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.memory_child:
         print(json.dumps(memory_child(8, 32, 64)))
@@ -208,23 +228,38 @@ def main() -> None:
     }
     res["speed"] = speed(args.D, args.n, args.T, args.sigma, args.repeats)
     proc = subprocess.run(
-        [sys.executable, __file__, "--memory-child"], capture_output=True, text=True, check=True
+        [sys.executable, __file__, "--memory-child"]
+        + ([f"--threads={args.threads}"] if args.threads else []),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     res["memory"] = json.loads(proc.stdout.strip().splitlines()[-1])
     res["machine"]["loadavg_at_end"] = os.getloadavg()
 
     s = res["speed"]
-    print(f"\nD={s['D']} prompts x n={s['n']} samples x T={s['T']} tokens, CPU threads={res['machine']['threads']}")
+    print(
+        f"\nD={s['D']} prompts x n={s['n']} samples x T={s['T']} tokens, CPU threads={res['machine']['threads']}"
+    )
     print(f"prefill (once per run): {s['prefill_seconds (once per run, D rows)']:.3f} s")
-    print(f"{'case':40s} {'best s':>8s} {'median s':>9s} {'tokens/s':>9s}")
+    print(f"{'case':40s} {'best s':>8s} {'median s':>9s} {'tokens/s':>9s} {'best CPU s':>10s}")
     for k, r in s["rows"].items():
         print(
-            f"{k:40s} {r['seconds_best']:8.3f} {r['seconds_median']:9.3f} {r['tokens_per_s']:9.1f}"
+            f"{k:40s} {r['seconds_best']:8.3f} {r['seconds_median']:9.3f} "
+            f"{r['tokens_per_s']:9.1f} {r['cpu_seconds_best']:10.3f}"
         )
-    print("(tokens/s from the best of the repeats; a median far above the best means the machine was busy)")
-    print(f"control overhead, no base_logprobs:   {s['control_overhead_pct_no_base_logprobs']:+.1f} %")
-    print(f"control overhead, with base_logprobs: {s['control_overhead_pct_with_base_logprobs']:+.1f} %")
-    print(f"speed-up vs generate (controlled + base_logprobs): x{s['speedup_vs_generate_controlled_with_base']:.2f}")
+    print(
+        "(tokens/s from the best of the repeats; a median far above the best means the machine was busy)"
+    )
+    print(
+        f"control overhead, no base_logprobs:   {s['control_overhead_pct_no_base_logprobs']:+.1f} %"
+    )
+    print(
+        f"control overhead, with base_logprobs: {s['control_overhead_pct_with_base_logprobs']:+.1f} %"
+    )
+    print(
+        f"speed-up vs generate (controlled + base_logprobs): x{s['speedup_vs_generate_controlled_with_base']:.2f}"
+    )
     m = res["memory"]
     print(
         f"memory D={m['D']} n={m['n']} T={m['T']} (prompt {m['prompt_tokens_padded']} tokens): "

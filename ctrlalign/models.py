@@ -119,6 +119,8 @@ def _convert(gguf: Path, target: Path) -> None:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        if target.exists() and not _is_complete(target):
+            shutil.rmtree(target)  # left by something else (we never write in place)
         try:
             os.replace(tmp, target)  # atomic; fails if another process won the race
         except OSError:
