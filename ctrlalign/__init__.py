@@ -4,13 +4,13 @@ __version__ = "0.1.0"
 
 from . import theory
 from ._checks import ConfigError, RewardError
-from .dynamics import Dynamics, Outcomes, Sample
-from .random import make_generators, prompt_seed
-from .rewards.toy import QuadraticReward, TableReward
-from .dynamics.toy import LinearGaussian, SoftmaxHead
+from .align import AlignmentResult, IterationRecord, align
 from .controllers import AISP, CEM, MPPI, BestOfN, Controller, ControllerState, SoftmaxSampling, StepInfo
 from .cost import Cost, CostTerms
-from .align import AlignmentResult, IterationRecord, align
+from .dynamics import CausalLM, Dynamics, Outcomes, Sample, SamplingConfig
+from .dynamics.toy import LinearGaussian, SoftmaxHead
+from .models import default_model_path, load_default
+from .random import make_generators, prompt_seed
 from .rewards import (
     CallableReward,
     EmbeddingSimilarity,
@@ -23,24 +23,38 @@ from .rewards import (
     evaluate_reward,
     get_reward,
 )
+from .rewards.toy import QuadraticReward, TableReward
 
 __all__ = [
     "__version__",
     "theory",
+    # errors
     "ConfigError",
     "RewardError",
+    # dynamics
     "Dynamics",
     "Outcomes",
     "Sample",
-    "make_generators",
-    "prompt_seed",
+    "CausalLM",
+    "SamplingConfig",
+    "LinearGaussian",
+    "SoftmaxHead",
+    "default_model_path",
+    "load_default",
+    # rewards
     "Reward",
     "CallableReward",
     "WeightedSum",
+    "evaluate_reward",
+    "get_reward",
+    "SequenceClassifierReward",
+    "LexiconSentiment",
+    "EmbeddingSimilarity",
+    "LMJudge",
+    "Toxicity",
     "QuadraticReward",
     "TableReward",
-    "LinearGaussian",
-    "SoftmaxHead",
+    # controllers
     "Controller",
     "ControllerState",
     "StepInfo",
@@ -49,16 +63,13 @@ __all__ = [
     "BestOfN",
     "SoftmaxSampling",
     "CEM",
+    # cost and loop
     "Cost",
     "CostTerms",
     "align",
     "AlignmentResult",
     "IterationRecord",
-    "evaluate_reward",
-    "get_reward",
-    "SequenceClassifierReward",
-    "LexiconSentiment",
-    "EmbeddingSimilarity",
-    "LMJudge",
-    "Toxicity",
+    # seeding
+    "make_generators",
+    "prompt_seed",
 ]

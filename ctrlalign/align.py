@@ -188,7 +188,7 @@ def align(
         ti = time.perf_counter()
         controls = controller.sample(state, control_gens)
         outcomes = dynamics.rollout(context, controls, rollout_gens, n)
-        rewards = cost.rewards(prompts, outcomes)
+        rewards = cost.rewards(prompts, outcomes).to(state.mean.device)
         calls += n
         kl = controller.kl(state)
         state, info = controller.step(state, controls, rewards, select_gens)
@@ -208,6 +208,6 @@ def align(
     if bar is not None:
         bar.close()
     return AlignmentResult(
-        prompts=prompts, responses=kept, rewards=state.best_reward.clone(), trace=trace, state=state,
+        prompts=prompts, responses=kept, rewards=state.best_reward.cpu(), trace=trace, state=state,
         reward_calls=calls, seconds=time.perf_counter() - t0, controller=controller.name,
     )

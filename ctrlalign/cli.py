@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--alpha", type=float, default=None, help="α (aisp; default 0.99)")
     a.add_argument("--horizon", type=int, default=None, help="τ (default: max-new-tokens)")
     a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--engine", default="eager", choices=["eager", "static"],
+                   help="rollout engine; 'static' = static KV cache + CUDA graphs (GPU, Llama/Qwen2)")
     a.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_common(a)
 
@@ -78,7 +80,7 @@ def _build_align_config(args: argparse.Namespace):
         ctrl["temperature"] = args.temperature if args.temperature is not None else 0.1
     if args.controller == "aisp":
         ctrl["alpha"] = args.alpha if args.alpha is not None else 0.99
-    model: dict[str, Any] = dict(name=args.model, max_new_tokens=args.max_new_tokens)
+    model: dict[str, Any] = dict(name=args.model, max_new_tokens=args.max_new_tokens, engine=args.engine)
     if args.device:
         model["device"] = args.device
     if args.dtype:

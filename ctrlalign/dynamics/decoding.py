@@ -81,8 +81,8 @@ def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor, config: Sampling
     r"""Draw one token per row by inverse-CDF sampling.
 
     ``probs = softmax(filter(logits / temperature))`` in float32; the token is the first index
-    j with :math:`\sum_{i\le j} p_i > u\cdot\sum_i p_i` (vocabulary order), clamped to the
-    last index with non-zero probability. Greedy decoding returns the argmax.
+    j with :math:`\sum_{i\le j} p_i > \min(u\cdot\sum_i p_i,\ \text{the float below }\sum_i p_i)`
+    (vocabulary order), which always has :math:`p_j > 0`. Greedy decoding returns the argmax.
 
     Args:
         logits: (B, V) logits of one decode step.
@@ -107,8 +107,9 @@ def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor, config: Sampling
         x = x.masked_fill(drop, float("-inf"))
     probs = torch.softmax(x, dim=-1)
     cdf = probs.cumsum(dim=-1)
-    target = uniforms.to(cdf.dtype).unsqueeze(-1) * cdf[..., -1:]
-    tok = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-    # guard against rounding at the top end: never return a zero-probability token
-    last_nz = (probs > 0).to(torch.int64).cumsum(-1).argmax(-1)
-    return torch.minimum(tok, last_nz)
+    total = cdf[..., -1:]
+    # Keep the target strictly below the total mass: then the first j with cdf_j > target has
+    # cdf_j > cdf_{j-1}, i.e. p_j > 0 — a zero-probability token is never returned, without an
+    # extra pass over the vocabulary.
+    target = torch.minimum(uniforms.to(cdf.dtype).unsqueeze(-1) * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)
