@@ -159,7 +159,10 @@ def gaussian_kl_full(
     r"""KL(N(μ_q, Σ_q) ‖ N(μ_p, Σ_p)) for full covariances.
 
     Args:
-        mean_q, mean_p: (m,). cov_q, cov_p: (m, m) symmetric positive definite.
+        mean_q: (m,) mean of q.
+        cov_q: (m, m) covariance of q, symmetric positive definite.
+        mean_p: (m,) mean of p.
+        cov_p: (m, m) covariance of p, symmetric positive definite.
 
     Returns:
         () KL in nats.
