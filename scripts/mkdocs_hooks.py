@@ -1,7 +1,7 @@
 """mkdocs hook: publish the test files as documentation pages.
 
-Every ``tests/test_*.py`` becomes a page ``source/tests/<name>.md`` with one section per test
-function or test class (anchor = the exact name, e.g. ``#TestContract``) holding its source.
+Every ``tests/test_*.py`` becomes a page ``source/tests/<name>.md`` with one section per top-level
+function or class (anchor = the exact name, e.g. ``#TestContract``) holding its source.
 The Concepts page links each theorem to its test through these anchors, and
 ``mkdocs build --strict`` (with ``validation.anchors: warn``) fails when a linked test is
 renamed or removed. The pages are generated at build time, so they never go stale.
@@ -26,13 +26,11 @@ def _page(path: Path) -> str:
     doc = ast.get_docstring(tree)
     if doc:
         out += [doc, ""]
-    out += [f"Source of `{rel}` in the repository, one section per test. Run one with "
+    out += [f"Source of `{rel}` in the repository, one section per test or helper. Run a test with "
             f"`python -m pytest {rel}::NAME`.", ""]
     for node in tree.body:
         if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            continue
-        if not (node.name.startswith("test") or node.name.startswith("Test")):
-            continue
+            continue  # every top-level test, helper and class gets a section
         start = min([node.lineno] + [d.lineno for d in node.decorator_list])
         body = "\n".join(lines[start - 1:node.end_lineno])
         out += [f"## `{node.name}` {{#{node.name}}}", "",
