@@ -7,14 +7,13 @@ from typing import Any, Sequence
 import torch
 
 from .._checks import ConfigError, check_int
-from ..dynamics.base import Outcomes
-from ._text import WarnOnce, encode_keep_response, ensure_pad_token, render, resolve_max_length
-from .base import Reward, prompt_text, response_texts
+from ._text import WarnOnce, ensure_pad_token, resolve_max_length
+from ._pairs import PairScorer, padded_batches
 
 __all__ = ["SequenceClassifierReward"]
 
 
-class SequenceClassifierReward(Reward):
+class SequenceClassifierReward(PairScorer):
     r"""r(x, y) = s_θ(x, y): the score of a ``AutoModelForSequenceClassification`` reward model.
 
     For each of the D × n (prompt, response) pairs the decoded texts are re-tokenised with the
@@ -54,6 +53,7 @@ class SequenceClassifierReward(Reward):
     """
 
     name = "classifier"
+    _truncation_message = "a (prompt, response) pair"
 
     def __init__(
         self,
@@ -156,49 +156,15 @@ class SequenceClassifierReward(Reward):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, **kw)
         return prompt + "\n\n" + response
 
-    def encode(self, prompt: Any, response: str) -> list[int]:
-        """Token ids (reward model's vocabulary) of one (prompt, response) pair, truncated."""
-        self._setup()
-        text, pspan, rspan = render(prompt_text(prompt), response, self._build)
-        # A rendered chat template already holds its special tokens (BOS, role markers).
-        ids, truncated = encode_keep_response(
-            self.tokenizer, text, pspan, rspan, self.max_length,
-            add_special_tokens=not bool(self._template),
-        )
-        if truncated:
-            self._warn_truncate(
-                f"reward {self.name!r}: a (prompt, response) pair exceeded max_length="
-                f"{self.max_length} tokens and was truncated: the prompt is cut from its left "
-                "first, the response (from its right) only when no prompt is left. "
-                "This warning is shown once."
-            )
-        return ids
 
     @torch.no_grad()
     def score_ids(self, sequences: Sequence[list[int]]) -> torch.Tensor:
         """Scores (N,) of N token-id sequences: length-sorted chunks, right padding."""
         self._setup()
-        N = len(sequences)
-        out = torch.empty(N, dtype=torch.float32)
-        order = sorted(range(N), key=lambda k: -len(sequences[k]))
+        out = torch.empty(len(sequences), dtype=torch.float32)
         dev = next(self.model.parameters()).device
-        for a in range(0, N, self.batch_size):
-            chunk = order[a : a + self.batch_size]
-            T = max(len(sequences[k]) for k in chunk)
-            ids = torch.full((len(chunk), T), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), T), dtype=torch.long)
-            for row, k in enumerate(chunk):
-                seq = sequences[k]
-                ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                mask[row, : len(seq)] = 1
+        for chunk, ids, mask in padded_batches(sequences, self.batch_size, self.pad_id, left=False):
             logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
             out[torch.tensor(chunk)] = logits[:, self._index].float().cpu()
         return out
 
-    def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
-        """(D, n) scores of every (prompt, response) pair."""
-        texts = response_texts(outcomes, f"reward {self.name!r}")
-        self._setup()
-        D, n = outcomes.num_prompts, outcomes.num_samples
-        seqs = [self.encode(prompts[d], texts[d][i]) for d in range(D) for i in range(n)]
-        return self.score_ids(seqs).reshape(D, n)

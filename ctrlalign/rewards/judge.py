@@ -11,9 +11,8 @@ from typing import Any, Sequence
 import torch
 
 from .._checks import ConfigError, check_int
-from ..dynamics.base import Outcomes
-from ._text import WarnOnce, encode_keep_response, ensure_pad_token, render, resolve_max_length
-from .base import Reward, prompt_text, response_texts
+from ._text import WarnOnce, ensure_pad_token, resolve_max_length
+from ._pairs import PairScorer, padded_batches
 
 __all__ = ["LMJudge", "DEFAULT_JUDGE_TEMPLATE", "load_packaged_smollm2"]
 
@@ -62,7 +61,7 @@ def _default_judge(device: torch.device, dtype: torch.dtype):
         return _DEFAULT_CACHE[key]
 
 
-class LMJudge(Reward):
+class LMJudge(PairScorer):
     r"""r(x, y) = log P(yes | q(x, y)) − log P(no | q(x, y)) under a causal LM judge.
 
     q(x, y) is ``question_template`` filled with the prompt and the response (placeholders
@@ -99,6 +98,7 @@ class LMJudge(Reward):
     """
 
     name = "judge"
+    _truncation_message = "a judge question"
 
     def __init__(
         self,
@@ -190,39 +190,14 @@ class LMJudge(Reward):
             )
         return q
 
-    def encode(self, prompt: Any, response: str) -> list[int]:
-        """Token ids of the judge input for one (prompt, response) pair, truncated."""
-        self._setup()
-        text, pspan, rspan = render(prompt_text(prompt), response, self._build)
-        ids, truncated = encode_keep_response(
-            self.tokenizer, text, pspan, rspan, self.max_length,
-            add_special_tokens=not bool(self._template),
-        )
-        if truncated:
-            self._warn_truncate(
-                f"reward {self.name!r}: a judge question exceeded max_length={self.max_length} "
-                "tokens and was truncated: the prompt is cut from its left first, the response "
-                "(from its right) only when no prompt is left. This warning is shown once."
-            )
-        return ids
 
     @torch.no_grad()
     def score_ids(self, sequences: Sequence[list[int]]) -> torch.Tensor:
         """Log-odds (N,) for N judge inputs: length-sorted chunks, left padding."""
         self._setup()
-        N = len(sequences)
-        out = torch.empty(N, dtype=torch.float32)
-        order = sorted(range(N), key=lambda k: -len(sequences[k]))
+        out = torch.empty(len(sequences), dtype=torch.float32)
         dev = next(self.model.parameters()).device
-        for a in range(0, N, self.batch_size):
-            chunk = order[a : a + self.batch_size]
-            T = max(len(sequences[k]) for k in chunk)
-            ids = torch.full((len(chunk), T), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), T), dtype=torch.long)
-            for row, k in enumerate(chunk):
-                seq = sequences[k]
-                ids[row, T - len(seq):] = torch.tensor(seq, dtype=torch.long)
-                mask[row, T - len(seq):] = 1
+        for chunk, ids, mask in padded_batches(sequences, self.batch_size, self.pad_id, left=True):
             kwargs: dict[str, Any] = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
             if self._takes_positions:
                 kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0).to(dev)
@@ -233,10 +208,3 @@ class LMJudge(Reward):
             out[torch.tensor(chunk)] = (logp[:, self.yes_id] - logp[:, self.no_id]).cpu()
         return out
 
-    def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
-        """(D, n) judge log-odds."""
-        texts = response_texts(outcomes, f"reward {self.name!r}")
-        self._setup()
-        D, n = outcomes.num_prompts, outcomes.num_samples
-        seqs = [self.encode(prompts[d], texts[d][i]) for d in range(D) for i in range(n)]
-        return self.score_ids(seqs).reshape(D, n)
