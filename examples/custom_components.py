@@ -23,6 +23,7 @@ import torch
 import ctrlalign as ca
 
 
+# --8<-- [start:SquashedLinear]
 class SquashedLinear(ca.Dynamics):
     """y = x + tanh(A vec(V)) + noise·ε, ε ~ N(0, I) from the prompt's generator.
 
@@ -60,8 +61,10 @@ class SquashedLinear(ca.Dynamics):
                                for g in generators])
             y = y + self.noise * eps
         return ca.Outcomes(num_prompts=D, num_samples=num_samples, values=y)
+# --8<-- [end:SquashedLinear]
 
 
+# --8<-- [start:L1Distance]
 class L1Distance(ca.Reward):
     """r(y) = −‖y − y*‖₁, (D, n). Higher is better.
 
@@ -77,8 +80,10 @@ class L1Distance(ca.Reward):
     def __call__(self, prompts: Sequence[Any], outcomes: ca.Outcomes) -> torch.Tensor:
         """(D, n) rewards from ``outcomes.values`` (D, n, p)."""
         return -(outcomes.values.to(torch.float64) - self.target).abs().sum(-1)
+# --8<-- [end:L1Distance]
 
 
+# --8<-- [start:GreedyMean]
 class GreedyMean(ca.Controller):
     """Move the mean a step β toward the best sample of each round: U ← U + β (V_best − U).
 
@@ -110,6 +115,7 @@ class GreedyMean(ca.Controller):
         new_mean = state.mean + self.step_size * (best_V - state.mean)
         info = self._info(state, rewards, log_w, chosen, replace)  # ESS, entropy, ‖U‖, KL of this round
         return state.replace(mean=new_mean, best_reward=best, iteration=state.iteration + 1), info
+# --8<-- [end:GreedyMean]
 
 
 def make_system(seed: int = 0, noise: float = 0.05):
