@@ -42,7 +42,7 @@ def main(out: Path | None = None, quick: bool = False, sigmas: tuple[float, ...]
     reward = ca.LexiconSentiment()
     lambdas = (0.01, 0.03, 0.1, 0.3, 1.0)
     rows = []
-    print(f"{'σ':>6} {'σ·‖w‖':>7} {'ESS per iteration':>22} {'‖U‖':>7} {'KL':>9} {'best r':>7}   ESS(λ) of round 1 for λ={lambdas}")
+    print(f"{'σ':>6} {'σ·‖w‖':>7} {'ESS per iteration':>22} {'‖U‖':>7} {'KL':>9} {'τd/2·Σ1/ESS':>12} {'best r':>7}   ESS(λ) of round 1 for λ={lambdas}")
     for sigma in sigmas:
         ctrl = ca.AISP(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma,
                        temperature=temperature, alpha=alpha)
@@ -56,12 +56,15 @@ def main(out: Path | None = None, quick: bool = False, sigmas: tuple[float, ...]
         # ‖U‖ and KL of the final mean: the proposal the next round would use
         final_norm = float(res.state.mean[0].double().norm())
         final_kl = float(theory.gaussian_kl(res.state.mean[0].double(), sigma))
+        # the noise floor: each update adds about τ·d/(2·ESS) nats whatever σ is (tutorial 4)
+        tau_d = res.state.mean.shape[1] * res.state.mean.shape[2]
+        floor = 0.5 * tau_d * sum(1.0 / t["ess"] for t in trace)
         row = {"sigma": sigma, "logit_noise": sigma * w, "ess": [t["ess"] for t in trace],
-               "mean_norm": final_norm, "kl": final_kl, "best_reward": float(res.rewards[0]),
+               "mean_norm": final_norm, "kl": final_kl, "kl_floor": floor, "best_reward": float(res.rewards[0]),
                "ess_by_lambda": dict(zip(lambdas, ess_lam))}
         rows.append(row)
         print(f"{sigma:>6.2f} {sigma * w:>7.2f} {str([round(e, 2) for e in row['ess']]):>22} {final_norm:>7.1f} "
-              f"{final_kl:>9.1f} {row['best_reward']:>7.3f}   {[round(e, 2) for e in ess_lam]}")
+              f"{final_kl:>9.1f} {floor:>12.1f} {row['best_reward']:>7.3f}   {[round(e, 2) for e in ess_lam]}")
 
     if out is not None:
         import matplotlib
@@ -75,7 +78,9 @@ def main(out: Path | None = None, quick: bool = False, sigmas: tuple[float, ...]
                        label=f"σ={row['sigma']} (σ·‖w‖={row['logit_noise']:.2f})")
         ax[0].set_ylim(0.9, num_samples + 0.1), ax[0].set_xlabel("iteration"), ax[0].set_ylabel(f"ESS (of n={num_samples})")
         ax[0].set_title("weight concentration per iteration"), ax[0].legend(fontsize=7)
-        ax[1].loglog([r["sigma"] for r in rows], [max(r["kl"], 1e-3) for r in rows], "o-")
+        ax[1].loglog([r["sigma"] for r in rows], [max(r["kl"], 1e-3) for r in rows], "o-", label="measured KL")
+        ax[1].loglog([r["sigma"] for r in rows], [r["kl_floor"] for r in rows], "k--", label="τd/2 · Σ 1/ESS")
+        ax[1].legend(fontsize=7)
         ax[1].set_xlabel("σ"), ax[1].set_ylabel("KL(q_U‖p) after k iterations"), ax[1].set_title("control cost")
         fig.tight_layout()
         out.mkdir(parents=True, exist_ok=True)
