@@ -4,6 +4,8 @@
   chosen response and reward, the plain model's response and reward, and the trace.
 * ``ctrlalign run CONFIG`` — a prompt set × model × reward × controller from a validated
   config file; resumable; shards over ``torchrun`` ranks.
+* ``ctrlalign bench CONFIG`` — matched-budget comparison of controllers (``ctrlalign.bench``):
+  results JSON, PNG figures and markdown tables.
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, default=None, help="override limit")
     r.add_argument("--no-progress", action="store_true")
     _add_common(r)
+
+    b = sub.add_parser("bench", help="matched-budget benchmark of several controllers (ctrlalign.bench)")
+    b.add_argument("config", help="YAML/JSON/TOML bench config (see ctrlalign.bench.config.BenchConfig)")
+    b.add_argument("--output", default=None, help="override the results JSON path")
+    b.add_argument("--limit", type=int, default=None, help="override limit (number of prompts)")
+    b.add_argument("--report-only", action="store_true",
+                   help="do not run: rebuild figures and tables from the existing results JSON")
+    b.add_argument("--device", default=None, help="torch device (overrides model.device)")
     return parser
 
 
@@ -146,6 +156,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchResult, load_bench_config, run_bench
+    from .bench.plots import write_figures
+    from .bench.report import markdown_report
+
+    cfg = load_bench_config(args.config)
+    if args.output is not None:
+        cfg.output = args.output
+    if args.limit is not None:
+        cfg.limit = args.limit
+    if args.device is not None:
+        cfg.model.device = args.device
+    if args.report_only:
+        result = BenchResult.load(cfg.output)
+        if not result.summary:  # a run stopped early: summarise the completed part
+            from .bench.harness import finish_bench
+
+            finish_bench(result, cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+            result.save(cfg.output)
+    else:
+        result = run_bench(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+    figures = write_figures(result, cfg.figures, prefix=cfg.name, primary=cfg.primary) if cfg.figures else []
+    text = markdown_report(result)
+    tables = cfg.tables or str(cfg.output).rsplit(".", 1)[0] + ".md"
+    with open(tables, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    print(text)
+    print(f"results: {cfg.output}\ntables: {tables}\nfigures: {', '.join(map(str, figures)) or '-'}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ctrlalign``; returns the exit status (2 on invalid input)."""
     args = _parser().parse_args(argv)
@@ -154,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_align(args)
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "bench":
+            return cmd_bench(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

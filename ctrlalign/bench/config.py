@@ -1,0 +1,207 @@
+"""Benchmark configuration (pydantic; every field documented; unknown keys rejected).
+
+A YAML/JSON/TOML file for ``ctrlalign bench CONFIG``::
+
+    name: matched-budget
+    prompts: mt-bench
+    require_reference: true        # keep prompts that have a reference answer
+    limit: 16
+    model: {name: default, max_new_tokens: 32}
+    reward:                        # the optimised reward
+      - {name: embedding, options: {references: from_prompts}}
+    judge:                         # a held-out reward, never optimised
+      - {name: judge}
+    budgets: [8, 16, 32, 64]
+    seeds: [0, 1, 2]
+    controllers:
+      - {label: bon-plain, name: bon, sigma: 0}
+      - {label: bon-prior, name: bon, sigma: 0.55}
+      - {label: aisp, name: aisp, sigma: 0.55, temperature: 0.1, alpha: 0.99}
+    primary: aisp
+    baselines: [bon-plain, bon-prior]
+
+``references: from_prompts`` in a reward's options is replaced by the prompt set's reference
+answers (a dict prompt → reference). A ``sweep`` section adds one AISP entry per point of a
+σ² × λ × α grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..config import ModelConfig, RewardTerm, format_validation_error
+
+__all__ = ["BenchConfig", "BenchController", "SweepGrid", "load_bench_config", "FROM_PROMPTS"]
+
+#: value of a reward option replaced by the prompt set's reference answers.
+FROM_PROMPTS = "from_prompts"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BenchController(_Strict):
+    """One controller of the comparison; k = N / n is set per budget N by the harness."""
+
+    label: str | None = Field(None, description="name in tables and plots (default: the controller name)")
+    name: Literal["aisp", "mppi", "bon", "softmax", "cem"] = Field(..., description="which controller")
+    num_samples: int = Field(8, ge=1, description="n, samples per iteration (every budget must be a multiple)")
+    sigma: float = Field(0.3, ge=0, description="σ, control noise std (bon: 0 = the plain model)")
+    horizon: int | None = Field(None, ge=1, description="τ, controlled tokens (None: max_new_tokens)")
+    temperature: float | None = Field(None, gt=0, description="λ (aisp, mppi, softmax)")
+    alpha: float | None = Field(None, ge=0, le=1, description="α (aisp)")
+    likelihood_ratio: float | None = Field(None, ge=0, le=1, description="γ (mppi)")
+    step_size: float | None = Field(None, gt=0, le=1, description="β (mppi, cem)")
+    elite_fraction: float | None = Field(None, gt=0, le=1, description="ρ (cem)")
+    refit_std: bool | None = Field(None, description="cem: refit the proposal scale")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    def build(self, num_iterations: int):
+        """The controller with k = ``num_iterations`` (via the run config's validation)."""
+        from ..config import ControllerConfig
+
+        data = self.model_dump(exclude={"label"})
+        return ControllerConfig(num_iterations=num_iterations, **data).build()
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(exclude={"label", "name"}).items() if v is not None}
+
+
+class SweepGrid(_Strict):
+    """An AISP hyperparameter grid: one entry per (σ², λ, α)."""
+
+    sigma2: list[float] = Field([0.1, 0.3, 0.5, 1.0], description="σ² values (σ = √σ²)")
+    temperature: list[float] = Field([0.1, 0.3, 1.0], description="λ values")
+    alpha: list[float] = Field([0.0, 0.99, 0.999], description="α values")
+    num_samples: int = Field(8, ge=1, description="n for every grid point")
+    horizon: int | None = Field(None, ge=1, description="τ (None: max_new_tokens)")
+
+    @field_validator("sigma2", "temperature")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if not v or any(x <= 0 for x in v):
+            raise ValueError("needs at least one value, all > 0")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _unit(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 <= x <= 1 for x in v):
+            raise ValueError("needs at least one value, all in [0, 1]")
+        return v
+
+    def controllers(self) -> list[BenchController]:
+        out = []
+        for s2, lam, a in itertools.product(self.sigma2, self.temperature, self.alpha):
+            out.append(BenchController(
+                label=f"aisp[s2={s2:g},lam={lam:g},a={a:g}]", name="aisp", num_samples=self.num_samples,
+                sigma=math.sqrt(s2), horizon=self.horizon, temperature=lam, alpha=a))
+        return out
+
+
+class BenchConfig(_Strict):
+    """A matched-budget benchmark: controllers × budgets N × seeds × prompts."""
+
+    name: str = Field("bench", description="run name; prefixes figure files")
+    prompts: str | list[str] = Field("mt-bench", description="'mt-bench', a .txt/.jsonl path, or a list of prompts")
+    require_reference: bool = Field(False, description="keep only prompts that have a reference answer")
+    offset: int = Field(0, ge=0, description="skip the first prompts (after filtering)")
+    limit: int | None = Field(None, ge=1, description="use at most this many prompts (after offset)")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="policy model and sampling")
+    reward: list[RewardTerm] = Field(..., description="the optimised reward, Σ weight·term")
+    judge: list[RewardTerm] = Field(default_factory=list,
+                                    description="held-out reward(s) scoring the chosen responses; never optimised")
+    controllers: list[BenchController] = Field(default_factory=list, description="the compared controllers")
+    sweep: SweepGrid | None = Field(None, description="optional AISP grid appended to controllers")
+    budgets: list[int] = Field([8, 16, 32, 64], description="budgets N (reward calls per prompt)")
+    seeds: list[int] = Field([0, 1, 2], description="base seeds; results are paired by (prompt, seed)")
+    batch_prompts: int = Field(8, ge=1, description="D, prompts decoded together (never changes a result)")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default). On a "
+                                    "shared CPU, 1 avoids thread oversubscription, which slowed decoding ~5x here")
+    coherence: bool = Field(True, description="embed prompt and response with MiniLM for the coherence metric")
+    primary: str | None = Field(None, description="label of the controller compared against the baselines")
+    baselines: list[str] = Field(default_factory=list, description="labels of the baselines for paired differences")
+    ci_method: Literal["t", "bootstrap"] = Field("bootstrap", description="CI: cluster bootstrap over prompts, or t over prompt means")
+    output: str = Field("benchmarks/results/bench.json", description="results JSON (written after every prompt batch)")
+    figures: str | None = Field("docs/img", description="folder for PNG figures (None: none)")
+    tables: str | None = Field(None, description="markdown file for the tables (None: <output>.md)")
+
+    @field_validator("reward", "judge", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        if isinstance(v, (dict, str)):
+            v = [v]
+        return [{"name": x} if isinstance(x, str) else x for x in v]
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list[int]) -> list[int]:
+        if not v or any(int(b) < 1 for b in v):
+            raise ValueError("budgets must be a non-empty list of positive integers")
+        return sorted(set(int(b) for b in v))
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("seeds must be a non-empty list of distinct integers")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "BenchConfig":
+        entries = self.all_controllers()
+        if not entries:
+            raise ValueError("no controllers: give 'controllers' and/or 'sweep'")
+        keys = [c.key for c in entries]
+        dup = {k for k in keys if keys.count(k) > 1}
+        if dup:
+            raise ValueError(f"controller labels must be unique, repeated: {sorted(dup)}")
+        for c in entries:
+            bad = [b for b in self.budgets if b % c.num_samples]
+            if bad:
+                raise ValueError(f"controller {c.key!r}: budgets {bad} are not multiples of num_samples={c.num_samples}")
+            if c.name != "bon" and c.sigma == 0:
+                raise ValueError(f"controller {c.key!r}: sigma must be > 0 for {c.name}")
+        for lab in ([self.primary] if self.primary else []) + list(self.baselines):
+            if lab not in keys:
+                raise ValueError(f"{lab!r} (primary/baselines) is not a controller label; labels: {keys}")
+        return self
+
+    def all_controllers(self) -> list[BenchController]:
+        return list(self.controllers) + (self.sweep.controllers() if self.sweep is not None else [])
+
+
+def load_bench_config(path: str | Path) -> BenchConfig:
+    """Read and validate a YAML/JSON/TOML bench config; errors name the bad field."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    elif p.suffix == ".json":
+        data = json.loads(text)
+    elif p.suffix == ".toml":
+        import tomllib
+
+        data = tomllib.loads(text)
+    else:
+        raise ValueError(f"config file {p} must end in .yaml, .yml, .json or .toml")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {p} must hold a mapping at the top level")
+    try:
+        return BenchConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(format_validation_error(exc, f"bench config {p}")) from None

@@ -1,0 +1,193 @@
+"""Figures of a :class:`~ctrlalign.bench.harness.BenchResult` (matplotlib, Agg backend, PNG).
+
+* :func:`plot_reward_vs_budget`: mean optimised reward vs N per controller, 95% CI bands.
+* :func:`plot_iterations`: for one controller (AISP), mean reward per iteration (round mean,
+  round max, best so far) over prompts × seeds, and the effective sample size on a twin axis.
+* :func:`plot_heldout_vs_reward`: held-out judge score vs optimised reward, one point per
+  (controller, N) (means), with per-response points faint behind them.
+* :func:`plot_sweep`: reward at the sweep budget vs σ², one line per λ, one panel per α.
+* :func:`write_figures`: all of the above into a folder, returns the paths written.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plot_reward_vs_budget", "plot_iterations", "plot_heldout_vs_reward", "plot_sweep", "write_figures",
+           "parse_sweep_label"]
+
+_SWEEP = re.compile(r"^aisp\[s2=([^,]+),lam=([^,]+),a=([^\]]+)\]$")
+
+
+def parse_sweep_label(label: str) -> tuple[float, float, float] | None:
+    """(σ², λ, α) of a sweep entry's label ``aisp[s2=..,lam=..,a=..]``, else None."""
+    m = _SWEEP.match(label)
+    return None if m is None else tuple(float(x) for x in m.groups())  # type: ignore[return-value]
+
+
+def _summary(result) -> list[dict[str, Any]]:
+    return result.summary if hasattr(result, "summary") else result["summary"]
+
+
+def _main_controllers(result) -> list[str]:
+    names = list(dict.fromkeys(r["controller"] for r in _summary(result)))
+    return [c for c in names if parse_sweep_label(c) is None]
+
+
+def _save(fig, path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    return p
+
+
+def plot_reward_vs_budget(result, path: str | Path, controllers: Sequence[str] | None = None,
+                          key: str = "reward", ylabel: str | None = None) -> Path:
+    """Mean ``key`` (default the optimised reward) vs budget N, one line per controller, CI bands."""
+    rows = _summary(result)
+    controllers = list(controllers) if controllers is not None else _main_controllers(result)
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for c in controllers:
+        sel = sorted((r for r in rows if r["controller"] == c and r.get(key) is not None), key=lambda r: r["budget"])
+        if not sel:
+            continue
+        N = [r["budget"] for r in sel]
+        m = [r[key] for r in sel]
+        (line,) = ax.plot(N, m, marker="o", label=c)
+        ci = [r.get(f"{key}_ci") for r in sel]
+        if all(x is not None for x in ci):
+            ax.fill_between(N, [x["low"] for x in ci], [x["high"] for x in ci], color=line.get_color(), alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("budget N (reward calls per prompt)")
+    ax.set_ylabel(ylabel or ("optimised reward of the kept response" if key == "reward" else key))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{key} vs budget (mean, 95% CI over prompts x seeds)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_iterations(result, path: str | Path, controller: str = "aisp") -> Path:
+    """Per-iteration mean (over prompts × seeds) of round-mean, round-max and best-so-far reward
+    for ``controller``, with ESS (and ‖U‖) on twin axes."""
+    traces = result.traces if hasattr(result, "traces") else result["traces"]
+    sel = [t["trace"] for t in traces if t["controller"] == controller]
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    if not sel:
+        ax.text(0.5, 0.5, f"no traces for {controller!r}", ha="center", transform=ax.transAxes)
+        return _save(fig, path)
+    K = min(len(t) for t in sel)
+    it = list(range(1, K + 1))
+
+    def mean_of(k: str) -> list[float]:
+        return [sum(t[i][k] for t in sel) / len(sel) for i in range(K)]
+
+    ax.plot(it, mean_of("mean_reward"), marker="o", label="round mean reward")
+    ax.plot(it, mean_of("max_reward"), marker="^", label="round max reward")
+    ax.plot(it, mean_of("best_reward"), marker="s", label="best so far")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ess = mean_of("ess")
+    ax2.plot(it, ess, color="k", ls="--", marker="x", label="ESS (right axis)")
+    ax2.set_ylabel("effective sample size")
+    ax2.set_ylim(bottom=0)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower right")
+    norms = mean_of("mean_norm")
+    ax.set_title(f"{controller}: per iteration (mean over {len(sel)} prompt x seed runs); "
+                 f"‖U‖ {norms[0]:.1f}→{norms[-1]:.1f}", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_heldout_vs_reward(result, path: str | Path, controllers: Sequence[str] | None = None) -> Path:
+    """Held-out judge score vs optimised reward: per-(controller, N) means (labelled by N)."""
+    rows = _summary(result)
+    records = result.records if hasattr(result, "records") else result["records"]
+    controllers = list(controllers) if controllers is not None else _main_controllers(result)
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for c in controllers:
+        pts = [(r["reward"], r["judge"]) for r in records if r["controller"] == c and r.get("judge") is not None
+               and r["budget"] == max(x["budget"] for x in rows)]
+        sel = sorted((r for r in rows if r["controller"] == c and r.get("judge") is not None), key=lambda r: r["budget"])
+        if not sel:
+            continue
+        (line,) = ax.plot([r["reward"] for r in sel], [r["judge"] for r in sel], marker="o", label=c)
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=6, alpha=0.15, color=line.get_color())
+        for r in sel:
+            ax.annotate(str(r["budget"]), (r["reward"], r["judge"]), fontsize=6, xytext=(2, 2),
+                        textcoords="offset points")
+    ax.set_xlabel("optimised reward (mean)")
+    ax.set_ylabel("held-out judge score (mean)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("held-out vs optimised (points: N; faint: responses at max N)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_sweep(result, path: str | Path, key: str = "reward") -> Path | None:
+    """Sweep entries: mean ``key`` vs σ², one line per λ, one panel per α. None if no sweep."""
+    rows = [r for r in _summary(result) if parse_sweep_label(r["controller"]) is not None]
+    if not rows:
+        return None
+    N = max(r["budget"] for r in rows)
+    rows = [r for r in rows if r["budget"] == N]
+    pars = {r["controller"]: parse_sweep_label(r["controller"]) for r in rows}
+    alphas = sorted({p[2] for p in pars.values()})
+    lams = sorted({p[1] for p in pars.values()})
+    fig, axes = plt.subplots(1, len(alphas), figsize=(3.2 * len(alphas), 3.4), sharey=True, squeeze=False)
+    base = [r for r in _summary(result) if r["controller"] in ("bon-plain", "bon") and r["budget"] == N]
+    for ax, a in zip(axes[0], alphas):
+        for lam in lams:
+            sel = sorted(((pars[r["controller"]][0], r[key]) for r in rows
+                          if pars[r["controller"]][1] == lam and pars[r["controller"]][2] == a and r.get(key) is not None))
+            if sel:
+                ax.plot([s for s, _ in sel], [v for _, v in sel], marker="o", label=f"λ={lam:g}")
+        for b in base:
+            if b.get(key) is not None:
+                ax.axhline(b[key], color="gray", ls=":", label=f"{b['controller']}")
+        ax.set_xscale("log")
+        ax.set_xlabel("σ²")
+        ax.set_title(f"α = {a:g}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{key} at N = {N}")
+    axes[0][-1].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def write_figures(result, folder: str | Path, prefix: str = "bench", primary: str | None = None) -> list[Path]:
+    """Write every figure for ``result`` into ``folder`` as ``<prefix>-<figure>.png``."""
+    folder = Path(folder)
+    paths = []
+    main = _main_controllers(result)
+    if main:
+        paths.append(plot_reward_vs_budget(result, folder / f"{prefix}-reward-vs-budget.png"))
+        if any(r.get("judge") is not None for r in _summary(result)):
+            paths.append(plot_reward_vs_budget(result, folder / f"{prefix}-judge-vs-budget.png", key="judge",
+                                               ylabel="held-out judge score of the kept response"))
+            paths.append(plot_heldout_vs_reward(result, folder / f"{prefix}-heldout-vs-reward.png"))
+        it_ctrl = primary or next((c for c in main if c.startswith("aisp")), None)
+        if it_ctrl is None:  # no AISP among the main entries: the best sweep entry, if any
+            sweep_rows = [r for r in _summary(result) if parse_sweep_label(r["controller"]) is not None]
+            if sweep_rows:
+                N = max(r["budget"] for r in sweep_rows)
+                it_ctrl = max((r for r in sweep_rows if r["budget"] == N), key=lambda r: r["reward"])["controller"]
+        if it_ctrl is not None:
+            paths.append(plot_iterations(result, folder / f"{prefix}-iterations.png", controller=it_ctrl))
+    sweep = plot_sweep(result, folder / f"{prefix}-sweep.png")
+    if sweep is not None:
+        paths.append(sweep)
+        if any(r.get("judge") is not None for r in _summary(result)):
+            paths.append(plot_sweep(result, folder / f"{prefix}-sweep-judge.png", key="judge"))
+    return paths

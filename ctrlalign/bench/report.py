@@ -1,0 +1,194 @@
+"""Markdown tables of a :class:`~ctrlalign.bench.harness.BenchResult`, for docs and BENCHMARKS.md.
+
+* :func:`results_table`: one row per (controller, N) — reward [95% CI], judge [95% CI],
+  KL(q_U‖p), ‖U‖, token log-ratio, diversity, coherence, time, tokens/s, reward calls.
+* :func:`comparison_table`: paired differences controller − baseline per N, with CIs and
+  win rates.
+* :func:`sweep_table`: the σ² × λ × α grid at one N, sorted by reward.
+* :func:`scale_table`: σ, σ² and the logit-noise scale σ·‖w‖ per controller.
+* :func:`iteration_table`: a controller's per-iteration diagnostics (ESS, ‖U‖, KL, rewards).
+* :func:`markdown_report`: all of them, with the goal check.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .plots import parse_sweep_label
+
+__all__ = ["results_table", "comparison_table", "sweep_table", "scale_table", "iteration_table", "markdown_report",
+           "fmt_ci"]
+
+
+def _get(result, name: str):
+    return getattr(result, name) if hasattr(result, name) else result[name]
+
+
+def _f(x: Any, nd: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, (list, tuple)):
+        return ",".join(str(v) for v in x)
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{nd}f}"
+
+
+def fmt_ci(ci: dict | None, nd: int = 3, signed: bool = False) -> str:
+    """``mean [low, high]``."""
+    if not ci:
+        return "–"
+    sign = "+" if signed else ""
+    return f"{ci['mean']:{sign}.{nd}f} [{ci['low']:{sign}.{nd}f}, {ci['high']:{sign}.{nd}f}]"
+
+
+def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def results_table(result, controllers: Sequence[str] | None = None, budgets: Sequence[int] | None = None,
+                  include_sweep: bool = False) -> str:
+    """One row per (controller, N)."""
+    rows = []
+    for r in _get(result, "summary"):
+        if controllers is not None and r["controller"] not in controllers:
+            continue
+        if not include_sweep and controllers is None and parse_sweep_label(r["controller"]) is not None:
+            continue
+        if budgets is not None and r["budget"] not in budgets:
+            continue
+        rows.append([
+            r["controller"], r["budget"], f"{r['num_samples']}×{r['num_iterations']}",
+            fmt_ci(r.get("reward_ci")), fmt_ci(r.get("judge_ci")),
+            _f(r.get("control_kl"), 1), _f(r.get("mean_norm"), 1), _f(r.get("token_kl"), 1),
+            _f(r.get("diversity")), _f(r.get("diversity_across_seeds")), _f(r.get("coherence")),
+            _f(r.get("seconds_per_prompt"), 1), _f(r.get("tokens_per_second"), 0), _f(r.get("reward_calls_per_prompt")),
+        ])
+    header = ["controller", "N", "n×k", "reward [95% CI]", "held-out judge [95% CI]", "KL(q_U‖p)", "‖U‖",
+              "token log-ratio", "div.", "div. across seeds", "coherence", "s/prompt", "tok/s", "reward calls"]
+    return _table(header, rows)
+
+
+def comparison_table(result, controllers: Sequence[str] | None = None, baselines: Sequence[str] | None = None,
+                     budgets: Sequence[int] | None = None) -> str:
+    """Paired differences controller − baseline (same prompt, same seed)."""
+    rows = []
+    for r in _get(result, "comparisons"):
+        if controllers is not None and r["controller"] not in controllers:
+            continue
+        if controllers is None and parse_sweep_label(r["controller"]) is not None:
+            continue
+        if baselines is not None and r["baseline"] not in baselines:
+            continue
+        if budgets is not None and r["budget"] not in budgets:
+            continue
+        rd = r.get("reward_diff")
+        jd = r.get("judge_diff")
+        rows.append([
+            r["controller"], r["baseline"], r["budget"], fmt_ci(rd, signed=True),
+            "yes" if rd and rd["low"] > 0 else ("worse" if rd and rd["high"] < 0 else "no"),
+            _f(r.get("reward_win_rate"), 2), fmt_ci(jd, signed=True),
+            "–" if not jd else ("better" if jd["low"] > 0 else ("worse" if jd["high"] < 0 else "n.s.")),
+        ])
+    header = ["controller", "baseline", "N", "Δ reward [95% CI]", "CI > 0", "win rate", "Δ judge [95% CI]", "judge"]
+    return _table(header, rows)
+
+
+def sweep_table(result, key: str = "reward") -> str:
+    """The AISP grid (entries labelled ``aisp[s2=..,lam=..,a=..]``) at its largest N, best first."""
+    meta = _get(result, "meta")
+    rows = []
+    sweep_rows = [r for r in _get(result, "summary") if parse_sweep_label(r["controller"]) is not None]
+    N = max((r["budget"] for r in sweep_rows), default=None)
+    for r in sweep_rows:
+        p = parse_sweep_label(r["controller"])
+        if r["budget"] != N:
+            continue
+        c = meta.get("controllers", {}).get(r["controller"], {})
+        rows.append((r.get(key) or float("-inf"), [
+            _f(p[0], 2), _f(c.get("sigma"), 3), _f(c.get("logit_noise_scale"), 2), _f(p[1], 2), _f(p[2], 3),
+            r["budget"], fmt_ci(r.get("reward_ci")), fmt_ci(r.get("judge_ci")), _f(r.get("mean_norm"), 1),
+            _f(r.get("control_kl"), 1), _f(r.get("token_kl"), 1), _f(r.get("diversity")),
+        ]))
+    rows.sort(key=lambda x: -x[0])
+    header = ["σ²", "σ", "σ·‖w‖", "λ", "α", "N", "reward [95% CI]", "judge [95% CI]", "‖U‖", "KL(q_U‖p)",
+              "token log-ratio", "div."]
+    return _table(header, [r for _, r in rows])
+
+
+def scale_table(result) -> str:
+    """σ, σ² and the logit-noise scale σ·‖w‖ of every (non-sweep) controller."""
+    meta = _get(result, "meta")
+    rows = []
+    for k, c in meta.get("controllers", {}).items():
+        if parse_sweep_label(k) is not None:
+            continue
+        extra = ", ".join(f"{a}={c[a]}" for a in ("temperature", "alpha", "likelihood_ratio", "step_size",
+                                                  "elite_fraction", "refit_std") if c.get(a) is not None)
+        rows.append([k, c["name"], _f(c.get("sigma"), 3), _f(c.get("sigma2"), 3), _f(c.get("logit_noise_scale"), 2),
+                     c.get("num_samples"), extra or "–"])
+    header = ["label", "controller", "σ", "σ²", "σ·‖w‖", "n", "other"]
+    return _table(header, rows)
+
+
+def iteration_table(result, controller: str) -> str:
+    """Per-iteration means over prompts × seeds for one controller: round mean / max reward,
+    best so far, ESS of the weights, weight entropy, and ‖U‖ and KL(q_U‖p) of the mean
+    after the update."""
+    traces = [t["trace"] for t in _get(result, "traces") if t["controller"] == controller]
+    if not traces:
+        return ""
+    K = min(len(t) for t in traces)
+    rows = []
+    for i in range(K):
+        def m(key: str) -> float:
+            vals = [t[i][key] for t in traces if t[i].get(key) is not None]
+            return sum(vals) / len(vals) if vals else float("nan")
+        ess = [t[i]["ess"] for t in traces]
+        rows.append([i + 1, _f(m("mean_reward")), _f(m("max_reward")), _f(m("best_reward")),
+                     f"{m('ess'):.2f} ({min(ess):.2f}–{max(ess):.2f})", _f(m("weight_entropy"), 2),
+                     _f(m("post_mean_norm"), 1), _f(m("post_kl"), 0)])
+    header = ["iteration", "round mean r", "round max r", "best so far", "ESS mean (min–max)", "H(w)",
+              "‖U‖ after update", "KL(q_U‖p) after update"]
+    return _table(header, rows)
+
+
+def markdown_report(result, primary: str | None = None, baselines: Sequence[str] | None = None) -> str:
+    """All tables, the scale of the model and (if ``primary``) the goal check."""
+    from .harness import goal_status
+
+    meta = _get(result, "meta")
+    cfg = _get(result, "config")
+    primary = primary or cfg.get("primary")
+    baselines = list(baselines or cfg.get("baselines") or [])
+    parts = [
+        f"Reward optimised: `{meta.get('reward')}`; held-out judge: `{meta.get('judge')}`; "
+        f"{meta.get('num_prompts')} prompts × {len(cfg.get('seeds', []))} seeds; "
+        f"head row norm ‖w‖ (median) = {_f(meta.get('head_row_norm'), 3)}.",
+        "",
+        scale_table(result),
+    ]
+    main = results_table(result)
+    if main.count("\n") > 1:
+        parts += ["", main]
+    comp = comparison_table(result)
+    if comp.count("\n") > 1:
+        parts += ["", comp]
+    if primary:
+        it = iteration_table(result, primary)
+        if it:
+            parts += ["", f"Per-iteration diagnostics of `{primary}` (means over prompts × seeds):", "", it]
+    sw = sweep_table(result)
+    if sw.count("\n") > 1:
+        parts += ["", sw]
+    if primary and baselines and hasattr(result, "comparisons"):
+        g = goal_status(result, primary, baselines)
+        bad = [c for c in g["checks"] if not (c["reward_better"] and c["judge_not_worse"])]
+        parts += ["", f"Goal ({primary} reward above {', '.join(baselines)} at every N ≥ 32 with the CI of the "
+                      f"paired difference excluding 0, judge not significantly worse): "
+                      f"**{'met' if g['met'] else 'not met'}**"
+                  + ("" if not bad else " — failing: " + "; ".join(
+                      f"{c['baseline']} N={c['budget']} ({'reward' if not c['reward_better'] else 'judge'})" for c in bad))]
+    return "\n".join(parts) + "\n"
