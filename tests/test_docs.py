@@ -42,6 +42,7 @@ SUBMODULES = [
     "ctrlalign.data",
     "ctrlalign.models",
     "ctrlalign.random",
+    "ctrlalign.bench",
 ]
 
 
