@@ -1,6 +1,7 @@
 """ctrlalign: test-time alignment of language models as stochastic optimal control on pre-logits."""
 
 __version__ = "0.1.0"
+"""The package version."""
 
 from . import theory
 from ._checks import ConfigError, RewardError

@@ -112,6 +112,7 @@ class AlignmentResult:
         return out
 
     def to_json(self) -> str:
+        """:meth:`to_records` as a JSON string."""
         return json.dumps(self.to_records())
 
 

@@ -188,6 +188,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ctrlalign``; returns the exit status (2 on invalid input)."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "align":

@@ -162,6 +162,7 @@ def config_hash(cfg: RunConfig) -> str:
 
 
 def format_validation_error(exc: ValidationError, source: str = "config") -> str:
+    """A pydantic ``ValidationError`` as readable lines, one per invalid field."""
     lines = [f"invalid {source}:"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])

@@ -33,6 +33,7 @@ class ConfigChangedError(RuntimeError):
 
 
 def versions() -> dict[str, str]:
+    """Versions of ctrlalign, torch, transformers and Python (recorded with results)."""
     import transformers
 
     from . import __version__

@@ -159,7 +159,10 @@ def gaussian_kl_full(
     r"""KL(N(μ_q, Σ_q) ‖ N(μ_p, Σ_p)) for full covariances.
 
     Args:
-        mean_q, mean_p: (m,). cov_q, cov_p: (m, m) symmetric positive definite.
+        mean_q: (m,) mean of q.
+        cov_q: (m, m) covariance of q, symmetric positive definite.
+        mean_p: (m,) mean of p.
+        cov_p: (m, m) covariance of p, symmetric positive definite.
 
     Returns:
         () KL in nats.
@@ -245,8 +248,12 @@ def linear_gaussian_optimum(
             - \tfrac12 c^\top M c .
 
     Args:
-        A: (p, m) outcome map; Q: (p, p) symmetric PSD; target: (p,) y*; x: (p,) the prompt.
-        sigma: σ > 0; temperature: λ > 0.
+        A: (p, m) outcome map.
+        Q: (p, p) symmetric PSD.
+        target: (p,) y*.
+        x: (p,) the prompt.
+        sigma: σ > 0.
+        temperature: λ > 0.
 
     Returns:
         :class:`LinearGaussianOptimum` in float64.
@@ -283,8 +290,15 @@ def linear_gaussian_cost(
     .. math:: -\mathbb E_q[r] = \tfrac12\big[(c+A\mu)^\top Q (c+A\mu) + \operatorname{tr}(QA\Sigma A^\top)\big]
 
     Args:
-        mean: (m,) or (τ, d) mean; cov: (m, m), default σ²I (the mean-shift family, whose KL
-            is ‖U‖²/(2σ²)). Other arguments as in :func:`linear_gaussian_optimum`.
+        A: (p, m) outcome map, as in :func:`linear_gaussian_optimum`.
+        Q: (p, p) symmetric PSD.
+        target: (p,) y*.
+        x: (p,) the prompt.
+        sigma: σ > 0.
+        temperature: λ > 0.
+        mean: (m,) or (τ, d) mean of q.
+        cov: (m, m) covariance of q; default σ²I (the mean-shift family, whose KL is
+            ‖U‖²/(2σ²)).
 
     Returns:
         () J in float64.

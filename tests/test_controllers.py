@@ -81,15 +81,29 @@ def _same_sample(a: ca.Sample, b: ca.Sample) -> bool:
     return a.tokens == b.tokens and a.text == b.text
 
 
-@pytest.mark.parametrize("system", SYSTEMS)
-@pytest.mark.parametrize("name", CONTROLLERS)
-class TestContract:
+class ControllerContract:
+    """The contract every controller passes, on every system in ``systems``.
+
+    ``TestContract`` below runs it over the built-in controllers. To run it on your own
+    controller (or your own dynamics + reward), subclass it in a test file with your factories
+    (see ``tests/test_examples.py`` and the docs' Extending pages)::
+
+        @pytest.mark.parametrize("system", SYSTEMS)
+        @pytest.mark.parametrize("name", ["mine"])
+        class TestMyContract(ControllerContract):
+            controllers = {"mine": lambda n, k: MyController(num_samples=n, num_iterations=k, sigma=0.7)}
+    """
+
     n, k = 6, 3
+    #: name -> factory (n, k) -> Controller
+    controllers = CONTROLLERS
+    #: name -> factory () -> (dynamics, reward, 4 prompts)
+    systems = SYSTEMS
 
     def run(self, name, system, prompts=None, seed=0):
-        dyn, reward, all_prompts = SYSTEMS[system]()
+        dyn, reward, all_prompts = self.systems[system]()
         counting = CountingReward(reward)
-        ctrl = CONTROLLERS[name](self.n, self.k)
+        ctrl = self.controllers[name](self.n, self.k)
         res = ca.align(dyn, counting, ctrl, all_prompts if prompts is None else prompts, seed=seed)
         return res, counting, all_prompts
 
@@ -117,9 +131,9 @@ class TestContract:
     def test_kept_reward_matches_kept_response(self, name, system):
         # the reported reward is the reward of the response actually kept
         res, _, prompts = self.run(name, system)
-        dyn, reward, _ = SYSTEMS[system]()
+        dyn, reward, _ = self.systems[system]()
         for d, s in enumerate(res.responses):
-            if s.value is not None and system == "linear":
+            if s.value is not None and s.tokens is None:
                 out = ca.Outcomes(num_prompts=1, num_samples=1, values=s.value.view(1, 1, -1))
             else:
                 t = torch.tensor(s.tokens).view(1, 1, -1)
@@ -158,6 +172,12 @@ class TestContract:
         shuffled, _, _ = self.run(name, system, prompts=perm, seed=11)
         assert float(shuffled.rewards[0]) == pytest.approx(float(batch.rewards[3]), abs=1e-9)
         assert float(shuffled.rewards[2]) == pytest.approx(float(batch.rewards[0]), abs=1e-9)
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+@pytest.mark.parametrize("name", CONTROLLERS)
+class TestContract(ControllerContract):
+    """The contract over every built-in controller and both toy systems."""
 
 
 @pytest.mark.parametrize("system", SYSTEMS)

@@ -64,6 +64,7 @@ class BenchController(_Strict):
 
     @property
     def key(self) -> str:
+        """The name used in tables: ``label`` if set, else the controller name."""
         return self.label or self.name
 
     def build(self, num_iterations: int):
@@ -74,6 +75,7 @@ class BenchController(_Strict):
         return ControllerConfig(num_iterations=num_iterations, **data).build()
 
     def hyperparameters(self) -> dict[str, Any]:
+        """The set fields other than label and name."""
         return {k: v for k, v in self.model_dump(exclude={"label", "name"}).items() if v is not None}
 
 
@@ -101,6 +103,7 @@ class SweepGrid(_Strict):
         return v
 
     def controllers(self) -> list[BenchController]:
+        """One AISP entry per (σ², λ, α) of the grid."""
         out = []
         for s2, lam, a in itertools.product(self.sigma2, self.temperature, self.alpha):
             out.append(BenchController(
@@ -178,6 +181,7 @@ class BenchConfig(_Strict):
         return self
 
     def all_controllers(self) -> list[BenchController]:
+        """The listed controllers followed by the sweep's entries (if any)."""
         return list(self.controllers) + (self.sweep.controllers() if self.sweep is not None else [])
 
 

@@ -59,11 +59,13 @@ class CountingReward(Reward):
 
     @staticmethod
     def key(prompt: Any) -> bytes:
+        """The key under which a prompt's calls are counted (its content)."""
         from ..random import prompt_key
 
         return prompt_key(prompt)
 
     def reset(self) -> None:
+        """Forget all counts and the last rewards."""
         self.calls = {}
         self.last = None
         self.last_rewards = None
@@ -117,9 +119,11 @@ class BenchResult:
     comparisons: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields as plain containers."""
         return asdict(self)
 
     def save(self, path: str | Path) -> Path:
+        """Write JSON atomically (through a temporary file); returns the path."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp")
@@ -129,15 +133,19 @@ class BenchResult:
 
     @classmethod
     def load(cls, path: str | Path) -> "BenchResult":
+        """Read a result written by :meth:`save`."""
         return cls(**json.loads(Path(path).read_text()))
 
     def controllers(self) -> list[str]:
+        """Controller labels in first-seen order."""
         return list(dict.fromkeys(r["controller"] for r in self.records))
 
     def budgets(self) -> list[int]:
+        """The budgets N present, ascending."""
         return sorted({int(r["budget"]) for r in self.records})
 
     def select(self, controller: str | None = None, budget: int | None = None) -> list[dict[str, Any]]:
+        """Records of one controller and/or one budget (None: any)."""
         return [r for r in self.records if (controller is None or r["controller"] == controller)
                 and (budget is None or r["budget"] == budget)]
 

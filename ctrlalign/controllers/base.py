@@ -52,6 +52,7 @@ class ControllerState:
     sigma: float
 
     def replace(self, **changes) -> "ControllerState":
+        """A copy with the given fields changed (states are immutable)."""
         return replace(self, **changes)
 
 

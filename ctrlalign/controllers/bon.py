@@ -22,8 +22,10 @@ class BestOfN(Controller):
     """Best-of-N with N = n·k samples per prompt.
 
     Args:
-        num_samples: n; num_iterations: k (N = n·k);
-        sigma: σ >= 0 (0: the plain model, no control); horizon: τ.
+        num_samples: n, samples per iteration.
+        num_iterations: k, iterations (N = n·k).
+        sigma: σ >= 0 (0: the plain model, no control).
+        horizon: τ, controlled tokens (None: the dynamics' maximum).
     """
 
     name = "bon"
@@ -36,10 +38,12 @@ class BestOfN(Controller):
         return check_nonnegative("sigma", sigma, symbol="σ")
 
     def kl(self, state: ControllerState) -> torch.Tensor:
+        """(D,) zeros: Best-of-N reports no control cost (its mean never moves)."""
         return torch.zeros(state.mean.shape[0], dtype=torch.float64, device=state.mean.device)
 
     def step(self, state: ControllerState, controls: torch.Tensor | None, rewards: torch.Tensor,
              generators: Sequence[torch.Generator] | None = None) -> tuple[ControllerState, StepInfo]:
+        """Keep the best response; the mean never moves. Weights are one-hot at the argmax."""
         self._check_step_inputs(state, controls, rewards)
         chosen, replace, best = self._keep_best(state, rewards)
         log_w = torch.full(rewards.shape, float("-inf"), dtype=torch.float64, device=rewards.device)

@@ -28,7 +28,10 @@ class CEM(Controller):
     """Cross-entropy method on pre-logits.
 
     Args:
-        num_samples: n; num_iterations: k; sigma: σ > 0 (initial and maximal scale); horizon: τ.
+        num_samples: n, samples per iteration.
+        num_iterations: k, iterations (budget n·k).
+        sigma: σ > 0, the prior's scale (initial and maximal proposal scale).
+        horizon: τ, controlled tokens (None: the dynamics' maximum).
         elite_fraction: ρ in (0, 1]; m = ⌈ρ n⌉ elites.
         step_size: β in (0, 1].
         refit_std: also refit the scale s.
@@ -56,6 +59,7 @@ class CEM(Controller):
 
     def step(self, state: ControllerState, controls: torch.Tensor | None, rewards: torch.Tensor,
              generators: Sequence[torch.Generator] | None = None) -> tuple[ControllerState, StepInfo]:
+        """Move U toward the mean of the elites (and refit s if ``refit_std``); keep the best response."""
         self._check_step_inputs(state, controls, rewards)
         if controls is None:
             raise ValueError("CEM needs controls (sigma > 0)")

@@ -30,7 +30,10 @@ class MPPI(Controller):
     """MPPI on pre-logits.
 
     Args:
-        num_samples: n; num_iterations: k; sigma: σ > 0; horizon: τ (None: the dynamics' max).
+        num_samples: n, samples per iteration.
+        num_iterations: k, iterations (budget n·k).
+        sigma: σ > 0, control noise scale.
+        horizon: τ, controlled tokens (None: the dynamics' maximum).
         temperature: λ > 0.
         likelihood_ratio: γ in [0, 1], weight of the importance-sampling correction.
         step_size: β in (0, 1], mean smoothing.
@@ -60,6 +63,7 @@ class MPPI(Controller):
 
     def step(self, state: ControllerState, controls: torch.Tensor | None, rewards: torch.Tensor,
              generators: Sequence[torch.Generator] | None = None) -> tuple[ControllerState, StepInfo]:
+        """Weights from :meth:`log_weights`; U ← (1−β)Û + β Σ_i w_i V^(i); keep the best response."""
         self._check_step_inputs(state, controls, rewards)
         if controls is None:
             raise ValueError(f"{type(self).__name__} needs controls (sigma > 0)")

@@ -30,8 +30,11 @@ class SoftmaxSampling(Controller):
     """Sampling–importance–resampling with softmax(r/λ) weights.
 
     Args:
-        num_samples: n; num_iterations: k (pool N = n·k); sigma: σ > 0; temperature: λ > 0;
-        horizon: τ.
+        num_samples: n, samples per iteration.
+        num_iterations: k, iterations (pool N = n·k).
+        sigma: σ > 0, the prior's noise scale (U stays 0).
+        temperature: λ > 0.
+        horizon: τ, controlled tokens (None: the dynamics' maximum).
     """
 
     name = "softmax"
@@ -46,6 +49,10 @@ class SoftmaxSampling(Controller):
 
     def step(self, state: ControllerState, controls: torch.Tensor | None, rewards: torch.Tensor,
              generators: Sequence[torch.Generator] | None = None) -> tuple[ControllerState, StepInfo]:
+        """Resample one candidate with softmax(r/λ) and update the weighted reservoir (U stays 0).
+
+        Needs ``generators`` (the prompts' ``select`` streams) for the resampling draws.
+        """
         self._check_step_inputs(state, controls, rewards)
         D = rewards.shape[0]
         if generators is None or len(generators) != D:

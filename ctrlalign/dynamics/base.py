@@ -30,6 +30,7 @@ class Sample:
     base_logprob: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields that are set, as JSON-serialisable values."""
         out: dict[str, Any] = {}
         if self.text is not None:
             out["text"] = self.text

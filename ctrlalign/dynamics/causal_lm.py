@@ -99,10 +99,12 @@ class OutputHead:
 
     @property
     def vocab_size(self) -> int:
+        """Rows of W (the vocabulary size)."""
         return self.weight.shape[0]
 
     @property
     def hidden_size(self) -> int:
+        """Columns of W: d, the pre-logit dimension."""
         return self.weight.shape[1]
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,6 +154,7 @@ class OutputHead:
         return cls(emb.weight, getattr(emb, "bias", None), scale=scale, softcap=softcap)
 
     def describe(self) -> str:
+        """The head as a formula, e.g. ``W z + b`` or ``30·tanh(W z/30)``."""
         parts = ["W z + b" if self.bias is not None else "W z"]
         s = parts[0]
         if self.scale is not None:
@@ -378,6 +381,7 @@ class CausalLMContext:
 
     @property
     def num_prompts(self) -> int:
+        """D, prompts in this context."""
         return self.input_ids.shape[0]
 
 
@@ -506,7 +510,8 @@ class CausalLM(Dynamics):
         Args:
             name_or_path: "default" or None for the packaged SmolLM2-135M-Instruct
                 (:func:`ctrlalign.models.load_default`), else a Hugging Face id or local path.
-            device, dtype: where and in which dtype to load the weights.
+            device: where to load the weights.
+            dtype: the weights' dtype.
             **kw: :class:`CausalLM` keyword arguments (``sampling``, ``chat_template``, ...);
                 anything else goes to ``AutoModelForCausalLM.from_pretrained``.
         """
@@ -528,14 +533,17 @@ class CausalLM(Dynamics):
 
     @property
     def device(self) -> torch.device:
+        """The model's device (controls are created there)."""
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The model's dtype (controls use it)."""
         return next(self.model.parameters()).dtype
 
     @property
     def vocab_size(self) -> int:
+        """The output head's vocabulary size."""
         return self.head.vocab_size
 
     def __repr__(self) -> str:

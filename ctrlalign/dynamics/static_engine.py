@@ -53,7 +53,8 @@ class Prefix:
     """D prefilled prompts (what :meth:`StaticEngine.prefill` returns).
 
     Attributes:
-        k, v: (L, D, Hkv, P, hd) keys (after RoPE) and values of the prompt tokens.
+        k: (L, D, Hkv, P, hd) keys (after RoPE) of the prompt tokens.
+        v: (L, D, Hkv, P, hd) values of the prompt tokens.
         key_mask: (D, P) bool, True at real (non-padding) prompt tokens.
         lengths: (D,) long, number of real tokens per prompt (the position of the first new token).
         z: (D, d) pre-logit (final-norm hidden state) at each prompt's last token.
@@ -67,10 +68,12 @@ class Prefix:
 
     @property
     def num_prompts(self) -> int:
+        """D, prompts whose prefix is cached."""
         return self.k.shape[1]
 
     @property
     def prompt_len(self) -> int:
+        """P, the padded prompt length of the cached prefix."""
         return self.k.shape[3]
 
 

@@ -83,13 +83,18 @@ class LMJudge(PairScorer):
     first, response kept; see :mod:`ctrlalign.rewards._text`), with a warning the first time.
 
     Args:
-        model, tokenizer: a causal LM and its tokenizer; both None = the packaged
+        model: a causal LM; None (with ``tokenizer`` None) = the packaged
             SmolLM2-135M-Instruct (loaded on first call, cached per process).
+        tokenizer: the model's tokenizer.
         question_template: the judge question.
-        yes, no: the answer words.
+        yes: the answer word whose log-odds is the reward.
+        no: the opposing answer word.
         chat_template: None = the tokenizer's template if any; False = never; or a template string.
-        batch_size, max_length, device, dtype, name: as for
-            :class:`~ctrlalign.rewards.classifier.SequenceClassifierReward`.
+        batch_size: as for :class:`~ctrlalign.rewards.classifier.SequenceClassifierReward`.
+        max_length: as for :class:`~ctrlalign.rewards.classifier.SequenceClassifierReward`.
+        device: as for :class:`~ctrlalign.rewards.classifier.SequenceClassifierReward`.
+        dtype: as for :class:`~ctrlalign.rewards.classifier.SequenceClassifierReward`.
+        name: as for :class:`~ctrlalign.rewards.classifier.SequenceClassifierReward`.
     """
 
     name = "judge"

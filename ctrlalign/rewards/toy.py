@@ -16,7 +16,8 @@ class QuadraticReward(Reward):
     r""":math:`r(y) = -\tfrac12 (y-y^\star)^\top Q (y-y^\star)` on numeric outcomes (D, n, p).
 
     Args:
-        target: (p,) y*; Q: (p, p) symmetric PSD (default identity).
+        target: (p,) y*.
+        Q: (p, p) symmetric PSD (default identity).
     """
 
     name = "quadratic"
