@@ -58,11 +58,21 @@ class ModelConfig(_Strict):
 class RewardTerm(_Strict):
     """One reward term; the run's reward is Σ weight·reward."""
 
-    name: Literal["sentiment", "embedding", "judge", "toxicity", "classifier"] = Field(
+    name: str = Field(
         ..., description="sentiment (VADER), embedding (MiniLM similarity), judge (LM yes/no log-odds), "
-        "toxicity (penalty), classifier (a sequence-classification reward model)")
+        "toxicity (penalty), classifier (a sequence-classification reward model), or any name added "
+        "with ctrlalign.rewards.register_reward")
     weight: float = Field(1.0, description="coefficient of this term in the sum")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the reward class")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from .rewards.registry import REWARDS
+
+        if v not in REWARDS:
+            raise ValueError(f"unknown reward {v!r}; registered rewards: {', '.join(sorted(REWARDS))}")
+        return v
 
 
 class ControllerConfig(_Strict):

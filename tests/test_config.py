@@ -102,3 +102,26 @@ def test_partial_last_line_is_dropped_and_repaired(tmp_path):
     assert [r["id"] for r in read_results(p)] == ["a", "b"]
     read_results(p, repair=True)
     assert p.read_text() == '{"id": "a"}\n{"id": "b"}\n'
+
+
+def test_registered_rewards_are_accepted_by_configs():
+    import ctrlalign as ca
+    from ctrlalign.rewards import register_reward
+    from ctrlalign.rewards.registry import REWARDS
+
+    class Length(ca.Reward):
+        name = "length"
+
+        def __call__(self, prompts, outcomes):
+            import torch
+
+            return torch.tensor([[float(len(t)) for t in row] for row in outcomes.texts])
+
+    with pytest.raises(ValueError, match=r"unknown reward 'length'; registered rewards: classifier, embedding"):
+        RunConfig(prompts=["x"], reward=[{"name": "length"}])
+    register_reward("length", Length)
+    try:
+        cfg = RunConfig(prompts=["x"], reward=[{"name": "length", "weight": 2.0}, "sentiment"])
+        assert cfg.build_reward().name.startswith("2*length")
+    finally:
+        REWARDS.pop("length")
