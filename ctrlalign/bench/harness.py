@@ -185,7 +185,7 @@ def _build_reward(terms, items) -> Reward | None:
 
 
 def _load_items(cfg: BenchConfig):
-    from ..data import PromptItem, load_prompts
+    from ..data import load_prompts
 
     items = load_prompts(cfg.prompts)
     if cfg.require_reference:

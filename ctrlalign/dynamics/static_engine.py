@@ -160,7 +160,7 @@ class _Session:
         dev, dt = eng.device, eng.dtype
         B = D * n
         self.D, self.n, self.B, self.P, self.T = D, n, B, P, T
-        L, Hkv, hd, d = eng.num_layers, eng.num_kv_heads, eng.head_dim, eng.hidden_size
+        d = eng.hidden_size
         # prefix: views into the engine's prefix buffer
         self.pk = eng._pfx_k[:, :D, :, :P]
         self.pv = eng._pfx_v[:, :D, :, :P]
