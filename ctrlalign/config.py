@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = ["ModelConfig", "RewardTerm", "ControllerConfig", "RunSettings", "RunConfig", "load_config",
-           "config_hash", "format_validation_error"]
+           "config_hash", "format_validation_error", "read_config_file"]
 
 
 class _Strict(BaseModel):
@@ -185,11 +185,11 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
     return "\n".join(lines)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read and validate a YAML/JSON/TOML config file.
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping held by a YAML, JSON or TOML file (chosen by its suffix).
 
     Raises:
-        ValueError: with one line per bad field, naming it (``controller.sigma: ...``).
+        ValueError: the file is missing, has another suffix, or does not hold a mapping.
     """
     p = Path(path)
     if not p.exists():
@@ -209,6 +209,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raise ValueError(f"config file {p} must end in .yaml, .yml, .json or .toml")
     if not isinstance(data, dict):
         raise ValueError(f"config file {p} must hold a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML/JSON/TOML config file.
+
+    Raises:
+        ValueError: with one line per bad field, naming it (``controller.sigma: ...``).
+    """
+    p = Path(path)
+    data = read_config_file(p)
     for key, value in (overrides or {}).items():
         section, _, field = key.partition(".")
         data.setdefault(section, {})[field] = value

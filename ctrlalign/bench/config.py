@@ -28,14 +28,13 @@ answers (a dict prompt → reference). A ``sweep`` section adds one AISP entry p
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import ModelConfig, RewardTerm, format_validation_error
+from ..config import ModelConfig, RewardTerm, format_validation_error, read_config_file
 
 __all__ = ["BenchConfig", "BenchController", "SweepGrid", "load_bench_config", "FROM_PROMPTS"]
 
@@ -188,23 +187,7 @@ class BenchConfig(_Strict):
 def load_bench_config(path: str | Path) -> BenchConfig:
     """Read and validate a YAML/JSON/TOML bench config; errors name the bad field."""
     p = Path(path)
-    if not p.exists():
-        raise ValueError(f"config file not found: {p}")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    elif p.suffix == ".json":
-        data = json.loads(text)
-    elif p.suffix == ".toml":
-        import tomllib
-
-        data = tomllib.loads(text)
-    else:
-        raise ValueError(f"config file {p} must end in .yaml, .yml, .json or .toml")
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {p} must hold a mapping at the top level")
+    data = read_config_file(p)
     try:
         return BenchConfig.model_validate(data)
     except ValidationError as exc:
