@@ -42,9 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--controller", default="aisp", choices=["aisp", "mppi", "bon", "softmax", "cem"])
     a.add_argument("-n", "--num-samples", type=int, default=8, help="n, samples per iteration")
     a.add_argument("-k", "--num-iterations", type=int, default=4, help="k, iterations")
-    a.add_argument("--sigma", type=float, default=0.3, help="σ, control noise std")
-    a.add_argument("--temperature", type=float, default=None, help="λ (aisp/mppi/softmax; default 0.1)")
-    a.add_argument("--alpha", type=float, default=None, help="α (aisp; default 0.99)")
+    a.add_argument("--sigma", type=float, default=0.3,
+                   help="σ, control noise std (0.3: logit noise σ·‖w‖ ≈ 1 on SmolLM2, where ‖w‖ ≈ 3.15)")
+    a.add_argument("--temperature", type=float, default=None, help="λ (aisp/mppi/softmax; default 0.3)")
+    a.add_argument("--alpha", type=float, default=None, help="α (aisp; default 0.999)")
     a.add_argument("--horizon", type=int, default=None, help="τ (default: max-new-tokens)")
     a.add_argument("--max-new-tokens", type=int, default=32)
     a.add_argument("--engine", default="eager", choices=["eager", "static"],
@@ -77,9 +78,9 @@ def _build_align_config(args: argparse.Namespace):
     ctrl: dict[str, Any] = dict(name=args.controller, num_samples=args.num_samples,
                                 num_iterations=args.num_iterations, sigma=args.sigma, horizon=args.horizon)
     if args.controller in ("aisp", "mppi", "softmax"):
-        ctrl["temperature"] = args.temperature if args.temperature is not None else 0.1
+        ctrl["temperature"] = args.temperature if args.temperature is not None else 0.3
     if args.controller == "aisp":
-        ctrl["alpha"] = args.alpha if args.alpha is not None else 0.99
+        ctrl["alpha"] = args.alpha if args.alpha is not None else 0.999
     model: dict[str, Any] = dict(name=args.model, max_new_tokens=args.max_new_tokens, engine=args.engine)
     if args.device:
         model["device"] = args.device

@@ -38,7 +38,7 @@ class AISP(MPPI):
     name = "aisp"
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
-                 temperature: float = 0.1, alpha: float = 0.99, horizon: int | None = None):
+                 temperature: float = 0.3, alpha: float = 0.999, horizon: int | None = None):
         self.alpha = check_interval("alpha", alpha, 0.0, 1.0, symbol="α")
         super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma,
                          temperature=temperature, likelihood_ratio=1.0 - self.alpha, step_size=1.0,

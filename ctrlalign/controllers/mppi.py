@@ -42,7 +42,7 @@ class MPPI(Controller):
     name = "mppi"
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
-                 temperature: float = 0.1, likelihood_ratio: float = 1.0, step_size: float = 1.0,
+                 temperature: float = 0.3, likelihood_ratio: float = 1.0, step_size: float = 1.0,
                  horizon: int | None = None):
         super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon)
         self.temperature = check_positive("temperature", temperature, symbol="λ")

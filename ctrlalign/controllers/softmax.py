@@ -40,7 +40,7 @@ class SoftmaxSampling(Controller):
     name = "softmax"
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
-                 temperature: float = 0.1, horizon: int | None = None):
+                 temperature: float = 0.3, horizon: int | None = None):
         super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon)
         self.temperature = check_positive("temperature", temperature, symbol="λ")
 
