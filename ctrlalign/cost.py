@@ -11,9 +11,9 @@ from typing import Any, NamedTuple, Sequence
 import torch
 
 from . import theory
-from ._checks import RewardError, check_positive, check_rewards
+from ._checks import check_positive
 from .dynamics.base import Outcomes
-from .rewards.base import Reward
+from .rewards.base import Reward, evaluate_reward
 
 __all__ = ["Cost", "CostTerms"]
 
@@ -52,14 +52,7 @@ class Cost:
         Raises:
             RewardError: naming the prompt and sample index of a failure.
         """
-        name = getattr(self.reward, "name", type(self.reward).__name__)
-        try:
-            r = self.reward(prompts, outcomes)
-        except RewardError:
-            raise
-        except Exception as exc:
-            raise RewardError(f"reward {name!r} raised {type(exc).__name__}: {exc}") from exc
-        return check_rewards(r, outcomes.num_prompts, outcomes.num_samples, source=f"reward {name!r}")
+        return evaluate_reward(self.reward, prompts, outcomes)
 
     def terms(self, rewards: torch.Tensor, kl: torch.Tensor, temperature: float) -> CostTerms:
         """J's terms from a round's rewards (D, n) and its proposal's KL (D,)."""

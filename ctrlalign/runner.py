@@ -144,14 +144,20 @@ def solve_batch(dynamics, reward, controller, items: list[PromptItem], seed: int
     from .align import align
     from .controllers import BestOfN
 
+    from ._checks import RewardError
+
     texts = [it.text for it in items]
     t0 = time.perf_counter()
     context = dynamics.prepare(texts)
-    res = align(dynamics, reward, controller, texts, seed=seed, context=context, progress=progress)
-    base_res = None
-    if base:
-        plain = BestOfN(num_samples=1, num_iterations=1, sigma=0.0, horizon=controller.horizon)
-        base_res = align(dynamics, reward, plain, texts, seed=seed, context=context)
+    try:
+        res = align(dynamics, reward, controller, texts, seed=seed, context=context, progress=progress)
+        base_res = None
+        if base:
+            plain = BestOfN(num_samples=1, num_iterations=1, sigma=0.0, horizon=controller.horizon)
+            base_res = align(dynamics, reward, plain, texts, seed=seed, context=context)
+    except RewardError as exc:
+        ids = ", ".join(f"{d}={it.id}" for d, it in enumerate(items))
+        raise RewardError(f"{exc} [prompt index in this batch = prompt id: {ids}]") from exc
     seconds = time.perf_counter() - t0
     records = []
     for d, it in enumerate(items):

@@ -333,7 +333,7 @@ def test_non_finite_rewards_name_prompt_and_sample(bad):
         r[2, 3] = bad
         return r
 
-    with pytest.raises(RewardError, match=r"prompt 2, sample 3"):
+    with pytest.raises(RewardError, match=r"non-finite value \S+ at prompt 2 \(.*\), sample 3"):
         ca.align(dyn, ca.CallableReward(poisoned, batched=True), ca.AISP(num_samples=5, num_iterations=2), prompts)
 
 

@@ -167,3 +167,45 @@ def test_cli_align_end_to_end_on_the_default_model():
     assert rec["reward_calls"] == 8 and len(rec["trace"]) == 2
     assert -1.0 <= rec["base_reward"] <= 1.0 and -1.0 <= rec["reward"] <= 1.0
     assert rec["reward"] >= max(t["max_reward"] for t in rec["trace"]) - 1e-9
+
+
+def test_reward_failure_names_prompt_and_sample_and_keeps_finished_prompts(tmp_path, tiny_checkpoint):
+    """A reward that raises on the third prompt stops the run with a RewardError naming the
+    prompt and sample; the two prompts finished before it stay in the results file, and a
+    rerun after the fix completes only the missing ones."""
+    import ctrlalign as ca
+    from ctrlalign._checks import RewardError
+    from ctrlalign.config import RunConfig
+    from ctrlalign.rewards import register_reward
+    from ctrlalign.rewards.registry import REWARDS
+    from ctrlalign.runner import run
+
+    class Picky(ca.Reward):
+        name = "picky"
+        broken = True
+
+        def __call__(self, prompts, outcomes):
+            import torch
+
+            out = torch.zeros(outcomes.num_prompts, outcomes.num_samples)
+            for d, p in enumerate(prompts):
+                if Picky.broken and p.startswith("the sea"):
+                    raise RuntimeError("cannot score the sea")
+                out[d] = torch.tensor([float(len(t)) for t in outcomes.texts[d]])
+            return out
+
+    register_reward("picky", Picky)
+    try:
+        cfg = RunConfig.model_validate({
+            "prompts": WORDS[:4], "model": {"name": str(tiny_checkpoint), "max_new_tokens": 6},
+            "reward": ["picky"], "controller": {"name": "aisp", "num_samples": 3, "num_iterations": 1},
+            "run": {"output": str(tmp_path / "out.jsonl"), "batch_prompts": 1, "base": False},
+        })
+        with pytest.raises(RewardError, match=r"raised RuntimeError: cannot score the sea.*prompt 0.*sample 0.*0=p2"):
+            run(cfg, progress=False, log=lambda s: None)
+        assert [x["id"] for x in read_results(tmp_path / "out.jsonl")] == ["p0", "p1"]
+        Picky.broken = False
+        run(cfg, progress=False, log=lambda s: None)
+        assert [x["id"] for x in read_results(tmp_path / "out.jsonl")] == ["p0", "p1", "p2", "p3"]
+    finally:
+        REWARDS.pop("picky")
