@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
-import statistics
 import sys
 import time
 
@@ -164,14 +162,18 @@ def bench_aisp(eng, vocab, d, B, P, T, reps, k=4, n_bon=32):
         u = torch.rand(D, n_bon, T, device="cuda", generator=g)
         eng.decode(pre, num_samples=n_bon, controls=None, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
 
-    def aisp():
+    def aisp_rounds(prefix, D, n):
+        """k controlled decodes of n samples for D prompts, with the mean update between them."""
         mean = torch.zeros(D, T, d, device="cuda")
         for _ in range(k):
             u = torch.rand(D, n, T, device="cuda", generator=g)
             V = mean[:, None] + 0.3 * torch.randn(D, n, T, d, device="cuda", generator=g)
-            eng.decode(pre, num_samples=n, controls=V, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
+            eng.decode(prefix, num_samples=n, controls=V, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
             w = torch.softmax(torch.randn(D, n, device="cuda", generator=g), -1)  # stand-in for rewards
             mean = torch.einsum("dn,dntk->dtk", w, V)
+
+    def aisp():
+        aisp_rounds(pre, D, n)
 
     bon(), aisp()
     t_bon = min(timed(bon, reps))
@@ -190,13 +192,7 @@ def bench_aisp(eng, vocab, d, B, P, T, reps, k=4, n_bon=32):
             eng.decode(pre2, num_samples=n2, controls=None, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
 
     def aisp_eq():
-        mean = torch.zeros(D2, T, d, device="cuda")
-        for _ in range(k):
-            u = torch.rand(D2, n2, T, device="cuda", generator=g)
-            V = mean[:, None] + 0.3 * torch.randn(D2, n2, T, d, device="cuda", generator=g)
-            eng.decode(pre2, num_samples=n2, controls=V, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
-            w = torch.softmax(torch.randn(D2, n2, device="cuda", generator=g), -1)
-            mean = torch.einsum("dn,dntk->dtk", w, V)
+        aisp_rounds(pre2, D2, n2)
 
     bon_eq(), aisp_eq()
     t_bon_eq = min(timed(bon_eq, reps))
