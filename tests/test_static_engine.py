@@ -153,9 +153,11 @@ def assert_same(ref, got, atol=1e-4):
         (2, False, (3,), SamplingConfig(max_new_tokens=6, greedy=True)),
     ],
 )
-def test_eager_matches_reference(kind, tau, base, eos, cfg):
+@pytest.mark.parametrize("opts", [{}, {"fuse_weights": False, "kv_block": None}, {"kv_block": 3}, {"kv_block": 1}],
+                         ids=["default", "unfused-unblocked", "kv3", "kv1"])
+def test_eager_matches_reference(kind, tau, base, eos, cfg, opts):
     model = tiny_model(kind)
-    eng = StaticEngine(model, max_batch=16, max_length=32, dtype=torch.float32, compile="none")
+    eng = StaticEngine(model, max_batch=16, max_length=32, dtype=torch.float32, compile="none", **opts)
     ref, got = run_both(model, eng, T=cfg.max_new_tokens, tau=tau, config=cfg, eos=eos, base=base)
     assert_same(ref, got)
 
@@ -173,6 +175,54 @@ def test_eos_padding_and_lengths():
         assert (got.logprobs[b, L[b]:] == 0).all()
         if L[b] < 12:
             assert int(got.tokens[b, L[b] - 1]) in eos
+
+
+def test_kv_length_blocks():
+    """Step t writes slot t and attends to ⌈(t+1)/kv_block⌉·kv_block ∧ T slots — always > t."""
+    model = tiny_model()
+    for kb, T in [(16, 128), (16, 10), (3, 10), (1, 7), (None, 9)]:
+        eng = StaticEngine(model, max_batch=4, max_length=140, dtype=torch.float32, compile="none", kv_block=kb)
+        got = [eng._kv_length(t, T) for t in range(T - 1)]
+        assert all(t < L <= T for t, L in enumerate(got))
+        assert got == sorted(got)
+        if kb is None:
+            assert set(got) == {T}
+        else:
+            assert all(L % kb == 0 or L == T for L in got)
+            assert all(L - (t + 1) < kb for t, L in enumerate(got))
+    eng = StaticEngine(model, max_batch=4, max_length=140, dtype=torch.float32, compile="none", kv_block=16)
+    mean = sum(eng._kv_length(t, 128) for t in range(127)) / 127
+    assert 70 < mean < 73  # vs 128 unblocked: the "about 44% fewer K/V bytes" in the docstring
+
+
+def test_fused_weights_leave_the_model_unchanged():
+    """Fusing re-points Q/K/V and gate/up to views of one matrix each: the HF module's outputs
+    are unchanged, no parameter is copied twice, and a second engine reuses the fusion."""
+    model = tiny_model("qwen2")  # q/k/v biases
+    ids, mask = prompts(3)
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+    params_before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    StaticEngine(model, max_batch=8, max_length=32, dtype=torch.float32, compile="none")
+    a = model.model.layers[0].self_attn
+    W, b = a._ctrlalign_qkv
+    assert W.shape[0] == a.q_proj.weight.shape[0] + 2 * a.k_proj.weight.shape[0]
+    assert a.q_proj.weight.data_ptr() == W.data_ptr() and a.k_proj.bias.data_ptr() == b[a.q_proj.weight.shape[0]:].data_ptr()
+    for k, v in model.named_parameters():
+        assert torch.equal(v, params_before[k]), k
+    with torch.no_grad():
+        after = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    StaticEngine(model, max_batch=8, max_length=32, dtype=torch.float32, compile="none")
+    assert model.model.layers[0].self_attn._ctrlalign_qkv[0] is W  # reused, not re-fused
+    # parameters replaced behind the engine's back: the next engine fuses the new values
+    with torch.no_grad():
+        a.q_proj.weight.data = a.q_proj.weight.detach().clone() * 2
+    eng = StaticEngine(model, max_batch=16, max_length=32, dtype=torch.float32, compile="none")
+    W2 = model.model.layers[0].self_attn._ctrlalign_qkv[0]
+    assert W2 is not W and torch.equal(W2[: a.q_proj.weight.shape[0]], a.q_proj.weight)
+    ref, got = run_both(model, eng, T=6, tau=2)
+    assert_same(ref, got)
 
 
 def test_llama3_rope_scaling():
@@ -244,6 +294,9 @@ def test_validation_errors():
         eng.prefill(ids, mask.flip(-1))
     with pytest.raises(ValueError, match="cudagraph"):
         StaticEngine(model, max_batch=8, max_length=16, dtype=torch.float32, compile="cudagraph")
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match=f"kv_block must be a positive int or None.*{bad!r}"):
+            StaticEngine(model, max_batch=8, max_length=16, dtype=torch.float32, compile="none", kv_block=bad)
 
 
 def test_unsupported_architecture_raises():
@@ -282,7 +335,8 @@ def chi2_two_sample(a: torch.Tensor, b: torch.Tensor, min_expected=5.0) -> float
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_cudagraph_fp32_matches_reference(kind):
     model = tiny_model(kind, device="cuda")
-    eng = StaticEngine(model, max_batch=64, max_length=48, dtype=torch.float32, compile="cudagraph")
+    # kv_block=4: four body graphs per shape (decode-cache lengths 4, 8, 12, 16)
+    eng = StaticEngine(model, max_batch=64, max_length=48, dtype=torch.float32, compile="cudagraph", kv_block=4)
     for tau, base, cfg in [(4, True, SamplingConfig(max_new_tokens=16)),
                            (None, False, SamplingConfig(max_new_tokens=16, top_k=30, top_p=0.95))]:
         ref, got = run_both(model, eng, n=8, T=16, tau=tau, config=cfg, base=base, device="cuda")
@@ -358,3 +412,19 @@ def test_bf16_agrees_in_distribution_with_fp32_reference():
     # sanity: the test has power — a shifted distribution is rejected
     shifted = (ref.view(2, N, 3)[0, :, 0] + 1) % 64
     assert chi2_two_sample(ref.view(2, N, 3)[0, :, 0].cpu(), shifted.cpu()) < alpha
+
+
+@pytest.mark.slow
+def test_compiled_kernels_match_eager_on_cpu():
+    """The torch.compile'd step pieces (what compile="cudagraph" fuses on a GPU) compile with
+    fullgraph=True — no graph break, no silent fallback — and compute what the plain ones do.
+    Inductor's CPU backend stands in for the GPU one here."""
+    from ctrlalign.dynamics.static_engine import _Kernels
+
+    model = tiny_model()
+    eng = StaticEngine(model, max_batch=16, max_length=32, dtype=torch.float32, compile="none", kv_block=2)
+    ref, plain = run_both(model, eng, T=5, tau=2)
+    eng._k = _Kernels(compiled=True)
+    _, comp = run_both(model, eng, T=5, tau=2)
+    assert_same(ref, plain)
+    assert_same(ref, comp)
