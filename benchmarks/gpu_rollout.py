@@ -4,6 +4,10 @@ One command, on a CUDA machine::
 
     python benchmarks/gpu_rollout.py --out benchmarks/results/gpu_rollout.json
     python benchmarks/gpu_rollout.py --quick            # smoke run (small model, batch 32, T=32)
+    python benchmarks/gpu_rollout.py --models llama3-8b --batches 512 --no-generate --ablation
+                                                        # + what each engine option buys
+    python benchmarks/gpu_rollout.py --device cpu --models tiny --batches 8 --new-tokens 8 --ablation
+                                                        # CPU smoke test of this script (CI runs it)
 
 Random-weight models (bf16, created directly on the GPU): a SmolLM2-135M-shaped and a
 Llama-3-8B-shaped Llama. 64-token prompts, 128 new tokens, fixed length (``ignore_eos`` /
@@ -18,6 +22,12 @@ Llama-3-8B-shaped Llama. 64-token prompts, 128 new tokens, fixed length (``ignor
   also computing base log-probabilities;
 * AISP-like cost: k = 4 decodes of n = B/(4D) samples on one prefix (plus drawing the controls
   and uniforms on the GPU) vs one Best-of-N decode of 4n samples (same total samples, B rows).
+* with ``--ablation``: decode-only tokens/s of the engine with each option switched off in turn
+  (``fuse_weights``, ``kv_block``, ``compile="cudagraph"`` vs ``"cudagraph_eager"``), so a run
+  shows what each one buys on that device.
+
+On ``--device cpu`` the engine runs eagerly (``compile="none"``) and the roofline uses a
+float32 CPU matmul: that mode exists to smoke-test this script without a GPU, not to measure.
 """
 
 from __future__ import annotations
@@ -39,13 +49,35 @@ from ctrlalign.dynamics.static_engine import StaticEngine  # noqa: E402
 MODELS = {
     "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                          intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, vocab_size=1000, tie_word_embeddings=False, rope_theta=10000.0),
     "llama3-8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                       intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
 }
 
 
+DEVICE = "cuda"  # set by main(); "cpu" only for smoke tests
+DTYPE = torch.bfloat16
+
+
 def sync() -> None:
-    torch.cuda.synchronize()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gb() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else float("nan")
+
+
+def empty_cache() -> None:
+    gc.collect()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
 
 
 def timed(fn, reps: int) -> list[float]:
@@ -60,9 +92,9 @@ def timed(fn, reps: int) -> list[float]:
 
 
 def matmul_tflops() -> float:
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    n = 8192 if DEVICE == "cuda" else 512
+    a = torch.randn(n, n, device=DEVICE, dtype=DTYPE)
+    b = torch.randn(n, n, device=DEVICE, dtype=DTYPE)
     for _ in range(3):
         a @ b
     ts = timed(lambda: [a @ b for _ in range(20)], 3)
@@ -74,12 +106,12 @@ def build(name: str):
 
     cfg = transformers.LlamaConfig(max_position_embeddings=4096, **MODELS[name])
     cfg._attn_implementation = "sdpa"
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         try:
-            model = transformers.LlamaForCausalLM._from_config(cfg, dtype=torch.bfloat16)
+            model = transformers.LlamaForCausalLM._from_config(cfg, dtype=DTYPE)
         except TypeError:
-            model = transformers.LlamaForCausalLM._from_config(cfg, torch_dtype=torch.bfloat16)
-    model = model.to(torch.bfloat16).eval()
+            model = transformers.LlamaForCausalLM._from_config(cfg, torch_dtype=DTYPE)
+    model = model.to(DTYPE).eval()
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = 2
     return model
@@ -95,7 +127,7 @@ def matmul_params(model) -> int:
 
 
 def bench_generate(model, B, P, T, reps):
-    ids = torch.randint(3, model.config.vocab_size, (B, P), device="cuda")
+    ids = torch.randint(3, model.config.vocab_size, (B, P), device=DEVICE)
     mask = torch.ones_like(ids)
     kw = dict(do_sample=True, temperature=1.0, top_k=None, top_p=None, pad_token_id=0, eos_token_id=2)
 
@@ -104,25 +136,25 @@ def bench_generate(model, B, P, T, reps):
 
     with torch.no_grad():
         run(4)  # warm-up
-        torch.cuda.reset_peak_memory_stats()
+        reset_peak()
         out = None
         ts = timed(lambda: run(T), reps)
         out = run(2)
     assert out.shape[0] == B
-    return dict(seconds=min(ts), tokens_per_s=B * T / min(ts), peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30)
+    return dict(seconds=min(ts), tokens_per_s=B * T / min(ts), peak_mem_gb=peak_gb())
 
 
 def bench_engine(eng, vocab, d, B, P, T, reps, n=8):
     D = max(1, B // n)
     n = B // D
-    ids = torch.randint(3, vocab, (D, P), device="cuda")
+    ids = torch.randint(3, vocab, (D, P), device=DEVICE)
     mask = torch.ones_like(ids)
     cfg = SamplingConfig(max_new_tokens=T, ignore_eos=True)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    u = torch.rand(D, n, T, device="cuda", generator=g)
-    v = 0.3 * torch.randn(D, n, T, d, device="cuda", generator=g, dtype=torch.bfloat16)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    u = torch.rand(D, n, T, device=DEVICE, generator=g)
+    v = 0.3 * torch.randn(D, n, T, d, device=DEVICE, generator=g, dtype=DTYPE)
     res: dict = dict(D=D, n=n)
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak()
     pre = eng.prefill(ids, mask)
 
     def dec(controls, base=False):
@@ -143,7 +175,7 @@ def bench_engine(eng, vocab, d, B, P, T, reps, n=8):
         prefill_s=t_pre, decode_controlled_s=t_c, decode_uncontrolled_s=t_u, decode_controlled_base_s=t_cb,
         tokens_per_s=B * T / (t_pre + t_c), decode_tokens_per_s=B * T / t_c,
         control_overhead=t_c / t_u - 1, base_logprob_overhead=t_cb / t_u - 1,
-        peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30,
+        peak_mem_gb=peak_gb(),
     )
     return res
 
@@ -153,24 +185,24 @@ def bench_aisp(eng, vocab, d, B, P, T, reps, k=4, n_bon=32):
     n_bon = min(n_bon, B)
     D = B // n_bon
     n = n_bon // k
-    ids = torch.randint(3, vocab, (D, P), device="cuda")
+    ids = torch.randint(3, vocab, (D, P), device=DEVICE)
     pre = eng.prefill(ids, torch.ones_like(ids))
     cfg = SamplingConfig(max_new_tokens=T, ignore_eos=True)
-    g = torch.Generator(device="cuda").manual_seed(1)
+    g = torch.Generator(device=DEVICE).manual_seed(1)
 
     def bon():
-        u = torch.rand(D, n_bon, T, device="cuda", generator=g)
+        u = torch.rand(D, n_bon, T, device=DEVICE, generator=g)
         eng.decode(pre, num_samples=n_bon, controls=None, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
 
     def aisp_rounds(prefix, D, n):
         """k controlled decodes of n samples for D prompts, with the mean update between them."""
-        mean = torch.zeros(D, T, d, device="cuda")
+        mean = torch.zeros(D, T, d, device=DEVICE)
         for _ in range(k):
-            u = torch.rand(D, n, T, device="cuda", generator=g)
-            V = mean[:, None] + 0.3 * torch.randn(D, n, T, d, device="cuda", generator=g)
+            u = torch.rand(D, n, T, device=DEVICE, generator=g)
+            V = (mean[:, None] + 0.3 * torch.randn(D, n, T, d, device=DEVICE, generator=g)).to(DTYPE)
             eng.decode(prefix, num_samples=n, controls=V, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
-            w = torch.softmax(torch.randn(D, n, device="cuda", generator=g), -1)  # stand-in for rewards
-            mean = torch.einsum("dn,dntk->dtk", w, V)
+            w = torch.softmax(torch.randn(D, n, device=DEVICE, generator=g), -1)  # stand-in for rewards
+            mean = torch.einsum("dn,dntk->dtk", w, V.float())
 
     def aisp():
         aisp_rounds(pre, D, n)
@@ -183,12 +215,12 @@ def bench_aisp(eng, vocab, d, B, P, T, reps, k=4, n_bon=32):
     # samples for the same D2 prompts then also needs k calls of B rows (uncontrolled).
     n2 = min(8, B)
     D2 = B // n2
-    ids2 = torch.randint(3, vocab, (D2, P), device="cuda")
+    ids2 = torch.randint(3, vocab, (D2, P), device=DEVICE)
     pre2 = eng.prefill(ids2, torch.ones_like(ids2))
 
     def bon_eq():
         for _ in range(k):
-            u = torch.rand(D2, n2, T, device="cuda", generator=g)
+            u = torch.rand(D2, n2, T, device=DEVICE, generator=g)
             eng.decode(pre2, num_samples=n2, controls=None, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
 
     def aisp_eq():
@@ -202,6 +234,47 @@ def bench_aisp(eng, vocab, d, B, P, T, reps, k=4, n_bon=32):
                                  aisp_over_bon=t_aisp_eq / t_bon_eq))
 
 
+ABLATIONS = {  # name: engine options (on top of the defaults)
+    "default": {},
+    "no fuse_weights": dict(fuse_weights=False),
+    "no kv_block": dict(kv_block=None),
+    "neither": dict(fuse_weights=False, kv_block=None),
+    "cudagraph_eager": dict(compile="cudagraph_eager"),
+}
+
+
+def bench_ablation(model, B, P, T, reps, engine_kw) -> dict:
+    """Decode-only tokens/s (controlled, n = 8) for each engine variant of :data:`ABLATIONS`."""
+    out = {}
+    for name, kw in ABLATIONS.items():
+        kw = {**engine_kw, **kw}
+        if DEVICE != "cuda" and kw.get("compile") not in (None, "none"):
+            continue
+        eng = StaticEngine(model, max_batch=B, max_length=P + T, dtype=DTYPE, **kw)
+        n = min(8, B)
+        D = B // n
+        ids = torch.randint(3, model.config.vocab_size, (D, P), device=DEVICE)
+        pre = eng.prefill(ids, torch.ones_like(ids))
+        g = torch.Generator(device=DEVICE).manual_seed(0)
+        u = torch.rand(D, n, T, device=DEVICE, generator=g)
+        v = (0.3 * torch.randn(D, n, T, model.config.hidden_size, device=DEVICE, generator=g)).to(DTYPE)
+        cfg = SamplingConfig(max_new_tokens=T, ignore_eos=True)
+
+        def dec():
+            eng.decode(pre, num_samples=n, controls=v, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
+
+        dec()  # capture
+        t = min(timed(dec, reps))
+        out[name] = dict(options=kw, compile_used=eng.compile, decode_s=t, decode_tokens_per_s=D * n * T / t)
+        eng.clear()
+        del eng, pre
+        empty_cache()
+    base = out["default"]["decode_tokens_per_s"]
+    for r in out.values():
+        r["relative_to_default"] = r["decode_tokens_per_s"] / base
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="smollm2-135m,llama3-8b")
@@ -213,19 +286,38 @@ def main(argv=None) -> int:
     ap.add_argument("--no-generate", action="store_true")
     ap.add_argument("--quick", action="store_true", help="smoke run: smollm2-135m, batch 32, T=32")
     ap.add_argument("--out", default=None, help="write JSON here")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: eager float32 smoke test of this script (no meaningful numbers)")
+    ap.add_argument("--kv-block", default="16", help="StaticEngine kv_block (an int, or 'none')")
+    ap.add_argument("--no-fuse", action="store_true", help="StaticEngine fuse_weights=False")
+    ap.add_argument("--compile", default=None, choices=["cudagraph", "cudagraph_eager", "none"],
+                    help="StaticEngine compile mode (default: cudagraph on CUDA, none on CPU)")
+    ap.add_argument("--ablation", action="store_true",
+                    help="also time decode with each engine option switched off (see ABLATIONS)")
     a = ap.parse_args(argv)
     if a.quick:
         a.models, a.batches, a.new_tokens, a.reps = "smollm2-135m", "32", 32, 2
-    assert torch.cuda.is_available(), "needs a CUDA device"
+    global DEVICE, DTYPE
+    DEVICE = a.device
+    DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        ap.error("no CUDA device here; use --device cpu for a smoke test")
+    kv_block = None if a.kv_block.lower() == "none" else int(a.kv_block)
+    engine_kw = dict(kv_block=kv_block, fuse_weights=not a.no_fuse,
+                     compile=a.compile or ("cudagraph" if DEVICE == "cuda" else "none"))
+    if a.no_generate is False and DEVICE == "cpu":
+        a.no_generate = True  # generate on CPU is not what this script compares
     torch.manual_seed(0)
     P, T = a.prompt_len, a.new_tokens
     batches = [int(b) for b in a.batches.split(",")]
     tflops = matmul_tflops()
-    report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, matmul_tflops_bf16=tflops,
-                  prompt_len=P, new_tokens=T, models={})
+    dev_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke test)"
+    report = dict(device=dev_name, torch=torch.__version__, matmul_tflops_bf16=tflops,
+                  prompt_len=P, new_tokens=T, engine_options=engine_kw, models={})
     import transformers
 
     report["transformers"] = transformers.__version__
+    print(f"engine options {engine_kw}")
     print(f"device {report['device']}  torch {torch.__version__}  transformers {transformers.__version__}  "
           f"bf16 matmul {tflops:.0f} TFLOP/s", flush=True)
     for name in a.models.split(","):
@@ -242,8 +334,8 @@ def main(argv=None) -> int:
                 r = bench_generate(model, B, P, T, a.gen_reps)
                 mr["batches"].setdefault(str(B), {})["generate"] = r
                 print(f"  generate B={B}: {r['tokens_per_s']:,.0f} tok/s  peak {r['peak_mem_gb']:.1f} GiB", flush=True)
-                gc.collect(), torch.cuda.empty_cache()
-        eng = StaticEngine(model, max_batch=max(batches), max_length=P + T, dtype=torch.bfloat16)
+                empty_cache()
+        eng = StaticEngine(model, max_batch=max(batches), max_length=P + T, dtype=DTYPE, **engine_kw)
         for B in batches:
             r = bench_engine(eng, model.config.vocab_size, model.config.hidden_size, B, P, T, a.reps)
             r["fraction_of_roofline"] = r["tokens_per_s"] / roof
@@ -260,8 +352,18 @@ def main(argv=None) -> int:
                   f"AISP(k=4,n={ag['n']})/BoN(n={ag['n_bon']}) = {ag['aisp_over_bon']:.2f}, "
                   f"at equal batch {ag['equal_batch']['aisp_over_bon']:.3f}", flush=True)
             eng.clear()
-        del eng, model
-        gc.collect(), torch.cuda.empty_cache()
+        mr["compile_used"] = eng.compile  # "cudagraph_eager" here means torch.compile fell back
+        del eng
+        empty_cache()
+        if a.ablation:
+            for B in batches:
+                ab = bench_ablation(model, B, P, T, a.reps, engine_kw)
+                mr["batches"][str(B)]["ablation"] = ab
+                print(f"  ablation B={B}: " + ", ".join(
+                    f"{k} {r['decode_tokens_per_s']:,.0f} tok/s ({r['relative_to_default']:.3f})" for k, r in ab.items()),
+                    flush=True)
+        del model
+        empty_cache()
         if a.out:  # partial results survive a later failure
             os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
             with open(a.out, "w") as f:

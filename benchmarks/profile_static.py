@@ -1,7 +1,8 @@
 """Where a decode step's GPU time goes: kernels of the static engine (eager mode, so each
 kernel is visible to the profiler) on a Llama-3-8B-shaped model at one batch.
 
-Run on a GPU: ``python benchmarks/profile_static.py [--batch 512] [--model llama3-8b]``.
+Run on a GPU: ``python benchmarks/profile_static.py [--batch 512] [--model llama3-8b]
+[--new-tokens 128] [--kv-block 16|none] [--no-fuse]``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ def main() -> None:
     ap.add_argument("--model", default="llama3-8b", choices=sorted(MODELS))
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--kv-block", default="16", help="StaticEngine kv_block (an int, or 'none')")
+    ap.add_argument("--no-fuse", action="store_true", help="StaticEngine fuse_weights=False")
     args = ap.parse_args()
+    kv_block = None if args.kv_block.lower() == "none" else int(args.kv_block)
     model = build(args.model)
     B, P, T, n = args.batch, args.prompt_len, args.new_tokens, 8
     D = B // n
-    eng = StaticEngine(model, max_batch=B, max_length=P + T, dtype=torch.bfloat16, compile="none")
+    eng = StaticEngine(model, max_batch=B, max_length=P + T, dtype=torch.bfloat16, compile="none",
+                      kv_block=kv_block, fuse_weights=not args.no_fuse)
     vocab, d = model.config.vocab_size, model.config.hidden_size
     ids = torch.randint(3, vocab, (D, P), device="cuda")
     u = torch.rand(D, n, T, device="cuda")

@@ -428,3 +428,26 @@ def test_compiled_kernels_match_eager_on_cpu():
     _, comp = run_both(model, eng, T=5, tau=2)
     assert_same(ref, plain)
     assert_same(ref, comp)
+
+
+def test_gpu_benchmark_script_smoke_on_cpu(tmp_path):
+    """benchmarks/gpu_rollout.py runs end to end (engine, AISP/BoN timing, ablation, JSON) in its
+    CPU smoke mode, so the script a lent GPU will run is not broken by an untested edit."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_rollout.py"
+    spec = importlib.util.spec_from_file_location("gpu_rollout", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "r.json"
+    assert mod.main(["--device", "cpu", "--models", "tiny", "--batches", "8", "--new-tokens", "4",
+                     "--prompt-len", "6", "--reps", "1", "--ablation", "--kv-block", "2", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["engine_options"] == {"kv_block": 2, "fuse_weights": True, "compile": "none"}
+    e = rep["models"]["tiny"]["batches"]["8"]
+    assert e["engine"]["tokens_per_s"] > 0 and e["engine"]["D"] * e["engine"]["n"] == 8
+    assert set(e["ablation"]) == {"default", "no fuse_weights", "no kv_block", "neither"}  # no CUDA graphs on CPU
+    assert e["ablation"]["neither"]["options"] == {"kv_block": None, "fuse_weights": False, "compile": "none"}
+    assert "| tiny | 8 |" in rep["table_markdown"]
