@@ -417,14 +417,15 @@ def test_control_toward_a_token_raises_its_frequency():
     assert mean_lp_of_tok(ctl) > ctl.base_logprobs[ctl.tokens == tok_id].mean()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_static_engine_equals_eager_engine_through_causal_lm(arch, tokenizer):
+@pytest.mark.parametrize("arch,opts", [("llama", {}), ("qwen2", {}),
+                                       ("llama", {"kv_block": 3, "fuse_weights": False})])
+def test_static_engine_equals_eager_engine_through_causal_lm(arch, opts, tokenizer):
     """CausalLM(engine="static") (eager mode on CPU, float32) gives the eager engine's tokens
     and log-probabilities: both implement the decoding contract, prompt batching included."""
     model = make_model(arch)
     cfg = SamplingConfig(max_new_tokens=8)
     eager = CausalLM(model, tokenizer, sampling=cfg)
-    static = CausalLM(model, tokenizer, sampling=cfg, engine="static", engine_options={"max_batch": 4})
+    static = CausalLM(model, tokenizer, sampling=cfg, engine="static", engine_options={"max_batch": 4, **opts})
     ctx_e, ctx_s = eager.prepare(PROMPTS), static.prepare(PROMPTS)
     ctrl = 0.5 * torch.randn(len(PROMPTS), 3, 5, eager.hidden_size, generator=torch.Generator().manual_seed(1))
     for controls in (None, ctrl):

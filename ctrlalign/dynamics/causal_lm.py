@@ -420,7 +420,8 @@ class CausalLM(Dynamics):
             :func:`eager_decode`.
         engine_options: for ``engine="static"``: ``max_batch`` (initial capacity in rows,
             grown on demand), ``compile`` ("cudagraph", "cudagraph_eager" or "none"; default
-            "cudagraph" on CUDA, "none" elsewhere).
+            "cudagraph" on CUDA, "none" elsewhere), ``fuse_weights`` and ``kv_block`` (see
+            :class:`~ctrlalign.dynamics.static_engine.StaticEngine`).
         verify: check at construction that the backbone's last hidden state through the head
             reproduces the model's logits (one tiny forward pass); refuses the model if not.
     """
@@ -623,12 +624,13 @@ class CausalLM(Dynamics):
             max_len = max(length, 0 if eng is None else eng.max_length)
             max_len = -(-max_len // 64) * 64  # room to grow: round up to a multiple of 64
             compile_mode = opts.pop("compile", "cudagraph" if self.device.type == "cuda" else "none")
+            extra = {k: opts.pop(k) for k in ("fuse_weights", "kv_block") if k in opts}
             if opts:
                 raise ConfigError(f"unknown engine_options for engine='static': {sorted(opts)}")
             if eng is not None:
                 eng.clear()
             eng = StaticEngine(self.model, max_batch=cap, max_length=max_len, dtype=self.dtype,
-                               compile=compile_mode)
+                               compile=compile_mode, **extra)
             self._static = eng
         return eng
 
