@@ -2,7 +2,7 @@
 
 from .base import Dynamics, Outcomes, Sample
 from .causal_lm import CausalLM, CausalLMContext, OutputHead, UnsupportedModelError
-from .decoding import DecodeResult, SamplingConfig, sample_tokens
+from .decoding import DecodeResult, SamplingConfig, sample_tokens, sample_with_logprobs
 
 __all__ = [
     "CausalLM",
@@ -15,4 +15,5 @@ __all__ = [
     "SamplingConfig",
     "UnsupportedModelError",
     "sample_tokens",
+    "sample_with_logprobs",
 ]

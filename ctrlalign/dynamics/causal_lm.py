@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from .._checks import ConfigError, check_int
 from .base import Dynamics, Outcomes
-from .decoding import DecodeResult, SamplingConfig, sample_tokens
+from .decoding import DecodeResult, SamplingConfig, sample_with_logprobs
 
 __all__ = [
     "ENGINES",
@@ -236,12 +236,6 @@ class Prefix(NamedTuple):
 Engine = Callable[..., DecodeResult]
 
 
-def token_logprob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] at temperature 1, in float32. (B, V), (B,) → (B,)."""
-    x = logits.float()
-    return x.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
-
-
 def eager_decode(
     model: Any,
     head: OutputHead,
@@ -317,9 +311,12 @@ def eager_decode(
         else:
             logits = head(z)
             base = logits if base_logprobs else None
-        tok = sample_tokens(logits, uniforms[:, t], config)
-        lp = token_logprob(logits, tok)
-        blp = None if base is None else (lp if base is logits else token_logprob(base, tok))
+        # after the horizon base is logits: its log-probabilities are lp, not recomputed
+        tok, lp, blp = sample_with_logprobs(
+            logits, uniforms[:, t], config, base_logits=None if base is logits else base
+        )
+        if base is logits:
+            blp = lp
         alive = ~finished
         if use_eos:
             tok = torch.where(alive, tok, pad_token_id)
