@@ -94,6 +94,9 @@ class DecodeResult(NamedTuple):
 _BLOCK_MIN, _BLOCK_TARGET, _BLOCK_MAX = 64, 1024, 2048
 
 
+_BLOCK_SIZES: dict[int, int] = {}  # V → bs (the search below is a Python loop; run it once per V)
+
+
 def _block_size(V: int) -> int:
     """The block size bs of the two-level inverse CDF for a vocabulary of V tokens.
 
@@ -103,6 +106,13 @@ def _block_size(V: int) -> int:
     * if V has no divisor in [64, 2048] (e.g. a prime V > 2048): bs = 1024, and the sampler
       pads the logits with -inf up to the next multiple of 1024.
     """
+    bs = _BLOCK_SIZES.get(V)
+    if bs is None:
+        bs = _BLOCK_SIZES[V] = _search_block_size(V)
+    return bs
+
+
+def _search_block_size(V: int) -> int:
     if V < _BLOCK_MIN:
         return V
     best = None

@@ -16,9 +16,9 @@ It implements the contract of :mod:`ctrlalign.dynamics.decoding` exactly:
   the n·(H/Hkv) queries of prompt j attend to prompt j's K/V in one batched matmul, and a
   *decode* part over a static (B, Hkv, T, hd) cache; the two parts share one softmax.
 * Step t (0-based s = t−1) consists of a *head* (logits of the current pre-logit z — with the
-  control added, W(z+v)+b, for s < τ —, inverse-CDF sampling with the pre-drawn uniform via
-  :func:`~ctrlalign.dynamics.decoding.sample_tokens`, log-probabilities at temperature 1, EOS
-  bookkeeping) and a *body* (one transformer step on the sampled token, writing K/V at decode
+  control added, W(z+v)+b, for s < τ —, inverse-CDF sampling with the pre-drawn uniform and
+  log-probabilities at temperature 1, both by
+  :func:`~ctrlalign.dynamics.decoding.sample_with_logprobs`, EOS bookkeeping) and a *body* (one transformer step on the sampled token, writing K/V at decode
   slot s and producing the next z). The last step runs the head only.
 * With ``base_logprobs=True`` the controlled and base pre-logits are stacked into one (2B, d)
   matmul for s < τ only; after τ base = controlled and no extra work is done.
@@ -46,7 +46,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .decoding import DecodeResult, SamplingConfig, sample_tokens
+from .decoding import DecodeResult, SamplingConfig, sample_with_logprobs
 
 __all__ = ["StaticEngine", "Prefix", "SUPPORTED_MODEL_TYPES"]
 
@@ -255,6 +255,7 @@ class _Kernels:
         self.attn_merge = wrap(_attn_merge)
         self.swiglu = wrap(_swiglu)
         self.add_norm = wrap(_add_norm)
+        self.sample = wrap(sample_with_logprobs)
 
 
 def _lin(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
@@ -529,13 +530,8 @@ class StaticEngine:
                 logits = F.linear(zc, self.head_w, self.head_b)
                 base = None
         u = s.uniforms.index_select(1, slot).squeeze(1)
-        tok = sample_tokens(logits, u, config)
-        lf = logits.float()
-        lp = lf.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(lf, dim=-1)
-        if base is not None:
-            bf = base.float()
-            blp = bf.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(bf, dim=-1)
-        else:
+        tok, lp, blp = self._k.sample(logits, u, config, base)
+        if blp is None:  # no base head computed: base = controlled
             blp = lp
         if eos is not None:
             alive = ~s.done
