@@ -16,7 +16,7 @@ from test_controllers import CONTROLLERS, SYSTEMS, ControllerContract
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.py"))
-SLOW = {"align_smollm2", "choose_parameters"}
+SLOW = {"align_smollm2", "choose_parameters"}  # fast_rollouts has its own slow test below
 
 
 def load(name: str):
@@ -28,7 +28,7 @@ def test_every_example_has_main_and_out_option():
     for name in EXAMPLES:
         src = (ROOT / "examples" / f"{name}.py").read_text()
         assert "def main(" in src and "--out" in src and '__name__ == "__main__"' in src, name
-    assert set(EXAMPLES) >= SLOW | {"toy_gaussian", "swap_controllers", "custom_components"}
+    assert set(EXAMPLES) >= SLOW | {"toy_gaussian", "swap_controllers", "custom_components", "fast_rollouts"}
 
 
 def test_toy_gaussian(tmp_path):
@@ -94,3 +94,15 @@ def test_custom_dynamics_uncontrolled_and_shape_errors():
 def test_slow_examples_on_default_model(name, tmp_path):
     res = load(name).main(tmp_path, quick=True)
     assert res
+
+
+@pytest.mark.slow
+def test_fast_rollouts_static_engine_on_default_model(tmp_path):
+    """The static engine on the real SmolLM2: same first tokens as the eager engine (identical
+    prefill and head), most rows identical, and AISP runs end to end through it."""
+    res = load("fast_rollouts").main(tmp_path, quick=True)
+    assert res["first_token_agreement"] == 1.0
+    assert res["token_agreement"] > 0.8
+    assert res["static"]["tokens_per_s"] > 0 and res["eager"]["tokens_per_s"] > 0
+    assert len(res["aisp_rewards"]) == 2 and all(-1 <= r <= 1 for r in res["aisp_rewards"])
+    assert (tmp_path / "fast_rollouts.png").stat().st_size > 1000
