@@ -107,7 +107,6 @@ class _Layer:
             self.up = (m.up_proj.weight, m.up_proj.bias)
         self.o = (a.o_proj.weight, a.o_proj.bias)
         self.down = (m.down_proj.weight, m.down_proj.bias)
-        self.intermediate = m.down_proj.weight.shape[1]
 
     def project_qkv(self, h: torch.Tensor, nq: int, nkv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(…, d) → q (…, nq), k (…, nkv), v (…, nkv) (views of one GEMM's output when fused)."""
@@ -116,11 +115,11 @@ class _Layer:
             return qkv[..., :nq], qkv[..., nq:nq + nkv], qkv[..., nq + nkv:]
         return _lin(h, self.q), _lin(h, self.k), _lin(h, self.v)
 
-    def project_gate_up(self, h: torch.Tensor) -> torch.Tensor:
-        """(…, d) → [gate | up] (…, 2I)."""
+    def project_gate_up(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(…, d) → gate (…, I), up (…, I) (views of one GEMM's output when fused)."""
         if self.fused:
-            return _lin(h, self.gate_up)
-        return torch.cat([_lin(h, self.gate), _lin(h, self.up)], dim=-1)
+            return _lin(h, self.gate_up).chunk(2, dim=-1)
+        return _lin(h, self.gate), _lin(h, self.up)
 
 
 def _fuse_linears(owner: torch.nn.Module, attr: str, linears: Sequence[torch.nn.Module]):
@@ -186,9 +185,7 @@ def _rope2(q, k, cos, sin):
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
-def _swiglu(gu: torch.Tensor) -> torch.Tensor:
-    # gu = [gate | up] (…, 2I) → silu(gate)·up (…, I)
-    g, u = gu.chunk(2, dim=-1)
+def _swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return F.silu(g) * u
 
 
@@ -462,7 +459,7 @@ class StaticEngine:
         return Prefix(k=K, v=Vv, key_mask=mask, lengths=lengths, z=z)
 
     def _mlp(self, h: torch.Tensor, ly: _Layer) -> torch.Tensor:
-        return _lin(_swiglu(ly.project_gate_up(h)), ly.down)
+        return _lin(_swiglu(*ly.project_gate_up(h)), ly.down)
 
     # ------------------------------------------------------------------ decode pieces
     def _body(self, s: _Session, Tb: int) -> None:
@@ -494,7 +491,7 @@ class StaticEngine:
             pp, pd = kn.attn_probs(sp, sd, amask, self.scale, self.dtype, D, n)
             o = kn.attn_merge(torch.matmul(pp, s.pv[li]), torch.matmul(pd, dv), n)  # (B,H*hd)
             x, h = kn.add_norm(x, _lin(o, ly.o), ly.ln2_w, ly.ln2_eps)
-            m = _lin(kn.swiglu(ly.project_gate_up(h)), ly.down)
+            m = _lin(kn.swiglu(*ly.project_gate_up(h)), ly.down)
             nxt = self.layers[li + 1] if li + 1 < len(self.layers) else None
             if nxt is None:
                 x, h = kn.add_norm(x, m, self.norm_w, self.norm_eps)
