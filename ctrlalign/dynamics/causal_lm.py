@@ -311,12 +311,8 @@ def eager_decode(
         else:
             logits = head(z)
             base = logits if base_logprobs else None
-        # after the horizon base is logits: its log-probabilities are lp, not recomputed
-        tok, lp, blp = sample_with_logprobs(
-            logits, uniforms[:, t], config, base_logits=None if base is logits else base
-        )
-        if base is logits:
-            blp = lp
+        # after the horizon base is logits: sample_with_logprobs reuses lp, no second pass
+        tok, lp, blp = sample_with_logprobs(logits, uniforms[:, t], config, base_logits=base)
         alive = ~finished
         if use_eos:
             tok = torch.where(alive, tok, pad_token_id)

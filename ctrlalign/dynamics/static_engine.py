@@ -444,8 +444,7 @@ class StaticEngine:
                 q = q.reshape(c, P, self.num_heads, hd).transpose(1, 2)
                 k = k.reshape(c, P, Hkv, hd).transpose(1, 2)
                 v = v.reshape(c, P, Hkv, hd).transpose(1, 2)
-                q = q * cos + _rotate_half(q) * sin
-                k = k * cos + _rotate_half(k) * sin
+                q, k = _rope2(q, k, cos, sin)
                 K[li, a:b] = k
                 Vv[li, a:b] = v
                 qg = q.reshape(c, Hkv, self.group * P, hd)
