@@ -144,23 +144,31 @@ def bench_generate(model, B, P, T, reps):
     return dict(seconds=min(ts), tokens_per_s=B * T / min(ts), peak_mem_gb=peak_gb())
 
 
-def bench_engine(eng, vocab, d, B, P, T, reps, n=8):
+def decode_workload(eng, vocab, d, B, P, T, n=8):
+    """D = B/n random prompts of length P, prefilled once, with pre-drawn uniforms and controls
+    (σ = 0.3) for n samples each. Returns (D, n, ids, v, dec) where ``dec(controls, base=False)``
+    decodes all B rows at fixed length T."""
     D = max(1, B // n)
     n = B // D
     ids = torch.randint(3, vocab, (D, P), device=DEVICE)
-    mask = torch.ones_like(ids)
     cfg = SamplingConfig(max_new_tokens=T, ignore_eos=True)
     g = torch.Generator(device=DEVICE).manual_seed(0)
     u = torch.rand(D, n, T, device=DEVICE, generator=g)
     v = 0.3 * torch.randn(D, n, T, d, device=DEVICE, generator=g, dtype=DTYPE)
-    res: dict = dict(D=D, n=n)
-    reset_peak()
-    pre = eng.prefill(ids, mask)
+    pre = eng.prefill(ids, torch.ones_like(ids))
 
     def dec(controls, base=False):
         return eng.decode(pre, num_samples=n, controls=controls, uniforms=u, config=cfg, eos_token_id=2,
                           pad_token_id=0, base_logprobs=base)
 
+    return D, n, ids, v, dec
+
+
+def bench_engine(eng, vocab, d, B, P, T, reps, n=8):
+    reset_peak()
+    D, n, ids, v, dec = decode_workload(eng, vocab, d, B, P, T, n)
+    mask = torch.ones_like(ids)
+    res: dict = dict(D=D, n=n)
     sync()
     t0 = time.perf_counter()
     dec(v)  # first call captures the graphs
@@ -251,23 +259,12 @@ def bench_ablation(model, B, P, T, reps, engine_kw) -> dict:
         if DEVICE != "cuda" and kw.get("compile") not in (None, "none"):
             continue
         eng = StaticEngine(model, max_batch=B, max_length=P + T, dtype=DTYPE, **kw)
-        n = min(8, B)
-        D = B // n
-        ids = torch.randint(3, model.config.vocab_size, (D, P), device=DEVICE)
-        pre = eng.prefill(ids, torch.ones_like(ids))
-        g = torch.Generator(device=DEVICE).manual_seed(0)
-        u = torch.rand(D, n, T, device=DEVICE, generator=g)
-        v = (0.3 * torch.randn(D, n, T, model.config.hidden_size, device=DEVICE, generator=g)).to(DTYPE)
-        cfg = SamplingConfig(max_new_tokens=T, ignore_eos=True)
-
-        def dec():
-            eng.decode(pre, num_samples=n, controls=v, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
-
-        dec()  # capture
-        t = min(timed(dec, reps))
+        D, n, _, v, dec = decode_workload(eng, model.config.vocab_size, model.config.hidden_size, B, P, T)
+        dec(v)  # capture
+        t = min(timed(lambda: dec(v), reps))
         out[name] = dict(options=kw, compile_used=eng.compile, decode_s=t, decode_tokens_per_s=D * n * T / t)
         eng.clear()
-        del eng, pre
+        del eng, dec
         empty_cache()
     base = out["default"]["decode_tokens_per_s"]
     for r in out.values():
