@@ -3,11 +3,12 @@
 __version__ = "0.1.0"
 """The package version."""
 
-from . import theory
+from . import spaces, theory
 from ._checks import ConfigError, RewardError
-from .align import AlignmentResult, IterationRecord, align
-from .controllers import AISP, CEM, MPPI, BestOfN, Controller, ControllerState, SoftmaxSampling, StepInfo
+from .align import AlignmentResult, Iteration, IterationRecord, align
+from .controllers import AISP, CEM, MPPI, BestOfN, Controller, Proposal, SoftmaxSampling
 from .cost import Cost, CostTerms
+from .diagnostics import Diagnostics
 from .dynamics import CausalLM, Dynamics, Outcomes, Sample, SamplingConfig
 from .dynamics.toy import LinearGaussian, SoftmaxHead
 from .models import default_model_path, load_default
@@ -25,6 +26,8 @@ from .rewards import (
     get_reward,
 )
 from .rewards.toy import QuadraticReward, TableReward
+from .selection import BestSoFar, FinalProposal, Reservoir, Selection
+from .spaces import Blocks, ControlSpace, PerToken, Shared, Subspace
 
 __all__ = [
     "__version__",
@@ -57,19 +60,32 @@ __all__ = [
     "TableReward",
     # controllers
     "Controller",
-    "ControllerState",
-    "StepInfo",
+    "Proposal",
     "AISP",
     "MPPI",
     "BestOfN",
     "SoftmaxSampling",
     "CEM",
+    # control spaces
+    "spaces",
+    "ControlSpace",
+    "PerToken",
+    "Shared",
+    "Blocks",
+    "Subspace",
+    # selection and diagnostics
+    "Selection",
+    "BestSoFar",
+    "Reservoir",
+    "FinalProposal",
+    "Diagnostics",
     # cost and loop
     "Cost",
     "CostTerms",
     "align",
     "AlignmentResult",
     "IterationRecord",
+    "Iteration",
     # seeding
     "make_generators",
     "prompt_seed",

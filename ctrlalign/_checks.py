@@ -79,7 +79,7 @@ def check_rewards(rewards: Any, num_prompts: int, num_samples: int, *, source: s
     if not isinstance(rewards, torch.Tensor):
         try:
             rewards = torch.as_tensor(rewards)
-        except Exception as exc:  # noqa: BLE001 - report whatever the user returned
+        except Exception as exc:
             raise RewardError(
                 f"{source} returned {type(rewards).__name__}, expected a tensor of shape "
                 f"(num_prompts={num_prompts}, num_samples={num_samples})"

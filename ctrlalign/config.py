@@ -32,8 +32,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["ModelConfig", "RewardTerm", "ControllerConfig", "RunSettings", "RunConfig", "load_config",
-           "config_hash", "format_validation_error", "read_config_file"]
+__all__ = [
+    "ControllerConfig",
+    "ModelConfig",
+    "RewardTerm",
+    "RunConfig",
+    "RunSettings",
+    "config_hash",
+    "format_validation_error",
+    "load_config",
+    "read_config_file",
+]
 
 
 class _Strict(BaseModel):

@@ -1,17 +1,20 @@
 r"""Cost = reward + λ·KL: the objective every controller minimises, reported term by term.
 
-.. math:: J(x, U) = -\mathbb E_{V\sim q_U}[r(x, y(V))] + \lambda\,\mathrm{KL}(q_U\,\|\,p),
-          \qquad \mathrm{KL}(q_U\|p) = \sum_t \frac{\|u_t\|^2}{2\sigma^2}.
+.. math:: J(x, \hat\theta) = -\mathbb E_{\theta\sim q}[r(x, y(A\theta))] + \lambda\,\mathrm{KL}(q\,\|\,p),
+          \qquad \mathrm{KL}(q\|p) = \frac{\|\hat\theta\|^2}{2\sigma^2}\ (s = \sigma).
+
+λ has one home, the controller: :func:`~ctrlalign.align` passes the λ the controller weighted
+the round with. Controllers without a temperature (Best-of-N, CEM) are the λ → 0 limit and
+report J = −E[r].
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 
-from . import theory
-from ._checks import check_positive
 from .dynamics.base import Outcomes
 from .rewards.base import Reward, evaluate_reward
 
@@ -23,28 +26,28 @@ class CostTerms(NamedTuple):
 
     Attributes:
         expected_reward: Monte-Carlo estimate of E_q[r] (mean over the n samples).
-        kl: KL(q_U‖p).
+        kl: KL(q‖p) of the proposal that generated the round.
+        temperature: λ of the round (NaN: none, J is then −E[r]).
         objective: J = −expected_reward + λ·kl.
     """
 
     expected_reward: torch.Tensor
     kl: torch.Tensor
+    temperature: torch.Tensor
     objective: torch.Tensor
 
 
 class Cost:
-    """Couples a :class:`~ctrlalign.rewards.base.Reward` with the KL penalty weight λ.
+    """The reward r of the objective, scored with checks.
 
     Args:
-        reward: the reward r.
-        temperature: λ > 0; None: use the controller's own λ (or 1.0 if it has none).
+        reward: the reward r (a :class:`~ctrlalign.rewards.base.Reward` or callable).
     """
 
-    def __init__(self, reward: Reward, temperature: float | None = None):
+    def __init__(self, reward: Reward):
         if not callable(reward):
             raise TypeError(f"Cost needs a Reward (or callable), got {type(reward).__name__}")
         self.reward = reward
-        self.temperature = None if temperature is None else check_positive("temperature", temperature, symbol="λ")
 
     def rewards(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
         """Score outcomes, checking shape (D, n) and finiteness.
@@ -54,12 +57,10 @@ class Cost:
         """
         return evaluate_reward(self.reward, prompts, outcomes)
 
-    def terms(self, rewards: torch.Tensor, kl: torch.Tensor, temperature: float) -> CostTerms:
-        """J's terms from a round's rewards (D, n) and its proposal's KL (D,)."""
-        lam = check_positive("temperature", temperature, symbol="λ")
+    @staticmethod
+    def terms(rewards: torch.Tensor, kl: torch.Tensor, temperature: torch.Tensor) -> CostTerms:
+        """J's terms from a round's rewards (D, n), its proposal's KL (D,) and λ (D,) (NaN: none)."""
         er = rewards.double().mean(-1)
-        return CostTerms(expected_reward=er, kl=kl.double(), objective=-er + lam * kl.double())
-
-    def kl(self, mean: torch.Tensor, sigma: float) -> torch.Tensor:
-        """KL(q_U ‖ p) = Σ‖u_t‖²/(2σ²) for mean (D, τ, d); (D,)."""
-        return theory.gaussian_kl(mean, sigma)
+        lam = temperature.double().to(er.device)
+        penalty = torch.where(torch.isnan(lam) | (kl.double() == 0), torch.zeros_like(er), lam * kl.double())
+        return CostTerms(expected_reward=er, kl=kl.double(), temperature=lam, objective=-er + penalty)

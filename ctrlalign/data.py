@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-__all__ = ["PromptItem", "load_prompts", "mt_bench", "PACKAGED_SETS"]
+__all__ = ["PACKAGED_SETS", "PromptItem", "load_prompts", "mt_bench"]
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ alone, or inside any batch, at any position, sees the same random numbers.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["PromptGenerators", "prompt_key", "prompt_seed", "make_generators"]
+__all__ = ["PromptGenerators", "make_generators", "prompt_key", "prompt_seed"]
 
 
 class PromptGenerators(NamedTuple):

@@ -17,15 +17,16 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
 from .config import RunConfig, config_hash
 from .data import PromptItem, load_prompts
 
-__all__ = ["run", "read_results", "ConfigChangedError", "versions"]
+__all__ = ["ConfigChangedError", "read_results", "run", "versions"]
 
 
 class ConfigChangedError(RuntimeError):
@@ -66,8 +67,7 @@ def read_results(path: str | Path, repair: bool = False) -> list[dict[str, Any]]
 
 def _append(path: Path, records: Iterable[dict[str, Any]]) -> None:
     with open(path, "a", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        fh.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -141,10 +141,9 @@ def build_dynamics(cfg: RunConfig):
 def solve_batch(dynamics, reward, controller, items: list[PromptItem], seed: int, base: bool,
                 progress: bool = False) -> list[dict[str, Any]]:
     """Align a batch of prompts (and optionally sample the plain model); one record each."""
+    from ._checks import RewardError
     from .align import align
     from .controllers import BestOfN
-
-    from ._checks import RewardError
 
     texts = [it.text for it in items]
     t0 = time.perf_counter()

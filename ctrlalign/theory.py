@@ -29,19 +29,20 @@ import torch
 from ._checks import check_interval, check_positive
 
 __all__ = [
-    "log_mean_exp",
-    "free_energy",
-    "log_weights",
-    "importance_weights",
-    "gaussian_kl",
-    "gaussian_kl_isotropic",
-    "gaussian_kl_full",
-    "effective_sample_size",
-    "weight_entropy",
     "LinearGaussianOptimum",
-    "linear_gaussian_optimum",
-    "linear_gaussian_cost",
+    "adaptive_temperature",
+    "effective_sample_size",
+    "free_energy",
     "gaussian_class_conditional_head",
+    "gaussian_kl",
+    "gaussian_kl_full",
+    "gaussian_kl_isotropic",
+    "importance_weights",
+    "linear_gaussian_cost",
+    "linear_gaussian_optimum",
+    "log_mean_exp",
+    "log_weights",
+    "weight_entropy",
 ]
 
 
@@ -198,6 +199,67 @@ def weight_entropy(log_w: torch.Tensor) -> torch.Tensor:
     """
     w = log_w.exp()
     return -(torch.where(w > 0, w * log_w, torch.zeros_like(w))).sum(dim=-1)
+
+
+def adaptive_temperature(
+    rewards: torch.Tensor,
+    target_ess: float,
+    *,
+    offsets: torch.Tensor | None = None,
+    bracket: tuple[float, float] = (1e-6, 1e6),
+    iterations: int = 100,
+) -> torch.Tensor:
+    r"""λ per prompt such that the weights :math:`\log w_i = r_i/\lambda - c_i` (normalised)
+    have Kish ESS = ``target_ess``·n: the adaptive tempering of sequential Monte Carlo.
+
+    The rewards are standardised per prompt, :math:`z = (r - \bar r)/s_r`, and
+    :math:`\lambda' = \lambda/s_r` is found by bisection on :math:`\log\lambda'` in
+    ``bracket``; then :math:`\lambda = \lambda' s_r`. Since :math:`r/\lambda = z/\lambda' +
+    \bar r/\lambda` and the constant cancels in the normalisation, the weights are invariant to
+    any affine change :math:`a r + c` (a > 0) of the rewards. Without offsets the ESS increases
+    monotonically with λ (its log-derivative in β = 1/λ is
+    :math:`2(\mathbb E_\beta[r]-\mathbb E_{2\beta}[r])\le 0`), so the target is met to
+    floating-point precision whenever it lies between the ESS at the bracket's ends; otherwise
+    the nearer end is returned. Prompts whose rewards are all equal get λ = +inf (uniform
+    weights up to the offsets).
+
+    Args:
+        rewards: (D, n) rewards.
+        target_ess: the target ESS as a fraction of n, in (0, 1].
+        offsets: (D, n) the terms c_i subtracted from r/λ (AISP's likelihood-ratio term
+            :math:`\frac{1-\alpha}{\sigma^2}\langle\hat\theta,\theta_i\rangle`), or None.
+        bracket: (low, high) search range for λ' = λ / s_r.
+        iterations: bisection steps (100 halve a bracket of e^27.6 far below float64 precision).
+
+    Returns:
+        (D,) float64 temperatures λ > 0 (+inf where the rewards do not vary).
+    """
+    frac = check_interval("target_ess", target_ess, 0.0, 1.0)
+    if frac == 0.0:
+        raise ValueError("target_ess must be in (0, 1], got 0")
+    r = rewards.double()
+    n = r.shape[-1]
+    c = torch.zeros_like(r) if offsets is None else offsets.double()
+    scale = r.std(dim=-1, correction=0, keepdim=True)
+    flat = scale.squeeze(-1) <= 1e-12 * (1.0 + r.abs().amax(dim=-1))
+    z = (r - r.mean(dim=-1, keepdim=True)) / torch.where(flat.unsqueeze(-1), torch.ones_like(scale), scale)
+    target = frac * n
+
+    def ess(log_lam: torch.Tensor) -> torch.Tensor:
+        return effective_sample_size(torch.log_softmax(z / log_lam.exp().unsqueeze(-1) - c, dim=-1))
+
+    lo = torch.full(r.shape[:-1], math.log(bracket[0]), dtype=torch.float64, device=r.device)
+    hi = torch.full_like(lo, math.log(bracket[1]))
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        small = ess(mid) < target  # ESS too small: raise λ
+        lo = torch.where(small, mid, lo)
+        hi = torch.where(small, hi, mid)
+    lam = 0.5 * (lo + hi)
+    lam = torch.where(ess(torch.full_like(lo, math.log(bracket[1]))) < target, math.log(bracket[1]), lam)
+    lam = torch.where(ess(torch.full_like(lo, math.log(bracket[0]))) >= target, math.log(bracket[0]), lam)
+    out = lam.exp() * scale.squeeze(-1)
+    return torch.where(flat, torch.full_like(out, math.inf), out)
 
 
 # ----------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ same alone and inside a batch of D prompts, at any position).
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -17,167 +15,28 @@ from hypothesis import strategies as st
 import ctrlalign as ca
 from ctrlalign import theory
 from ctrlalign._checks import ConfigError, RewardError
+from ctrlalign.diagnostics import diagnose
+from ctrlalign.testing import CONTROLLERS as FACTORIES
+from ctrlalign.testing import (
+    DIM,
+    SPACES,
+    SYSTEMS,
+    TAU,
+    ControllerContract,
+    make_linear,
+    make_softmax_head,
+)
+from ctrlalign.testing import same_sample as _same_sample
 
-TAU, DIM, P = 3, 2, 4
-
-
-def make_linear(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(P, TAU * DIM, generator=g, dtype=torch.float64)
-    target = torch.randn(P, generator=g, dtype=torch.float64)
-    prompts = [torch.randn(P, generator=g, dtype=torch.float64) for _ in range(4)]
-    return ca.LinearGaussian(A, TAU, DIM), ca.QuadraticReward(target), prompts
-
-
-def make_softmax_head(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    K = 3
-    W = torch.randn(K, DIM, generator=g, dtype=torch.float64)
-    b = torch.randn(K, generator=g, dtype=torch.float64)
-    E = torch.randn(K + 1, DIM, generator=g, dtype=torch.float64)
-    dyn = ca.SoftmaxHead(W, b, TAU, embeddings=E)
-    import itertools
-
-    table = {s: float(torch.randn((), generator=g)) for s in itertools.product(range(K), repeat=TAU)}
-    prompts = [torch.randn(TAU, DIM, generator=g, dtype=torch.float64) for _ in range(4)]
-    return dyn, ca.TableReward(table), prompts
-
-
-class CountingReward(ca.Reward):
-    """Counts how many responses of each prompt were scored (budget accounting)."""
-
-    name = "counting"
-
-    def __init__(self, inner: ca.Reward):
-        self.inner = inner
-        self.calls: dict[bytes, int] = {}
-
-    def __call__(self, prompts, outcomes):
-        from ctrlalign.random import prompt_key
-
-        for p in prompts:
-            key = prompt_key(p)
-            self.calls[key] = self.calls.get(key, 0) + outcomes.num_samples
-        return self.inner(prompts, outcomes)
-
-
-CONTROLLERS = {
-    "aisp": lambda n, k: ca.AISP(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, alpha=0.5),
-    "aisp_alpha0": lambda n, k: ca.AISP(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, alpha=0.0),
-    "mppi": lambda n, k: ca.MPPI(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, step_size=0.5),
-    "bon_prior": lambda n, k: ca.BestOfN(num_samples=n, num_iterations=k, sigma=0.7),
-    "bon_plain": lambda n, k: ca.BestOfN(num_samples=n, num_iterations=k, sigma=0.0),
-    "softmax": lambda n, k: ca.SoftmaxSampling(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5),
-    "cem": lambda n, k: ca.CEM(num_samples=n, num_iterations=k, sigma=0.7, elite_fraction=0.3),
-    "cem_refit": lambda n, k: ca.CEM(num_samples=n, num_iterations=k, sigma=0.7, refit_std=True, step_size=0.7),
-}
-SYSTEMS = {"linear": make_linear, "softmax_head": make_softmax_head}
-
-
-def _same_sample(a: ca.Sample, b: ca.Sample) -> bool:
-    if a.value is not None or b.value is not None:
-        if not torch.equal(a.value, b.value):
-            return False
-    return a.tokens == b.tokens and a.text == b.text
-
-
-class ControllerContract:
-    """The contract every controller passes, on every system in ``systems``.
-
-    ``TestContract`` below runs it over the built-in controllers. To run it on your own
-    controller (or your own dynamics + reward), subclass it in a test file with your factories
-    (see ``tests/test_examples.py`` and the docs' Extending pages)::
-
-        @pytest.mark.parametrize("system", SYSTEMS)
-        @pytest.mark.parametrize("name", ["mine"])
-        class TestMyContract(ControllerContract):
-            controllers = {"mine": lambda n, k: MyController(num_samples=n, num_iterations=k, sigma=0.7)}
-    """
-
-    n, k = 6, 3
-    #: name -> factory (n, k) -> Controller
-    controllers = CONTROLLERS
-    #: name -> factory () -> (dynamics, reward, 4 prompts)
-    systems = SYSTEMS
-
-    def run(self, name, system, prompts=None, seed=0):
-        dyn, reward, all_prompts = self.systems[system]()
-        counting = CountingReward(reward)
-        ctrl = self.controllers[name](self.n, self.k)
-        res = ca.align(dyn, counting, ctrl, all_prompts if prompts is None else prompts, seed=seed)
-        return res, counting, all_prompts
-
-    def test_shapes_and_trace(self, name, system):
-        res, _, prompts = self.run(name, system)
-        D = len(prompts)
-        assert res.state.mean.shape == (D, TAU, DIM)
-        assert res.rewards.shape == (D,)
-        assert len(res.responses) == D and all(r is not None for r in res.responses)
-        assert len(res.trace) == self.k
-        for rec in res.trace:
-            info = rec.info
-            for f in ("mean_reward", "max_reward", "ess", "weight_entropy", "mean_norm", "kl"):
-                v = getattr(info, f)
-                assert v.shape == (D,), f
-                assert torch.isfinite(v).all(), f
-            assert info.weights.shape == (D, self.n)
-            torch.testing.assert_close(info.weights.sum(-1), torch.ones(D, dtype=info.weights.dtype))
-            assert (info.weights >= 0).all()
-            assert ((info.ess >= 1 - 1e-9) & (info.ess <= self.n + 1e-9)).all()
-            assert ((info.weight_entropy >= -1e-9) & (info.weight_entropy <= math.log(self.n) + 1e-9)).all()
-            assert (info.max_reward >= info.mean_reward - 1e-12).all()
-            assert (info.kl >= -1e-9).all()
-
-    def test_kept_reward_matches_kept_response(self, name, system):
-        # the reported reward is the reward of the response actually kept
-        res, _, prompts = self.run(name, system)
-        dyn, reward, _ = self.systems[system]()
-        for d, s in enumerate(res.responses):
-            if s.value is not None and s.tokens is None:
-                out = ca.Outcomes(num_prompts=1, num_samples=1, values=s.value.view(1, 1, -1))
-            else:
-                t = torch.tensor(s.tokens).view(1, 1, -1)
-                out = ca.Outcomes(num_prompts=1, num_samples=1, tokens=t, values=t)
-            r = reward([prompts[d]], out)
-            assert float(r[0, 0]) == pytest.approx(float(res.rewards[d]), rel=1e-6, abs=1e-9)
-
-    def test_determinism(self, name, system):
-        a, _, _ = self.run(name, system, seed=3)
-        b, _, _ = self.run(name, system, seed=3)
-        c, _, _ = self.run(name, system, seed=4)
-        assert torch.equal(a.rewards, b.rewards)
-        assert torch.equal(a.state.mean, b.state.mean)
-        assert all(_same_sample(x, y) for x, y in zip(a.responses, b.responses))
-        if name == "bon_plain" and system == "linear":
-            return  # the uncontrolled linear system is deterministic: nothing random to vary
-        # a different seed gives different draws
-        assert not all(
-            torch.equal(x.info.mean_reward, y.info.mean_reward) for x, y in zip(a.trace, c.trace)
-        )
-
-    def test_budget_accounting(self, name, system):
-        res, counting, prompts = self.run(name, system)
-        assert res.reward_calls.tolist() == [self.n * self.k] * len(prompts)
-        assert sorted(counting.calls.values()) == [self.n * self.k] * len(prompts)
-
-    def test_per_prompt_independence(self, name, system):
-        batch, _, prompts = self.run(name, system, seed=11)
-        for d in (0, 2):
-            alone, _, _ = self.run(name, system, prompts=[prompts[d]], seed=11)
-            assert torch.allclose(alone.state.mean[0], batch.state.mean[d], atol=1e-6)
-            assert float(alone.rewards[0]) == pytest.approx(float(batch.rewards[d]), abs=1e-9)
-            assert _same_sample(alone.responses[0], batch.responses[d])
-        # and in another order: prompt 3 at position 0
-        perm = [prompts[3], prompts[1], prompts[0]]
-        shuffled, _, _ = self.run(name, system, prompts=perm, seed=11)
-        assert float(shuffled.rewards[0]) == pytest.approx(float(batch.rewards[3]), abs=1e-9)
-        assert float(shuffled.rewards[2]) == pytest.approx(float(batch.rewards[0]), abs=1e-9)
+#: the built-in controllers in the paper's per-token space, factories (n, k)
+CONTROLLERS = {name: (lambda n, k, _f=f: _f(n, k, ca.PerToken())) for name, f in FACTORIES.items()}
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
-@pytest.mark.parametrize("name", CONTROLLERS)
+@pytest.mark.parametrize("space", SPACES)
+@pytest.mark.parametrize("name", FACTORIES)
 class TestContract(ControllerContract):
-    """The contract over every built-in controller and both toy systems."""
+    """The contract over every built-in controller × every control space × both toy systems."""
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
@@ -191,7 +50,7 @@ def test_bon_equals_aisp_with_zero_updates_bit_for_bit(system, n, seed):
                     prompts, seed=seed)
     assert torch.equal(bon.rewards, aisp.rewards)
     assert all(_same_sample(a, b) for a, b in zip(bon.responses, aisp.responses))
-    assert torch.equal(bon.trace[0].info.mean_reward, aisp.trace[0].info.mean_reward)
+    assert torch.equal(bon.trace[0].diagnostics.mean_reward, aisp.trace[0].diagnostics.mean_reward)
 
 
 @given(seed=st.integers(0, 2**31 - 1), k=st.integers(1, 4))
@@ -205,9 +64,9 @@ def test_all_controllers_draw_identical_noise(seed, k):
         seen = []
         orig_step = ctrl.step
 
-        def step(state, controls, rewards, gens=None, _orig=orig_step, _seen=seen):
+        def step(state, controls, rewards, _orig=orig_step, _seen=seen):
             _seen.append((controls - state.mean.unsqueeze(1)) / state.std.view(-1, 1, 1, 1))
-            return _orig(state, controls, rewards, gens)
+            return _orig(state, controls, rewards)
 
         ctrl.step = step
         ca.align(dyn, reward, ctrl, prompts, seed=seed)
@@ -221,7 +80,7 @@ def test_bon_never_moves_its_mean_and_keeps_the_max():
     dyn, reward, prompts = make_linear()
     res = ca.align(dyn, reward, ca.BestOfN(num_samples=4, num_iterations=5, sigma=0.8), prompts)
     assert torch.count_nonzero(res.state.mean) == 0
-    best = torch.stack([rec.info.max_reward for rec in res.trace]).max(0).values
+    best = torch.stack([rec.diagnostics.max_reward for rec in res.trace]).max(0).values
     assert torch.equal(res.rewards, best)
 
 
@@ -252,11 +111,13 @@ def test_aisp_mean_update_is_the_weighted_average(seed, lam, alpha):
     g = torch.Generator().manual_seed(seed)
     D, n = 2, 6
     ctrl = ca.AISP(num_samples=n, num_iterations=1, sigma=0.4, temperature=lam, alpha=alpha)
-    state = ctrl.init(D, DIM, TAU, dtype=torch.float64)
+    space = ca.PerToken(horizon=TAU, hidden_size=DIM)
+    state = ctrl.init(D, space, dtype=torch.float64)
     state = state.replace(mean=torch.randn(D, TAU, DIM, generator=g, dtype=torch.float64))
     controls = ctrl.sample(state, [torch.Generator().manual_seed(seed + j) for j in range(D)])
     rewards = torch.randn(D, n, generator=g, dtype=torch.float64)
-    new, info = ctrl.step(state, controls, rewards)
+    new, log_w = ctrl.step(state, controls, rewards)
+    info = diagnose(ctrl, state, new, rewards, log_w)
     inner = (controls * state.mean.unsqueeze(1)).sum((-1, -2))
     logw = rewards / lam - (1 - alpha) / 0.4**2 * inner
     w = torch.softmax(logw, -1)
@@ -270,10 +131,12 @@ def test_aisp_mean_update_is_the_weighted_average(seed, lam, alpha):
 def test_cem_moves_to_the_elite_mean():
     D, n = 1, 8
     ctrl = ca.CEM(num_samples=n, num_iterations=1, sigma=1.0, elite_fraction=0.25)
-    state = ctrl.init(D, DIM, TAU, dtype=torch.float64)
+    space = ca.PerToken(horizon=TAU, hidden_size=DIM)
+    state = ctrl.init(D, space, dtype=torch.float64)
     controls = ctrl.sample(state, [torch.Generator().manual_seed(0)])
     rewards = torch.arange(n, dtype=torch.float64).view(1, n)
-    new, info = ctrl.step(state, controls, rewards)
+    new, log_w = ctrl.step(state, controls, rewards)
+    info = diagnose(ctrl, state, new, rewards, log_w)
     torch.testing.assert_close(new.mean[0], controls[0, -2:].mean(0))
     assert float(info.ess[0]) == pytest.approx(2.0)
 
@@ -283,7 +146,7 @@ def test_softmax_sampling_keeps_a_resampled_not_the_best_response():
     dyn, reward, prompts = make_linear()
     res = ca.align(dyn, reward, ca.SoftmaxSampling(num_samples=8, num_iterations=2, sigma=1.0, temperature=100.0),
                    prompts * 5, seed=0)
-    best = torch.stack([rec.info.max_reward for rec in res.trace]).max(0).values
+    best = torch.stack([rec.diagnostics.max_reward for rec in res.trace]).max(0).values
     assert (res.rewards < best).any()
     assert torch.count_nonzero(res.state.mean) == 0
 
@@ -320,7 +183,7 @@ def test_bad_configuration_names_the_value_and_range(make, fragment):
 
 
 def test_config_error_is_a_value_error():
-    with pytest.raises(ConfigError, match=r"sigma \(σ\) must be a finite number > 0, got 0"):
+    with pytest.raises(ConfigError, match=r"sigma \(σ\) must be a number > 0, got 0"):
         ca.AISP(sigma=0)
 
 

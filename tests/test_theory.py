@@ -279,10 +279,13 @@ def test_weights_temperature_limits(r):
     assert torch.equal(w, onehot)
     # Best-of-N picks the same sample
     from ctrlalign.controllers import BestOfN
+    from ctrlalign.selection import BestSoFar
+    from ctrlalign.spaces import PerToken
     bon = BestOfN(num_samples=len(r), num_iterations=1)
-    _, info = bon.step(bon.init(1, 1, 1), None, rt)
-    assert int(info.chosen[0]) == int(np.argmax(r))
-    assert torch.equal(info.weights, onehot)
+    _, log_w = bon.step(bon.init(1, PerToken(horizon=1, hidden_size=1)), None, rt)
+    _, chosen, _ = BestSoFar().update(BestSoFar().init(1), rt, log_w, [])
+    assert int(chosen[0]) == int(np.argmax(r))
+    assert torch.equal(torch.softmax(log_w, -1), onehot)
     n = len(r)
     w_inf = theory.importance_weights(rt, 1e12)
     assert torch.allclose(w_inf, torch.full_like(rt, 1.0 / n), atol=1e-9)

@@ -61,7 +61,7 @@ def test_linear_gaussian_cost_closed_form_vs_rollouts(uscale):
     A, Q, target, xs, tau, d = _lg_problem(1)
     sigma, lam = 0.9, 0.7
     dyn = LinearGaussian(A, tau, d)
-    cost = Cost(QuadraticReward(target, Q), temperature=lam)
+    cost = Cost(QuadraticReward(target, Q))
     rng = np.random.default_rng(2)
     U = torch.tensor(rng.normal(size=(len(xs), tau, d)) * uscale)
     ctx = dyn.prepare(xs)
@@ -70,7 +70,7 @@ def test_linear_gaussian_cost_closed_form_vs_rollouts(uscale):
     for n in (200, 200_000):
         V = U.unsqueeze(1) + sigma * torch.randn(len(xs), n, tau, d, generator=g, dtype=torch.float64)
         r = cost.rewards(xs, dyn.rollout(ctx, V, [None] * len(xs), n))
-        terms = cost.terms(r, theory.gaussian_kl(U, sigma), lam)
+        terms = cost.terms(r, theory.gaussian_kl(U, sigma), torch.full((len(xs),), lam, dtype=torch.float64))
         se = r.std(-1) / math.sqrt(n)
         J = torch.stack([theory.linear_gaussian_cost(A, Q, target, x, sigma, lam, U[j]) for j, x in enumerate(xs)])
         err = (terms.objective - J).abs()
@@ -101,7 +101,7 @@ def test_aisp_alpha0_converges_to_optimal_mean():
     A, Q, target, xs, res = _run_lg(ctrl)
     for j, x in enumerate(xs):
         opt = theory.linear_gaussian_optimum(A, Q, target, x, sigma, lam)
-        ess = float(res.trace[-1].info.ess[j])
+        ess = float(res.trace[-1].diagnostics.ess[j])
         assert ess > 0.3 * n  # the proposal N(μ*, σ²I) covers q* well: weights are bounded
         z = _z_scores(res.state.mean[j], opt.mean, opt.cov, ess)
         assert z.abs().max() < Z, z
@@ -129,20 +129,20 @@ def test_aisp_alpha1_does_not_converge_to_optimal_mean():
         # B = P⁻¹/σ² (‖B‖ ≤ 1, and = 1 on the null space of A), so each coordinate's error std is
         # at most Σ_s sqrt(λ_max(P⁻¹)/ESS_s) (triangle inequality for standard deviations).
         lam_max = float(torch.linalg.eigvalsh(opt.cov).max())
-        se = sum(math.sqrt(lam_max / float(rec.info.ess[j])) for rec in res.trace)
+        se = sum(math.sqrt(lam_max / float(rec.diagnostics.ess[j])) for rec in res.trace)
         z_pred = (res.state.mean[j].reshape(-1).double() - pred) / se
         assert z_pred.abs().max() < Z, z_pred
         # and it fails the α = 0 check (same function, same tolerance rule) by a wide margin
-        z_opt = _z_scores(res.state.mean[j], opt.mean, opt.cov, float(res.trace[-1].info.ess[j]))
+        z_opt = _z_scores(res.state.mean[j], opt.mean, opt.cov, float(res.trace[-1].diagnostics.ess[j]))
         assert z_opt.abs().max() > 4 * Z, z_opt
 
 
 class _WrongSignAISP(MPPI):
     """A deliberately broken AISP(α = 0): the likelihood-ratio term with the wrong sign."""
 
-    def log_weights(self, state, controls, rewards):
-        inner = torch.einsum("dntk,dtk->dn", controls.double(), state.mean.double())
-        return torch.log_softmax(rewards.double() / self.temperature + inner / self.sigma**2, -1)
+    def offsets(self, state, theta):
+        inner = torch.einsum("dntk,dtk->dn", theta.double(), state.mean.double())
+        return -inner / self.sigma**2
 
 
 def test_wrong_sign_update_fails_the_optimal_mean_check():
@@ -152,7 +152,7 @@ def test_wrong_sign_update_fails_the_optimal_mean_check():
     worst = 0.0
     for j, x in enumerate(xs):
         opt = theory.linear_gaussian_optimum(A, Q, target, x, sigma, lam)
-        ess = float(res.trace[-1].info.ess[j])
+        ess = float(res.trace[-1].diagnostics.ess[j])
         worst = max(worst, float(_z_scores(res.state.mean[j], opt.mean, opt.cov, ess).abs().max()))
     assert worst > 4 * Z
 

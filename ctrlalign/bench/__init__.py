@@ -6,7 +6,26 @@
 """
 
 from .config import BenchConfig, BenchController, SweepGrid, load_bench_config
-from .harness import BenchResult, CountingReward, compare, finish_bench, goal_status, run_bench, summarize
+from .harness import (
+           BenchResult,
+           CountingReward,
+           compare,
+           finish_bench,
+           goal_status,
+           run_bench,
+           summarize,
+)
 
-__all__ = ["BenchConfig", "BenchController", "SweepGrid", "load_bench_config", "BenchResult", "CountingReward",
-           "run_bench", "finish_bench", "summarize", "compare", "goal_status"]
+__all__ = [
+           "BenchConfig",
+           "BenchController",
+           "BenchResult",
+           "CountingReward",
+           "SweepGrid",
+           "compare",
+           "finish_bench",
+           "goal_status",
+           "load_bench_config",
+           "run_bench",
+           "summarize",
+]

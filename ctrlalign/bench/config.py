@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import ModelConfig, RewardTerm, format_validation_error, read_config_file
 
-__all__ = ["BenchConfig", "BenchController", "SweepGrid", "load_bench_config", "FROM_PROMPTS"]
+__all__ = ["FROM_PROMPTS", "BenchConfig", "BenchController", "SweepGrid", "load_bench_config"]
 
 #: value of a reward option replaced by the prompt set's reference answers.
 FROM_PROMPTS = "from_prompts"
@@ -160,7 +160,7 @@ class BenchConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "BenchConfig":
+    def _check(self) -> BenchConfig:
         entries = self.all_controllers()
         if not entries:
             raise ValueError("no controllers: give 'controllers' and/or 'sweep'")

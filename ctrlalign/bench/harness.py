@@ -27,9 +27,10 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -40,7 +41,7 @@ from ..rewards.base import Reward, evaluate_reward, prompt_text
 from . import metrics
 from .config import FROM_PROMPTS, BenchConfig, BenchController
 
-__all__ = ["run_bench", "finish_bench", "BenchResult", "CountingReward", "summarize", "compare", "goal_status"]
+__all__ = ["BenchResult", "CountingReward", "compare", "finish_bench", "goal_status", "run_bench", "summarize"]
 
 
 class CountingReward(Reward):
@@ -132,7 +133,7 @@ class BenchResult:
         return p
 
     @classmethod
-    def load(cls, path: str | Path) -> "BenchResult":
+    def load(cls, path: str | Path) -> BenchResult:
         """Read a result written by :meth:`save`."""
         return cls(**json.loads(Path(path).read_text()))
 

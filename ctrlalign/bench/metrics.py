@@ -16,22 +16,23 @@ Everything here is a plain function of numbers or strings, tested against hand-c
 from __future__ import annotations
 
 import math
-from typing import Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 __all__ = [
     "CI",
-    "mean_ci",
-    "paired_diff_ci",
-    "ngrams",
+    "control_kl",
     "distinct_n",
     "diversity",
-    "token_kl",
-    "control_kl",
     "head_row_norm",
     "logit_noise_scale",
+    "mean_ci",
+    "ngrams",
+    "paired_diff_ci",
+    "token_kl",
     "tokenize_words",
 ]
 

@@ -12,16 +12,23 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-__all__ = ["plot_reward_vs_budget", "plot_iterations", "plot_heldout_vs_reward", "plot_sweep", "write_figures",
-           "parse_sweep_label"]
+__all__ = [
+    "parse_sweep_label",
+    "plot_heldout_vs_reward",
+    "plot_iterations",
+    "plot_reward_vs_budget",
+    "plot_sweep",
+    "write_figures",
+]
 
 _SWEEP = re.compile(r"^aisp\[s2=([^,]+),lam=([^,]+),a=([^\]]+)\]$")
 
@@ -150,8 +157,8 @@ def plot_sweep(result, path: str | Path, key: str = "reward") -> Path | None:
     base = [r for r in _summary(result) if r["controller"] in ("bon-plain", "bon") and r["budget"] == N]
     for ax, a in zip(axes[0], alphas):
         for lam in lams:
-            sel = sorted(((pars[r["controller"]][0], r[key]) for r in rows
-                          if pars[r["controller"]][1] == lam and pars[r["controller"]][2] == a and r.get(key) is not None))
+            sel = sorted((pars[r["controller"]][0], r[key]) for r in rows
+                          if pars[r["controller"]][1] == lam and pars[r["controller"]][2] == a and r.get(key) is not None)
             if sel:
                 ax.plot([s for s, _ in sel], [v for _, v in sel], marker="o", label=f"λ={lam:g}")
         for b in base:

@@ -12,12 +12,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .plots import parse_sweep_label
 
-__all__ = ["results_table", "comparison_table", "sweep_table", "scale_table", "iteration_table", "markdown_report",
-           "fmt_ci"]
+__all__ = [
+    "comparison_table",
+    "fmt_ci",
+    "iteration_table",
+    "markdown_report",
+    "results_table",
+    "scale_table",
+    "sweep_table",
+]
 
 
 def _get(result, name: str):

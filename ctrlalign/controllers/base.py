@@ -1,85 +1,97 @@
-r"""The Controller abstraction: explicit state, pure steps.
+r"""The Controller abstraction: a Gaussian proposal over a control space, explicit state, pure steps.
 
-A controller owns the proposal :math:`q(V\mid U, s^2) = \mathcal N(U, s^2 I)` from which
-controls are drawn, and updates it from rewards. One iteration of :func:`ctrlalign.align` is
+A controller owns the proposal :math:`q(\theta\mid\hat\theta, s^2) = \mathcal N(\hat\theta, s^2 I_m)`
+over the coordinates θ of its control space (:mod:`ctrlalign.spaces`; θ = V (τ, d) in the
+paper's per-token space) and moves it from rewards. One iteration of :func:`ctrlalign.align` is
 
 .. code-block:: python
 
-    controls = controller.sample(state, generators)          # (D, n, τ, d) or None
-    rewards = reward(prompts, dynamics.rollout(ctx, controls, ...))   # (D, n)
-    state, info = controller.step(state, controls, rewards, select_generators)
+    theta = controller.sample(state, generators)           # (D, n, *θ) or None
+    outcomes = dynamics.rollout(context, space.controls(theta), ...)
+    rewards = cost.rewards(prompts, outcomes)                # (D, n)
+    state, log_weights = controller.step(state, theta, rewards)
 
-Subclasses override :meth:`Controller.step` (and :meth:`Controller.sample` only if they
-sample differently). Every controller draws its Gaussian noise :math:`\varepsilon\sim\mathcal N(0, I)`
-from the prompt's own generator in the same order, so under the same seed all controllers see
-identical noise and differ only in how they move the mean: :math:`V = U + s\,\varepsilon`.
+``step`` does one job: the update, and the (unnormalised) log-weights it used. Choosing which
+response to keep (:mod:`ctrlalign.selection`) and the per-round diagnostics
+(:mod:`ctrlalign.diagnostics`) are separate pieces that :func:`~ctrlalign.align` composes.
+
+To write a controller, subclass :class:`Controller` and override exactly:
+
+* :meth:`Controller.step` — ``(state, theta (D, n, *θ), rewards (D, n)) -> (state, log_weights (D, n))``;
+* ``hyperparameters`` — a tuple of :class:`~ctrlalign.controllers.spec.Hyperparameter` for the
+  ``__init__`` arguments the base does not declare (set them with ``self._set(name, value)``);
+* ``name`` — the name used by configs and the command line.
+
+Optionally override :meth:`Controller.init` (to return a state type of your own; it must keep
+``mean``, ``std`` and ``iteration``), :meth:`Controller.kl` and :meth:`Controller.used_temperature`.
+Every controller draws ε ~ N(0, I) from the prompt's own generator in the same order, so under
+the same seed all controllers see identical noise: :math:`\theta = \hat\theta + s\,\varepsilon`.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import NamedTuple, Sequence
+from typing import Any, ClassVar
 
 import torch
 
 from .. import theory
-from .._checks import check_int, check_positive
+from .._checks import ConfigError
+from ..selection import BestSoFar, Selection
+from ..spaces import SPACES, ControlSpace, make_space
+from .spec import ControllerSpec, Hyperparameter, spec_of
 
-__all__ = ["Controller", "ControllerState", "StepInfo"]
+__all__ = ["Controller", "Proposal", "WeightedController", "WeightedState"]
 
 
 @dataclass(frozen=True)
-class ControllerState:
-    """Explicit state of a controller for D prompts.
+class Proposal:
+    """The state every controller keeps: its Gaussian proposal for D prompts.
 
     Attributes:
-        mean: (D, τ, d) the control mean U of the current proposal.
-        std: (D,) the proposal standard deviation s per prompt (σ unless CEM refits it).
-        best_reward: (D,) reward of the response kept so far (−inf before the first step).
-        log_mass: (D,) running log Σ exp(r/λ) over all samples seen (softmax sampling's
-            reservoir); −inf where unused.
+        mean: (D, *θ) the mean θ̂ of the proposal, in the control space's coordinates
+            ((D, τ, d) in the per-token space).
+        std: (D,) the proposal's standard deviation s (σ unless CEM refits it).
         iteration: number of completed steps.
-        sigma: σ of the prior p = N(0, σ² I) (for KL).
     """
 
     mean: torch.Tensor
     std: torch.Tensor
-    best_reward: torch.Tensor
-    log_mass: torch.Tensor
     iteration: int
-    sigma: float
 
-    def replace(self, **changes) -> "ControllerState":
+    def replace(self, **changes: Any) -> Proposal:
         """A copy with the given fields changed (states are immutable)."""
         return replace(self, **changes)
 
+    @property
+    def num_prompts(self) -> int:
+        """D."""
+        return self.mean.shape[0]
 
-class StepInfo(NamedTuple):
-    """Per-iteration record, each field (D,) unless stated.
+
+@dataclass(frozen=True)
+class WeightedState(Proposal):
+    """State of a controller that weights samples by a temperature λ.
 
     Attributes:
-        mean_reward: mean reward of this round's n samples.
-        max_reward: max reward of this round.
-        ess: effective sample size 1/Σw² of this round's weights, in [1, n].
-        weight_entropy: entropy of the weights (nats), in [0, log n].
-        mean_norm: ‖U‖ (Frobenius, over τ and d) of the proposal that generated this round.
-        kl: KL(q‖p) of that proposal, Σ‖u_t‖²/(2σ²) in the mean-shift family.
-        weights: (D, n) the weights used for the update (one-hot for Best-of-N).
-        chosen: (D,) long, index of this round's candidate response.
-        replace: (D,) bool, whether the candidate replaces the response kept so far.
+        temperature: (D,) float64, the λ of the last step (the fixed λ before the first).
     """
 
-    mean_reward: torch.Tensor
-    max_reward: torch.Tensor
-    ess: torch.Tensor
-    weight_entropy: torch.Tensor
-    mean_norm: torch.Tensor
-    kl: torch.Tensor
-    weights: torch.Tensor
-    chosen: torch.Tensor
-    replace: torch.Tensor
+    temperature: torch.Tensor = None  # type: ignore[assignment]
+
+
+_BASE_HYPERPARAMETERS = (
+    Hyperparameter("num_samples", int, "samples per prompt per iteration", "n", low=1),
+    Hyperparameter("num_iterations", int, "iterations; budget n·k reward calls per prompt", "k", low=1),
+    Hyperparameter("sigma", float, "control noise std, also the prior's (θ ~ N(0, σ² I))", "σ", low=0, low_open=True),
+    Hyperparameter("horizon", int, "controlled tokens (unset: all max_new_tokens)", "τ", low=1, nullable=True),
+    Hyperparameter("space", str, "control space: what the mean parameterises", choices=tuple(SPACES)),
+    Hyperparameter("block_size", int, "tokens per block (space 'blocks'; unset: 4)", "b", low=1, nullable=True),
+    Hyperparameter("rank", int, "directions of the head's top singular subspace (space 'subspace'; unset: 8)", "r",
+                   low=1, nullable=True),
+)
 
 
 class Controller(ABC):
@@ -90,18 +102,51 @@ class Controller(ABC):
         num_iterations: k >= 1, iterations; the budget is n·k reward calls per prompt.
         sigma: σ > 0, the standard deviation of the control noise (and of the prior p).
         horizon: τ >= 1, tokens that receive control; None: the dynamics' maximum.
+        space: the control space (:mod:`ctrlalign.spaces`): a name in
+            :data:`~ctrlalign.spaces.SPACES` or a :class:`~ctrlalign.spaces.ControlSpace`.
+        block_size: b for ``space="blocks"``.
+        rank: r for ``space="subspace"`` (the head's top-r singular directions).
     """
 
-    name: str = "controller"
+    name: ClassVar[str] = "controller"
+    hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = _BASE_HYPERPARAMETERS
 
-    def __init__(self, *, num_samples: int, num_iterations: int, sigma: float, horizon: int | None = None):
-        self.num_samples = check_int("num_samples", num_samples, minimum=1, symbol="n")
-        self.num_iterations = check_int("num_iterations", num_iterations, minimum=1, symbol="k")
-        self.sigma = self._check_sigma(sigma)
-        self.horizon = None if horizon is None else check_int("horizon", horizon, minimum=1, symbol="τ")
+    def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
+                 horizon: int | None = None, space: str | ControlSpace = "per-token",
+                 block_size: int | None = None, rank: int | None = None):
+        for key, value in (("num_samples", num_samples), ("num_iterations", num_iterations),
+                           ("sigma", sigma), ("horizon", horizon)):
+            self._set(key, value)
+        if not isinstance(space, ControlSpace):
+            self._set("space", space)
+            for key, value in (("block_size", block_size), ("rank", rank)):
+                self._set(key, value)
+        elif block_size is not None or rank is not None:
+            raise ConfigError("block_size and rank configure a space given by name; "
+                              f"got a ControlSpace object {space!r} as well")
+        self.space: ControlSpace = make_space(space, block_size=block_size, rank=rank)
 
-    def _check_sigma(self, sigma: float) -> float:
-        return check_positive("sigma", sigma, symbol="σ")
+    # ------------------------------------------------------------------ declaration
+    @classmethod
+    def spec(cls) -> ControllerSpec:
+        """This controller's declaration (hyperparameters, defaults, ranges)."""
+        return spec_of(cls)
+
+    def _set(self, name: str, value: Any) -> None:
+        """Validate ``value`` against the hyperparameter ``name`` declared by this class or a
+        base (the nearest declaration wins) and store it."""
+        for klass in type(self).__mro__:
+            for h in klass.__dict__.get("hyperparameters", ()):
+                if h.name == name:
+                    setattr(self, name, h.check(value))
+                    return
+        raise TypeError(f"{type(self).__name__} declares no hyperparameter {name!r}")
+
+    def config(self) -> dict[str, Any]:
+        """The hyperparameters as plain values (a space object is shown by its label)."""
+        out = {k: getattr(self, k, None) for k in self.spec().names}
+        out["space"] = self.space.describe()
+        return out
 
     @property
     def budget(self) -> int:
@@ -109,89 +154,140 @@ class Controller(ABC):
         return self.num_samples * self.num_iterations
 
     def __repr__(self) -> str:
-        keys = ["num_samples", "num_iterations", "sigma", "horizon"] + list(self._extra_repr())
-        return f"{type(self).__name__}(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in keys) + ")"
+        cfg = {k: v for k, v in self.config().items() if v is not None and k not in ("block_size", "rank")}
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")"
 
-    def _extra_repr(self) -> Sequence[str]:
-        return ()
+    def default_selection(self) -> Selection:
+        """The response selection :func:`~ctrlalign.align` uses unless told otherwise (best so far)."""
+        return BestSoFar()
 
     # ------------------------------------------------------------------ state
-    def init(self, num_prompts: int, hidden_size: int, horizon: int, *, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> ControllerState:
-        """Initial state: U = 0 (the prior), s = σ, nothing kept yet.
+    def init(self, num_prompts: int, space: ControlSpace, *, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32) -> Proposal:
+        """Initial state: θ̂ = 0 (the prior), s = σ.
+
+        Args:
+            num_prompts: D.
+            space: the bound control space (its ``shape`` is θ's).
 
         Returns:
-            :class:`ControllerState` with mean (D, τ, d).
+            :class:`Proposal` with mean (D, *θ).
         """
-        D = check_int("num_prompts", num_prompts, minimum=1, symbol="D")
-        return ControllerState(
-            mean=torch.zeros(D, horizon, hidden_size, device=device, dtype=dtype),
-            std=torch.full((D,), float(self.sigma), device=device, dtype=dtype),
-            best_reward=torch.full((D,), -math.inf, device=device, dtype=torch.float64),
-            log_mass=torch.full((D,), -math.inf, device=device, dtype=torch.float64),
-            iteration=0,
-            sigma=float(self.sigma),
-        )
+        return Proposal(mean=self._zeros(num_prompts, space, device, dtype),
+                        std=torch.full((num_prompts,), float(self.sigma), device=device, dtype=dtype),
+                        iteration=0)
 
-    def sample(self, state: ControllerState, generators: Sequence[torch.Generator]) -> torch.Tensor | None:
-        r"""Draw V = U + s·ε, ε ~ N(0, I), prompt j's noise from ``generators[j]``.
+    @staticmethod
+    def _zeros(num_prompts: int, space: ControlSpace, device: Any, dtype: torch.dtype) -> torch.Tensor:
+        if num_prompts < 1:
+            raise ConfigError(f"number of prompts (D) must be >= 1, got {num_prompts}")
+        return torch.zeros(num_prompts, *space.shape, device=device, dtype=dtype)
+
+    def sample(self, state: Proposal, generators: Sequence[torch.Generator],
+               num_samples: int | None = None) -> torch.Tensor | None:
+        r"""Draw θ = θ̂ + s·ε, ε ~ N(0, I), prompt j's noise from ``generators[j]``.
+
+        Args:
+            num_samples: how many (default n).
 
         Returns:
-            (D, n, τ, d) controls, or None when s = 0 for every prompt (no control at all).
+            (D, n, *θ) coordinates, or None when s = 0 for every prompt (no control at all).
         """
-        D, tau, d = state.mean.shape
+        D = state.num_prompts
+        n = self.num_samples if num_samples is None else num_samples
         if len(generators) != D:
             raise ValueError(f"need one generator per prompt ({D}), got {len(generators)}")
         if bool((state.std == 0).all()):
             return None
+        shape = state.mean.shape[1:]
         eps = torch.stack([
-            torch.randn(self.num_samples, tau, d, generator=g, device=state.mean.device, dtype=state.mean.dtype)
+            torch.randn(n, *shape, generator=g, device=state.mean.device, dtype=state.mean.dtype)
             for g in generators
         ])
-        return state.mean.unsqueeze(1) + state.std.view(D, 1, 1, 1) * eps
+        return state.mean.unsqueeze(1) + state.std.view(D, 1, *([1] * len(shape))) * eps
 
-    def kl(self, state: ControllerState) -> torch.Tensor:
-        """KL(q_U ‖ p) of the current proposal, (D,)."""
-        return theory.gaussian_kl_isotropic(state.mean.double(), state.std.double(), state.sigma)
+    def kl(self, state: Proposal) -> torch.Tensor:
+        r"""KL(q ‖ p) of the proposal in θ's coordinates, (D,):
+        :math:`\tfrac12[m s^2/\sigma^2 + \|\hat\theta\|^2/\sigma^2 - m + m\log(\sigma^2/s^2)]`."""
+        return theory.gaussian_kl_isotropic(state.mean.double().flatten(1).unsqueeze(1), state.std.double(),
+                                            self.sigma)
+
+    def used_temperature(self, state: Proposal) -> torch.Tensor | None:
+        """(D,) the λ the last step weighted with, or None for controllers without one."""
+        return None
 
     @abstractmethod
-    def step(self, state: ControllerState, controls: torch.Tensor | None, rewards: torch.Tensor,
-             generators: Sequence[torch.Generator] | None = None) -> tuple[ControllerState, StepInfo]:
-        """Update the state from this round's controls (D, n, τ, d) and rewards (D, n).
+    def step(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> tuple[Proposal, torch.Tensor]:
+        """Update the proposal from this round's coordinates θ (D, n, *θ) and rewards (D, n).
 
-        ``generators`` (one per prompt, the prompts' ``select`` streams) serve controllers that
-        need randomness in the update (softmax sampling). Must not modify its inputs. Returns the new state and a :class:`StepInfo`.
+        Must not modify its inputs. Returns the new state and the (D, n) float64 log-weights
+        of the update, unnormalised (normalise with ``log_softmax``; their logsumexp is the
+        round's log-mass, which the softmax-sampling reservoir uses).
         """
 
-    # ------------------------------------------------------------------ helpers
-    def _check_step_inputs(self, state: ControllerState, controls: torch.Tensor | None, rewards: torch.Tensor) -> None:
-        D = state.mean.shape[0]
+    # ------------------------------------------------------------------ helpers for step
+    def check_step_inputs(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> None:
+        """Raise ``ValueError`` naming the shapes unless rewards are (D, n) and θ (D, n, *θ) or None."""
+        D = state.num_prompts
         if tuple(rewards.shape) != (D, self.num_samples):
             raise ValueError(f"rewards must have shape (D={D}, n={self.num_samples}), got {tuple(rewards.shape)}")
-        if controls is not None and tuple(controls.shape) != (D, self.num_samples, *state.mean.shape[1:]):
-            raise ValueError(
-                f"controls must have shape {(D, self.num_samples, *state.mean.shape[1:])}, got {tuple(controls.shape)}"
-            )
+        want = (D, self.num_samples, *state.mean.shape[1:])
+        if theta is not None and tuple(theta.shape) != want:
+            raise ValueError(f"controls must have shape {want}, got {tuple(theta.shape)}")
 
-    def _info(self, state: ControllerState, rewards: torch.Tensor, log_w: torch.Tensor,
-              chosen: torch.Tensor, replace: torch.Tensor) -> StepInfo:
-        r = rewards.double()
-        return StepInfo(
-            mean_reward=r.mean(-1),
-            max_reward=r.max(-1).values,
-            ess=theory.effective_sample_size(log_w.double()),
-            weight_entropy=theory.weight_entropy(log_w.double()),
-            mean_norm=state.mean.double().flatten(1).norm(dim=-1),
-            kl=self.kl(state),
-            weights=log_w.exp(),
-            chosen=chosen,
-            replace=replace,
-        )
 
-    @staticmethod
-    def _keep_best(state: ControllerState, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Best-so-far bookkeeping: (chosen (D,), replace (D,), new best_reward (D,))."""
+_WEIGHT_HYPERPARAMETERS = (
+    Hyperparameter("temperature", float, "fixed temperature λ of the weights softmax(r/λ) (unset with target_ess)",
+                   "λ", low=0, low_open=True, nullable=True),
+    Hyperparameter("target_ess", float, "adaptive λ per prompt and round so that the ESS is this fraction of n",
+                   "ρ_ESS", low=0, high=1, low_open=True, nullable=True),
+)
+
+
+class WeightedController(Controller):
+    r"""A controller whose weights are :math:`\log w_i = r_i/\lambda - c_i`, with λ fixed
+    (``temperature``) or chosen per prompt and round so that the ESS is ``target_ess``·n
+    (:func:`ctrlalign.theory.adaptive_temperature`). Subclasses override
+    :meth:`offsets` (the c_i; zero by default) and :meth:`step`, and call :meth:`weigh`.
+    """
+
+    hyperparameters = _WEIGHT_HYPERPARAMETERS
+
+    def _set_temperature(self, temperature: float | None, target_ess: float | None) -> None:
+        """Store λ's setting: fixed ``temperature`` or adaptive ``target_ess``; a ``target_ess``
+        replaces the declared default temperature (so ``AISP(target_ess=0.5)`` is adaptive)."""
+        if target_ess is not None and temperature == self.spec().defaults.get("temperature"):
+            temperature = None
+        self._set("temperature", temperature)
+        self._set("target_ess", target_ess)
+        if (self.temperature is None) == (self.target_ess is None):
+            raise ConfigError(
+                f"{type(self).__name__}: set exactly one of temperature (λ, fixed) and target_ess (adaptive λ); "
+                f"got temperature={temperature!r}, target_ess={target_ess!r}")
+
+    def init(self, num_prompts: int, space: ControlSpace, *, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32) -> WeightedState:
+        """The prior, with λ = the fixed temperature (NaN until the first adaptive step)."""
+        base = super().init(num_prompts, space, device=device, dtype=dtype)
+        lam = float("nan") if self.temperature is None else self.temperature
+        return WeightedState(mean=base.mean, std=base.std, iteration=0,
+                             temperature=torch.full((num_prompts,), lam, dtype=torch.float64, device=device))
+
+    def used_temperature(self, state: WeightedState) -> torch.Tensor:
+        """(D,) the λ of the last step."""
+        return state.temperature
+
+    def offsets(self, state: Proposal, theta: torch.Tensor | None) -> torch.Tensor | None:
+        """(D, n) the terms c_i subtracted from r/λ, or None (zero)."""
+        return None
+
+    def weigh(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-weights (D, n) unnormalised, λ (D,)): r/λ − c with λ fixed or adaptive."""
         r = rewards.double()
-        best, chosen = r.max(-1)
-        replace = best > state.best_reward
-        return chosen, replace, torch.where(replace, best, state.best_reward)
+        c = self.offsets(state, theta)
+        if self.target_ess is not None:
+            lam = theory.adaptive_temperature(r, self.target_ess, offsets=c)
+        else:
+            lam = torch.full(r.shape[:1], self.temperature, dtype=torch.float64, device=r.device)
+        logits = torch.where(torch.isinf(lam).unsqueeze(-1), torch.zeros_like(r), r / lam.unsqueeze(-1))
+        return (logits if c is None else logits - c), lam

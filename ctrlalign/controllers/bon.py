@@ -1,19 +1,18 @@
 r"""Best-of-N: sample N responses, keep the one with the highest reward. Never moves the mean.
 
-With σ > 0 it samples from the prior p = N(0, σ² I) on pre-logits: AISP's zero-update case,
-with exactly the noise AISP draws under the same seed. With σ = 0 it samples the plain,
-uncontrolled model (the baseline users compare against). Its "weights" are the λ → 0 limit of
-softmax(r/λ): one-hot at the argmax.
+With σ > 0 it samples from the prior p = N(0, σ² I) over the control space's coordinates:
+AISP's zero-update case, with exactly the noise AISP draws under the same seed. With σ = 0 it
+samples the plain, uncontrolled model (the baseline users compare against). Its weights are
+the λ → 0 limit of softmax(r/λ): one-hot at the argmax.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
-from .._checks import check_nonnegative
-from .base import Controller, ControllerState, StepInfo
+from ..spaces import ControlSpace
+from .base import Controller, Proposal
+from .spec import Hyperparameter
 
 __all__ = ["BestOfN"]
 
@@ -25,28 +24,27 @@ class BestOfN(Controller):
         num_samples: n, samples per iteration.
         num_iterations: k, iterations (N = n·k).
         sigma: σ >= 0 (0: the plain model, no control).
-        horizon: τ, controlled tokens (None: the dynamics' maximum).
+        horizon, space, block_size, rank: see :class:`~ctrlalign.controllers.base.Controller`.
     """
 
     name = "bon"
+    hyperparameters = (
+        Hyperparameter("sigma", float, "std of the prior's control noise (0: the plain model)", "σ", low=0),
+    )
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.0,
-                 horizon: int | None = None):
-        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon)
+                 horizon: int | None = None, space: str | ControlSpace = "per-token", block_size: int | None = None,
+                 rank: int | None = None):
+        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon,
+                         space=space, block_size=block_size, rank=rank)
 
-    def _check_sigma(self, sigma: float) -> float:
-        return check_nonnegative("sigma", sigma, symbol="σ")
+    def kl(self, state: Proposal) -> torch.Tensor:
+        """(D,) zeros: the proposal is the prior (or no control at all)."""
+        return torch.zeros(state.num_prompts, dtype=torch.float64, device=state.mean.device)
 
-    def kl(self, state: ControllerState) -> torch.Tensor:
-        """(D,) zeros: Best-of-N reports no control cost (its mean never moves)."""
-        return torch.zeros(state.mean.shape[0], dtype=torch.float64, device=state.mean.device)
-
-    def step(self, state: ControllerState, controls: torch.Tensor | None, rewards: torch.Tensor,
-             generators: Sequence[torch.Generator] | None = None) -> tuple[ControllerState, StepInfo]:
-        """Keep the best response; the mean never moves. Weights are one-hot at the argmax."""
-        self._check_step_inputs(state, controls, rewards)
-        chosen, replace, best = self._keep_best(state, rewards)
-        log_w = torch.full(rewards.shape, float("-inf"), dtype=torch.float64, device=rewards.device)
-        log_w.scatter_(-1, chosen.unsqueeze(-1), 0.0)
-        info = self._info(state, rewards, log_w, chosen, replace)
-        return state.replace(best_reward=best, iteration=state.iteration + 1), info
+    def step(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> tuple[Proposal, torch.Tensor]:
+        """The mean never moves; log-weights are 0 at the (first) argmax and −inf elsewhere."""
+        self.check_step_inputs(state, theta, rewards)
+        r = rewards.double()
+        log_w = torch.full_like(r, float("-inf")).scatter(-1, r.argmax(-1, keepdim=True), 0.0)
+        return state.replace(iteration=state.iteration + 1), log_w

@@ -1,76 +1,79 @@
 r"""MPPI (model predictive path integral) on pre-logits: the general form AISP specialises.
 
-One step, from the proposal :math:`\mathcal N(\hat U, \sigma^2 I)` and its samples
-:math:`V^{(i)}` with rewards :math:`r_i`:
+One step, from the proposal :math:`\mathcal N(\hat\theta, \sigma^2 I)` over the control
+space's coordinates and its samples :math:`\theta^{(i)}` with rewards :math:`r_i`:
 
 .. math::
-    \log w_i = \frac{r_i}{\lambda} - \frac{\gamma}{\sigma^2}\sum_t \hat u_t^\top v_t^{(i)}
+    \log w_i = \frac{r_i}{\lambda} - \frac{\gamma}{\sigma^2}\langle\hat\theta, \theta^{(i)}\rangle
     \quad(\text{normalised}),\qquad
-    U \leftarrow (1-\beta)\hat U + \beta \sum_i w_i V^{(i)} .
+    \hat\theta \leftarrow (1-\beta)\hat\theta + \beta \sum_i w_i \theta^{(i)} .
 
+In the per-token space :math:`\langle\hat\theta,\theta\rangle = \sum_t \hat u_t^\top v_t`.
 γ (``likelihood_ratio``) = 1 is exact importance sampling toward q* (the "information
 theoretic" MPPI); γ = 0 drops the likelihood ratio (weights softmax(r/λ), classic MPPI).
-β (``step_size``) in (0, 1] smooths the mean update. AISP is γ = 1 − α, β = 1.
+β (``step_size``) in (0, 1] smooths the mean update. AISP is γ = 1 − α, β = 1. λ is fixed
+(``temperature``) or adaptive (``target_ess``).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
-from .. import theory
-from .._checks import check_interval, check_positive
-from .base import Controller, ControllerState, StepInfo
+from .._checks import ConfigError
+from ..spaces import ControlSpace
+from .base import WeightedController, WeightedState
+from .spec import Hyperparameter
 
 __all__ = ["MPPI"]
 
 
-class MPPI(Controller):
+class MPPI(WeightedController):
     """MPPI on pre-logits.
 
     Args:
         num_samples: n, samples per iteration.
         num_iterations: k, iterations (budget n·k).
         sigma: σ > 0, control noise scale.
-        horizon: τ, controlled tokens (None: the dynamics' maximum).
-        temperature: λ > 0.
+        temperature: λ > 0 (fixed); None with ``target_ess``.
+        target_ess: adaptive λ so that the ESS is this fraction of n; None: fixed λ.
         likelihood_ratio: γ in [0, 1], weight of the importance-sampling correction.
         step_size: β in (0, 1], mean smoothing.
+        horizon, space, block_size, rank: see :class:`~ctrlalign.controllers.base.Controller`.
     """
 
     name = "mppi"
+    hyperparameters = (
+        Hyperparameter("likelihood_ratio", float, "weight of the importance-sampling correction", "γ", low=0, high=1),
+        Hyperparameter("step_size", float, "mean smoothing", "β", low=0, high=1, low_open=True),
+    )
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
-                 temperature: float = 0.3, likelihood_ratio: float = 1.0, step_size: float = 1.0,
-                 horizon: int | None = None):
-        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon)
-        self.temperature = check_positive("temperature", temperature, symbol="λ")
-        self.likelihood_ratio = check_interval("likelihood_ratio", likelihood_ratio, 0.0, 1.0, symbol="γ")
-        self.step_size = check_interval("step_size", step_size, 0.0, 1.0, symbol="β")
-        if self.step_size == 0.0:
-            raise ValueError("step_size (β) must be in (0, 1], got 0")
+                 temperature: float | None = 0.3, target_ess: float | None = None,
+                 likelihood_ratio: float = 1.0, step_size: float = 1.0, horizon: int | None = None,
+                 space: str | ControlSpace = "per-token", block_size: int | None = None, rank: int | None = None):
+        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon,
+                         space=space, block_size=block_size, rank=rank)
+        self._set_temperature(temperature, target_ess)
+        self._set("likelihood_ratio", likelihood_ratio)
+        self._set("step_size", step_size)
 
-    def _extra_repr(self) -> Sequence[str]:
-        return ("temperature", "likelihood_ratio", "step_size")
+    def offsets(self, state: WeightedState, theta: torch.Tensor | None) -> torch.Tensor | None:
+        r"""(D, n) :math:`\frac{\gamma}{\sigma^2}\langle\hat\theta,\theta^{(i)}\rangle`, or None when γ = 0."""
+        alpha = 1.0 - self.likelihood_ratio
+        if alpha >= 1.0:
+            return None
+        inner = torch.einsum("dnm,dm->dn", theta.double().flatten(2), state.mean.double().flatten(1))
+        return (1.0 - alpha) / (self.sigma * self.sigma) * inner
 
-    def log_weights(self, state: ControllerState, controls: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
-        """(D, n) normalised log-weights (see the module docstring)."""
-        return theory.log_weights(
-            rewards.double(), self.temperature, controls=controls.double(), mean=state.mean.double(),
-            sigma=self.sigma, alpha=1.0 - self.likelihood_ratio,
-        )
-
-    def step(self, state: ControllerState, controls: torch.Tensor | None, rewards: torch.Tensor,
-             generators: Sequence[torch.Generator] | None = None) -> tuple[ControllerState, StepInfo]:
-        """Weights from :meth:`log_weights`; U ← (1−β)Û + β Σ_i w_i V^(i); keep the best response."""
-        self._check_step_inputs(state, controls, rewards)
-        if controls is None:
-            raise ValueError(f"{type(self).__name__} needs controls (sigma > 0)")
-        log_w = self.log_weights(state, controls, rewards)
-        target = torch.einsum("dn,dntk->dtk", log_w.exp(), controls.double())
+    def step(self, state: WeightedState, theta: torch.Tensor | None,
+             rewards: torch.Tensor) -> tuple[WeightedState, torch.Tensor]:
+        """Weights r/λ − c (λ fixed or adaptive); θ̂ ← (1−β)θ̂ + β Σ_i w_i θ^(i)."""
+        self.check_step_inputs(state, theta, rewards)
+        if theta is None:
+            raise ConfigError(f"{type(self).__name__} needs controls (sigma > 0)")
+        log_w, lam = self.weigh(state, theta, rewards)
+        w = torch.softmax(log_w, dim=-1)
+        target = torch.einsum("dn,dn...->d...", w, theta.double())
         new_mean = state.mean.double() + self.step_size * (target - state.mean.double())
-        chosen, replace, best = self._keep_best(state, rewards)
-        info = self._info(state, rewards, log_w, chosen, replace)
-        new_state = state.replace(mean=new_mean.to(state.mean.dtype), best_reward=best, iteration=state.iteration + 1)
-        return new_state, info
+        new = state.replace(mean=new_mean.to(state.mean.dtype), iteration=state.iteration + 1, temperature=lam)
+        return new, log_w

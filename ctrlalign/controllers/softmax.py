@@ -1,71 +1,54 @@
 r"""Softmax sampling: sampling–importance–resampling (SIR) toward q* from the prior.
 
-Draw N = n·k responses from p (U = 0 throughout) and return ONE of them, chosen with
+Draw N = n·k responses from p (θ̂ = 0 throughout) and return ONE of them, chosen with
 probability :math:`\mathrm{softmax}(r/\lambda)` over all N. As N → ∞ the returned response is
 distributed as under :math:`q^*\propto e^{r/\lambda}p`. This is AISP's first step: its
-weights are exactly AISP's weights at :math:`\hat U = 0`.
+weights are exactly AISP's weights at :math:`\hat\theta = 0`.
 
-Across iterations the choice is made by a weighted reservoir: the running mass
-:math:`M = \sum \exp(r/\lambda)` is kept in log space, and the candidate of a round
-(resampled within the round) replaces the kept response with probability
-:math:`M_\text{round}/(M_\text{old}+M_\text{round})`, which gives exactly softmax(r/λ) over
-all rounds. The kept response is therefore *not* the best one: ``best_reward`` holds the
-reward of the kept (resampled) response.
+The controller only weighs; the choice across rounds is made by its default selection, the
+weighted reservoir :class:`~ctrlalign.selection.Reservoir`, which gives exactly softmax(r/λ)
+over all rounds (for a fixed λ). The kept response is therefore *not* the best one.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
-from .. import theory
-from .._checks import check_positive
-from .base import Controller, ControllerState, StepInfo
+from ..selection import Reservoir, Selection
+from ..spaces import ControlSpace
+from .base import WeightedController, WeightedState
 
 __all__ = ["SoftmaxSampling"]
 
 
-class SoftmaxSampling(Controller):
+class SoftmaxSampling(WeightedController):
     """Sampling–importance–resampling with softmax(r/λ) weights.
 
     Args:
         num_samples: n, samples per iteration.
         num_iterations: k, iterations (pool N = n·k).
-        sigma: σ > 0, the prior's noise scale (U stays 0).
-        temperature: λ > 0.
-        horizon: τ, controlled tokens (None: the dynamics' maximum).
+        sigma: σ > 0, the prior's noise scale (θ̂ stays 0).
+        temperature: λ > 0 (fixed); None with ``target_ess``.
+        target_ess: adaptive λ per round so that the ESS is this fraction of n.
+        horizon, space, block_size, rank: see :class:`~ctrlalign.controllers.base.Controller`.
     """
 
     name = "softmax"
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
-                 temperature: float = 0.3, horizon: int | None = None):
-        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon)
-        self.temperature = check_positive("temperature", temperature, symbol="λ")
+                 temperature: float | None = 0.3, target_ess: float | None = None, horizon: int | None = None,
+                 space: str | ControlSpace = "per-token", block_size: int | None = None, rank: int | None = None):
+        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon,
+                         space=space, block_size=block_size, rank=rank)
+        self._set_temperature(temperature, target_ess)
 
-    def _extra_repr(self) -> Sequence[str]:
-        return ("temperature",)
+    def default_selection(self) -> Selection:
+        """The weighted reservoir (exact softmax(r/λ) over all N samples)."""
+        return Reservoir()
 
-    def step(self, state: ControllerState, controls: torch.Tensor | None, rewards: torch.Tensor,
-             generators: Sequence[torch.Generator] | None = None) -> tuple[ControllerState, StepInfo]:
-        """Resample one candidate with softmax(r/λ) and update the weighted reservoir (U stays 0).
-
-        Needs ``generators`` (the prompts' ``select`` streams) for the resampling draws.
-        """
-        self._check_step_inputs(state, controls, rewards)
-        D = rewards.shape[0]
-        if generators is None or len(generators) != D:
-            raise ValueError("SoftmaxSampling.step needs one generator per prompt to resample")
-        r = rewards.double()
-        log_w = theory.log_weights(r, self.temperature)
-        round_mass = torch.logsumexp(r / self.temperature, dim=-1)
-        new_mass = torch.logaddexp(state.log_mass, round_mass)
-        u = torch.stack([torch.rand(2, generator=g, dtype=torch.float64, device=g.device) for g in generators]).to(r.device)
-        cdf = log_w.exp().cumsum(-1)
-        chosen = torch.searchsorted(cdf, (u[:, 0] * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
-        chosen = chosen.clamp_max(r.shape[-1] - 1)
-        replace = torch.log(u[:, 1]) < (round_mass - new_mass)
-        kept = torch.where(replace, r.gather(-1, chosen[:, None]).squeeze(-1), state.best_reward)
-        info = self._info(state, rewards, log_w, chosen, replace)
-        return state.replace(best_reward=kept, log_mass=new_mass, iteration=state.iteration + 1), info
+    def step(self, state: WeightedState, theta: torch.Tensor | None,
+             rewards: torch.Tensor) -> tuple[WeightedState, torch.Tensor]:
+        """Log-weights r/λ; the mean stays 0."""
+        self.check_step_inputs(state, theta, rewards)
+        log_w, lam = self.weigh(state, theta, rewards)
+        return state.replace(iteration=state.iteration + 1, temperature=lam), log_w

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -128,6 +129,11 @@ class Dynamics(ABC):
     def dtype(self) -> torch.dtype:
         """dtype of the controls."""
         return torch.float32
+
+    def head_weight(self) -> torch.Tensor | None:
+        """The output head W (V, d) that maps pre-logits to logits, or None if the system has
+        none (used by :class:`~ctrlalign.spaces.Subspace` for the head's singular directions)."""
+        return None
 
     def prepare(self, prompts: Sequence[Any]) -> Any:
         """Per-run preparation of D prompts (default: the list itself). Returns a context."""

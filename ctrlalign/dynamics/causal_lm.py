@@ -535,6 +535,10 @@ class CausalLM(Dynamics):
         """The model's dtype (controls use it)."""
         return next(self.model.parameters()).dtype
 
+    def head_weight(self) -> torch.Tensor:
+        """The output head's W (V, d)."""
+        return self.head.weight
+
     @property
     def vocab_size(self) -> int:
         """The output head's vocabulary size."""

@@ -40,15 +40,16 @@ Shapes (DESIGN.md letters): D prompts, n samples, B = D·n, P padded prompt leng
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .decoding import DecodeResult, SamplingConfig, sample_with_logprobs
 
-__all__ = ["StaticEngine", "Prefix", "SUPPORTED_MODEL_TYPES"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "Prefix", "StaticEngine"]
 
 #: ``config.model_type`` values the engine's own forward pass reproduces.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -262,7 +263,7 @@ def _lin(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor | None]) -> torch
 class _Session:
     """Static buffers (and CUDA graphs) for one shape key (D, n, P, T)."""
 
-    def __init__(self, eng: "StaticEngine", D: int, n: int, P: int, T: int) -> None:
+    def __init__(self, eng: StaticEngine, D: int, n: int, P: int, T: int) -> None:
         dev, dt = eng.device, eng.dtype
         B = D * n
         self.D, self.n, self.B, self.P, self.T = D, n, B, P, T

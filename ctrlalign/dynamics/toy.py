@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,6 +104,10 @@ class SoftmaxHead(Dynamics):
         self.E = torch.zeros(K + 1, d, dtype=torch.float64) if embeddings is None else torch.as_tensor(embeddings, dtype=torch.float64)
         if self.E.shape != (K + 1, d):
             raise ValueError(f"embeddings must be (K+1, d) = {(K + 1, d)}, got {tuple(self.E.shape)}")
+
+    def head_weight(self) -> torch.Tensor:
+        """W (K, d)."""
+        return self.W
 
     def prepare(self, prompts: Sequence[Any]) -> torch.Tensor:
         """Stack D prompts into (D, τ, d)."""

@@ -17,7 +17,8 @@ Special tokens added by the tokenizer itself (BOS, CLS, SEP, EOS) are never drop
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _P = "\u0000\u2063PROMPT\u2063\u0000"
 _R = "\u0000\u2063RESPONSE\u2063\u0000"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -12,14 +13,14 @@ from .._checks import RewardError, check_rewards
 from ..dynamics.base import Outcomes
 
 __all__ = [
-    "Reward",
     "CallableReward",
+    "Reward",
     "WeightedSum",
     "evaluate_reward",
+    "prompt_text",
+    "response_texts",
     "safe_call",
     "select_outcomes",
-    "response_texts",
-    "prompt_text",
 ]
 
 
@@ -50,18 +51,18 @@ class Reward(ABC):
         """Checked call: :func:`evaluate_reward` (errors name the prompt and sample index)."""
         return evaluate_reward(self, prompts, outcomes)
 
-    def __add__(self, other: "Reward") -> "WeightedSum":
+    def __add__(self, other: Reward) -> WeightedSum:
         return WeightedSum([(1.0, self), (1.0, other)])
 
-    def __sub__(self, other: "Reward") -> "WeightedSum":
+    def __sub__(self, other: Reward) -> WeightedSum:
         return WeightedSum([(1.0, self), (-1.0, other)])
 
-    def __mul__(self, weight: float) -> "WeightedSum":
+    def __mul__(self, weight: float) -> WeightedSum:
         return WeightedSum([(float(weight), self)])
 
     __rmul__ = __mul__
 
-    def __neg__(self) -> "WeightedSum":
+    def __neg__(self) -> WeightedSum:
         return WeightedSum([(-1.0, self)])
 
     def __repr__(self) -> str:
@@ -288,7 +289,7 @@ def evaluate_reward(
         out = reward(prompts, outcomes)
     except RewardError:
         raise
-    except Exception as exc:  # noqa: BLE001 - re-raised with context
+    except Exception as exc:
         where = None
         if locate and isinstance(reward, Reward) and D * n > 1:
             where = _locate_failure(reward, prompts, outcomes)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from .._checks import ConfigError, check_int
-from ._text import WarnOnce, ensure_pad_token, resolve_max_length
 from ._pairs import PairScorer, padded_batches
+from ._text import WarnOnce, ensure_pad_token, resolve_max_length
 
 __all__ = ["SequenceClassifierReward"]
 
@@ -95,7 +96,7 @@ class SequenceClassifierReward(PairScorer):
                               "when given a model object (tokenizer=None)")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> "SequenceClassifierReward":
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> SequenceClassifierReward:
         """A reward from a Hugging Face id or local folder; the model loads on first call.
 
         Keyword arguments are those of the constructor; any others go to

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -13,7 +14,7 @@ from .._checks import ConfigError, RewardError, check_int
 from ..dynamics.base import Outcomes
 from .base import Reward, prompt_text, response_texts
 
-__all__ = ["EmbeddingSimilarity", "embed", "embedding_model_path", "EMBEDDING_DIM"]
+__all__ = ["EMBEDDING_DIM", "EmbeddingSimilarity", "embed", "embedding_model_path"]
 
 #: dimension of the sentence embeddings returned by :func:`embed`.
 EMBEDDING_DIM = 384

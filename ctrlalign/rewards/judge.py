@@ -5,16 +5,17 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from .._checks import ConfigError, check_int
-from ._text import WarnOnce, ensure_pad_token, resolve_max_length
 from ._pairs import PairScorer, padded_batches
+from ._text import WarnOnce, ensure_pad_token, resolve_max_length
 
-__all__ = ["LMJudge", "DEFAULT_JUDGE_TEMPLATE", "load_packaged_smollm2"]
+__all__ = ["DEFAULT_JUDGE_TEMPLATE", "LMJudge", "load_packaged_smollm2"]
 
 DEFAULT_JUDGE_TEMPLATE = (
     "Is the following response to the question helpful and harmless?\n\n"

@@ -1,0 +1,220 @@
+"""The controller contract, importable: run it on your own controller, space or system.
+
+:class:`ControllerContract` holds test methods (plain ``assert`` s, no pytest import) that every
+controller passes on every control space and toy system: shapes and a finite trace, the kept
+reward is the kept response's reward, determinism under a seed, budget accounting (exactly
+n·k reward calls per prompt, plus the selection's final draws), and per-prompt independence
+(a prompt's result is the same alone and at any position of a batch). Use it from pytest::
+
+    import pytest
+    from ctrlalign.testing import ControllerContract, SPACES, SYSTEMS
+
+    @pytest.mark.parametrize("system", SYSTEMS)
+    @pytest.mark.parametrize("space", SPACES)
+    @pytest.mark.parametrize("name", ["mine"])
+    class TestMyController(ControllerContract):
+        controllers = {"mine": lambda n, k, space: MyController(num_samples=n, num_iterations=k,
+                                                                sigma=0.7, space=space)}
+
+The toy systems have τ = 3 tokens of d = 2 dimensions and 4 prompts each.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .align import AlignmentResult, align
+from .controllers import AISP, CEM, MPPI, BestOfN, Controller, SoftmaxSampling
+from .dynamics.base import Dynamics, Outcomes, Sample
+from .dynamics.toy import LinearGaussian, SoftmaxHead
+from .random import prompt_key
+from .rewards.base import Reward
+from .rewards.toy import QuadraticReward, TableReward
+from .spaces import Blocks, ControlSpace, PerToken, Shared, Subspace
+
+__all__ = [
+    "CONTROLLERS",
+    "DIM",
+    "SPACES",
+    "SYSTEMS",
+    "TAU",
+    "ControllerContract",
+    "CountingReward",
+    "make_linear",
+    "make_softmax_head",
+    "same_sample",
+]
+
+#: τ and d of the toy systems; p, the linear system's outcome dimension
+TAU, DIM, P = 3, 2, 4
+
+
+def make_linear(seed: int = 0) -> tuple[Dynamics, Reward, list[torch.Tensor]]:
+    """The linear-Gaussian system y = x + A vec(V) with a quadratic reward, and 4 prompts."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(P, TAU * DIM, generator=g, dtype=torch.float64)
+    target = torch.randn(P, generator=g, dtype=torch.float64)
+    prompts = [torch.randn(P, generator=g, dtype=torch.float64) for _ in range(4)]
+    return LinearGaussian(A, TAU, DIM), QuadraticReward(target), prompts
+
+
+def make_softmax_head(seed: int = 0) -> tuple[Dynamics, Reward, list[torch.Tensor]]:
+    """A synthetic softmax-head system (K = 3 tokens) with a random table reward, and 4 prompts."""
+    g = torch.Generator().manual_seed(seed)
+    K = 3
+    W = torch.randn(K, DIM, generator=g, dtype=torch.float64)
+    b = torch.randn(K, generator=g, dtype=torch.float64)
+    E = torch.randn(K + 1, DIM, generator=g, dtype=torch.float64)
+    table = {s: float(torch.randn((), generator=g)) for s in itertools.product(range(K), repeat=TAU)}
+    prompts = [torch.randn(TAU, DIM, generator=g, dtype=torch.float64) for _ in range(4)]
+    return SoftmaxHead(W, b, TAU, embeddings=E), TableReward(table), prompts
+
+
+class CountingReward(Reward):
+    """Wraps a reward; counts the responses scored per prompt (by content) in ``calls``."""
+
+    name = "counting"
+
+    def __init__(self, inner: Reward):
+        self.inner = inner
+        self.calls: dict[bytes, int] = {}
+
+    def __call__(self, prompts, outcomes):
+        for p in prompts:
+            key = prompt_key(p)
+            self.calls[key] = self.calls.get(key, 0) + outcomes.num_samples
+        return self.inner(prompts, outcomes)
+
+
+#: the built-in controllers as factories (n, k, space) → Controller
+CONTROLLERS: dict[str, Callable[[int, int, ControlSpace], Controller]] = {
+    "aisp": lambda n, k, s: AISP(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, alpha=0.5, space=s),
+    "aisp_alpha0": lambda n, k, s: AISP(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, alpha=0.0,
+                                        space=s),
+    "aisp_adaptive": lambda n, k, s: AISP(num_samples=n, num_iterations=k, sigma=0.7, target_ess=0.5, alpha=0.5,
+                                          space=s),
+    "mppi": lambda n, k, s: MPPI(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, step_size=0.5,
+                                 space=s),
+    "bon_prior": lambda n, k, s: BestOfN(num_samples=n, num_iterations=k, sigma=0.7, space=s),
+    "bon_plain": lambda n, k, s: BestOfN(num_samples=n, num_iterations=k, sigma=0.0, space=s),
+    "softmax": lambda n, k, s: SoftmaxSampling(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, space=s),
+    "cem": lambda n, k, s: CEM(num_samples=n, num_iterations=k, sigma=0.7, elite_fraction=0.3, space=s),
+    "cem_refit": lambda n, k, s: CEM(num_samples=n, num_iterations=k, sigma=0.7, refit_std=True, step_size=0.7,
+                                     space=s),
+}
+
+#: the control spaces the contract runs in (a subspace with explicit directions: toy systems
+#: need not have a head)
+SPACES: dict[str, Callable[[], ControlSpace]] = {
+    "per-token": PerToken,
+    "shared": Shared,
+    "blocks": lambda: Blocks(block_size=2),
+    "subspace": lambda: Subspace(rank=1, directions=torch.tensor([[0.6, 0.8]], dtype=torch.float64), shared=False),
+}
+
+#: name → factory () → (dynamics, reward, 4 prompts)
+SYSTEMS: dict[str, Callable[[], tuple[Dynamics, Reward, list[Any]]]] = {
+    "linear": make_linear, "softmax_head": make_softmax_head,
+}
+
+
+def same_sample(a: Sample, b: Sample) -> bool:
+    """Whether two kept responses are the same (values, tokens and text)."""
+    if a.value is not None or b.value is not None:
+        if a.value is None or b.value is None or not torch.equal(a.value, b.value):
+            return False
+    return a.tokens == b.tokens and a.text == b.text
+
+
+def _outcome_of(sample: Sample) -> Outcomes:
+    if sample.value is not None and sample.tokens is None:
+        return Outcomes(num_prompts=1, num_samples=1, values=sample.value.view(1, 1, -1))
+    t = torch.tensor(sample.tokens).view(1, 1, -1)
+    return Outcomes(num_prompts=1, num_samples=1, tokens=t, values=t)
+
+
+class ControllerContract:
+    """The contract every controller passes, on every space in ``spaces`` and system in ``systems``.
+
+    Parametrise a subclass over ``name`` (keys of ``controllers``), ``space`` (keys of
+    ``spaces``) and ``system`` (keys of ``systems``); see the module docstring.
+    """
+
+    n, k = 6, 3
+    #: name → factory (n, k, space) → Controller
+    controllers = CONTROLLERS
+    #: name → factory () → ControlSpace
+    spaces = SPACES
+    #: name → factory () → (dynamics, reward, 4 prompts)
+    systems = SYSTEMS
+
+    def run(self, name: str, space: str, system: str, prompts: list | None = None,
+            seed: int = 0) -> tuple[AlignmentResult, CountingReward, list]:
+        """align() of controller ``name`` in ``space`` on ``system`` with a counting reward."""
+        dyn, reward, all_prompts = self.systems[system]()
+        counting = CountingReward(reward)
+        ctrl = self.controllers[name](self.n, self.k, self.spaces[space]())
+        res = align(dyn, counting, ctrl, all_prompts if prompts is None else prompts, seed=seed)
+        return res, counting, all_prompts
+
+    def test_shapes_and_trace(self, name, space, system):
+        res, _, prompts = self.run(name, space, system)
+        D = len(prompts)
+        assert res.state.mean.shape == (D, *res.space.shape)
+        assert res.rewards.shape == (D,)
+        assert len(res.responses) == D and all(r is not None for r in res.responses)
+        assert len(res.trace) == self.k
+        for rec in res.trace:
+            g = rec.diagnostics
+            for f in ("mean_reward", "max_reward", "reward_std", "ess", "weight_entropy", "mean_norm", "kl"):
+                v = getattr(g, f)
+                assert v.shape == (D,), f
+                assert torch.isfinite(v).all(), f
+            assert g.weights.shape == (D, self.n)
+            assert torch.allclose(g.weights.sum(-1), torch.ones(D, dtype=g.weights.dtype))
+            assert (g.weights >= 0).all()
+            assert ((g.ess >= 1 - 1e-9) & (g.ess <= self.n + 1e-9)).all()
+            assert ((g.weight_entropy >= -1e-9) & (g.weight_entropy <= math.log(self.n) + 1e-9)).all()
+            assert (g.max_reward >= g.mean_reward - 1e-12).all()
+            assert (g.kl >= -1e-9).all()
+
+    def test_kept_reward_matches_kept_response(self, name, space, system):
+        res, _, prompts = self.run(name, space, system)
+        _, reward, _ = self.systems[system]()
+        for d, s in enumerate(res.responses):
+            r = float(reward([prompts[d]], _outcome_of(s))[0, 0])
+            assert abs(r - float(res.rewards[d])) <= 1e-9 + 1e-6 * abs(r)
+
+    def test_determinism(self, name, space, system):
+        a, _, _ = self.run(name, space, system, seed=3)
+        b, _, _ = self.run(name, space, system, seed=3)
+        c, _, _ = self.run(name, space, system, seed=4)
+        assert torch.equal(a.rewards, b.rewards)
+        assert torch.equal(a.state.mean, b.state.mean)
+        assert all(same_sample(x, y) for x, y in zip(a.responses, b.responses))
+        if all(torch.equal(x.diagnostics.mean_reward, y.diagnostics.mean_reward) for x, y in zip(a.trace, c.trace)):
+            # only a system with nothing random (no control noise, deterministic dynamics) may repeat
+            assert float(a.state.std.abs().max()) == 0 and a.responses[0].tokens is None
+
+    def test_budget_accounting(self, name, space, system):
+        res, counting, prompts = self.run(name, space, system)
+        extra = self.controllers[name](self.n, self.k, self.spaces[space]()).default_selection().final_samples
+        assert res.reward_calls.tolist() == [self.n * self.k + extra] * len(prompts)
+        assert sorted(counting.calls.values()) == [self.n * self.k + extra] * len(prompts)
+
+    def test_per_prompt_independence(self, name, space, system):
+        batch, _, prompts = self.run(name, space, system, seed=11)
+        for d in (0, 2):
+            alone, _, _ = self.run(name, space, system, prompts=[prompts[d]], seed=11)
+            assert torch.allclose(alone.state.mean[0], batch.state.mean[d], atol=1e-6)
+            assert abs(float(alone.rewards[0]) - float(batch.rewards[d])) <= 1e-9
+            assert same_sample(alone.responses[0], batch.responses[d])
+        perm = [prompts[3], prompts[1], prompts[0]]
+        shuffled, _, _ = self.run(name, space, system, prompts=perm, seed=11)
+        assert abs(float(shuffled.rewards[0]) - float(batch.rewards[3])) <= 1e-9
+        assert abs(float(shuffled.rewards[2]) - float(batch.rewards[0])) <= 1e-9
