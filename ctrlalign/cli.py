@@ -18,6 +18,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .config import PRESETS
+from .controllers import CONTROLLERS, spec
+
 __all__ = ["main"]
 
 
@@ -40,15 +43,20 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--model", default="default", help="'default' (packaged SmolLM2-135M-Instruct), HF id or path")
     a.add_argument("--reward", default=None, action="append", dest="rewards",
                    help="reward name (sentiment, embedding, judge, toxicity, classifier); repeat to sum")
-    a.add_argument("--controller", default="aisp", choices=["aisp", "mppi", "bon", "softmax", "cem"])
-    a.add_argument("-n", "--num-samples", type=int, default=8, help="n, samples per iteration")
-    a.add_argument("-k", "--num-iterations", type=int, default=4, help="k, iterations")
-    a.add_argument("--sigma", type=float, default=0.3,
-                   help="σ, control noise std (0.3: logit noise σ·‖w‖ ≈ 1 on SmolLM2, where ‖w‖ ≈ 3.15)")
-    a.add_argument("--temperature", type=float, default=None, help="λ (aisp/mppi/softmax; default 0.3)")
-    a.add_argument("--alpha", type=float, default=None, help="α (aisp; default 0.999)")
-    a.add_argument("--horizon", type=int, default=None, help="τ (default: max-new-tokens)")
-    a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--preset", default="learning", choices=sorted(PRESETS),
+                   help="starting configuration: " + "; ".join(f"{k}: {v['help']}" for k, v in PRESETS.items())
+                   + ". Flags below override it")
+    a.add_argument("--controller", default=None, choices=list(CONTROLLERS), help="controller (default: the preset's)")
+    spec.add_arguments(a, [c.spec() for c in CONTROLLERS.values()],
+                       aliases={"num_samples": ["-n"], "num_iterations": ["-k"]})
+    a.add_argument("--selection", default=None, choices=["best", "reservoir", "final"],
+                   help="which response to keep (default: the controller's own: best so far; softmax: reservoir)")
+    a.add_argument("--final-samples", type=int, default=None, help="m, draws from the final proposal (--selection final)")
+    a.add_argument("--common-random-numbers", default=None, action=argparse.BooleanOptionalAction,
+                   help="replay the same rollout random numbers every round")
+    a.add_argument("--greedy", default=None, action=argparse.BooleanOptionalAction,
+                   help="greedy decoding of the controlled logits (the response is a function of the controls)")
+    a.add_argument("--max-new-tokens", type=int, default=None, help="T, tokens per response (default: the preset's)")
     a.add_argument("--engine", default="eager", choices=["eager", "static"],
                    help="rollout engine; 'static' = static KV cache + CUDA graphs (GPU, Llama/Qwen2)")
     a.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -75,22 +83,23 @@ def _parser() -> argparse.ArgumentParser:
 def _build_align_config(args: argparse.Namespace):
     from .config import RunConfig
 
+    preset = PRESETS[args.preset]
     rewards = args.rewards or ["sentiment"]
-    ctrl: dict[str, Any] = dict(name=args.controller, num_samples=args.num_samples,
-                                num_iterations=args.num_iterations, sigma=args.sigma, horizon=args.horizon)
-    if args.controller in ("aisp", "mppi", "softmax"):
-        ctrl["temperature"] = args.temperature if args.temperature is not None else 0.3
-    if args.controller == "aisp":
-        ctrl["alpha"] = args.alpha if args.alpha is not None else 0.999
-    model: dict[str, Any] = dict(name=args.model, max_new_tokens=args.max_new_tokens, engine=args.engine)
-    if args.device:
-        model["device"] = args.device
-    if args.dtype:
-        model["dtype"] = args.dtype
-    return RunConfig.model_validate(dict(
-        prompts=[args.prompt], model=model, reward=[{"name": x} for x in rewards], controller=ctrl,
-        run=dict(seed=args.seed or 0, batch_prompts=1, output=os.devnull),
-    ))
+    ctrl: dict[str, Any] = dict(preset["controller"])
+    if args.controller is not None and args.controller != ctrl.get("name"):
+        ctrl = {"name": args.controller}  # another controller: its own defaults, not the preset's
+    ctrl.update(spec.arguments_to_kwargs(args, [c.spec() for c in CONTROLLERS.values()]))
+    for key in ("selection", "final_samples", "common_random_numbers"):
+        if getattr(args, key) is not None:
+            ctrl[key] = getattr(args, key)
+    model: dict[str, Any] = {"name": args.model, "engine": args.engine, **preset["model"]}
+    for key in ("max_new_tokens", "greedy", "device", "dtype"):
+        if getattr(args, key, None) is not None:
+            model[key] = getattr(args, key)
+    return RunConfig.model_validate({
+        "prompts": [args.prompt], "model": model, "reward": [{"name": x} for x in rewards], "controller": ctrl,
+        "run": {"seed": args.seed or 0, "batch_prompts": 1, "output": os.devnull},
+    })
 
 
 def _fmt_trace(trace: list[dict[str, float]]) -> str:
@@ -115,7 +124,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     ctrl = cfg.controller.build()
     print(f"model ready in {time.perf_counter() - t0:.1f}s; {ctrl!r}; reward {reward.name}", file=sys.stderr, flush=True)
     rec = solve_batch(dyn, reward, ctrl, [PromptItem(id="p0", text=args.prompt)], cfg.run.seed, base=True,
-                      progress=True)[0]
+                      progress=True, selection=cfg.controller.build_selection(),
+                      common_random_numbers=cfg.controller.common_random_numbers)[0]
     rec["seconds_total"] = time.perf_counter() - t0
     if args.json:
         print(json.dumps(rec, ensure_ascii=False, indent=2))

@@ -30,7 +30,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from ._checks import ConfigError
+from .controllers import CONTROLLERS, Controller
+from .controllers.spec import check_applicable, config_fields
+from .selection import Selection, make_selection
 
 __all__ = [
     "ControllerConfig",
@@ -61,6 +66,8 @@ class ModelConfig(_Strict):
     top_p: float | None = Field(None, gt=0, le=1, description="nucleus filter (None: off)")
     chat_template: bool = Field(True, description="apply the tokenizer's chat template when it has one")
     system_prompt: str | None = Field(None, description="optional system message for chat templates")
+    greedy: bool = Field(False, description="greedy decoding of the controlled logits: the response is a function "
+                         "of the controls alone")
     engine: Literal["eager", "static"] = Field("eager", description="rollout engine: 'static' is the CUDA-graph GPU engine")
 
 
@@ -84,43 +91,86 @@ class RewardTerm(_Strict):
         return v
 
 
-class ControllerConfig(_Strict):
-    """The controller and its hyperparameters (those that do not apply to it must stay unset)."""
+class _ControllerBase(_Strict):
+    """The controller, its hyperparameters (those that do not apply to it must stay unset; the
+    unset ones take the controller's defaults), and how ``align`` keeps a response."""
 
-    name: Literal["aisp", "mppi", "bon", "softmax", "cem"] = Field("aisp", description="which controller")
-    num_samples: int = Field(8, ge=1, description="n, samples per prompt per iteration")
-    num_iterations: int = Field(4, ge=1, description="k, iterations; budget n·k reward calls per prompt")
-    sigma: float = Field(0.3, ge=0, description="σ, control noise std (BoN may use 0: the plain model)")
-    horizon: int | None = Field(None, ge=1, description="τ, controlled tokens (None: max_new_tokens)")
-    temperature: float | None = Field(None, gt=0, description="λ (aisp, mppi, softmax); default 0.3")
-    alpha: float | None = Field(None, ge=0, le=1, description="α (aisp); default 0.999")
-    likelihood_ratio: float | None = Field(None, ge=0, le=1, description="γ (mppi); default 1")
-    step_size: float | None = Field(None, gt=0, le=1, description="β (mppi, cem); default 1")
-    elite_fraction: float | None = Field(None, gt=0, le=1, description="ρ (cem); default 0.25")
-    refit_std: bool | None = Field(None, description="cem: refit the proposal scale")
+    name: str = Field("aisp", description="which controller: " + ", ".join(CONTROLLERS))
+    selection: Literal["best", "reservoir", "final"] | None = Field(
+        None, description="which response to keep: best so far, the softmax reservoir, or the best of "
+        "final_samples draws from the final proposal (unset: the controller's default)")
+    final_samples: int = Field(1, ge=1, description="m, draws from the final proposal (selection 'final')")
+    common_random_numbers: bool = Field(False, description="replay the same rollout random numbers every round")
 
-    _ALLOWED = {
-        "aisp": {"temperature", "alpha"},
-        "mppi": {"temperature", "likelihood_ratio", "step_size"},
-        "bon": set(),
-        "softmax": {"temperature"},
-        "cem": {"step_size", "elite_fraction", "refit_std"},
-    }
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in CONTROLLERS:
+            raise ValueError(f"unknown controller {v!r}; choose one of {', '.join(CONTROLLERS)}")
+        return v
 
-    def build(self):
-        """Instantiate the controller (raises naming a field that does not apply)."""
-        from .controllers import CONTROLLERS
+    @field_validator("*")
+    @classmethod
+    def _in_some_range(cls, v: Any, info: Any) -> Any:
+        """A hyperparameter value must be allowed by at least one controller's declaration (the
+        exact check against the chosen controller follows once every field is read)."""
+        if v is None or info.field_name not in _HYPER_FIELDS:
+            return v
+        errors = []
+        for c in CONTROLLERS.values():
+            spec = c.spec()
+            if info.field_name in spec.defaults:
+                try:
+                    return spec[info.field_name].check(v)
+                except ConfigError as exc:
+                    errors.append(str(exc))
+        raise ValueError(errors[0])
 
-        extras = {k for k in ("temperature", "alpha", "likelihood_ratio", "step_size", "elite_fraction", "refit_std")
-                  if getattr(self, k) is not None}
-        bad = extras - self._ALLOWED[self.name]
-        if bad:
-            raise ValueError(f"controller.{sorted(bad)[0]} does not apply to controller '{self.name}' "
-                             f"(it takes: {', '.join(sorted(self._ALLOWED[self.name])) or 'no extra fields'})")
-        kw: dict[str, Any] = dict(num_samples=self.num_samples, num_iterations=self.num_iterations,
-                                  sigma=self.sigma, horizon=self.horizon)
-        kw.update({k: getattr(self, k) for k in extras})
-        return CONTROLLERS[self.name](**kw)
+    @model_validator(mode="after")
+    def _applicable(self) -> _ControllerBase:
+        try:
+            self.hyperparameters()
+            self.build()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The set hyperparameters, checked against the controller's declaration."""
+        spec = CONTROLLERS[self.name].spec()
+        values = {k: getattr(self, k) for k in type(self).model_fields if k in _HYPER_FIELDS}
+        return check_applicable(spec, values)
+
+    def build(self, **overrides: Any) -> Controller:
+        """The controller (``overrides``, e.g. ``num_iterations``, replace config values)."""
+        return CONTROLLERS[self.name](**{**self.hyperparameters(), **overrides})
+
+    def build_selection(self) -> Selection | None:
+        """The configured selection (None: the controller's default)."""
+        return make_selection(self.selection, self.final_samples)
+
+
+_HYPER_FIELDS = config_fields(s.spec() for s in CONTROLLERS.values())
+
+#: the ``controller`` section: fields derived from the controllers' declarations
+ControllerConfig = create_model("ControllerConfig", __base__=_ControllerBase, __module__=__name__, **_HYPER_FIELDS)
+
+
+#: starting configurations for ``ctrlalign align --preset NAME`` (sections of a run config)
+PRESETS: dict[str, dict[str, Any]] = {
+    "learning": {
+        "help": "AISP on one control shared by all tokens, λ adaptive (ESS = n/2), greedy rollouts",
+        "controller": {"name": "aisp", "space": "shared", "target_ess": 0.5, "sigma": 0.3, "num_samples": 16,
+                       "num_iterations": 8},
+        "model": {"greedy": True, "max_new_tokens": 32},
+    },
+    "paper": {
+        "help": "AISP as published: one control per token, fixed λ = 0.3, α = 0.999, sampled rollouts",
+        "controller": {"name": "aisp", "space": "per-token", "temperature": 0.3, "alpha": 0.999, "sigma": 0.3,
+                       "num_samples": 16, "num_iterations": 8},
+        "model": {"greedy": False, "max_new_tokens": 32},
+    },
+}
 
 
 class RunSettings(_Strict):
@@ -185,7 +235,7 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
     lines = [f"invalid {source}:"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not a field of this section)"
         val = err.get("input")

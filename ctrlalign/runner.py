@@ -129,7 +129,7 @@ def build_dynamics(cfg: RunConfig):
 
     m = cfg.model
     sampling = SamplingConfig(max_new_tokens=m.max_new_tokens, temperature=m.temperature, top_k=m.top_k,
-                              top_p=m.top_p)
+                              top_p=m.top_p, greedy=m.greedy)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[m.dtype]
     kw: dict[str, Any] = dict(device=m.device, dtype=dtype, sampling=sampling, chat_template=m.chat_template,
                               system_prompt=m.system_prompt)
@@ -139,7 +139,7 @@ def build_dynamics(cfg: RunConfig):
 
 
 def solve_batch(dynamics, reward, controller, items: list[PromptItem], seed: int, base: bool,
-                progress: bool = False) -> list[dict[str, Any]]:
+                progress: bool = False, selection=None, common_random_numbers: bool = False) -> list[dict[str, Any]]:
     """Align a batch of prompts (and optionally sample the plain model); one record each."""
     from ._checks import RewardError
     from .align import align
@@ -149,7 +149,8 @@ def solve_batch(dynamics, reward, controller, items: list[PromptItem], seed: int
     t0 = time.perf_counter()
     context = dynamics.prepare(texts)
     try:
-        res = align(dynamics, reward, controller, texts, seed=seed, context=context, progress=progress)
+        res = align(dynamics, reward, controller, texts, seed=seed, context=context, progress=progress,
+                    selection=selection, common_random_numbers=common_random_numbers)
         base_res = None
         if base:
             plain = BestOfN(num_samples=1, num_iterations=1, sigma=0.0, horizon=controller.horizon)
@@ -166,6 +167,8 @@ def solve_batch(dynamics, reward, controller, items: list[PromptItem], seed: int
             "response": res.responses[d].text,
             "reward": float(res.rewards[d]),
             "controller": controller.name,
+            "space": res.space.describe(),
+            "selection": res.selection,
             "reward_calls": int(res.reward_calls[d]),
             "trace": res.prompt_trace(d),
         }
@@ -207,7 +210,9 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True,
             bar = tqdm(total=total_mine, initial=total_mine - len(mine), desc=f"rank {rank} prompts", unit="prompt")
         for start in range(0, len(mine), D):
             batch = mine[start: start + D]
-            records = solve_batch(dynamics, reward, controller, batch, cfg.run.seed, cfg.run.base)
+            records = solve_batch(dynamics, reward, controller, batch, cfg.run.seed, cfg.run.base,
+                                  selection=cfg.controller.build_selection(),
+                                  common_random_numbers=cfg.controller.common_random_numbers)
             for rec in records:
                 rec["index"] = index[rec["id"]]
                 rec["config_hash"] = h

@@ -231,9 +231,10 @@ def check_applicable(spec: ControllerSpec, values: dict[str, Any], section: str 
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any, specs: Iterable[ControllerSpec],
-                  exclude: Iterable[str] = ()) -> None:
+                  exclude: Iterable[str] = (), aliases: dict[str, list[str]] | None = None) -> None:
     """Add one ``--flag`` per hyperparameter of the union of ``specs`` (default None: the
-    chosen controller's own default); help names the controllers that take it and the defaults."""
+    chosen controller's own default); help names the controllers that take it and the defaults.
+    ``aliases`` adds short flags, e.g. ``{"num_samples": ["-n"]}``."""
     specs = list(specs)
     skip = set(exclude)
     for name, (h, owners) in _union(specs).items():
@@ -243,14 +244,14 @@ def add_arguments(parser: argparse.ArgumentParser | Any, specs: Iterable[Control
         shown = sorted({repr(v) for v in defaults.values()})
         default_text = shown[0] if len(shown) == 1 else ", ".join(f"{k} {v!r}" for k, v in defaults.items())
         help_text = f"{h.label}: {h.help}; {h.allowed()} (default {default_text}; {', '.join(owners)})"
-        flag = "--" + name.replace("_", "-")
+        flags = [*(aliases or {}).get(name, []), "--" + name.replace("_", "-")]
         if h.kind is bool:
-            parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction,
+            parser.add_argument(*flags, dest=name, default=None, action=argparse.BooleanOptionalAction,
                                 help=help_text.replace("%", "%%"))
         else:
-            parser.add_argument(flag, dest=name, default=None, type=h.kind,
+            parser.add_argument(*flags, dest=name, default=None, type=h.kind,
                                 choices=list(h.choices) if h.choices else None,
-                                metavar=(h.symbol or name).upper() if not h.choices else None,
+                                metavar=(h.symbol or name.upper()) if not h.choices else None,
                                 help=help_text.replace("%", "%%"))
 
 
