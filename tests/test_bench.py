@@ -258,7 +258,7 @@ def test_config_validation(tmp_path):
         toy_config(tmp_path, bogus=1)
     with pytest.raises(ValueError, match="not a controller label"):
         toy_config(tmp_path, primary="nope")
-    with pytest.raises(ValueError, match="sigma must be > 0"):
+    with pytest.raises(ValueError, match=r"sigma \(σ\) must be a number > 0"):
         toy_config(tmp_path, controllers=[{"name": "aisp", "sigma": 0, "num_samples": 4}], sweep=None, primary=None, baselines=[])
     with pytest.raises(ValueError, match="unique"):
         toy_config(tmp_path, controllers=[{"name": "bon", "num_samples": 4}, {"name": "bon", "num_samples": 4}], sweep=None, primary=None, baselines=[])

@@ -32,9 +32,11 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from ..config import ModelConfig, RewardTerm, format_validation_error, read_config_file
+from ..config import ModelConfig, RewardTerm, _ControllerBase, format_validation_error, read_config_file
+from ..controllers import CONTROLLERS, Controller
+from ..controllers.spec import config_fields
 
 __all__ = ["FROM_PROMPTS", "BenchConfig", "BenchController", "SweepGrid", "load_bench_config"]
 
@@ -46,36 +48,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class BenchController(_Strict):
-    """One controller of the comparison; k = N / n is set per budget N by the harness."""
+class _BenchControllerBase(_ControllerBase):
+    """One controller of the comparison (fields from the controllers' declarations, without
+    ``num_iterations``: k = N / n is set per budget N by the harness)."""
 
     label: str | None = Field(None, description="name in tables and plots (default: the controller name)")
-    name: Literal["aisp", "mppi", "bon", "softmax", "cem"] = Field(..., description="which controller")
-    num_samples: int = Field(8, ge=1, description="n, samples per iteration (every budget must be a multiple)")
-    sigma: float = Field(0.3, ge=0, description="σ, control noise std (bon: 0 = the plain model)")
-    horizon: int | None = Field(None, ge=1, description="τ, controlled tokens (None: max_new_tokens)")
-    temperature: float | None = Field(None, gt=0, description="λ (aisp, mppi, softmax)")
-    alpha: float | None = Field(None, ge=0, le=1, description="α (aisp)")
-    likelihood_ratio: float | None = Field(None, ge=0, le=1, description="γ (mppi)")
-    step_size: float | None = Field(None, gt=0, le=1, description="β (mppi, cem)")
-    elite_fraction: float | None = Field(None, gt=0, le=1, description="ρ (cem)")
-    refit_std: bool | None = Field(None, description="cem: refit the proposal scale")
+    name: str = Field(..., description="which controller: " + ", ".join(CONTROLLERS))
 
     @property
     def key(self) -> str:
         """The name used in tables: ``label`` if set, else the controller name."""
         return self.label or self.name
 
-    def build(self, num_iterations: int):
-        """The controller with k = ``num_iterations`` (via the run config's validation)."""
-        from ..config import ControllerConfig
+    def build(self, num_iterations: int = 1, **overrides: Any) -> Controller:  # type: ignore[override]
+        """The controller with k = ``num_iterations``."""
+        return super().build(num_iterations=num_iterations, **overrides)
 
-        data = self.model_dump(exclude={"label"})
-        return ControllerConfig(num_iterations=num_iterations, **data).build()
+    @property
+    def num_samples_used(self) -> int:
+        """n of the built controller (the config's value, else the controller's default)."""
+        return self.build().num_samples
 
-    def hyperparameters(self) -> dict[str, Any]:
-        """The set fields other than label and name."""
-        return {k: v for k, v in self.model_dump(exclude={"label", "name"}).items() if v is not None}
+    @property
+    def sigma_used(self) -> float:
+        """σ of the built controller."""
+        return self.build().sigma
+
+
+#: one entry of ``controllers:`` in a bench config
+BenchController = create_model("BenchController", __base__=_BenchControllerBase, __module__=__name__,
+                               **config_fields((c.spec() for c in CONTROLLERS.values()), exclude=["num_iterations"]))
 
 
 class SweepGrid(_Strict):
@@ -150,7 +152,7 @@ class BenchConfig(_Strict):
     def _budgets(cls, v: list[int]) -> list[int]:
         if not v or any(int(b) < 1 for b in v):
             raise ValueError("budgets must be a non-empty list of positive integers")
-        return sorted(set(int(b) for b in v))
+        return sorted({int(b) for b in v})
 
     @field_validator("seeds")
     @classmethod
@@ -169,11 +171,13 @@ class BenchConfig(_Strict):
         if dup:
             raise ValueError(f"controller labels must be unique, repeated: {sorted(dup)}")
         for c in entries:
-            bad = [b for b in self.budgets if b % c.num_samples]
+            if c.selection == "final":
+                raise ValueError(f"controller {c.key!r}: selection 'final' draws after the last round, so the "
+                                 "bench's anytime read-out at every budget cannot use it; use 'best' or 'reservoir'")
+            n = c.num_samples_used
+            bad = [b for b in self.budgets if b % n]
             if bad:
-                raise ValueError(f"controller {c.key!r}: budgets {bad} are not multiples of num_samples={c.num_samples}")
-            if c.name != "bon" and c.sigma == 0:
-                raise ValueError(f"controller {c.key!r}: sigma must be > 0 for {c.name}")
+                raise ValueError(f"controller {c.key!r}: budgets {bad} are not multiples of num_samples={n}")
         for lab in ([self.primary] if self.primary else []) + list(self.baselines):
             if lab not in keys:
                 raise ValueError(f"{lab!r} (primary/baselines) is not a controller label; labels: {keys}")

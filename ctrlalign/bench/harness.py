@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..align import align
+from ..align import Iteration, align
 from ..cost import Cost
 from ..dynamics.base import Dynamics, Outcomes, Sample
 from ..rewards.base import Reward, evaluate_reward, prompt_text
@@ -45,7 +45,7 @@ __all__ = ["BenchResult", "CountingReward", "compare", "finish_bench", "goal_sta
 
 
 class CountingReward(Reward):
-    """Wraps a reward; counts the responses scored per prompt and keeps the last outcomes.
+    """Wraps a reward; counts the responses scored per prompt.
 
     ``calls`` is a dict prompt key (:func:`ctrlalign.random.prompt_key`) → number of
     responses scored. ``reset()`` clears it.
@@ -55,8 +55,6 @@ class CountingReward(Reward):
         self.inner = inner
         self.name = getattr(inner, "name", "reward")
         self.calls: dict[bytes, int] = {}
-        self.last: Outcomes | None = None
-        self.last_rewards: torch.Tensor | None = None
 
     @staticmethod
     def key(prompt: Any) -> bytes:
@@ -66,35 +64,15 @@ class CountingReward(Reward):
         return prompt_key(prompt)
 
     def reset(self) -> None:
-        """Forget all counts and the last rewards."""
+        """Forget all counts."""
         self.calls = {}
-        self.last = None
-        self.last_rewards = None
 
     def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
         r = evaluate_reward(self.inner, prompts, outcomes)
         for p in prompts:
             k = self.key(p)
             self.calls[k] = self.calls.get(k, 0) + outcomes.num_samples
-        self.last = outcomes
-        self.last_rewards = r.detach().clone()
         return r
-
-
-class _Tap:
-    """Delegates to a controller; records ‖U‖ and KL(q_U‖p) of the mean after every step."""
-
-    def __init__(self, controller):
-        self._c = controller
-        self.post: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._c, name)
-
-    def step(self, state, controls, rewards, generators=None):
-        new, info = self._c.step(state, controls, rewards, generators)
-        self.post.append((new.mean.double().flatten(1).norm(dim=-1).cpu(), self._c.kl(new).double().cpu()))
-        return new, info
 
 
 @dataclass
@@ -296,8 +274,9 @@ def run_bench(
         "num_prompts": len(items),
         "prompt_ids": [_item_id(it, j) for j, it in enumerate(items)],
         "controllers": {
-            c.key: {"name": c.name, **c.hyperparameters(), "sigma2": c.sigma**2,
-                    "logit_noise_scale": metrics.logit_noise_scale(c.sigma, row_norm)}
+            c.key: {"name": c.name, **c.hyperparameters(), "space": c.build().space.describe(),
+                    "selection": c.selection, "common_random_numbers": c.common_random_numbers,
+                    "sigma2": c.sigma_used**2, "logit_noise_scale": metrics.logit_noise_scale(c.sigma_used, row_norm)}
             for c in entries
         },
         "anytime": "results at N = n·i are read off a k_max = N_max/n run after i iterations (exact)",
@@ -374,60 +353,60 @@ def _has_texts(result: BenchResult) -> bool:
 def _run_one(result: BenchResult, dynamics: Dynamics, cost: Cost, counting: CountingReward, entry: BenchController,
              texts: list, ids: list[str], context: Any, seed: int, budgets: list[int], N_max: int,
              prefill_s: float) -> None:
-    n = entry.num_samples
+    n = entry.num_samples_used
     k_max = N_max // n
     controller = entry.build(k_max)
-    tap = _Tap(controller)
     counting.reset()
     Dn = len(texts)
-    kept: list[Sample | None] = [None] * Dn
-    state = {"it": 0, "seconds": 0.0, "tokens": 0}
+    totals = {"seconds": 0.0, "tokens": 0}
     checkpoints = {b // n: b for b in budgets}
     snaps: list[dict[str, Any]] = []
+    post: list[tuple[torch.Tensor, torch.Tensor]] = []
+    kept: list[Sample | None] = [None] * Dn
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
-    def callback(rec) -> None:
-        state["it"] += 1
-        state["seconds"] += rec.seconds
-        out = counting.last
-        if out is not None and out.lengths is not None:
-            state["tokens"] += int(out.lengths.sum())
-        info = rec.info
+    def callback(it: Iteration) -> None:
+        rec = it.record
+        totals["seconds"] += rec.seconds
+        if it.outcomes.lengths is not None:
+            totals["tokens"] += int(it.outcomes.lengths.sum())
+        norm = it.state.mean.double().flatten(1).norm(dim=-1).cpu()
+        kl = controller.kl(it.state).double().cpu()
+        post.append((norm, kl))
+        kept[:] = it.kept
+        i = rec.iteration
+        if i not in checkpoints:
+            return
+        N = checkpoints[i]
         for d in range(Dn):
-            if bool(info.replace[d]) or kept[d] is None:
-                kept[d] = out.sample(d, int(info.chosen[d]))
-        i = state["it"]
-        if i in checkpoints:
-            N = checkpoints[i]
-            norm, kl = tap.post[-1]
-            for d in range(Dn):
-                calls = counting.calls.get(CountingReward.key(texts[d]), 0)
-                if calls != N:
-                    raise AssertionError(f"budget mismatch: {entry.key} used {calls} reward calls for prompt "
-                                         f"{ids[d]} at N = {N}")
-                s = kept[d]
-                tkl = None
-                if s.logprob is not None and s.base_logprob is not None:
-                    tkl = s.logprob - s.base_logprob
-                snaps.append({
-                    "controller": entry.key, "budget": N, "seed": seed, "prompt_id": ids[d],
-                    "num_samples": n, "num_iterations": i,
-                    "reward": float(rec.best_reward[d]),
-                    "control_kl": float(kl[d]), "mean_norm": float(norm[d]),
-                    "token_kl": tkl,
-                    "length": None if s.tokens is None else len(s.tokens),
-                    "text": s.text,
-                    "value": None if s.value is None else s.value.tolist(),
-                    # toy systems: keep the tokens for the judge (language models keep the text)
-                    "tokens_ids": s.tokens if s.text is None else None,
-                    "reward_calls": calls,
-                    "seconds_per_prompt": (state["seconds"] + prefill_s) / Dn,
-                    "tokens": state["tokens"] / Dn,
-                    "diversity": None if s.text is None else metrics.diversity(s.text),
-                })
+            calls = counting.calls.get(CountingReward.key(texts[d]), 0)
+            if calls != N:
+                raise AssertionError(f"budget mismatch: {entry.key} used {calls} reward calls for prompt "
+                                     f"{ids[d]} at N = {N}")
+            s = it.kept[d]
+            tkl = None
+            if s.logprob is not None and s.base_logprob is not None:
+                tkl = s.logprob - s.base_logprob
+            snaps.append({
+                "controller": entry.key, "budget": N, "seed": seed, "prompt_id": ids[d],
+                "num_samples": n, "num_iterations": i,
+                "reward": float(rec.kept_reward[d]),
+                "control_kl": float(kl[d]), "mean_norm": float(norm[d]),
+                "token_kl": tkl,
+                "length": None if s.tokens is None else len(s.tokens),
+                "text": s.text,
+                "value": None if s.value is None else s.value.tolist(),
+                # toy systems: keep the tokens for the judge (language models keep the text)
+                "tokens_ids": s.tokens if s.text is None else None,
+                "reward_calls": calls,
+                "seconds_per_prompt": (totals["seconds"] + prefill_s) / Dn,
+                "tokens": totals["tokens"] / Dn,
+                "diversity": None if s.text is None else metrics.diversity(s.text),
+            })
 
-    res = align(dynamics, cost, tap, texts, seed=seed, context=context, callback=callback)
+    res = align(dynamics, cost, controller, texts, seed=seed, context=context, callback=callback,
+                selection=entry.build_selection(), common_random_numbers=entry.common_random_numbers)
     # the anytime read-out must agree with what align itself returns at k_max
     for d in range(Dn):
         if abs(float(res.rewards[d]) - snaps[-Dn + d]["reward"]) > 1e-9 or res.responses[d].text != kept[d].text:
@@ -438,7 +417,7 @@ def _run_one(result: BenchResult, dynamics: Dynamics, cost: Cost, counting: Coun
     result.records.extend(snaps)
     for d in range(Dn):
         trace = res.prompt_trace(d)
-        for t, (norm, kl) in zip(trace, tap.post):
+        for t, (norm, kl) in zip(trace, post):
             t["post_mean_norm"] = float(norm[d])
             t["post_kl"] = float(kl[d])
         result.traces.append({"controller": entry.key, "seed": seed, "prompt_id": ids[d], "trace": trace})
@@ -447,7 +426,7 @@ def _run_one(result: BenchResult, dynamics: Dynamics, cost: Cost, counting: Coun
         "controller": entry.key, "seed": seed, "prompt_ids": list(ids), "num_prompts": Dn,
         "budget": N_max, "num_samples": n, "num_iterations": k_max, "seconds": secs,
         "prefill_seconds": prefill_s,
-        "tokens": state["tokens"], "tokens_per_second": state["tokens"] / secs if secs > 0 else 0.0,
+        "tokens": totals["tokens"], "tokens_per_second": totals["tokens"] / secs if secs > 0 else 0.0,
         "reward_calls_per_prompt": N_max,
         "peak_rss_mb": _peak_rss_mb(),
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
