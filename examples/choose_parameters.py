@@ -50,7 +50,7 @@ def main(out: Path | None = None, quick: bool = False, sigmas: tuple[float, ...]
         trace = res.prompt_trace(0)
         # the first round's rewards: mean_reward and weights are in the trace; recompute
         # softmax(r/λ) ESS from the round-1 log-weights at λ (the weights at Û = 0 are softmax(r/λ))
-        w1 = res.trace[0].info.weights[0].clamp_min(1e-300)  # softmax(r/λ0) with λ0 = temperature
+        w1 = res.trace[0].diagnostics.weights[0].clamp_min(1e-300)  # softmax(r/λ0) with λ0 = temperature
         r1 = temperature * w1.log()  # rewards up to a constant (shift-invariant weights)
         ess_lam = [float(theory.effective_sample_size(theory.log_weights(r1[None], lam))[0]) for lam in lambdas]
         # ‖U‖ and KL of the final mean: the proposal the next round would use

@@ -5,9 +5,8 @@
 * ``L1Distance`` — a Reward: r = −‖y − y*‖₁ on numeric outcomes, shape (D, n);
 * ``GreedyMean`` — a Controller: move the mean a step β toward the single best sample.
 
-``tests/test_examples.py`` runs the controller contract
-(``tests/test_controllers.py::ControllerContract``) on ``GreedyMean`` and on the
-``SquashedLinear`` + ``L1Distance`` system.
+``tests/test_examples.py`` runs the controller contract (:mod:`ctrlalign.testing`) on
+``GreedyMean`` in every control space and on the ``SquashedLinear`` + ``L1Distance`` system.
 
 Run: ``python examples/custom_components.py``
 """
@@ -21,6 +20,7 @@ from typing import Any, Sequence
 import torch
 
 import ctrlalign as ca
+from ctrlalign.controllers import Hyperparameter
 
 
 # --8<-- [start:SquashedLinear]
@@ -85,7 +85,7 @@ class L1Distance(ca.Reward):
 
 # --8<-- [start:GreedyMean]
 class GreedyMean(ca.Controller):
-    """Move the mean a step β toward the best sample of each round: U ← U + β (V_best − U).
+    """Move the mean a step β toward the best sample of each round: θ̂ ← θ̂ + β (θ_best − θ̂).
 
     Args:
         num_samples: n.
@@ -93,28 +93,30 @@ class GreedyMean(ca.Controller):
         sigma: σ > 0.
         step_size: β in (0, 1].
         horizon: τ (None: the dynamics' maximum).
+        space: the control space (what θ parameterises), e.g. "per-token" or "shared".
     """
 
     name = "greedy"
+    # declare what the base does not: configs, the CLI and the docs read this
+    hyperparameters = (Hyperparameter("step_size", float, "step toward the best sample", "β", low=0, high=1,
+                                      low_open=True),)
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
-                 step_size: float = 0.5, horizon: int | None = None):
-        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon)
-        if not 0.0 < step_size <= 1.0:
-            raise ValueError(f"step_size (β) must be in (0, 1], got {step_size}")
-        self.step_size = step_size
+                 step_size: float = 0.5, horizon: int | None = None, space: str | ca.ControlSpace = "per-token"):
+        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon,
+                         space=space)
+        self._set("step_size", step_size)  # validated against the declaration
 
-    def step(self, state, controls, rewards, generators=None):
-        """One update from controls (D, n, τ, d) and rewards (D, n); inputs are not modified."""
-        self._check_step_inputs(state, controls, rewards)
-        chosen, replace, best = self._keep_best(state, rewards)  # best-so-far bookkeeping
-        # one-hot weights at the argmax: (D, n), they sum to one (the contract checks it)
+    def step(self, state, theta, rewards):
+        """θ (D, n, *θ), rewards (D, n) → (new state, log-weights (D, n)); inputs are not modified."""
+        self.check_step_inputs(state, theta, rewards)
+        best = rewards.argmax(-1)  # (D,)
+        # one-hot log-weights at the argmax (the diagnostics turn them into ESS, entropy, ...)
         log_w = torch.full(rewards.shape, float("-inf"), dtype=torch.float64, device=rewards.device)
-        log_w.scatter_(-1, chosen.unsqueeze(-1), 0.0)
-        best_V = controls[torch.arange(controls.shape[0]), chosen]  # (D, τ, d)
-        new_mean = state.mean + self.step_size * (best_V - state.mean)
-        info = self._info(state, rewards, log_w, chosen, replace)  # ESS, entropy, ‖U‖, KL of this round
-        return state.replace(mean=new_mean, best_reward=best, iteration=state.iteration + 1), info
+        log_w.scatter_(-1, best.unsqueeze(-1), 0.0)
+        best_theta = theta[torch.arange(theta.shape[0]), best]  # (D, *θ)
+        new_mean = state.mean + self.step_size * (best_theta - state.mean)
+        return state.replace(mean=new_mean, iteration=state.iteration + 1), log_w
 # --8<-- [end:GreedyMean]
 
 
@@ -137,7 +139,7 @@ def main(out: Path | None = None, num_samples: int = 32, num_iterations: int = 5
         res = ca.align(dyn, reward, ctrl, prompts, seed=0)
         rows[ctrl.name] = res.rewards.tolist()
         print(f"{ctrl.name:<7} best reward per prompt:", " ".join(f"{r:7.3f}" for r in res.rewards.tolist()),
-              f"| final ‖U‖ {res.trace[-1].info.mean_norm.mean():.2f}")
+              f"| final ‖U‖ {res.trace[-1].diagnostics.mean_norm.mean():.2f}")
     return rows
 
 

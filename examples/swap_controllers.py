@@ -46,15 +46,15 @@ def main(out: Path | None = None, num_samples: int = 64, num_iterations: int = 6
     print(f"n = {num_samples}, k = {num_iterations} (budget {num_samples * num_iterations} per prompt)")
     print(f"{'controller':<18} {'best r':>8} {'‖U−μ*‖':>8} {'KL':>7} {'last ESS':>9}")
     for name, controller in controllers(num_samples, num_iterations, sigma, lam).items():
-        result = ca.align(dyn, ca.Cost(reward, lam), controller, [x], seed=0)  # <- the one line that changes
+        result = ca.align(dyn, reward, controller, [x], seed=0)  # <- the one line that changes
         err = float((result.state.mean[0].flatten() - opt.mean).norm())
-        last = result.trace[-1].info
+        last = result.trace[-1].diagnostics
         results[name] = {
             "best_reward": float(result.rewards[0]),
             "error": err,
             "kl": float(last.kl[0]),
             "ess": float(last.ess[0]),
-            "curve": [float(rec.best_reward[0]) for rec in result.trace],
+            "curve": [float(rec.kept_reward[0]) for rec in result.trace],
         }
         print(f"{name:<18} {results[name]['best_reward']:>8.4f} {err:>8.3f} {results[name]['kl']:>7.2f} "
               f"{results[name]['ess']:>9.1f}")

@@ -58,15 +58,15 @@ def main(out: Path | None = None, num_samples: int = 2000, num_iterations: int =
     # 2. AISP (α = 0) moves its mean to μ*: run the controller's pure steps by hand
     ctrl = ca.AISP(num_samples=num_samples, num_iterations=1, sigma=sigma, temperature=lam, alpha=0.0)
     gens = ca.make_generators(0, [x])
-    state = ctrl.init(1, d, tau, dtype=torch.float64)
+    state = ctrl.init(1, ca.PerToken(horizon=tau, hidden_size=d), dtype=torch.float64)
     ctx = dyn.prepare([x])
     errors, ess = [float(opt.mean.norm())], []
     for _ in range(num_iterations):
         V = ctrl.sample(state, [g.control for g in gens])            # (D, n, τ, d)
         r = reward([x], dyn.rollout(ctx, V, [g.rollout for g in gens], ctrl.num_samples))  # (D, n)
-        state, info = ctrl.step(state, V, r)
+        state, log_w = ctrl.step(state, V, r)                         # update, and its log-weights
         errors.append(float((state.mean.flatten() - opt.mean).norm()))
-        ess.append(float(info.ess[0]))
+        ess.append(float(theory.effective_sample_size(torch.log_softmax(log_w, -1))[0]))
     print("‖U_k − μ*‖ by iteration:", " ".join(f"{e:.3f}" for e in errors))
     print("ESS (of n = %d) by iteration:" % num_samples, " ".join(f"{e:.0f}" for e in ess))
 

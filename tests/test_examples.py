@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_controllers import CONTROLLERS, SYSTEMS, ControllerContract
+from ctrlalign.testing import CONTROLLERS, SPACES, SYSTEMS, ControllerContract
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.py"))
@@ -57,11 +57,12 @@ def _custom():
     return load("custom_components")
 
 
-def _greedy(n, k):
-    return _custom().GreedyMean(num_samples=n, num_iterations=k, sigma=0.7, step_size=0.5)
+def _greedy(n, k, space):
+    return _custom().GreedyMean(num_samples=n, num_iterations=k, sigma=0.7, step_size=0.5, space=space)
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
+@pytest.mark.parametrize("space", SPACES)
 @pytest.mark.parametrize("name", ["greedy"])
 class TestGreedyMeanContract(ControllerContract):
     """The custom controller on the built-in toy systems."""
@@ -70,6 +71,7 @@ class TestGreedyMeanContract(ControllerContract):
 
 
 @pytest.mark.parametrize("system", ["squashed"])
+@pytest.mark.parametrize("space", ["per-token", "shared"])
 @pytest.mark.parametrize("name", ["greedy", "aisp", "bon_prior", "softmax", "cem"])
 class TestSquashedLinearContract(ControllerContract):
     """Built-in controllers and the custom one on the custom Dynamics + Reward."""
