@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -54,8 +54,8 @@ class ControlSpace(ABC):
     :meth:`bind` fills them.
     """
 
-    horizon: int | None = None
-    hidden_size: int | None = None
+    horizon: int | None = field(default=None, kw_only=True)
+    hidden_size: int | None = field(default=None, kw_only=True)
 
     #: name used in configs and the command line
     name = "space"
