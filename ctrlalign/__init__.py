@@ -26,6 +26,7 @@ from .rewards import (
     get_reward,
 )
 from .rewards.toy import QuadraticReward, TableReward
+from .schedule import align_stream
 from .selection import BestSoFar, FinalProposal, Reservoir, Selection
 from .spaces import Blocks, ControlSpace, PerToken, Shared, Subspace
 
@@ -83,6 +84,7 @@ __all__ = [
     "Cost",
     "CostTerms",
     "align",
+    "align_stream",
     "AlignmentResult",
     "IterationRecord",
     "Iteration",
