@@ -28,8 +28,8 @@ def _page(path: Path) -> str:
     doc = ast.get_docstring(tree)
     if doc:
         out += [doc, ""]
-    out += [f"Source of `{rel}` in the repository, one section per test or helper. Run a test with "
-            f"`python -m pytest {rel}::NAME`.", ""]
+    out += [(f"Source of `{rel}` in the repository, one section per test or helper. Run a test "
+             f"with `python -m pytest {rel}::NAME`."), ""]
     for node in tree.body:
         if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             continue  # every top-level test, helper and class gets a section
@@ -39,6 +39,22 @@ def _page(path: Path) -> str:
                 f"`{rel}`, line {start}", "",
                 f'```python linenums="{start}"', body, "```", ""]
     return "\n".join(out)
+
+
+MATHJAX = ROOT / "docs" / "vendor" / "mathjax" / "tex-mml-chtml.js"
+
+
+def on_config(config):
+    # The site's math comes from its own copy of MathJax (mkdocs.yml extra_javascript), never
+    # a CDN; without it every formula would show as raw TeX, so the build stops here.
+    if not MATHJAX.is_file():
+        raise PluginError(f"{MATHJAX.relative_to(ROOT)} is missing: run `python "
+                          "scripts/vendor_mathjax.py` (bash scripts/docs.sh does) before mkdocs")
+    for js in config.extra_javascript:
+        if str(js).startswith(("http://", "https://", "//")):
+            raise PluginError(f"extra_javascript {js}: the site must not load scripts from the "
+                              "network (it is read offline)")
+    return config
 
 
 def on_files(files, config):
@@ -55,8 +71,8 @@ def on_files(files, config):
 # rewritten relative to the docs folder, so they resolve and --strict checks them. A missing
 # file or heading fails the build.
 
-SECTION = re.compile(r'^<!-- include-section "(?P<file>[^"]+)" "(?P<heading>[^"]+)" -->$', re.M)
-WHOLE = re.compile(r'^<!-- include-file "(?P<file>[^"]+)" -->$', re.M)
+SECTION = re.compile(r'^<!-- include-section "(?P<file>[^"]+)" "(?P<heading>[^"]+)" -->$', re.MULTILINE)
+WHOLE = re.compile(r'^<!-- include-file "(?P<file>[^"]+)" -->$', re.MULTILINE)
 
 
 def _docs_relative(text: str, page_src_uri: str) -> str:
