@@ -9,7 +9,10 @@ renamed or removed. The pages are generated at build time, so they never go stal
 
 from __future__ import annotations
 
+import argparse
 import ast
+import json
+import os
 import re
 from pathlib import Path
 
@@ -61,6 +64,7 @@ def on_files(files, config):
     for path in sorted((ROOT / "tests").glob("test_*.py")):
         files.append(File.generated(config, f"source/tests/{path.stem}.md", content=_page(path),
                                     inclusion=InclusionLevel.NOT_IN_NAV))
+    files.append(File.generated(config, "cli.md", content=_cli_page()))
     return files
 
 
@@ -108,4 +112,104 @@ def on_page_markdown(markdown, page, config, files):
 
     markdown = WHOLE.sub(include_file, markdown)
     markdown = SECTION.sub(include, markdown)
+    markdown = RUN_VALUE.sub(_run_value, markdown)
     return _docs_relative(markdown, page.file.src_uri)
+
+
+# --- the command-line reference, generated from the parser ---------------------------------
+# `cli.md` is written at build time from `ctrlalign.cli._parser()`: every command, sub-command
+# and flag, with its default and choices, so the page cannot fall behind the code.
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _default(action) -> str:
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return f"`{str(action.default).lower()}`"
+    if action.default is None or action.default == argparse.SUPPRESS:
+        return "—"
+    return f"`{action.default!r}`" if isinstance(action.default, str) else f"`{action.default}`"
+
+
+def _cli_section(parser: argparse.ArgumentParser, level: int) -> list[str]:
+    out = []
+    if parser.description and level > 2:
+        out += [parser.description, ""]
+    out += ["```text", parser.format_usage().strip(), "```", ""]
+    rows, subs = [], []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            subs += [(name, p, helps.get(name)) for name, p in action.choices.items()]
+            continue
+        if isinstance(action, argparse._HelpAction):
+            continue
+        name = ", ".join(f"`{s}`" for s in action.option_strings) or f"`{action.dest}` (positional)"
+        meta = ""
+        if action.choices is not None:
+            meta = "one of " + ", ".join(f"`{c}`" for c in action.choices)
+        elif action.type is not None:
+            meta = getattr(action.type, "__name__", str(action.type))
+        if isinstance(action, argparse._AppendAction):
+            meta = (meta + ", " if meta else "") + "repeatable"
+        helptext = action.help or ""
+        if isinstance(action, argparse._VersionAction):
+            helptext = helptext or "print the version and exit"
+        rows.append(f"| {name} | {_cell(meta)} | {_default(action)} | {_cell(helptext)} |")
+    if rows:
+        out += ["| argument | type | default | meaning |", "| --- | --- | --- | --- |", *rows, ""]
+    for name, sub, helptext in subs:
+        out += [f"{'#' * (level + 1)} `{sub.prog}` {{#{sub.prog.replace(' ', '-')}}}", ""]
+        if helptext:
+            out += [helptext[0].upper() + helptext[1:] + ".", ""]
+        out += _cli_section(sub, level + 1)
+    return out
+
+
+def _cli_page() -> str:
+    from ctrlalign import cli
+
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # usage lines wrap the same on every machine
+    try:
+        parser = cli._parser()
+        body = _cli_section(parser, 2)
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    doc = (cli.__doc__ or "").split("\n\n", 1)
+    out = ["# Command-line reference", "",
+           ("Generated at build time from the parser in `ctrlalign/cli.py`: every command and "
+            "flag, with its default. `ctrlalign COMMAND --help` prints the same from the installed "
+            "version. A default of — means the value comes from the config file or from the "
+            "component's own default."), ""]
+    if len(doc) > 1:
+        out += [doc[1].strip().replace("``", "`"), ""]
+    out += ["## `ctrlalign`", "", *body]
+    return "\n".join(out)
+
+
+# --- numbers about runs come from the files the runs wrote ---------------------------------
+# Prose quotes a run's numbers as <<run:NAME#key/key/0|.2f>>: the value at that path of
+# docs/snippets/NAME.json (written by `python scripts/docs_outputs.py NAME` beside the
+# NAME_output.txt the page shows), formatted with the format spec after `|`. A missing file or
+# key fails the build, so a page cannot quote a number its run did not produce.
+
+RUN_VALUE = re.compile(r"<<run:(?P<file>[\w.-]+)#(?P<path>[^|>]+)(?:\|(?P<fmt>[^>]*))?>>")
+
+
+def _run_value(m) -> str:
+    path = ROOT / "docs" / "snippets" / f"{m.group('file')}.json"
+    if not path.is_file():
+        raise PluginError(f"{m.group(0)}: {path.relative_to(ROOT)} not found "
+                          f"(python scripts/docs_outputs.py {m.group('file')})")
+    value = json.loads(path.read_text())
+    for key in m.group("path").split("/"):
+        try:
+            value = value[int(key)] if isinstance(value, list) else value[key]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise PluginError(f"{m.group(0)}: no {key!r} in {path.relative_to(ROOT)}") from None
+    return format(value, m.group("fmt") or "")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import re
 from pathlib import Path
@@ -24,7 +25,7 @@ import ctrlalign
 
 ROOT = Path(__file__).resolve().parent.parent
 API = ROOT / "docs" / "api"
-DIRECTIVE = re.compile(r"^:::\s+([\w.]+)\s*$", re.M)
+DIRECTIVE = re.compile(r"^:::\s+([\w.]+)\s*$", re.MULTILINE)
 
 SUBMODULES = [
     "ctrlalign.theory",
@@ -143,3 +144,50 @@ def test_submodule_public_names_documented(mod_name, name):
             if inspect.isfunction(func) and not (func.__doc__ or "").strip():
                 missing.append(attr)
         assert not missing, f"{mod_name}.{name}: public methods without a docstring: {missing}"
+
+
+# --- pages generated at build time, and what the docs may cite -----------------------------
+def _hooks():
+    spec = importlib.util.spec_from_file_location("mkdocs_hooks", ROOT / "scripts" / "mkdocs_hooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cli_reference_lists_every_command_and_flag():
+    pytest.importorskip("mkdocs")
+    import argparse
+
+    from ctrlalign import cli
+
+    page = _hooks()._cli_page()
+
+    def walk(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    assert f"`{sub.prog}`" in page, sub.prog
+                    yield from walk(sub)
+            elif not isinstance(action, argparse._HelpAction):
+                yield from action.option_strings or [action.dest]
+
+    flags = list(walk(cli._parser()))
+    assert len(flags) > 20
+    for flag in flags:
+        assert f"`{flag}`" in page, f"{flag} missing from the generated CLI reference"
+
+
+def test_no_citation_of_files_outside_the_repository():
+    """Code and docs cite only what the repository holds (no design notes kept beside it)."""
+    outside = re.compile(r"DESIGN\.md|\.\./shared/")
+    hits = []
+    for folder in ("ctrlalign", "tests", "docs", "examples", "scripts", "benchmarks"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in {".py", ".md", ".sh", ".yaml", ".yml", ".toml"} and "vendor" not in path.parts:
+                text = path.read_text(errors="replace")
+                if path != Path(__file__) and outside.search(text):
+                    hits.append(path.relative_to(ROOT).as_posix())
+    for name in ("README.md", "BENCHMARKS.md", "mkdocs.yml"):
+        if outside.search((ROOT / name).read_text()):
+            hits.append(name)
+    assert not hits, f"references to files outside the repository: {hits}"
