@@ -194,22 +194,47 @@ def _cli_page() -> str:
 
 # --- numbers about runs come from the files the runs wrote ---------------------------------
 # Prose quotes a run's numbers as <<run:NAME#key/key/0|.2f>>: the value at that path of
-# docs/snippets/NAME.json (written by `python scripts/docs_outputs.py NAME` beside the
-# NAME_output.txt the page shows), formatted with the format spec after `|`. A missing file or
+# docs/snippets/NAME.json (segments: dict keys, list indices, slices `1:`, a key of every
+# record of a list, and min/max/mean/sum/len over a list) (written by `python scripts/docs_outputs.py NAME` beside the
+# NAME_output.txt the page shows), formatted with the format spec after `|`. NAME may also be a
+# results file a benchmark wrote, by its path from the repository root
+# (<<run:benchmarks/results/x.json#...>>). A missing file or
 # key fails the build, so a page cannot quote a number its run did not produce.
 
-RUN_VALUE = re.compile(r"<<run:(?P<file>[\w.-]+)#(?P<path>[^|>]+)(?:\|(?P<fmt>[^>]*))?>>")
+RUN_VALUE = re.compile(r"<<run:(?P<file>[\w./-]+)#(?P<path>[^|>]+)(?:\|(?P<fmt>[^>]*))?>>")
 
 
 def _run_value(m) -> str:
-    path = ROOT / "docs" / "snippets" / f"{m.group('file')}.json"
+    name = m.group("file")
+    # NAME: docs/snippets/NAME.json; a path with a folder (a benchmark's results JSON): from the root
+    path = ROOT / name if "/" in name else ROOT / "docs" / "snippets" / f"{name}.json"
     if not path.is_file():
         raise PluginError(f"{m.group(0)}: {path.relative_to(ROOT)} not found "
                           f"(python scripts/docs_outputs.py {m.group('file')})")
     value = json.loads(path.read_text())
     for key in m.group("path").split("/"):
         try:
-            value = value[int(key)] if isinstance(value, list) else value[key]
+            value = _step(value, key)
         except (KeyError, IndexError, ValueError, TypeError):
             raise PluginError(f"{m.group(0)}: no {key!r} in {path.relative_to(ROOT)}") from None
     return format(value, m.group("fmt") or "")
+
+
+#: reductions a path may end with, over a list of numbers
+REDUCE = {"min": min, "max": max, "len": len, "sum": sum,
+          "mean": lambda xs: sum(xs) / len(xs)}
+
+
+def _step(value, key: str):
+    """One path segment: a dict key, a list index (``-1``), a slice (``1:``), a reduction, or
+    a key of every record of a list."""
+    if isinstance(value, list):
+        if key in REDUCE:
+            return REDUCE[key](value)
+        if ":" in key:
+            lo, hi = (int(x) if x else None for x in key.split(":", 1))
+            return value[lo:hi]
+        if key.lstrip("-").isdigit():
+            return value[int(key)]
+        return [item[key] for item in value]  # a field of every record: trace/ess -> [ess, ...]
+    return value[key]

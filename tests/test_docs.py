@@ -191,3 +191,68 @@ def test_no_citation_of_files_outside_the_repository():
         if outside.search((ROOT / name).read_text()):
             hits.append(name)
     assert not hits, f"references to files outside the repository: {hits}"
+
+
+# --- figures: readable and captioned ---------------------------------------------------------
+IMAGE = re.compile(r"!\[[^\]]*\]\((?P<src>[^)\s]+\.png)\)")
+
+
+def _doc_pages():
+    return [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "BENCHMARKS.md", ROOT / "README.md"]
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", f"{path} is not a PNG"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _figures():
+    for page in _doc_pages():
+        if "vendor" in page.parts:
+            continue
+        lines = page.read_text().splitlines()
+        for i, line in enumerate(lines):
+            for m in IMAGE.finditer(line):
+                src = m.group("src")
+                if "://" in src:
+                    continue
+                base = ROOT if page.parent == ROOT else page.parent
+                yield page, i, lines, (base / src).resolve()
+
+
+def test_figures_exist_and_are_at_least_1000_px_wide():
+    found = list(_figures())
+    assert len(found) >= 10
+    for page, _, _, png in found:
+        assert png.is_file(), f"{page.name}: {png} not found"
+        width, _ = _png_size(png)
+        assert width >= 1000, f"{png.relative_to(ROOT)} is {width} px wide (< 1000), used in {page.name}"
+
+
+def test_every_figure_has_a_caption():
+    """An image is followed by a `<figcaption>` (docs pages) or an italic caption line."""
+    missing = []
+    for page, i, lines, png in _figures():
+        rest = [x.strip() for x in lines[i + 1:] if x.strip()]
+        if not rest or not (rest[0].startswith("<figcaption") or rest[0].startswith("*")):
+            missing.append(f"{page.relative_to(ROOT)}:{i + 1} {png.name}")
+    assert not missing, f"figures without a caption: {missing}"
+
+
+def test_plot_helper_enforces_width_and_font_size(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from ctrlalign.bench.plots import MIN_WIDTH_PX, figure_style, save_figure
+
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.plot([0, 1], [0, 1], label="a line")
+        ax.legend(), ax.set_xlabel("x")
+        path = save_figure(fig, tmp_path / "ok.png")
+    assert _png_size(path)[0] >= MIN_WIDTH_PX
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.set_xlabel("tiny", fontsize=6)
+    with pytest.raises(ValueError, match="pt"):
+        save_figure(fig, tmp_path / "small.png")

@@ -5,7 +5,7 @@ CI (``.ci/run``) builds ``site/`` with ``bash scripts/docs.sh``, then runs this 
 127.0.0.1, opens a few pages in headless Chromium (Debian's ``/usr/bin/chromium``, driven by
 Playwright) with every request that leaves 127.0.0.1 refused, and checks what a reader sees:
 
-* the math is typeset: no raw TeX delimiters (``\\(``, ``\\)``, ``\\[``, ``\\]``, ``$$``) in the
+* the math is typeset: no raw TeX delimiters (``\\(``, ``\\)``, ``\\[``, ``\\]``, ``$$``, ``$x$``) in the
   page's rendered text outside code blocks, MathJax produced at least one formula per math
   span of the page, and none of them is a TeX error;
 * every image loads (``naturalWidth > 0``);
@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import html.parser
 import http.server
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -62,6 +64,9 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)"),
     pytest.mark.skipif(sync_playwright is None, reason="no playwright (pip install playwright)"),
 ]
+
+# Inline TeX left in dollars, e.g. in an HTML block that Markdown never processed.
+INLINE_DOLLARS = re.compile(r"\$[^$\n]{1,80}\$")
 
 # The page's rendered text with code blocks hidden (code may legitimately contain `\[`).
 RENDERED_TEXT = """() => {
@@ -151,6 +156,7 @@ def test_page_renders_offline(browser, base_url, name, path):
         page.close()
 
     raw = [d for d in ("\\(", "\\)", "\\[", "\\]", "$$") if d in text]
+    raw += sorted(set(INLINE_DOLLARS.findall(text)))[:3]  # `$x$` that never reached the math engine
     where = [line.strip()[:100] for line in text.splitlines() if any(d in line for d in raw)][:3]
     assert not raw, f"{path}: raw TeX {raw} in the rendered text, e.g. {where}"
     assert facts["spans"] > 0, f"{path}: no math on the page (the test expects some)"
@@ -161,3 +167,42 @@ def test_page_renders_offline(browser, base_url, name, path):
     assert not broken, f"{path}: images that did not load: {broken}"
     assert not outside, f"{path}: requests beyond 127.0.0.1: {outside[:5]}"
     assert not script_errors, f"{path}: script errors: {script_errors[:3]}"
+
+
+class _Text(html.parser.HTMLParser):
+    """The text of a page outside code, scripts and the math spans MathJax will typeset."""
+
+    SKIP = {"pre", "code", "script", "style", "textarea"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.parts = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("br", "img", "input", "meta", "link", "hr"):
+            return
+        classes = (dict(attrs).get("class") or "").split()
+        self.stack.append(tag in self.SKIP or "arithmatex" in classes)
+
+    def handle_endtag(self, tag):
+        if self.stack and tag not in ("br", "img", "input", "meta", "link", "hr"):
+            self.stack.pop()
+
+    def handle_data(self, data):
+        if not any(self.stack):
+            self.parts.append(data)
+
+
+def test_no_unprocessed_tex_on_any_page():
+    """Every page of the site, without a browser: TeX outside a math span would stay raw."""
+    bad = {}
+    for page in sorted(SITE.rglob("*.html")):
+        if "vendor" in page.parts:
+            continue
+        parser = _Text()
+        parser.feed(page.read_text(errors="replace"))
+        text = "".join(parser.parts)
+        hits = [d for d in ("\\(", "\\[", "$$") if d in text] + INLINE_DOLLARS.findall(text)
+        if hits:
+            bad[page.relative_to(SITE).as_posix()] = hits[:3]
+    assert not bad, f"TeX outside math spans: {bad}"
