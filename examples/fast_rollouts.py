@@ -66,7 +66,7 @@ def main(out: Path | None = None, quick: bool = False, num_samples: int = 8, max
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-        results[name] = dict(seconds=min(times), tokens_per_s=D * n * T / min(times))
+        results[name] = {"seconds": min(times), "tokens_per_s": D * n * T / min(times)}
         print(f"{name:>6} engine: {D}×{n}×{T} tokens in {min(times):.3f} s = {results[name]['tokens_per_s']:,.0f} tok/s")
     a, b = outs["eager"].tokens, outs["static"].tokens
     agree = float((a == b).float().mean())

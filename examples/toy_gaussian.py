@@ -68,7 +68,7 @@ def main(out: Path | None = None, num_samples: int = 2000, num_iterations: int =
         errors.append(float((state.mean.flatten() - opt.mean).norm()))
         ess.append(float(info.ess[0]))
     print("‖U_k − μ*‖ by iteration:", " ".join(f"{e:.3f}" for e in errors))
-    print("ESS (of n = %d) by iteration:" % num_samples, " ".join(f"{e:.0f}" for e in ess))
+    print(f"ESS (of n = {num_samples}) by iteration:", " ".join(f"{e:.0f}" for e in ess))
 
     # 3a. the temperature limits of the weights
     r = torch.randn(1, 8, dtype=torch.float64, generator=g)

@@ -256,3 +256,28 @@ def test_plot_helper_enforces_width_and_font_size(tmp_path):
     ax.set_xlabel("tiny", fontsize=6)
     with pytest.raises(ValueError, match="pt"):
         save_figure(fig, tmp_path / "small.png")
+
+
+def test_every_quoted_run_number_resolves():
+    """`<<run:NAME#path|fmt>>` in the pages: the file the run wrote has that value (the hook
+    substitutes them at build time; this checks them without building)."""
+    pytest.importorskip("mkdocs")
+    hooks = _hooks()
+    quoted = 0
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        for m in hooks.RUN_VALUE.finditer(page.read_text()):
+            quoted += 1
+            value = hooks._run_value(m)
+            assert value.strip() and "<<" not in value, f"{page.name}: {m.group(0)} -> {value!r}"
+    assert quoted >= 20
+
+
+def test_run_value_paths():
+    pytest.importorskip("mkdocs")
+    step = _hooks()._step
+    data = {"trace": [{"ess": 1.5}, {"ess": 3.0}], "xs": [1, 2, 3]}
+    assert step(step(data, "trace"), "-1") == {"ess": 3.0}
+    assert step(step(step(data, "trace"), "ess"), "max") == 3.0
+    assert step(step(step(data, "xs"), "1:"), "mean") == 2.5
+    with pytest.raises(KeyError):
+        step(data, "missing")

@@ -172,7 +172,7 @@ def test_page_renders_offline(browser, base_url, name, path):
 class _Text(html.parser.HTMLParser):
     """The text of a page outside code, scripts and the math spans MathJax will typeset."""
 
-    SKIP = {"pre", "code", "script", "style", "textarea"}
+    SKIP = frozenset({"pre", "code", "script", "style", "textarea"})
 
     def __init__(self):
         super().__init__()

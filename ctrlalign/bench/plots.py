@@ -20,16 +20,27 @@ import contextlib
 import functools
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-__all__ = ["plot_reward_vs_budget", "plot_iterations", "plot_heldout_vs_reward", "plot_sweep", "write_figures",
-           "parse_sweep_label", "figure_style", "save_figure", "MIN_WIDTH_PX", "MIN_FONT_PT"]
+__all__ = [
+    "MIN_FONT_PT",
+    "MIN_WIDTH_PX",
+    "figure_style",
+    "parse_sweep_label",
+    "plot_heldout_vs_reward",
+    "plot_iterations",
+    "plot_reward_vs_budget",
+    "plot_sweep",
+    "save_figure",
+    "write_figures",
+]
 
 #: smallest width, in pixels, of a saved figure
 MIN_WIDTH_PX = 1000
@@ -203,8 +214,8 @@ def plot_sweep(result, path: str | Path, key: str = "reward") -> Path | None:
     base = [r for r in _summary(result) if r["controller"] in ("bon-plain", "bon") and r["budget"] == N]
     for ax, a in zip(axes[0], alphas):
         for lam in lams:
-            sel = sorted(((pars[r["controller"]][0], r[key]) for r in rows
-                          if pars[r["controller"]][1] == lam and pars[r["controller"]][2] == a and r.get(key) is not None))
+            sel = sorted((pars[r["controller"]][0], r[key]) for r in rows
+                          if pars[r["controller"]][1] == lam and pars[r["controller"]][2] == a and r.get(key) is not None)
             if sel:
                 ax.plot([s for s, _ in sel], [v for _, v in sel], marker="o", label=f"λ={lam:g}")
         for b in base:
