@@ -100,15 +100,53 @@ def _section(path: Path, heading: str) -> str:
     raise PluginError(f'include-section: no heading "{heading}" in {path.name}')
 
 
+def _tables(text: str) -> list[list[str]]:
+    """Markdown tables of ``text``: each a list of its lines (header, rule, rows)."""
+    out, cur = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cur.append(line.rstrip())
+        elif cur:
+            out.append(cur)
+            cur = []
+    return out
+
+
+def _check_copied_tables(text: str, name: str) -> None:
+    """A table copied from a benchmark's own markdown (``benchmarks/results/*.md``, written by
+    ``ctrlalign bench``) must still match it: a table with the header of a results table may only
+    hold rows of that results file. Rerunning a benchmark without updating the copy fails the
+    build instead of leaving stale numbers on the site."""
+    results = {p: p.read_text() for p in sorted((ROOT / "benchmarks" / "results").glob("*.md"))}
+    headers = {}
+    for p, body in results.items():
+        for table in _tables(body):
+            headers.setdefault(table[0], []).append((p, set(table[2:])))
+    for table in _tables(text):
+        sources = headers.get(table[0])
+        if not sources:
+            continue  # not a copy of a benchmark table
+        rows = table[2:]
+        if not any(all(r in rows_src for r in rows) for _, rows_src in sources):
+            p, rows_src = max(sources, key=lambda s: sum(r in s[1] for r in rows))
+            stale = [r for r in rows if r not in rows_src][:2]
+            raise PluginError(f"{name}: a table copied from {p.relative_to(ROOT)} no longer matches "
+                              f"it (rerun `ctrlalign bench ... --report-only` and copy it again): {stale}")
+
+
 def on_page_markdown(markdown, page, config, files):
     def include(m):
-        return _section(ROOT / m.group("file"), m.group("heading"))
+        text = _section(ROOT / m.group("file"), m.group("heading"))
+        _check_copied_tables(text, m.group("file"))
+        return text
 
     def include_file(m):
         path = ROOT / m.group("file")
         if not path.is_file():
             raise PluginError(f"include-file: {path} not found")
-        return path.read_text()
+        text = path.read_text()
+        _check_copied_tables(text, m.group("file"))
+        return text
 
     markdown = WHOLE.sub(include_file, markdown)
     markdown = SECTION.sub(include, markdown)
