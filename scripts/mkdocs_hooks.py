@@ -210,7 +210,7 @@ def _cli_page() -> str:
     from ctrlalign import cli
 
     columns = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "100"  # usage lines wrap the same on every machine
+    os.environ["COLUMNS"] = "80"  # usage lines wrap the same on every machine, inside the page
     try:
         parser = cli._parser()
         body = _cli_section(parser, 2)
