@@ -28,6 +28,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -72,19 +73,21 @@ def _parse_align(text: str) -> dict:
         elif line.startswith("total "):
             out["seconds_total"] = float(line.split()[1].rstrip("s"))
     head = lines.index("Trace:") + 1
-    keys = {"iter": "iteration", "mean r": "mean_reward", "max r": "max_reward",
-            "best r": "best_reward", "ESS": "ess", "H(w)": "weight_entropy", "‖U‖": "mean_norm",
-            "KL": "kl", "sec": "seconds"}
-    header = lines[head]
-    cols = [k for k in sorted(keys, key=header.find) if k in header]
-    if len(cols) != len(keys):
-        raise ValueError(f"unexpected trace header: {header!r}")
+    # columns are separated by two or more spaces; known ones get the trace's own field names,
+    # new ones (the CLI grows) a slug of their heading
+    names = {"iter": "iteration", "mean r": "mean_reward", "max r": "max_reward",
+             "best r": "best_reward", "ESS": "ess", "H(w)": "weight_entropy", "‖U‖": "mean_norm",
+             "KL": "kl", "sec": "seconds"}
+    cols = [names.get(c, re.sub(r"\W+", "_", c).strip("_").lower())
+            for c in re.split(r"\s{2,}", lines[head].strip())]
     trace = []
     for line in lines[head + 1:]:
         if not line.strip():
             break
         values = line.split()
-        trace.append({keys[c]: (int(v) if c == "iter" else float(v)) for c, v in zip(cols, values)})
+        if len(values) != len(cols):
+            raise ValueError(f"trace row {line!r} does not match the header {lines[head]!r}")
+        trace.append({c: (int(v) if c == "iteration" else float(v)) for c, v in zip(cols, values)})
     out["trace"] = trace
     return out
 

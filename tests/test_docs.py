@@ -281,3 +281,17 @@ def test_run_value_paths():
     assert step(step(step(data, "xs"), "1:"), "mean") == 2.5
     with pytest.raises(KeyError):
         step(data, "missing")
+
+
+def test_align_numbers_are_those_of_the_printed_run():
+    """docs/snippets/align.json is the parse of the align_output.txt the page shows (one run)."""
+    spec = importlib.util.spec_from_file_location("docs_outputs", ROOT / "scripts" / "docs_outputs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    import json
+
+    shown = (ROOT / "docs" / "snippets" / "align_output.txt").read_text()
+    data = json.loads((ROOT / "docs" / "snippets" / "align.json").read_text())
+    parsed = mod._parse_align(shown)
+    assert parsed["trace"] == data["trace"]
+    assert parsed["reward"] == data["reward"] and parsed["seconds_total"] == data["seconds_total"]
