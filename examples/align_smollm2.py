@@ -52,24 +52,21 @@ def main(out: Path | None = None, quick: bool = False, num_samples: int = 4, num
             print("    " + (res.texts[d] or "").replace("\n", " ")[:200])
 
     if out is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-        for label, res in results.items():
-            a = ax[0] if label.startswith("sentiment") else ax[1]
-            for d in range(len(prompts)):
-                a.plot(range(1, k + 1), [t["best_reward"] for t in res.prompt_trace(d)], "o-", ms=3,
-                       label=f"{label.split('/')[1]} · prompt {d}")
-        ax[0].set_title("VADER sentiment"), ax[1].set_title("LM judge log-odds (Yes vs No)")
-        for a in ax:
-            a.set_xlabel("iteration"), a.set_ylabel("best reward so far"), a.legend(fontsize=7)
-        fig.tight_layout()
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / "align_smollm2.png", dpi=100)
-        plt.close(fig)
+        from ctrlalign.bench.plots import figure_style, save_figure
+
+        with figure_style():
+            fig, ax = plt.subplots(1, 2, figsize=(12, 4.6))
+            for label, res in results.items():
+                a = ax[0] if label.startswith("sentiment") else ax[1]
+                for d in range(len(prompts)):
+                    a.plot(range(1, k + 1), [t["best_reward"] for t in res.prompt_trace(d)], "o-", ms=4,
+                           label=f"{label.split('/')[1]} · prompt {d}")
+            ax[0].set_title("VADER sentiment"), ax[1].set_title("LM judge log-odds (Yes vs No)")
+            for a in ax:
+                a.set_xlabel("iteration"), a.set_ylabel("best reward so far"), a.legend()
+            save_figure(fig, out / "align_smollm2.png")
         print("wrote", out / "align_smollm2.png")
     return {label: res.rewards.tolist() for label, res in results.items()}
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 import ctrlalign as ca
 from ctrlalign import theory
 
@@ -63,29 +61,28 @@ def main(out: Path | None = None, quick: bool = False, sigmas: tuple[float, ...]
                "mean_norm": final_norm, "kl": final_kl, "kl_floor": floor, "best_reward": float(res.rewards[0]),
                "ess_by_lambda": dict(zip(lambdas, ess_lam))}
         rows.append(row)
-        print(f"{sigma:>6.2f} {sigma * w:>7.2f} {str([round(e, 2) for e in row['ess']]):>22} {final_norm:>7.1f} "
+        print(f"{sigma:>6.2f} {sigma * w:>7.2f} {[round(e, 2) for e in row['ess']]!s:>22} {final_norm:>7.1f} "
               f"{final_kl:>9.1f} {floor:>12.1f} {row['best_reward']:>7.3f}   {[round(e, 2) for e in ess_lam]}")
 
     if out is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-        for row in rows:
-            ax[0].plot(range(1, len(row["ess"]) + 1), row["ess"], "o-", ms=3,
-                       label=f"σ={row['sigma']} (σ·‖w‖={row['logit_noise']:.2f})")
-        ax[0].set_ylim(0.9, num_samples + 0.1), ax[0].set_xlabel("iteration"), ax[0].set_ylabel(f"ESS (of n={num_samples})")
-        ax[0].set_title("weight concentration per iteration"), ax[0].legend(fontsize=7)
-        ax[1].loglog([r["sigma"] for r in rows], [max(r["kl"], 1e-3) for r in rows], "o-", label="measured KL")
-        ax[1].loglog([r["sigma"] for r in rows], [r["kl_floor"] for r in rows], "k--", label="τd/2 · Σ 1/ESS")
-        ax[1].legend(fontsize=7)
-        ax[1].set_xlabel("σ"), ax[1].set_ylabel("KL(q_U‖p) after k iterations"), ax[1].set_title("control cost")
-        fig.tight_layout()
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / "choose_parameters.png", dpi=100)
-        plt.close(fig)
+        from ctrlalign.bench.plots import figure_style, save_figure
+
+        with figure_style():
+            fig, ax = plt.subplots(1, 2, figsize=(12, 4.6))
+            for row in rows:
+                ax[0].plot(range(1, len(row["ess"]) + 1), row["ess"], "o-", ms=4,
+                           label=f"σ={row['sigma']} (σ·‖w‖={row['logit_noise']:.2f})")
+            ax[0].set_ylim(0.9, num_samples + 0.1), ax[0].set_xlabel("iteration")
+            ax[0].set_ylabel(f"ESS (of n={num_samples})")
+            ax[0].set_title("weight concentration per iteration"), ax[0].legend()
+            ax[1].loglog([r["sigma"] for r in rows], [max(r["kl"], 1e-3) for r in rows], "o-", label="measured KL")
+            ax[1].loglog([r["sigma"] for r in rows], [r["kl_floor"] for r in rows], "k--", label="τd/2 · Σ 1/ESS")
+            ax[1].legend()
+            ax[1].set_xlabel("σ"), ax[1].set_ylabel("KL(q_U‖p) after k iterations")
+            ax[1].set_title("control cost")
+            save_figure(fig, out / "choose_parameters.png")
         print("wrote", out / "choose_parameters.png")
     return {"head_row_norm": w, "rows": rows}
 

@@ -66,7 +66,7 @@ def main(out: Path | None = None, quick: bool = False, num_samples: int = 8, max
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-        results[name] = dict(seconds=min(times), tokens_per_s=D * n * T / min(times))
+        results[name] = {"seconds": min(times), "tokens_per_s": D * n * T / min(times)}
         print(f"{name:>6} engine: {D}×{n}×{T} tokens in {min(times):.3f} s = {results[name]['tokens_per_s']:,.0f} tok/s")
     a, b = outs["eager"].tokens, outs["static"].tokens
     agree = float((a == b).float().mean())
@@ -86,23 +86,20 @@ def main(out: Path | None = None, quick: bool = False, num_samples: int = 8, max
               + (res.texts[d] or "").replace("\n", " ")[:160])
 
     if out is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(4.5, 2.6))
-        names = ["eager", "static"]
-        ax.barh(names, [results[k]["tokens_per_s"] for k in names], color=["#999", "#3f51b5"])
-        for i, k in enumerate(names):
-            ax.text(results[k]["tokens_per_s"], i, f" {results[k]['tokens_per_s']:,.0f}", va="center", fontsize=8)
-        ax.set_xlabel("tokens/s (controlled rollout)")
-        ax.set_title(f"SmolLM2-135M on {'GPU' if cuda else 'CPU'}: D={D}, n={n}, T={T}", fontsize=9)
-        ax.set_xlim(0, 1.25 * max(results[k]["tokens_per_s"] for k in names))
-        fig.tight_layout()
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / "fast_rollouts.png", dpi=100)
-        plt.close(fig)
+        from ctrlalign.bench.plots import figure_style, save_figure
+
+        with figure_style():
+            fig, ax = plt.subplots(figsize=(8, 3.4))
+            names = ["eager", "static"]
+            ax.barh(names, [results[k]["tokens_per_s"] for k in names], color=["#999", "#3f51b5"])
+            for i, k in enumerate(names):
+                ax.text(results[k]["tokens_per_s"], i, f" {results[k]['tokens_per_s']:,.0f}", va="center")
+            ax.set_xlabel("tokens/s (controlled rollout)"), ax.set_ylabel("engine")
+            ax.set_title(f"SmolLM2-135M on {'GPU' if cuda else 'CPU'}: D={D}, n={n}, T={T}")
+            ax.set_xlim(0, 1.25 * max(results[k]["tokens_per_s"] for k in names))
+            save_figure(fig, out / "fast_rollouts.png")
         print("wrote", out / "fast_rollouts.png")
     return results
 

@@ -60,21 +60,18 @@ def main(out: Path | None = None, num_samples: int = 64, num_iterations: int = 6
               f"{results[name]['ess']:>9.1f}")
 
     if out is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
-        for name, res in results.items():
-            ax.plot(range(1, num_iterations + 1), res["curve"], "o-", ms=3, label=name)
-        ax.set_xlabel("iteration"), ax.set_ylabel("best reward so far")
-        ax.set_title(f"same problem, same seed, n={num_samples}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / "swap_controllers.png", dpi=100)
-        plt.close(fig)
+        from ctrlalign.bench.plots import figure_style, save_figure
+
+        with figure_style():
+            fig, ax = plt.subplots(figsize=(9, 5))
+            for name, res in results.items():
+                ax.plot(range(1, num_iterations + 1), res["curve"], "o-", ms=4, label=name)
+            ax.set_xlabel("iteration"), ax.set_ylabel("best reward so far")
+            ax.set_title(f"same problem, same seed, n={num_samples}")
+            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+            save_figure(fig, out / "swap_controllers.png")
         print("wrote", out / "swap_controllers.png")
     return results
 

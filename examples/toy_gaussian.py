@@ -68,7 +68,7 @@ def main(out: Path | None = None, num_samples: int = 2000, num_iterations: int =
         errors.append(float((state.mean.flatten() - opt.mean).norm()))
         ess.append(float(theory.effective_sample_size(torch.log_softmax(log_w, -1))[0]))
     print("‖U_k − μ*‖ by iteration:", " ".join(f"{e:.3f}" for e in errors))
-    print("ESS (of n = %d) by iteration:" % num_samples, " ".join(f"{e:.0f}" for e in ess))
+    print(f"ESS (of n = {num_samples}) by iteration:", " ".join(f"{e:.0f}" for e in ess))
 
     # 3a. the temperature limits of the weights
     r = torch.randn(1, 8, dtype=torch.float64, generator=g)
@@ -95,27 +95,26 @@ def main(out: Path | None = None, num_samples: int = 2000, num_iterations: int =
     assert torch.equal(a.rewards, b.rewards)
 
     if out is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+        from ctrlalign.bench.plots import figure_style, save_figure
+
+        with figure_style():
+            fig, ax = plt.subplots(1, 2, figsize=(11, 4.4))
         scales = torch.linspace(-2, 2, 81, dtype=torch.float64)
         direction = torch.randn(tau * d, dtype=torch.float64, generator=g)
         direction /= direction.norm()
         Js = [float(theory.linear_gaussian_cost(A, Q, target, x, sigma, lam, opt.mean + s * direction))
               for s in scales]
-        ax[0].plot(scales, Js, label="J(μ* + s·e)")
-        ax[0].axhline(-lam * F, color="k", ls="--", label="−λF (bound)")
-        ax[0].set_xlabel("s"), ax[0].set_title("free-energy bound"), ax[0].legend()
-        ax[1].semilogy(range(len(errors)), errors, "o-")
-        ax[1].set_xlabel("AISP iteration"), ax[1].set_ylabel("‖U − μ*‖")
-        ax[1].set_title(f"AISP (α=0, n={num_samples}) → μ*")
-        fig.tight_layout()
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / "toy_gaussian.png", dpi=100)
-        plt.close(fig)
+        with figure_style():
+            ax[0].plot(scales, Js, label="J(μ* + s·e)")
+            ax[0].axhline(-lam * F, color="k", ls="--", label="−λF (bound)")
+            ax[0].set_xlabel("s (distance from μ* along a random direction e)"), ax[0].set_ylabel("cost J")
+            ax[0].set_title("free-energy bound"), ax[0].legend()
+            ax[1].semilogy(range(len(errors)), errors, "o-")
+            ax[1].set_xlabel("AISP iteration"), ax[1].set_ylabel("‖U − μ*‖ (log scale)")
+            ax[1].set_title(f"AISP (α=0, n={num_samples}) → μ*")
+            save_figure(fig, out / "toy_gaussian.png")
         print("wrote", out / "toy_gaussian.png")
     return {"F": F, "J_star": J_star, "errors": errors, "ess": ess}
 

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python -m pytest -m "not slow" -q "$@"
+python -m pytest -m "not slow and not browser" -q "$@"

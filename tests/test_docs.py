@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import re
 from pathlib import Path
@@ -24,7 +25,7 @@ import ctrlalign
 
 ROOT = Path(__file__).resolve().parent.parent
 API = ROOT / "docs" / "api"
-DIRECTIVE = re.compile(r"^:::\s+([\w.]+)\s*$", re.M)
+DIRECTIVE = re.compile(r"^:::\s+([\w.]+)\s*$", re.MULTILINE)
 
 SUBMODULES = [
     "ctrlalign.theory",
@@ -143,3 +144,154 @@ def test_submodule_public_names_documented(mod_name, name):
             if inspect.isfunction(func) and not (func.__doc__ or "").strip():
                 missing.append(attr)
         assert not missing, f"{mod_name}.{name}: public methods without a docstring: {missing}"
+
+
+# --- pages generated at build time, and what the docs may cite -----------------------------
+def _hooks():
+    spec = importlib.util.spec_from_file_location("mkdocs_hooks", ROOT / "scripts" / "mkdocs_hooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cli_reference_lists_every_command_and_flag():
+    pytest.importorskip("mkdocs")
+    import argparse
+
+    from ctrlalign import cli
+
+    page = _hooks()._cli_page()
+
+    def walk(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    assert f"`{sub.prog}`" in page, sub.prog
+                    yield from walk(sub)
+            elif not isinstance(action, argparse._HelpAction):
+                yield from action.option_strings or [action.dest]
+
+    flags = list(walk(cli._parser()))
+    assert len(flags) > 20
+    for flag in flags:
+        assert f"`{flag}`" in page, f"{flag} missing from the generated CLI reference"
+
+
+def test_no_citation_of_files_outside_the_repository():
+    """Code and docs cite only what the repository holds (no design notes kept beside it)."""
+    outside = re.compile(r"DESIGN\.md|\.\./shared/")
+    hits = []
+    for folder in ("ctrlalign", "tests", "docs", "examples", "scripts", "benchmarks"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in {".py", ".md", ".sh", ".yaml", ".yml", ".toml"} and "vendor" not in path.parts:
+                text = path.read_text(errors="replace")
+                if path != Path(__file__) and outside.search(text):
+                    hits.append(path.relative_to(ROOT).as_posix())
+    for name in ("README.md", "BENCHMARKS.md", "mkdocs.yml"):
+        if outside.search((ROOT / name).read_text()):
+            hits.append(name)
+    assert not hits, f"references to files outside the repository: {hits}"
+
+
+# --- figures: readable and captioned ---------------------------------------------------------
+IMAGE = re.compile(r"!\[[^\]]*\]\((?P<src>[^)\s]+\.png)\)")
+
+
+def _doc_pages():
+    return [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "BENCHMARKS.md", ROOT / "README.md"]
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", f"{path} is not a PNG"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _figures():
+    for page in _doc_pages():
+        if "vendor" in page.parts:
+            continue
+        lines = page.read_text().splitlines()
+        for i, line in enumerate(lines):
+            for m in IMAGE.finditer(line):
+                src = m.group("src")
+                if "://" in src:
+                    continue
+                base = ROOT if page.parent == ROOT else page.parent
+                yield page, i, lines, (base / src).resolve()
+
+
+def test_figures_exist_and_are_at_least_1000_px_wide():
+    found = list(_figures())
+    assert len(found) >= 10
+    for page, _, _, png in found:
+        assert png.is_file(), f"{page.name}: {png} not found"
+        width, _ = _png_size(png)
+        assert width >= 1000, f"{png.relative_to(ROOT)} is {width} px wide (< 1000), used in {page.name}"
+
+
+def test_every_figure_has_a_caption():
+    """An image is followed by a `<figcaption>` (docs pages) or an italic caption line."""
+    missing = []
+    for page, i, lines, png in _figures():
+        rest = [x.strip() for x in lines[i + 1:] if x.strip()]
+        if not rest or not (rest[0].startswith("<figcaption") or rest[0].startswith("*")):
+            missing.append(f"{page.relative_to(ROOT)}:{i + 1} {png.name}")
+    assert not missing, f"figures without a caption: {missing}"
+
+
+def test_plot_helper_enforces_width_and_font_size(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from ctrlalign.bench.plots import MIN_WIDTH_PX, figure_style, save_figure
+
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.plot([0, 1], [0, 1], label="a line")
+        ax.legend(), ax.set_xlabel("x")
+        path = save_figure(fig, tmp_path / "ok.png")
+    assert _png_size(path)[0] >= MIN_WIDTH_PX
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.set_xlabel("tiny", fontsize=6)
+    with pytest.raises(ValueError, match="pt"):
+        save_figure(fig, tmp_path / "small.png")
+
+
+def test_every_quoted_run_number_resolves():
+    """`<<run:NAME#path|fmt>>` in the pages: the file the run wrote has that value (the hook
+    substitutes them at build time; this checks them without building)."""
+    pytest.importorskip("mkdocs")
+    hooks = _hooks()
+    quoted = 0
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        for m in hooks.RUN_VALUE.finditer(page.read_text()):
+            quoted += 1
+            value = hooks._run_value(m)
+            assert value.strip() and "<<" not in value, f"{page.name}: {m.group(0)} -> {value!r}"
+    assert quoted >= 20
+
+
+def test_run_value_paths():
+    pytest.importorskip("mkdocs")
+    step = _hooks()._step
+    data = {"trace": [{"ess": 1.5}, {"ess": 3.0}], "xs": [1, 2, 3]}
+    assert step(step(data, "trace"), "-1") == {"ess": 3.0}
+    assert step(step(step(data, "trace"), "ess"), "max") == 3.0
+    assert step(step(step(data, "xs"), "1:"), "mean") == 2.5
+    with pytest.raises(KeyError):
+        step(data, "missing")
+
+
+def test_align_numbers_are_those_of_the_printed_run():
+    """docs/snippets/align.json is the parse of the align_output.txt the page shows (one run)."""
+    spec = importlib.util.spec_from_file_location("docs_outputs", ROOT / "scripts" / "docs_outputs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    import json
+
+    shown = (ROOT / "docs" / "snippets" / "align_output.txt").read_text()
+    data = json.loads((ROOT / "docs" / "snippets" / "align.json").read_text())
+    parsed = mod._parse_align(shown)
+    assert parsed["trace"] == data["trace"]
+    assert parsed["reward"] == data["reward"] and parsed["seconds_total"] == data["seconds_total"]

@@ -1,6 +1,6 @@
 r"""Property tests for the mathematics in :mod:`ctrlalign.theory` (issue #2).
 
-Every claim of ``DESIGN.md`` that has a closed form is checked here against an independent
+Every claim of the Design page (``docs/design.md``) that has a closed form is checked here against an independent
 reference (scipy, an exact algebraic identity, or Monte-Carlo with a CLT tolerance). The
 controller/dynamics checks that need rollouts live in ``tests/test_toy_systems.py``.
 

@@ -7,10 +7,18 @@
   (controller, N) (means), with per-response points faint behind them.
 * :func:`plot_sweep`: reward at the sweep budget vs σ², one line per λ, one panel per α.
 * :func:`write_figures`: all of the above into a folder, returns the paths written.
+
+Every figure of the project (these and the tutorials' in ``examples/``) is drawn under
+:func:`figure_style` and written by :func:`save_figure`: at least :data:`MIN_WIDTH_PX` pixels
+wide, with every text (titles, axis labels, ticks, legends, annotations) at
+:data:`MIN_FONT_PT` points or more, so the plots stay readable in the documentation.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +30,66 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 __all__ = [
+    "MIN_FONT_PT",
+    "MIN_WIDTH_PX",
+    "figure_style",
     "parse_sweep_label",
     "plot_heldout_vs_reward",
     "plot_iterations",
     "plot_reward_vs_budget",
     "plot_sweep",
+    "save_figure",
     "write_figures",
 ]
+
+#: smallest width, in pixels, of a saved figure
+MIN_WIDTH_PX = 1000
+#: smallest font size, in points, of any text in a saved figure
+MIN_FONT_PT = 10.0
+#: resolution of the saved PNGs (a 7-inch-wide figure is 1,050 px)
+DPI = 150
+#: matplotlib settings of every figure: text at 10-12 pt
+STYLE = {
+    "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
+    "ytick.labelsize": 10, "legend.fontsize": 10, "legend.title_fontsize": 10,
+    "figure.titlesize": 12, "lines.linewidth": 1.8, "axes.grid": True, "grid.alpha": 0.3,
+    "savefig.dpi": DPI,
+}
+
+
+@contextlib.contextmanager
+def figure_style():
+    """Draw figures inside ``with figure_style():`` to get the project's sizes (:data:`STYLE`)."""
+    with plt.rc_context(STYLE):
+        yield
+
+
+def _styled(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with figure_style():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, check and write ``fig`` as a PNG at least :data:`MIN_WIDTH_PX` wide; close it.
+
+    Raises ValueError if any visible text is smaller than :data:`MIN_FONT_PT` (a figure drawn
+    outside :func:`figure_style`, or with an explicit small ``fontsize``).
+    """
+    small = sorted({(t.get_text(), t.get_fontsize()) for t in fig.findobj(matplotlib.text.Text)
+                    if t.get_visible() and t.get_text().strip() and t.get_fontsize() < MIN_FONT_PT})
+    if small:
+        plt.close(fig)
+        raise ValueError(f"text below {MIN_FONT_PT} pt in {Path(path).name}: {small[:5]}")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    dpi = max(DPI, math.ceil(MIN_WIDTH_PX / fig.get_figwidth()))
+    fig.savefig(p, dpi=dpi)
+    plt.close(fig)
+    return p
 
 _SWEEP = re.compile(r"^aisp\[s2=([^,]+),lam=([^,]+),a=([^\]]+)\]$")
 
@@ -48,21 +109,13 @@ def _main_controllers(result) -> list[str]:
     return [c for c in names if parse_sweep_label(c) is None]
 
 
-def _save(fig, path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
-    return p
-
-
+@_styled
 def plot_reward_vs_budget(result, path: str | Path, controllers: Sequence[str] | None = None,
                           key: str = "reward", ylabel: str | None = None) -> Path:
     """Mean ``key`` (default the optimised reward) vs budget N, one line per controller, CI bands."""
     rows = _summary(result)
     controllers = list(controllers) if controllers is not None else _main_controllers(result)
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for c in controllers:
         sel = sorted((r for r in rows if r["controller"] == c and r.get(key) is not None), key=lambda r: r["budget"])
         if not sel:
@@ -77,20 +130,21 @@ def plot_reward_vs_budget(result, path: str | Path, controllers: Sequence[str] |
     ax.set_xlabel("budget N (reward calls per prompt)")
     ax.set_ylabel(ylabel or ("optimised reward of the kept response" if key == "reward" else key))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{key} vs budget (mean, 95% CI over prompts x seeds)", fontsize=9)
-    return _save(fig, path)
+    ax.legend()
+    ax.set_title(f"{key} vs budget (mean, 95% CI over prompts x seeds)")
+    return save_figure(fig, path)
 
 
+@_styled
 def plot_iterations(result, path: str | Path, controller: str = "aisp") -> Path:
     """Per-iteration mean (over prompts × seeds) of round-mean, round-max and best-so-far reward
     for ``controller``, with ESS (and ‖U‖) on twin axes."""
     traces = result.traces if hasattr(result, "traces") else result["traces"]
     sel = [t["trace"] for t in traces if t["controller"] == controller]
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     if not sel:
         ax.text(0.5, 0.5, f"no traces for {controller!r}", ha="center", transform=ax.transAxes)
-        return _save(fig, path)
+        return save_figure(fig, path)
     K = min(len(t) for t in sel)
     it = list(range(1, K + 1))
 
@@ -108,21 +162,23 @@ def plot_iterations(result, path: str | Path, controller: str = "aisp") -> Path:
     ax2.plot(it, ess, color="k", ls="--", marker="x", label="ESS (right axis)")
     ax2.set_ylabel("effective sample size")
     ax2.set_ylim(bottom=0)
+    ax2.grid(False)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower right")
+    ax.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4)
     norms = mean_of("mean_norm")
     ax.set_title(f"{controller}: per iteration (mean over {len(sel)} prompt x seed runs); "
-                 f"‖U‖ {norms[0]:.1f}→{norms[-1]:.1f}", fontsize=9)
-    return _save(fig, path)
+                 f"‖U‖ {norms[0]:.1f}→{norms[-1]:.1f}")
+    return save_figure(fig, path)
 
 
+@_styled
 def plot_heldout_vs_reward(result, path: str | Path, controllers: Sequence[str] | None = None) -> Path:
     """Held-out judge score vs optimised reward: per-(controller, N) means (labelled by N)."""
     rows = _summary(result)
     records = result.records if hasattr(result, "records") else result["records"]
     controllers = list(controllers) if controllers is not None else _main_controllers(result)
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for c in controllers:
         pts = [(r["reward"], r["judge"]) for r in records if r["controller"] == c and r.get("judge") is not None
                and r["budget"] == max(x["budget"] for x in rows)]
@@ -133,16 +189,17 @@ def plot_heldout_vs_reward(result, path: str | Path, controllers: Sequence[str] 
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=6, alpha=0.15, color=line.get_color())
         for r in sel:
-            ax.annotate(str(r["budget"]), (r["reward"], r["judge"]), fontsize=6, xytext=(2, 2),
+            ax.annotate(str(r["budget"]), (r["reward"], r["judge"]), fontsize=MIN_FONT_PT, xytext=(2, 2),
                         textcoords="offset points")
     ax.set_xlabel("optimised reward (mean)")
     ax.set_ylabel("held-out judge score (mean)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("held-out vs optimised (points: N; faint: responses at max N)", fontsize=9)
-    return _save(fig, path)
+    ax.legend()
+    ax.set_title("held-out vs optimised (points: N; faint: responses at max N)")
+    return save_figure(fig, path)
 
 
+@_styled
 def plot_sweep(result, path: str | Path, key: str = "reward") -> Path | None:
     """Sweep entries: mean ``key`` vs σ², one line per λ, one panel per α. None if no sweep."""
     rows = [r for r in _summary(result) if parse_sweep_label(r["controller"]) is not None]
@@ -153,7 +210,7 @@ def plot_sweep(result, path: str | Path, key: str = "reward") -> Path | None:
     pars = {r["controller"]: parse_sweep_label(r["controller"]) for r in rows}
     alphas = sorted({p[2] for p in pars.values()})
     lams = sorted({p[1] for p in pars.values()})
-    fig, axes = plt.subplots(1, len(alphas), figsize=(3.2 * len(alphas), 3.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(alphas), figsize=(max(7.5, 3.8 * len(alphas)), 4.2), sharey=True, squeeze=False)
     base = [r for r in _summary(result) if r["controller"] in ("bon-plain", "bon") and r["budget"] == N]
     for ax, a in zip(axes[0], alphas):
         for lam in lams:
@@ -166,11 +223,11 @@ def plot_sweep(result, path: str | Path, key: str = "reward") -> Path | None:
                 ax.axhline(b[key], color="gray", ls=":", label=f"{b['controller']}")
         ax.set_xscale("log")
         ax.set_xlabel("σ²")
-        ax.set_title(f"α = {a:g}", fontsize=9)
+        ax.set_title(f"α = {a:g}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{key} at N = {N}")
-    axes[0][-1].legend(fontsize=7)
-    return _save(fig, path)
+    axes[0][-1].legend()
+    return save_figure(fig, path)
 
 
 def write_figures(result, folder: str | Path, prefix: str = "bench", primary: str | None = None) -> list[Path]:

@@ -34,7 +34,7 @@ length) are captured as separate CUDA graphs per shape key (D, n, P, T, config, 
 call replays them T times with no host synchronisation. ``compile="none"`` runs the same code eagerly (CPU or GPU), which is what
 the CPU tests check against a reference decode through the HF module.
 
-Shapes (DESIGN.md letters): D prompts, n samples, B = D·n, P padded prompt length, T new tokens,
+Shapes (the letters of the docs' Shapes page): D prompts, n samples, B = D·n, P padded prompt length, T new tokens,
 τ horizon, d hidden size, L layers, Hkv key/value heads, hd head dim, V vocabulary.
 """
 

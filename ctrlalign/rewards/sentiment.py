@@ -33,7 +33,7 @@ class LexiconSentiment(Reward):
 
     s = +1 for ``target="positive"`` (default), −1 for ``target="negative"``. The prompt is
     not used. Returns (D, n). Cheap (a lexicon), but saturates near 1 on instruction-tuned
-    models: see DESIGN.md on reward headroom.
+    models: see "Reward headroom" on the Design page of the docs.
     """
 
     name = "sentiment"
