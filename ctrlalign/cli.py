@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_logging(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                   help="only warnings and errors on stderr (no progress bars)")
+                   help="only ctrlalign's warnings and errors on stderr (no progress bars, no library "
+                   "deprecation warnings)")
     g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="debug messages, and a traceback with every error")
 
@@ -293,10 +295,13 @@ def _configure_logging(args: argparse.Namespace) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
-    if level > logging.INFO:
+    if level > logging.INFO:  # --quiet: no library progress bars or deprecation chatter either
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 #: exit status of each kind of failure; the message is always one ``error: ...`` line (or block)

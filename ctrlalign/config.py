@@ -134,7 +134,7 @@ class RewardTerm(_Strict):
     @classmethod
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):
-            raise ValueError(f"weight must be a finite number, got {v!r}")
+            raise ValueError("must be a finite number (not NaN or inf)")
         return v
 
 
