@@ -135,7 +135,7 @@ def _package_dir(module: str, install_hint: str) -> Path:
             f"the package providing {module!r} is not installed; install it with `{install_hint}` "
             "(the package index must be reachable), or run `bash scripts/setup.sh`"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def mt_bench() -> list[PromptItem]:

@@ -54,7 +54,6 @@ from typing import IO, Any
 import torch
 
 from ._checks import ConfigError
-from .build import build_dynamics as _build_dynamics
 from .build import (
     build_controller,
     build_reward,
@@ -62,6 +61,7 @@ from .build import (
     check_run_fits,
     versions,
 )
+from .build import build_dynamics as _build_dynamics
 from .config import RunConfig, config_hash
 from .data import PromptItem, load_prompts
 from .solve import CandidateRecorder, solve_batch, summarize
@@ -107,7 +107,7 @@ class OutputError(RunError):
     """The output cannot be written (read-only, disk full, not a directory, ...)."""
 
 
-class RunInterrupted(KeyboardInterrupt):  # noqa: N818 - it is a KeyboardInterrupt, named for the CLI
+class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run; ``str()`` says what is saved and how to resume."""
 
 

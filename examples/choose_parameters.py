@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 import ctrlalign as ca
 from ctrlalign import theory
 
@@ -63,7 +61,7 @@ def main(out: Path | None = None, quick: bool = False, sigmas: tuple[float, ...]
                "mean_norm": final_norm, "kl": final_kl, "kl_floor": floor, "best_reward": float(res.rewards[0]),
                "ess_by_lambda": dict(zip(lambdas, ess_lam))}
         rows.append(row)
-        print(f"{sigma:>6.2f} {sigma * w:>7.2f} {str([round(e, 2) for e in row['ess']]):>22} {final_norm:>7.1f} "
+        print(f"{sigma:>6.2f} {sigma * w:>7.2f} {[round(e, 2) for e in row['ess']]!s:>22} {final_norm:>7.1f} "
               f"{final_kl:>9.1f} {floor:>12.1f} {row['best_reward']:>7.3f}   {[round(e, 2) for e in ess_lam]}")
 
     if out is not None:

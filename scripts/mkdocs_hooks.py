@@ -55,8 +55,8 @@ def on_files(files, config):
 # rewritten relative to the docs folder, so they resolve and --strict checks them. A missing
 # file or heading fails the build.
 
-SECTION = re.compile(r'^<!-- include-section "(?P<file>[^"]+)" "(?P<heading>[^"]+)" -->$', re.M)
-WHOLE = re.compile(r'^<!-- include-file "(?P<file>[^"]+)" -->$', re.M)
+SECTION = re.compile(r'^<!-- include-section "(?P<file>[^"]+)" "(?P<heading>[^"]+)" -->$', re.MULTILINE)
+WHOLE = re.compile(r'^<!-- include-file "(?P<file>[^"]+)" -->$', re.MULTILINE)
 
 
 def _docs_relative(text: str, page_src_uri: str) -> str:

@@ -24,7 +24,7 @@ import ctrlalign
 
 ROOT = Path(__file__).resolve().parent.parent
 API = ROOT / "docs" / "api"
-DIRECTIVE = re.compile(r"^:::\s+([\w.]+)\s*$", re.M)
+DIRECTIVE = re.compile(r"^:::\s+([\w.]+)\s*$", re.MULTILINE)
 
 SUBMODULES = [
     "ctrlalign.theory",
