@@ -28,7 +28,6 @@ results file names.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._checks import ConfigError
-from .data import PromptItem, read_text_file
+from .data import PromptItem, parse_json, read_text_file
 
 if TYPE_CHECKING:
     from .config import ControllerConfig, ModelConfig, RewardTerm
@@ -128,12 +127,7 @@ def _check_local_model(path: Path, name: str) -> None:
     cfg = path / "config.json"
     if not cfg.is_file():
         raise ConfigError(f"model {name!r}: the folder has no config.json; is it a Hugging Face model folder?")
-    text = read_text_file(cfg, "model config")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"model {name!r}: {cfg} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                          f"{exc.msg})") from None
+    data = parse_json(read_text_file(cfg, "model config"), f"model {name!r}: {cfg}")
     if not isinstance(data, dict) or "model_type" not in data and "architectures" not in data:
         raise ConfigError(f"model {name!r}: {cfg} names no model_type or architectures")
 

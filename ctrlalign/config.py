@@ -50,7 +50,7 @@ from pydantic import (
 from ._checks import ConfigError
 from .controllers import CONTROLLERS, Controller
 from .controllers.spec import check_applicable, config_fields
-from .data import PromptSource, check_text, read_text_file
+from .data import PromptSource, check_text, parse_json, read_text_file
 from .selection import Selection, make_selection
 
 __all__ = [
@@ -343,11 +343,7 @@ def _parse(p: Path, text: str) -> Any:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ConfigError(f"config file {p}: YAML syntax error{where}: {problem}") from None
     if p.suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config file {p}: JSON syntax error at line {exc.lineno}, column {exc.colno}: "
-                              f"{exc.msg}") from None
+        return parse_json(text, f"config file {p}")
     if p.suffix == ".toml":
         import tomllib
 

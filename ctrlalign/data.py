@@ -44,6 +44,7 @@ __all__ = [
     "check_text",
     "load_prompts",
     "mt_bench",
+    "parse_json",
     "read_text_file",
 ]
 
@@ -126,6 +127,14 @@ def read_text_file(path: str | Path, what: str) -> str:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} {p} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
                           "save it as UTF-8") from None
+
+
+def parse_json(text: str, where: str) -> Any:
+    """``json.loads(text)``; a syntax error is a ConfigError ``{where}: JSON syntax error at line L, column C``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
 
 
 def _package_dir(module: str, install_hint: str) -> Path:
@@ -213,12 +222,7 @@ def _records(src: PromptSource) -> list[tuple[str, dict[str, Any]]]:
             raise ConfigError(f"prompts file {path} is not valid CSV: {exc}") from None
         return [(f"{path}:{i + 2}", rec) for i, rec in enumerate(reader)]
     if suffix == ".json":
-        text = read_text_file(path, "prompts file")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"prompts file {path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: "
-                              f"{exc.msg}") from None
+        data = parse_json(read_text_file(path, "prompts file"), f"prompts file {path}")
         if isinstance(data, dict):
             if src.field is None:
                 lists = [k for k, v in data.items() if isinstance(v, list)]

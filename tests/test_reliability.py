@@ -262,7 +262,7 @@ ALIGN_FLAGS = [
     ("model-missing-path", ["--model", "/nonexistent/model/dir"], 2, ["'/nonexistent/model/dir'", "no such folder"]),
     ("model-offline-id", ["--model", "nobody/no-such-model"], 2, ["'nobody/no-such-model'", "not found", "OFFLINE"]),
     ("model-invalid-id", ["--model", "not a valid id!"], 2, ["'not a valid id!'"]),
-    ("model-broken-config", ["--model", "{broken}"], 2, ["config.json", "not valid JSON", "line 1"]),
+    ("model-broken-config", ["--model", "{broken}"], 2, ["config.json", "JSON syntax error", "line 1"]),
     ("model-no-config", ["--model", "{empty}"], 2, ["no config.json"]),
     ("model-is-file", ["--model", "{broken}/config.json"], 2, ["is a file"]),
     ("model-not-causal", ["--model", "{encoder}"], 2, ["'distilbert'", "not a causal language model"]),
