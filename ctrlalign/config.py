@@ -58,7 +58,6 @@ __all__ = [
     "PRESETS",
     "ControllerConfig",
     "ModelConfig",
-    "PromptSource",
     "RewardTerm",
     "RunConfig",
     "RunSettings",
@@ -67,7 +66,6 @@ __all__ = [
     "format_validation_error",
     "load_config",
     "read_config_file",
-    "read_text_file",
     "validate_config",
 ]
 
