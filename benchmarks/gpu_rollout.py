@@ -43,8 +43,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from ctrlalign.dynamics.decoding import SamplingConfig  # noqa: E402
-from ctrlalign.dynamics.static_engine import StaticEngine  # noqa: E402
+from ctrlalign.dynamics.decoding import SamplingConfig
+from ctrlalign.dynamics.static_engine import StaticEngine
 
 MODELS = {
     "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
@@ -261,7 +261,7 @@ def bench_ablation(model, B, P, T, reps, engine_kw) -> dict:
         eng = StaticEngine(model, max_batch=B, max_length=P + T, dtype=DTYPE, **kw)
         D, n, _, v, dec = decode_workload(eng, model.config.vocab_size, model.config.hidden_size, B, P, T)
         dec(v)  # capture
-        t = min(timed(lambda: dec(v), reps))
+        t = min(timed(lambda dec=dec, v=v: dec(v), reps))
         out[name] = dict(options=kw, compile_used=eng.compile, decode_s=t, decode_tokens_per_s=D * n * T / t)
         eng.clear()
         del eng, dec

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_rollout import MODELS, build  # noqa: E402
+from gpu_rollout import MODELS, build
 
-from ctrlalign.dynamics.decoding import SamplingConfig  # noqa: E402
-from ctrlalign.dynamics.static_engine import StaticEngine  # noqa: E402
+from ctrlalign.dynamics.decoding import SamplingConfig
+from ctrlalign.dynamics.static_engine import StaticEngine
 
 
 def main() -> None:

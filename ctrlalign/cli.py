@@ -12,22 +12,62 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from .config import PRESETS
+from ._checks import ConfigError, RewardError
+from .build import build_controller, build_dynamics, build_reward, build_selection, check_run_fits
+from .config import PRESETS, RunConfig, load_config, validate_config
 from .controllers import CONTROLLERS, spec
+from .data import PromptItem
+from .runner import OutputError, RunError, RunInterrupted, check_output_path, run
+from .solve import CandidateRecorder, solve_batch
 
 __all__ = ["main"]
 
+logger = logging.getLogger("ctrlalign")
+
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=None, help="base seed (default 0)")
-    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--seed", type=int, default=None, help="base seed, 0 … 2^64-1 (default 0)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu); under torchrun "
+                   "'cuda' means each rank's cuda:LOCAL_RANK")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype")
+    p.add_argument("--trust-remote-code", default=None, action="store_true",
+                   help="allow a model whose architecture is code in its repository (only models you trust)")
+
+
+def _add_logging(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="only ctrlalign's warnings and errors on stderr (no progress bars, no library "
+                   "deprecation warnings)")
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug messages, and a traceback with every error")
+
+
+def _add_model(a: argparse.ArgumentParser) -> None:
+    """The model section of a run config as flags (default None: the preset's or config's)."""
+    a.add_argument("--model", default=None, help="'default' (packaged SmolLM2-135M-Instruct), HF id or path")
+    a.add_argument("--max-new-tokens", type=int, default=None, help="T, tokens per response (default: the preset's)")
+    a.add_argument("--sampling-temperature", type=float, default=None, dest="sampling_temperature",
+                   help="temperature of token sampling (default 1.0, the method's dynamics; the controller's "
+                   "weight temperature λ is --temperature)")
+    a.add_argument("--top-k", type=int, default=None, help="top-k filter of token sampling (default off)")
+    a.add_argument("--top-p", type=float, default=None, help="nucleus filter of token sampling, in (0, 1] (default off)")
+    a.add_argument("--greedy", default=None, action=argparse.BooleanOptionalAction,
+                   help="greedy decoding of the controlled logits (the response is a function of the controls)")
+    a.add_argument("--chat-template", default=None, action=argparse.BooleanOptionalAction,
+                   help="apply the tokenizer's chat template when it has one (default yes)")
+    a.add_argument("--system-prompt", default=None, help="system message put before the prompt (chat templates)")
+    a.add_argument("--engine", default=None, choices=["eager", "static"],
+                   help="rollout engine; 'static' = static KV cache + CUDA graphs (GPU, Llama/Qwen2)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,13 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"ctrlalign {__version__}")
+    _add_logging(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("align", help="align one prompt and show the result against the plain model")
     a.add_argument("prompt", help="the prompt text")
-    a.add_argument("--model", default="default", help="'default' (packaged SmolLM2-135M-Instruct), HF id or path")
-    a.add_argument("--reward", default=None, action="append", dest="rewards",
-                   help="reward name (sentiment, embedding, judge, toxicity, classifier); repeat to sum")
+    a.add_argument("--reward", default=None, action="append", dest="rewards", metavar="NAME[:WEIGHT]",
+                   help="reward name (sentiment, embedding, judge, toxicity, classifier) with an optional weight; "
+                   "repeat to sum")
     a.add_argument("--preset", default="learning", choices=sorted(PRESETS),
                    help="starting configuration: " + "; ".join(f"{k}: {v['help']}" for k, v in PRESETS.items())
                    + ". Flags below override it")
@@ -54,21 +95,28 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--final-samples", type=int, default=None, help="m, draws from the final proposal (--selection final)")
     a.add_argument("--common-random-numbers", default=None, action=argparse.BooleanOptionalAction,
                    help="replay the same rollout random numbers every round")
-    a.add_argument("--greedy", default=None, action=argparse.BooleanOptionalAction,
-                   help="greedy decoding of the controlled logits (the response is a function of the controls)")
-    a.add_argument("--max-new-tokens", type=int, default=None, help="T, tokens per response (default: the preset's)")
-    a.add_argument("--engine", default="eager", choices=["eager", "static"],
-                   help="rollout engine; 'static' = static KV cache + CUDA graphs (GPU, Llama/Qwen2)")
+    _add_model(a)
+    a.add_argument("--base", default=None, action=argparse.BooleanOptionalAction,
+                   help="also sample and score the plain model's response (default yes)")
+    a.add_argument("--output", default=None, metavar="FILE", help="also write the result record (JSON) to FILE")
+    a.add_argument("--save-candidates", default=None, metavar="FILE",
+                   help="write every one of the n·k candidates (text, reward, iteration, log-probabilities) to "
+                   "FILE as JSON lines")
     a.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_common(a)
+    _add_logging(a)
 
     r = sub.add_parser("run", help="run a config file (resumable; torchrun-aware)")
     r.add_argument("config", help="YAML/JSON/TOML config file")
-    r.add_argument("--overwrite", action="store_true", help="discard results of a different config")
+    r.add_argument("--overwrite", action="store_true",
+                   help="discard the output's results (another config's, or changed prompts') and start over")
     r.add_argument("--output", default=None, help="override run.output")
-    r.add_argument("--limit", type=int, default=None, help="override limit")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--limit", type=int, default=None, help="override limit (raising it continues the run)")
+    r.add_argument("--save-candidates", default=None, action="store_true",
+                   help="keep every candidate in <output stem>.candidates.jsonl (run.save_candidates)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(r)
+    _add_logging(r)
 
     b = sub.add_parser("bench", help="matched-budget benchmark of several controllers (ctrlalign.bench)")
     b.add_argument("config", help="YAML/JSON/TOML bench config (see ctrlalign.bench.config.BenchConfig)")
@@ -77,14 +125,30 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--report-only", action="store_true",
                    help="do not run: rebuild figures and tables from the existing results JSON")
     b.add_argument("--device", default=None, help="torch device (overrides model.device)")
+    _add_logging(b)
     return parser
 
 
-def _build_align_config(args: argparse.Namespace):
-    from .config import RunConfig
+_MODEL_FLAGS = {"model": "name", "max_new_tokens": "max_new_tokens", "sampling_temperature": "temperature",
+                "top_k": "top_k", "top_p": "top_p", "greedy": "greedy", "chat_template": "chat_template",
+                "system_prompt": "system_prompt", "engine": "engine", "device": "device", "dtype": "dtype",
+                "trust_remote_code": "trust_remote_code"}
 
+
+def _reward_term(text: str) -> dict[str, Any]:
+    """``NAME`` or ``NAME:WEIGHT`` as a reward term (the weight is validated by the config)."""
+    name, sep, weight = text.partition(":")
+    if not sep:
+        return {"name": name}
+    try:
+        return {"name": name, "weight": float(weight)}
+    except ValueError:
+        raise ConfigError(f"--reward {text!r}: the weight after ':' must be a number, got {weight!r}") from None
+
+
+def _build_align_config(args: argparse.Namespace) -> RunConfig:
+    """The run config of ``align``'s flags: the preset, then every flag the user set."""
     preset = PRESETS[args.preset]
-    rewards = args.rewards or ["sentiment"]
     ctrl: dict[str, Any] = dict(preset["controller"])
     if args.controller is not None and args.controller != ctrl.get("name"):
         ctrl = {"name": args.controller}  # another controller: its own defaults, not the preset's
@@ -92,14 +156,18 @@ def _build_align_config(args: argparse.Namespace):
     for key in ("selection", "final_samples", "common_random_numbers"):
         if getattr(args, key) is not None:
             ctrl[key] = getattr(args, key)
-    model: dict[str, Any] = {"name": args.model, "engine": args.engine, **preset["model"]}
-    for key in ("max_new_tokens", "greedy", "device", "dtype"):
-        if getattr(args, key, None) is not None:
-            model[key] = getattr(args, key)
-    return RunConfig.model_validate({
-        "prompts": [args.prompt], "model": model, "reward": [{"name": x} for x in rewards], "controller": ctrl,
-        "run": {"seed": args.seed or 0, "batch_prompts": 1, "output": os.devnull},
-    })
+    model: dict[str, Any] = dict(preset["model"])
+    for flag, key in _MODEL_FLAGS.items():
+        if getattr(args, flag, None) is not None:
+            model[key] = getattr(args, flag)
+    run: dict[str, Any] = {"seed": 0 if args.seed is None else args.seed, "batch_prompts": 1,
+                           "output": args.output or os.devnull}
+    if args.base is not None:
+        run["base"] = args.base
+    return validate_config({
+        "prompts": [args.prompt], "model": model, "controller": ctrl, "run": run,
+        "reward": [_reward_term(x) for x in args.rewards or ["sentiment"]],
+    }, "options")
 
 
 def _fmt_trace(trace: list[dict[str, float]]) -> str:
@@ -112,29 +180,53 @@ def _fmt_trace(trace: list[dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
-def cmd_align(args: argparse.Namespace) -> int:
-    from .data import PromptItem
-    from .runner import build_dynamics, solve_batch
+def _write_file(path: str, text: str) -> None:
+    """Write a file the user named; failures are one-line :class:`OutputError` s."""
+    p = Path(path)
+    check_output_path(p)
+    try:
+        if p.parent != Path(""):
+            p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"cannot write {p}: {exc.strerror or exc}") from None
 
+
+def cmd_align(args: argparse.Namespace) -> int:
+    """``ctrlalign align``: build, check, solve one prompt, print (and optionally save) it."""
     cfg = _build_align_config(args)
+    for path in (args.output, args.save_candidates):
+        if path is not None:
+            check_output_path(Path(path))
+    item = PromptItem(id="p0", text=args.prompt)
     t0 = time.perf_counter()
-    print(f"loading model {cfg.model.name!r} on {cfg.model.device} ...", file=sys.stderr, flush=True)
-    dyn = build_dynamics(cfg)
-    reward = cfg.build_reward()
-    ctrl = cfg.controller.build()
-    print(f"model ready in {time.perf_counter() - t0:.1f}s; {ctrl!r}; reward {reward.name}", file=sys.stderr, flush=True)
-    rec = solve_batch(dyn, reward, ctrl, [PromptItem(id="p0", text=args.prompt)], cfg.run.seed, base=True,
-                      progress=True, selection=cfg.controller.build_selection(),
-                      common_random_numbers=cfg.controller.common_random_numbers)[0]
+    ctrl = build_controller(cfg.controller)
+    reward = build_reward(cfg.reward, [item])
+    logger.info("loading model %r on %s ...", cfg.model.name, cfg.model.device)
+    dyn = build_dynamics(cfg.model)
+    check_run_fits(dyn, ctrl, [item])
+    logger.info("model ready in %.1fs; %r; reward %s", time.perf_counter() - t0, ctrl, reward.name)
+    recorder = CandidateRecorder([item.id]) if args.save_candidates else None
+    try:
+        rec = solve_batch(dyn, reward, ctrl, [item], cfg.run.seed, base=cfg.run.base,
+                          progress=logger.isEnabledFor(logging.INFO), selection=build_selection(cfg.controller),
+                          common_random_numbers=cfg.controller.common_random_numbers, candidates=recorder)[0]
+    except KeyboardInterrupt:
+        raise RunInterrupted("interrupted: align keeps no partial results; nothing was saved") from None
     rec["seconds_total"] = time.perf_counter() - t0
+    if args.output:
+        _write_file(args.output, json.dumps(rec, ensure_ascii=False, indent=2) + "\n")
+    if recorder is not None:
+        _write_file(args.save_candidates, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recorder.rows))
     if args.json:
         print(json.dumps(rec, ensure_ascii=False, indent=2))
         return 0
     print(f"\nPrompt: {args.prompt}\n")
     print(f"Aligned response ({ctrl.name}, {rec['reward_calls']} reward calls)   reward = {rec['reward']:.4f}")
     print("  " + (rec["response"] or "").replace("\n", "\n  "))
-    print(f"\nPlain model response   reward = {rec['base_reward']:.4f}")
-    print("  " + (rec["base_response"] or "").replace("\n", "\n  "))
+    if "base_reward" in rec:
+        print(f"\nPlain model response   reward = {rec['base_reward']:.4f}")
+        print("  " + (rec["base_response"] or "").replace("\n", "\n  "))
     print("\nTrace:")
     print(_fmt_trace(rec["trace"]))
     print(f"\ntotal {rec['seconds_total']:.1f}s")
@@ -142,77 +234,112 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .runner import ConfigChangedError, run
-
+    """``ctrlalign run``: the config with the flags' overrides, run or resumed."""
     overrides: dict[str, Any] = {}
-    if args.seed is not None:
-        overrides["run.seed"] = args.seed
-    if args.output is not None:
-        overrides["run.output"] = args.output
-    if args.device is not None:
-        overrides["model.device"] = args.device
-    if args.dtype is not None:
-        overrides["model.dtype"] = args.dtype
+    for flag, key in (("seed", "run.seed"), ("output", "run.output"), ("device", "model.device"),
+                      ("dtype", "model.dtype"), ("limit", "limit"), ("save_candidates", "run.save_candidates"),
+                      ("trust_remote_code", "model.trust_remote_code")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
     cfg = load_config(args.config, overrides)
-    if args.limit is not None:
-        cfg.limit = args.limit
-    try:
-        out = run(cfg, overwrite=args.overwrite, progress=not args.no_progress,
-                  log=lambda s: print(s, file=sys.stderr, flush=True))
-    except ConfigChangedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = run(cfg, overwrite=args.overwrite, progress=not args.no_progress and logger.isEnabledFor(logging.INFO))
     if int(os.environ.get("RANK", "0")) == 0:
         print(out)
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """``ctrlalign bench``: run (or re-report) a matched-budget benchmark."""
+    from pydantic import ValidationError
+
     from .bench import BenchResult, load_bench_config, run_bench
     from .bench.plots import write_figures
     from .bench.report import markdown_report
+    from .config import format_validation_error
 
     cfg = load_bench_config(args.config)
-    if args.output is not None:
-        cfg.output = args.output
-    if args.limit is not None:
-        cfg.limit = args.limit
-    if args.device is not None:
-        cfg.model.device = args.device
+    try:
+        if args.output is not None:
+            cfg.output = args.output
+        if args.limit is not None:
+            cfg.limit = args.limit
+        if args.device is not None:
+            cfg.model.device = args.device
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "options")) from None
     if args.report_only:
         result = BenchResult.load(cfg.output)
         if not result.summary:  # a run stopped early: summarise the completed part
             from .bench.harness import finish_bench
 
-            finish_bench(result, cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+            finish_bench(result, cfg, log=logger.info)
             result.save(cfg.output)
     else:
-        result = run_bench(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+        result = run_bench(cfg, log=logger.info)
     figures = write_figures(result, cfg.figures, prefix=cfg.name, primary=cfg.primary) if cfg.figures else []
     text = markdown_report(result)
     tables = cfg.tables or str(cfg.output).rsplit(".", 1)[0] + ".md"
-    with open(tables, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    _write_file(tables, text)
     print(text)
-    print(f"results: {cfg.output}\ntables: {tables}\nfigures: {', '.join(map(str, figures)) or '-'}", file=sys.stderr)
+    logger.info("results: %s\ntables: %s\nfigures: %s", cfg.output, tables, ", ".join(map(str, figures)) or "-")
     return 0
 
 
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Messages go to stderr through the ``ctrlalign`` logger: INFO, WARNING with --quiet,
+    DEBUG with --verbose."""
+    level = logging.DEBUG if getattr(args, "verbose", False) else (
+        logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+    if level > logging.INFO:  # --quiet: no library progress bars or deprecation chatter either
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+#: exit status of each kind of failure; the message is always one ``error: ...`` line (or block)
+EXIT_USAGE = 2  # a bad value, file, model or output location: fix the input
+EXIT_FAILED = 1  # the run failed on the way (a reward raised, the disk is full): fix and resume
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``ctrlalign``; returns the exit status (2 on invalid input)."""
+    """Entry point of ``ctrlalign``; returns the exit status.
+
+    0 on success; 2 for a bad value, file, model or output (a :class:`ConfigError` /
+    ``ValueError`` or :class:`~ctrlalign.runner.RunError`; argparse also exits 2); 1 when a run
+    fails on the way (a reward error, disk full, read-only output); 130 on Ctrl-C. Each prints
+    one short ``error: ...`` message (with ``--verbose``, also the traceback).
+    """
     args = _parser().parse_args(argv)
+    _configure_logging(args)
+    commands = {"align": cmd_align, "run": cmd_run, "bench": cmd_bench}
     try:
-        if args.command == "align":
-            return cmd_align(args)
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "bench":
-            return cmd_bench(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 1
+        return commands[args.command](args)
+    except KeyboardInterrupt as exc:
+        msg = str(exc) or "interrupted"
+        print(f"{msg}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (OutputError, RewardError) as exc:
+        return _fail(exc, EXIT_FAILED)
+    except (ValueError, RunError) as exc:
+        return _fail(exc, EXIT_USAGE)
+    except OSError as exc:
+        name = f" {exc.filename}" if exc.filename else ""
+        return _fail(OutputError(f"cannot access{name}: {exc.strerror or exc}"), EXIT_FAILED)
+
+
+def _fail(exc: BaseException, status: int) -> int:
+    logger.debug("traceback:", exc_info=exc)
+    print(f"error: {exc}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 A config file (YAML, JSON or TOML) has four sections; only ``prompts`` is required::
 
-    prompts: mt-bench          # a packaged set, a .txt/.jsonl file, or a list of strings
+    prompts: mt-bench          # a packaged set, a .txt/.jsonl file, a list of strings, or
+                               # {path: data.csv, text_field: question} (JSON/JSONL/CSV/Parquet)
     limit: 8                   # optional: the first N prompts
     model:
       name: default            # the packaged SmolLM2-135M-Instruct, or an HF id / local path
@@ -21,32 +22,51 @@ A config file (YAML, JSON or TOML) has four sections; only ``prompts`` is requir
       output: runs/mt-bench.jsonl
       seed: 0
       batch_prompts: 4
+
+Every value is checked before anything is loaded or written; a bad one is reported as a
+:class:`~ctrlalign._checks.ConfigError` (a ``ValueError``) naming the field, the value and what
+is allowed. Files that cannot be read (missing, a directory, not UTF-8, a YAML/JSON/TOML syntax
+error with its line and column) are reported the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from ._checks import ConfigError
 from .controllers import CONTROLLERS, Controller
 from .controllers.spec import check_applicable, config_fields
+from .data import PromptSource, check_text, parse_json, read_text_file
 from .selection import Selection, make_selection
 
 __all__ = [
+    "MAX_SEED",
+    "PRESETS",
     "ControllerConfig",
     "ModelConfig",
     "RewardTerm",
     "RunConfig",
     "RunSettings",
+    "apply_overrides",
     "config_hash",
     "format_validation_error",
     "load_config",
     "read_config_file",
+    "validate_config",
 ]
 
 
@@ -69,6 +89,32 @@ class ModelConfig(_Strict):
     greedy: bool = Field(False, description="greedy decoding of the controlled logits: the response is a function "
                          "of the controls alone")
     engine: Literal["eager", "static"] = Field("eager", description="rollout engine: 'static' is the CUDA-graph GPU engine")
+    trust_remote_code: bool = Field(False, description="allow a model whose architecture is defined by code in its "
+                                    "repository (transformers' trust_remote_code); only for models you trust")
+
+    @field_validator("name")
+    @classmethod
+    def _nonempty_name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be 'default', a Hugging Face id or a local path, got an empty string")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        """The spelling of a torch device (whether it exists here is checked when the model is built)."""
+        import torch
+
+        try:
+            torch.device(v)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"{v!r} is not a torch device; use e.g. 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
+        return v
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        return None if v is None else check_text("system_prompt", v)
 
 
 class RewardTerm(_Strict):
@@ -78,7 +124,7 @@ class RewardTerm(_Strict):
         ..., description="sentiment (VADER), embedding (MiniLM similarity), judge (LM yes/no log-odds), "
         "toxicity (penalty), classifier (a sequence-classification reward model), or any name added "
         "with ctrlalign.rewards.register_reward")
-    weight: float = Field(1.0, description="coefficient of this term in the sum")
+    weight: float = Field(1.0, description="coefficient of this term in the sum (finite)")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the reward class")
 
     @field_validator("name")
@@ -88,6 +134,13 @@ class RewardTerm(_Strict):
 
         if v not in REWARDS:
             raise ValueError(f"unknown reward {v!r}; registered rewards: {', '.join(sorted(REWARDS))}")
+        return v
+
+    @field_validator("weight")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number (not NaN or inf)")
         return v
 
 
@@ -173,20 +226,37 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: seeds are 64-bit: 0 … 2⁶⁴ − 1
+MAX_SEED = 2**64 - 1
+
+
 class RunSettings(_Strict):
     """Where results go and how the run is batched."""
 
     output: str = Field("runs/results.jsonl", description="JSONL file, one line per prompt, appended as prompts finish")
-    seed: int = Field(0, description="base seed; each prompt's generators derive from (seed, prompt)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="base seed, 0 … 2⁶⁴−1; each prompt's generators derive "
+                      "from (seed, prompt)")
     batch_prompts: int = Field(4, ge=1, description="D, prompts solved together")
     base: bool = Field(True, description="also sample and score the plain model's response for contrast")
+    save_candidates: bool = Field(False, description="also keep every one of the n·k candidates (text, reward, "
+                                  "iteration, log-probabilities) in <output stem>.candidates.jsonl")
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a file path, got an empty string")
+        return v
 
 
 class RunConfig(_Strict):
     """A whole run: prompts × model × reward × controller."""
 
-    prompts: str | list[str] = Field(..., description="'mt-bench', a .txt/.jsonl path, or a list of prompts")
-    limit: int | None = Field(None, ge=1, description="use only the first N prompts")
+    prompts: str | list[str] | PromptSource = Field(
+        ..., description="'mt-bench', a .txt/.jsonl path, a list of prompts, or a data file with a chosen text "
+        "field ({path: data.csv, text_field: question}; JSON, JSONL, CSV or Parquet)")
+    limit: int | None = Field(None, ge=1, description="use only the first N prompts (raising it later continues "
+                              "the run)")
     model: ModelConfig = Field(default_factory=ModelConfig)
     reward: list[RewardTerm] = Field(default_factory=lambda: [RewardTerm(name="sentiment")],
                                      description="reward terms, summed with their weights")
@@ -198,6 +268,8 @@ class RunConfig(_Strict):
     def _one_or_many(cls, v: Any) -> Any:
         if isinstance(v, (dict, str)):
             v = [v]
+        if not isinstance(v, list):
+            return v
         return [{"name": x} if isinstance(x, str) else x for x in v]
 
     @field_validator("reward")
@@ -207,20 +279,32 @@ class RunConfig(_Strict):
             raise ValueError("at least one reward term is required")
         return v
 
-    def build_reward(self):
-        """Σ weight·reward as a :class:`~ctrlalign.rewards.base.Reward`."""
-        from .rewards import WeightedSum, get_reward
-
-        terms = [(t.weight, get_reward(t.name, **t.options)) for t in self.reward]
-        if len(terms) == 1 and terms[0][0] == 1.0:
-            return terms[0][1]
-        return WeightedSum(terms)
+    @field_validator("prompts")
+    @classmethod
+    def _prompt_texts(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("the list of prompts is empty")
+            for i, text in enumerate(v):
+                check_text(f"prompt {i}", text, nonempty=True)
+        elif isinstance(v, str) and not v.strip():
+            raise ValueError("must name a packaged set, a file, or list prompts; got an empty string")
+        return v
 
     def identity(self) -> dict[str, Any]:
-        """The fields that determine results (everything but where results are written)."""
+        """The fields that determine each prompt's result: model (not its device), reward,
+        controller, seed and whether the plain model is sampled.
+
+        Left out: where and how results are written (output, batching, candidates) and *which*
+        prompts are run (``prompts``, ``limit``): results are keyed by prompt id and content,
+        so adding prompts or raising ``limit`` continues a run, and a prompt whose text changed
+        is caught by the runner, not by this hash.
+        """
         d = self.model_dump(mode="json")
-        d["run"].pop("output", None)
-        d["run"].pop("batch_prompts", None)  # batching never changes a prompt's result
+        for key in ("prompts", "limit"):
+            d.pop(key, None)
+        for key in ("output", "batch_prompts", "save_candidates"):
+            d["run"].pop(key, None)
         d["model"].pop("device", None)
         return d
 
@@ -244,45 +328,80 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
     return "\n".join(lines)
 
 
+def _parse(p: Path, text: str) -> Any:
+    """Parse YAML/JSON/TOML by suffix; a syntax error is a ConfigError with line and column."""
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"config file {p}: YAML syntax error{where}: {problem}") from None
+    if p.suffix == ".json":
+        return parse_json(text, f"config file {p}")
+    if p.suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p}: TOML syntax error: {exc}") from None
+    raise ConfigError(f"config file {p} must end in .yaml, .yml, .json or .toml, got {p.suffix or 'no suffix'!r}")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping held by a YAML, JSON or TOML file (chosen by its suffix).
 
     Raises:
-        ValueError: the file is missing, has another suffix, or does not hold a mapping.
+        ConfigError: the file is missing, a directory, not UTF-8, has another suffix, has a
+            syntax error (with line and column), or does not hold a mapping.
     """
     p = Path(path)
-    if not p.exists():
-        raise ValueError(f"config file not found: {p}")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    elif p.suffix == ".json":
-        data = json.loads(text)
-    elif p.suffix == ".toml":
-        import tomllib
-
-        data = tomllib.loads(text)
-    else:
-        raise ValueError(f"config file {p} must end in .yaml, .yml, .json or .toml")
+    if p.suffix not in (".yaml", ".yml", ".json", ".toml"):
+        raise ConfigError(f"config file {p} must end in .yaml, .yml, .json or .toml, got "
+                          f"{p.suffix or 'no suffix'!r}")
+    data = _parse(p, read_text_file(p, "config file"))
     if not isinstance(data, dict):
-        raise ValueError(f"config file {p} must hold a mapping at the top level")
+        raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(data).__name__}")
     return data
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read and validate a YAML/JSON/TOML config file.
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with dotted keys set (``{"run.seed": 3, "limit": 5}``); a section that is not a
+    mapping is reported, not overwritten."""
+    for key, value in overrides.items():
+        *sections, field = key.split(".")
+        node = data
+        for sec in sections:
+            node = node.setdefault(sec, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"cannot set {key}: {sec} is a {type(node).__name__} in the config, not a section")
+        node[field] = value
+    return data
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """A mapping validated into a :class:`RunConfig`.
 
     Raises:
-        ValueError: with one line per bad field, naming it (``controller.sigma: ...``).
+        ConfigError: one line per bad field, naming it (``controller.sigma: ...``).
     """
-    p = Path(path)
-    data = read_config_file(p)
-    for key, value in (overrides or {}).items():
-        section, _, field = key.partition(".")
-        data.setdefault(section, {})[field] = value
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(format_validation_error(exc, f"config {p}")) from None
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML/JSON/TOML config file; ``overrides`` set dotted keys first.
+
+    Raises:
+        ConfigError: (a ``ValueError``) the file cannot be read or parsed, or one line per bad
+            field, naming it (``controller.sigma: ...``).
+    """
+    p = Path(path)
+    data = apply_overrides(read_config_file(p), overrides or {})
+    return validate_config(data, f"config {p}")

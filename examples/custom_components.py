@@ -14,8 +14,9 @@ Run: ``python examples/custom_components.py``
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from ctrlalign.build import build_reward
 from ctrlalign.config import RunConfig, config_hash, load_config
 from ctrlalign.data import load_prompts, mt_bench
 from ctrlalign.runner import read_results
@@ -120,6 +121,6 @@ def test_registered_rewards_are_accepted_by_configs():
     register_reward("length", Length)
     try:
         cfg = RunConfig(prompts=["x"], reward=[{"name": "length", "weight": 2.0}, "sentiment"])
-        assert cfg.build_reward().name.startswith("2*length")
+        assert build_reward(cfg.reward).name.startswith("2*length")
     finally:
         REWARDS.pop("length")

@@ -8,8 +8,6 @@ CUDA-graph path in float32 must be token-identical too, and bf16 must agree in d
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 

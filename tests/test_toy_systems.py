@@ -23,8 +23,18 @@ import torch
 from scipy import stats
 from scipy.special import gammaln
 
-from ctrlalign import (AISP, MPPI, Cost, LinearGaussian, QuadraticReward, SoftmaxHead, SoftmaxSampling,
-                       TableReward, align, theory)
+from ctrlalign import (
+    AISP,
+    MPPI,
+    Cost,
+    LinearGaussian,
+    QuadraticReward,
+    SoftmaxHead,
+    SoftmaxSampling,
+    TableReward,
+    align,
+    theory,
+)
 from ctrlalign.dynamics.toy import tilted_distribution
 
 Z = 5.0  # standard errors allowed in Monte-Carlo mean checks

@@ -151,7 +151,7 @@ def iteration_table(result, controller: str) -> str:
     K = min(len(t) for t in traces)
     rows = []
     for i in range(K):
-        def m(key: str) -> float:
+        def m(key: str, i: int = i) -> float:
             vals = [t[i][key] for t in traces if t[i].get(key) is not None]
             return sum(vals) / len(vals) if vals else float("nan")
         ess = [t[i]["ess"] for t in traces]

@@ -1,0 +1,357 @@
+"""One builder: the objects of a run — dynamics, reward, controller, selection — from their configs.
+
+``ctrlalign align``, ``ctrlalign run`` and ``ctrlalign bench`` all build through here, so a bad
+value is reported the same way everywhere: a :class:`~ctrlalign._checks.ConfigError` (a
+``ValueError``) naming the value and what is allowed, never a traceback from ``transformers``
+or ``torch``.
+
+* :func:`build_dynamics` — the :class:`~ctrlalign.dynamics.CausalLM` of a
+  :class:`~ctrlalign.config.ModelConfig`. Before anything is loaded it checks the device
+  (:func:`check_device`) and the model's name: a local path must be a directory with a readable
+  ``config.json``; a Hugging Face id is looked up in the local cache only when
+  ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set (no network, no retries); a model that is
+  not a causal LM, or that needs its repository's code (``trust_remote_code``), is refused
+  with the flag to set.
+* :func:`build_reward` — Σ weight·reward from reward terms; an option whose value is
+  ``from_prompts`` is replaced by the prompt set's reference answers ({prompt text: reference}).
+* :func:`build_controller`, :func:`build_selection` — from a
+  :class:`~ctrlalign.config.ControllerConfig` (its fields come from the controllers'
+  declarations, :mod:`ctrlalign.controllers.spec`).
+* :func:`check_run_fits` — what can only be checked once the model is loaded: every prompt
+  fits the model's context, and σ cannot overflow the logits' dtype.
+
+Long prompts: **refused**, never truncated. A prompt whose formatted token count P plus T =
+``max_new_tokens`` exceeds the model's context (``max_position_embeddings``) is reported with
+its id and the numbers; cutting it silently would align a different prompt than the one the
+results file names.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ._checks import ConfigError
+from .data import PromptItem, parse_json, read_text_file
+
+if TYPE_CHECKING:
+    from .config import ControllerConfig, ModelConfig, RewardTerm
+    from .controllers.base import Controller
+    from .dynamics import CausalLM
+    from .rewards.base import Reward
+    from .selection import Selection
+
+__all__ = [
+    "FROM_PROMPTS",
+    "build_controller",
+    "build_dynamics",
+    "build_reward",
+    "build_selection",
+    "check_device",
+    "check_prompts_fit",
+    "check_run_fits",
+    "check_sigma_fits",
+    "context_length",
+    "is_offline",
+    "versions",
+]
+
+#: a reward option with this value is replaced by the prompt set's references
+FROM_PROMPTS = "from_prompts"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def versions() -> dict[str, str]:
+    """Versions of ctrlalign, torch, transformers and Python (recorded with results)."""
+    import transformers
+
+    from . import __version__
+
+    return {"ctrlalign": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+# --------------------------------------------------------------------------------------------
+# dynamics
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` after checking it exists on this machine.
+
+    Raises:
+        ConfigError: not a device name; CUDA asked of a torch built without it (or no GPU);
+            a CUDA index past the GPUs present; MPS where it is unavailable.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {device!r} is not a torch device; use e.g. 'cpu', 'cuda', 'cuda:1'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"device {str(device)!r}: {why} (torch {torch.__version__}); use --device cpu "
+                              "(config: model.device: cpu)")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {str(device)!r}: only {count} CUDA device(s) here (cuda:0 … cuda:{count - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device {str(device)!r}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {str(device)!r}: device type {dev.type!r} is not supported; use cpu, cuda or mps")
+    return dev
+
+
+def is_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set (then nothing is downloaded)."""
+    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a path (a Hugging Face id is ``name`` or ``org/name``)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/") or "\\" in name
+
+
+def _check_local_model(path: Path, name: str) -> None:
+    """A local model folder must hold a readable, valid ``config.json``."""
+    if not path.is_dir():
+        raise ConfigError(f"model {name!r} is a file; expected a model folder (with config.json) or a Hugging Face id")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ConfigError(f"model {name!r}: the folder has no config.json; is it a Hugging Face model folder?")
+    data = parse_json(read_text_file(cfg, "model config"), f"model {name!r}: {cfg}")
+    if not isinstance(data, dict) or "model_type" not in data and "architectures" not in data:
+        raise ConfigError(f"model {name!r}: {cfg} names no model_type or architectures")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_config(name: str, local: bool, trust_remote_code: bool) -> Any:
+    """The model's transformers config; every failure is a ConfigError naming the model."""
+    from transformers import AutoConfig
+
+    offline = is_offline()
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code,
+                                          local_files_only=local or offline)
+    except OSError as exc:
+        if local:
+            raise ConfigError(f"model {name!r} could not be read: {_first_line(exc)}") from None
+        where = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set"
+                 if offline else "it is neither a local folder nor a reachable Hugging Face id")
+        raise ConfigError(f"model {name!r} not found: {where}. Use 'default' (the packaged SmolLM2-135M), a "
+                          "local model folder, or a cached id") from None
+    except ValueError as exc:
+        msg = _first_line(exc)
+        if "trust_remote_code" in str(exc):
+            raise ConfigError(f"model {name!r} defines its architecture in code in its repository; if you trust "
+                              "that code, set model.trust_remote_code: true (CLI: --trust-remote-code)") from None
+        raise ConfigError(f"model {name!r}: {msg}") from None
+
+
+def _check_causal(config: Any, name: str, trust_remote_code: bool) -> None:
+    """Refuse a model that ``AutoModelForCausalLM`` cannot load as a causal LM."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    auto_map = getattr(config, "auto_map", None) or {}
+    if "AutoModelForCausalLM" in auto_map:
+        if not trust_remote_code:
+            raise ConfigError(f"model {name!r} defines its causal-LM class in code in its repository; if you trust "
+                              "that code, set model.trust_remote_code: true (CLI: --trust-remote-code)")
+        return
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        archs = ", ".join(getattr(config, "architectures", None) or []) or "none listed"
+        raise ConfigError(f"model {name!r} (model_type {model_type!r}, architectures: {archs}) is not a causal "
+                          "language model; ctrlalign steers text generation and needs one that "
+                          "AutoModelForCausalLM loads (Llama, Qwen2, GPT-2, Gemma, ...)")
+
+
+def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for 'default' (the packaged SmolLM2-135M-Instruct), a local model
+    folder or a Hugging Face id, on ``device`` in eval mode.
+
+    Raises:
+        ConfigError: naming the model: missing path or package, broken ``config.json``, not in
+            the cache while offline, not a causal LM, needs ``trust_remote_code``, or failed to load.
+    """
+    if name == "default":
+        from .models import load_default
+
+        try:
+            return load_default(device=device, dtype=dtype)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"model 'default': {exc}") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name).expanduser()
+    local = path.exists()
+    if local:
+        _check_local_model(path, name)
+    elif _looks_like_path(name):
+        raise ConfigError(f"model {name!r}: no such folder")
+    source = str(path) if local else name
+    config = _load_config(source, local, trust_remote_code)
+    _check_causal(config, name, trust_remote_code)
+    kw = {"trust_remote_code": trust_remote_code, "local_files_only": local or is_offline()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, **kw)
+        tok = AutoTokenizer.from_pretrained(source, **kw)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"model {name!r} could not be loaded: {_first_line(exc)}") from None
+    model.to(device)
+    return model.eval(), tok
+
+
+def build_dynamics(model: ModelConfig) -> CausalLM:
+    """The :class:`~ctrlalign.dynamics.CausalLM` of a model config (device checked first).
+
+    ``chat_template: true`` means "when the tokenizer has one" (a tokenizer without a template
+    takes plain prompts); ``false`` never applies one.
+
+    Raises:
+        ConfigError: see :func:`check_device` and :func:`load_model`; or the model's head is
+            not one ctrlalign can steer (``UnsupportedModelError``, also a ``ValueError``).
+    """
+    from .dynamics import CausalLM
+    from .dynamics.decoding import SamplingConfig
+
+    device = check_device(model.device)
+    sampling = SamplingConfig(max_new_tokens=model.max_new_tokens, temperature=model.temperature,
+                              top_k=model.top_k, top_p=model.top_p, greedy=model.greedy)
+    lm, tok = load_model(model.name, device, _DTYPES[model.dtype], model.trust_remote_code)
+    kw: dict[str, Any] = {"sampling": sampling, "chat_template": None if model.chat_template else False,
+                          "system_prompt": model.system_prompt}
+    if model.engine != "eager":
+        kw["engine"] = model.engine
+    return CausalLM(lm, tok, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# what needs the loaded model
+
+
+def context_length(dynamics: Any) -> int | None:
+    """The model's context in tokens (``max_position_embeddings`` or ``n_positions``), or None."""
+    cfg = getattr(getattr(dynamics, "model", None), "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_prompts_fit(dynamics: Any, items: Sequence[PromptItem]) -> None:
+    """Refuse prompts whose formatted length P plus T = ``max_new_tokens`` exceeds the context.
+
+    Raises:
+        ConfigError: naming the first such prompt's id, P, T and the context length.
+    """
+    limit = context_length(dynamics)
+    if limit is None or not hasattr(dynamics, "format_prompt"):
+        return
+    T = dynamics.max_horizon or 0
+    for it in items:
+        text, special = dynamics.format_prompt(it.text)
+        P = len(dynamics.tokenizer(text, add_special_tokens=special)["input_ids"])
+        if P + T > limit:
+            raise ConfigError(
+                f"prompt {it.id!r} is {P} tokens; with max_new_tokens = {T} that is {P + T} > the model's context "
+                f"of {limit} tokens. Long prompts are refused, not truncated: shorten it, lower max_new_tokens, or "
+                "drop it from the set")
+
+
+def check_sigma_fits(controller: Controller, dynamics: Any) -> None:
+    """Refuse a σ whose controls could overflow the logits' dtype.
+
+    A control v = σ·ε (ε ~ N(0, I_d)) moves logit v by W_v·v, of size up to ≈ σ·√d·‖W_v‖; with a
+    margin of 10 standard deviations and room for its square (weights, ‖θ‖²/σ²), the check is
+    ``(10·σ·√d·max(1, max_v ‖W_v‖))² < finfo(dtype).max``.
+
+    Raises:
+        ConfigError: naming σ, the dtype and the largest σ allowed.
+    """
+    sigma = getattr(controller, "sigma", None)
+    head = getattr(dynamics, "head_weight", None)
+    if not sigma or head is None:
+        return
+    W = head()
+    d = W.shape[-1]
+    row = max(1.0, float(W.detach().float().norm(dim=-1).max()))
+    top = math.sqrt(torch.finfo(dynamics.dtype).max)
+    allowed = top / (10.0 * math.sqrt(d) * row)
+    if sigma > allowed:
+        raise ConfigError(f"sigma (σ) = {sigma:g} would overflow the model's {str(dynamics.dtype).removeprefix('torch.')} "
+                          f"logits (d = {d}, max row norm of W = {row:.3g}); use σ <= {allowed:.3g}")
+
+
+def check_run_fits(dynamics: Any, controller: Controller, items: Sequence[PromptItem]) -> None:
+    """:func:`check_prompts_fit` and :func:`check_sigma_fits`."""
+    check_sigma_fits(controller, dynamics)
+    check_prompts_fit(dynamics, items)
+
+
+# --------------------------------------------------------------------------------------------
+# reward, controller, selection
+
+
+def _substitute_references(term: RewardTerm, items: Sequence[PromptItem] | None) -> dict[str, Any]:
+    """``term.options`` with every ``from_prompts`` value replaced by {prompt text: reference}."""
+    opts = dict(term.options)
+    for key, value in opts.items():
+        if value != FROM_PROMPTS:
+            continue
+        if items is None:
+            raise ConfigError(f"reward {term.name!r}: option {key}: {FROM_PROMPTS} needs a prompt set")
+        missing = [it.id for it in items if it.reference is None]
+        if missing:
+            raise ConfigError(f"reward {term.name!r} uses {key}: {FROM_PROMPTS} but prompts {missing[:5]} have no "
+                              "reference; set require_reference: true")
+        opts[key] = {it.text: it.reference for it in items}
+    return opts
+
+
+def build_reward(terms: Sequence[RewardTerm], items: Sequence[PromptItem] | None = None) -> Reward | None:
+    """Σ weight·reward as a :class:`~ctrlalign.rewards.base.Reward` (a single term of weight 1 is
+    returned as is); None for no terms.
+
+    Args:
+        terms: the reward terms (weights are finite, checked by the config).
+        items: the prompt set, for options set to ``from_prompts``.
+    """
+    from .rewards import WeightedSum, get_reward
+
+    if not terms:
+        return None
+    built = []
+    for t in terms:
+        opts = _substitute_references(t, items)
+        try:
+            built.append((t.weight, get_reward(t.name, **opts)))
+        except TypeError as exc:
+            raise ConfigError(f"reward {t.name!r}: bad options {sorted(opts)}: {_first_line(exc)}") from None
+    if len(built) == 1 and built[0][0] == 1.0:
+        return built[0][1]
+    return WeightedSum(built)
+
+
+def build_controller(config: ControllerConfig, **overrides: Any) -> Controller:
+    """The controller of a controller config (``overrides`` replace its values)."""
+    return config.build(**overrides)
+
+
+def build_selection(config: ControllerConfig) -> Selection | None:
+    """The configured selection (None: the controller's default)."""
+    return config.build_selection()
