@@ -32,16 +32,29 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from ..config import ModelConfig, RewardTerm, _ControllerBase, format_validation_error, read_config_file
+from ..build import FROM_PROMPTS
+from ..config import (
+    ModelConfig,
+    RewardTerm,
+    _ControllerBase,
+    format_validation_error,
+    read_config_file,
+)
 from ..controllers import CONTROLLERS, Controller
 from ..controllers.spec import config_fields
 
 __all__ = ["FROM_PROMPTS", "BenchConfig", "BenchController", "SweepGrid", "load_bench_config"]
 
-#: value of a reward option replaced by the prompt set's reference answers.
-FROM_PROMPTS = "from_prompts"
 
 
 class _Strict(BaseModel):

@@ -35,11 +35,12 @@ from typing import Any
 import torch
 
 from ..align import Iteration, align
+from ..build import build_dynamics, build_reward, versions
 from ..cost import Cost
 from ..dynamics.base import Dynamics, Outcomes, Sample
 from ..rewards.base import Reward, evaluate_reward, prompt_text
 from . import metrics
-from .config import FROM_PROMPTS, BenchConfig, BenchController
+from .config import BenchConfig, BenchController
 
 __all__ = ["BenchResult", "CountingReward", "compare", "finish_bench", "goal_status", "run_bench", "summarize"]
 
@@ -141,28 +142,6 @@ def _json_default(x: Any) -> Any:
 # building blocks from the config
 
 
-def _build_reward(terms, items) -> Reward | None:
-    from ..rewards import WeightedSum, get_reward
-
-    if not terms:
-        return None
-    built = []
-    for t in terms:
-        opts = dict(t.options)
-        for k, v in list(opts.items()):
-            if v == FROM_PROMPTS:
-                refs = {it.text: it.reference for it in items if it.reference is not None}
-                missing = [it.id for it in items if it.reference is None]
-                if missing:
-                    raise ValueError(f"reward {t.name!r} uses {k}: {FROM_PROMPTS} but prompts {missing[:5]} have no "
-                                     "reference; set require_reference: true")
-                opts[k] = refs
-        built.append((t.weight, get_reward(t.name, **opts)))
-    if len(built) == 1 and built[0][0] == 1.0:
-        return built[0][1]
-    return WeightedSum(built)
-
-
 def _load_items(cfg: BenchConfig):
     from ..data import load_prompts
 
@@ -175,13 +154,6 @@ def _load_items(cfg: BenchConfig):
     if not items:
         raise ValueError("no prompts left after require_reference/offset/limit")
     return items
-
-
-def _build_dynamics(cfg: BenchConfig) -> Dynamics:
-    from ..config import RunConfig
-    from ..runner import build_dynamics
-
-    return build_dynamics(RunConfig(prompts=["x"], model=cfg.model))
 
 
 def _machine() -> dict[str, Any]:
@@ -198,8 +170,6 @@ def _machine() -> dict[str, Any]:
     except OSError:
         pass
     try:
-        from ..runner import versions
-
         info["versions"] = versions()
     except Exception:  # noqa: BLE001 - informational only
         info["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
@@ -255,14 +225,14 @@ def run_bench(
         torch.set_num_threads(cfg.num_threads)
     items = list(prompts) if prompts is not None else _load_items(cfg)
     if reward is None:
-        reward = _build_reward(cfg.reward, items)
+        reward = build_reward(cfg.reward, items)
     if judge is None:
-        judge = _build_reward(cfg.judge, items)
+        judge = build_reward(cfg.judge, items)
     elif judge is False:
         judge = None
     if dynamics is None:
         say(f"loading model {cfg.model.name!r} ...")
-        dynamics = _build_dynamics(cfg)
+        dynamics = build_dynamics(cfg.model)
     entries = cfg.all_controllers()
     row_norm = metrics.dynamics_row_norm(dynamics)
     result = BenchResult(config=cfg.model_dump(mode="json"))
@@ -329,7 +299,7 @@ def finish_bench(result: BenchResult, cfg: BenchConfig, *, items: Sequence[Any] 
         ids = set(result.meta.get("prompt_ids", []))
         items = [it for j, it in enumerate(_load_items(cfg)) if _item_id(it, j) in ids]
     if judge is None:
-        judge = _build_reward(cfg.judge, items)
+        judge = build_reward(cfg.judge, items)
     elif judge is False:
         judge = None
     done = {r["prompt_id"] for r in result.records}
