@@ -19,6 +19,7 @@ from ctrlalign import ConfigError
 from ctrlalign.dynamics import CausalLM, SamplingConfig
 from ctrlalign.dynamics.causal_lm import (
     ENGINES,
+    EagerEngine,
     OutputHead,
     UnsupportedModelError,
     eager_decode,
@@ -39,7 +40,7 @@ def recompute(lm: CausalLM, ctx, outcomes, controls=None):
     """
     D, n, T = outcomes.tokens.shape
     ids = ctx.input_ids.repeat_interleave(n, 0)
-    mask = ctx.prefix.attention_mask.repeat_interleave(n, 0)
+    mask = ctx.attention_mask.repeat_interleave(n, 0)
     L = ids.shape[1]
     toks = outcomes.tokens.reshape(D * n, T)
     full = torch.cat([ids, toks], 1)
@@ -148,7 +149,7 @@ def test_greedy_equals_generate(arch_model, tokenizer):
     with torch.no_grad():
         ref = model.generate(
             input_ids=ctx.input_ids,
-            attention_mask=ctx.prefix.attention_mask,
+            attention_mask=ctx.attention_mask,
             do_sample=False,
             max_new_tokens=T,
             pad_token_id=PAD,
@@ -325,22 +326,54 @@ def test_errors_name_the_bad_value(llama_model, tokenizer):
 
 
 def test_engine_dispatch(llama_model, tokenizer):
-    """A second engine plugs in by name and receives the prefix, controls and uniforms."""
+    """A second engine plugs in by name (a factory taking the model and engine_options) or as
+    an instance, and receives the prefix, controls (D, n, τ, d) and uniforms (D, n, T)."""
     calls = []
 
-    def spy(*args, **kw):
-        calls.append(kw["num_samples"])
-        return eager_decode(*args, **kw)
+    class Spy(EagerEngine):
+        def __init__(self, model, tag=None):
+            super().__init__(model)
+            self.tag = tag
 
-    register_engine("spy", spy)
+        def decode(self, prefix, controls, uniforms, config, **kw):
+            calls.append((self.tag, tuple(uniforms.shape), kw["num_samples"]))
+            return super().decode(prefix, controls, uniforms, config, **kw)
+
+    register_engine("spy", Spy)
     try:
-        lm = CausalLM(llama_model, tokenizer, sampling=SamplingConfig(max_new_tokens=4), engine="spy")
-        ref = CausalLM(llama_model, tokenizer, sampling=SamplingConfig(max_new_tokens=4))
+        cfg = SamplingConfig(max_new_tokens=4)
+        lm = CausalLM(llama_model, tokenizer, sampling=cfg, engine="spy", engine_options={"tag": "named"})
+        inst = CausalLM(llama_model, tokenizer, sampling=cfg, engine=Spy(llama_model, "instance"))
+        ref = CausalLM(llama_model, tokenizer, sampling=cfg)
+        assert isinstance(ref.engine, EagerEngine) and lm.engine_name == "spy"
         a = lm.rollout(lm.prepare(PROMPTS), None, gens(PROMPTS), 2)
         b = ref.rollout(ref.prepare(PROMPTS), None, gens(PROMPTS), 2)
-        assert calls == [2] and torch.equal(a.tokens, b.tokens)
+        c = inst.rollout(inst.prepare(PROMPTS), None, gens(PROMPTS), 2)
+        assert calls == [("named", (4, 2, 4), 2), ("instance", (4, 2, 4), 2)]
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(c.tokens, b.tokens)
+        with pytest.raises(ConfigError, match=r"engine='spy' does not accept engine_options \['colour'\]"):
+            CausalLM(llama_model, tokenizer, engine="spy", engine_options={"colour": 1})
+        with pytest.raises(ConfigError, match="apply only to an engine given by name"):
+            CausalLM(llama_model, tokenizer, engine=Spy(llama_model), engine_options={"tag": 1})
+        with pytest.raises(ConfigError, match="got 3"):
+            CausalLM(llama_model, tokenizer, engine=3)
     finally:
         ENGINES.pop("spy")
+
+
+def test_eager_decode_function_still_works(llama_model, tokenizer):
+    """The old function form decodes one prefix block with (B, τ, d) controls and (B, T)
+    uniforms, as EagerEngine.decode does with (D, n, ...) ones."""
+    lm = CausalLM(llama_model, tokenizer, sampling=SamplingConfig(max_new_tokens=5))
+    ctx = lm.prepare(PROMPTS)
+    D, n = len(PROMPTS), 2
+    V = torch.randn(D, n, 3, lm.hidden_size)
+    U = torch.rand(D, n, 5)
+    kw = dict(num_samples=n, eos_token_ids=lm.eos_token_ids, pad_token_id=lm.pad_token_id, base_logprobs=True)
+    a = lm.engine.decode(ctx.prefix, V, U, lm.sampling, **kw)
+    b = eager_decode(lm.model, lm.head, ctx.prefix[0], V.reshape(D * n, 3, -1), U.reshape(D * n, 5), lm.sampling, **kw)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
 
 
 # ------------------------------------------------------------------------------ the default model
@@ -439,7 +472,7 @@ def test_static_engine_equals_eager_engine_through_causal_lm(arch, opts, tokeniz
 
 
 def test_static_engine_refuses_unsupported_architectures(tokenizer):
-    with pytest.raises(ConfigError, match=r"engine='static' supports model types .* got 'gpt2'"):
+    with pytest.raises(ConfigError, match=r"engine='static': .*supports model types .* got 'gpt2'"):
         CausalLM(make_model("gpt2"), tokenizer, engine="static")
 
 

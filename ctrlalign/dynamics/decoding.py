@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .._checks import ConfigError, check_int, check_interval, check_positive
 
-__all__ = ["SamplingConfig", "DecodeResult", "sample_tokens", "sample_with_logprobs"]
+__all__ = ["DecodeResult", "SamplingConfig", "sample_tokens", "sample_with_logprobs"]
 
 
 @dataclass(frozen=True)
