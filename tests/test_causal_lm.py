@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from conftest import EOS, PAD, PROMPTS, make_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.overrides import TorchFunctionMode
 
 from ctrlalign import ConfigError
 from ctrlalign.dynamics import CausalLM, SamplingConfig
@@ -374,6 +375,77 @@ def test_eager_decode_function_still_works(llama_model, tokenizer):
     b = eager_decode(lm.model, lm.head, ctx.prefix[0], V.reshape(D * n, 3, -1), U.reshape(D * n, 5), lm.sampling, **kw)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+class _CopySpy(TorchFunctionMode):
+    """Records every torch call that reads ``source``'s storage and returns a tensor of at
+    least ``numel`` elements in other storage: a materialised copy of ``source``."""
+
+    def __init__(self, source: torch.Tensor, numel: int) -> None:
+        super().__init__()
+        self.storage = source.untyped_storage().data_ptr()
+        self.numel = numel
+        self.copies: list[str] = []
+        self.reads = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        ins = [a for a in list(args) + list((kwargs or {}).values()) if isinstance(a, torch.Tensor)]
+        if any(a.untyped_storage().data_ptr() == self.storage for a in ins):
+            self.reads += 1
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            for o in outs:
+                if (isinstance(o, torch.Tensor) and o.numel() >= self.numel
+                        and o.untyped_storage().data_ptr() != self.storage):
+                    self.copies.append(getattr(func, "__name__", repr(func)))
+        return out
+
+
+@pytest.mark.parametrize("batch_invariant", [False, True])
+def test_constant_control_as_expanded_view_is_not_copied(llama_model, tokenizer, batch_invariant):
+    """A control constant in time, passed as theta.unsqueeze(2).expand(D, n, τ, d) (stride 0
+    along τ), gives the tokens of the materialised (D, n, τ, d) tensor, and the eager engine
+    never makes a tensor of D·n·τ·d elements out of it (it reads (B', d) slices of a view)."""
+    D, n, tau = len(PROMPTS), 3, 8
+    lm = CausalLM(llama_model, tokenizer, sampling=SamplingConfig(max_new_tokens=8),
+                  engine_options={"batch_invariant": batch_invariant})
+    ctx = lm.prepare(PROMPTS)
+    theta = torch.randn(D, n, lm.hidden_size, generator=torch.Generator().manual_seed(3))
+    view = theta.unsqueeze(2).expand(D, n, tau, lm.hidden_size)
+    assert view.stride(2) == 0
+    full = view.contiguous()
+    a = lm.rollout(ctx, full, gens(PROMPTS), n)
+    spy = _CopySpy(theta, D * n * tau * lm.hidden_size)
+    with spy:
+        b = lm.rollout(ctx, view, gens(PROMPTS), n)
+    assert spy.reads >= tau and spy.copies == []
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs, b.logprobs)
+    assert torch.equal(a.base_logprobs, b.base_logprobs)
+    # the spy does catch a copy
+    with _CopySpy(theta, D * n * tau * lm.hidden_size) as s2:
+        view.contiguous()
+    assert s2.copies == ["contiguous"]
+
+
+def test_greedy_is_a_deterministic_function_of_the_controls(arch_model, tokenizer):
+    """Under greedy decoding the response depends on V only: two different generator states
+    give identical outcomes with the same controls, and other controls change them."""
+    _arch, model = arch_model
+    lm = CausalLM(model, tokenizer, sampling=SamplingConfig(max_new_tokens=8, greedy=True), verify=False)
+    ctx = lm.prepare(PROMPTS)
+    g = torch.Generator().manual_seed(5)
+    V = 0.5 * torch.randn(len(PROMPTS), 3, 6, lm.hidden_size, generator=g)
+    W = 3.0 * torch.randn(len(PROMPTS), 3, 6, lm.hidden_size, generator=g)
+    a = lm.rollout(ctx, V, gens(PROMPTS, seed=1), 3)
+    b = lm.rollout(ctx, V, gens(PROMPTS, seed=2), 3)
+    c = lm.rollout(ctx, W, gens(PROMPTS, seed=1), 3)
+    for x, y in ((a.tokens, b.tokens), (a.lengths, b.lengths), (a.logprobs, b.logprobs),
+                 (a.base_logprobs, b.base_logprobs)):
+        assert torch.equal(x, y)
+    assert not torch.equal(a.tokens, c.tokens)
+    # greedy picks the argmax of the controlled logits: its log-probability is the row's max
+    lp, _ = recompute(lm, ctx, a, V)
+    torch.testing.assert_close(a.logprobs, lp, atol=2e-4, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------ the default model
