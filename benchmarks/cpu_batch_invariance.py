@@ -24,20 +24,10 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
+from cpu_rollout import PROMPTS  # the same 8 prompts (this script's folder is on sys.path)
 
-from ctrlalign import CausalLM, SamplingConfig, make_generators  # noqa: E402
-
-PROMPTS = [
-    "Write a short poem about the sea.",
-    "Explain photosynthesis to a child.",
-    "What are three tips for staying productive when working from home?",
-    "Describe your ideal weekend.",
-    "Give me a recipe idea for dinner tonight.",
-    "Why is the sky blue?",
-    "Write a friendly email inviting a colleague to lunch.",
-    "Summarise the plot of a detective story in two sentences.",
-]
+from ctrlalign import CausalLM, SamplingConfig, make_generators
 
 
 def gens(prompts: list[str]) -> list[torch.Generator]:

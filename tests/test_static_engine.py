@@ -8,8 +8,6 @@ CUDA-graph path in float32 must be token-identical too, and bf16 must agree in d
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -79,9 +77,9 @@ def reference_decode(model, input_ids, attention_mask, *, num_samples, controls,
 def tiny_model(kind="llama", *, device="cpu", dtype=torch.float32, vocab=101, hidden=64, layers=2,
                heads=4, kv_heads=2, rope_scaling=None, head_scale=8.0, seed=0):
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
-                  tie_word_embeddings=False)
+    common = {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+                  "num_attention_heads": heads, "num_key_value_heads": kv_heads, "max_position_embeddings": 512,
+                  "tie_word_embeddings": False}
     if kind == "llama":
         cfg = transformers.LlamaConfig(**common)
         if rope_scaling is not None:
@@ -123,8 +121,8 @@ def run_both(model, engine, *, D=3, n=4, T=10, tau=4, config=None, eos=(3, 7, 11
     config = config or SamplingConfig(max_new_tokens=T)
     ids, mask = prompts(D, device=device)
     u, v = draws(D, n, T, tau, model.config.hidden_size, seed=seed, device=device)
-    kw = dict(num_samples=n, controls=v, uniforms=u, config=config, eos_token_ids=eos, pad_token_id=pad,
-              base_logprobs=base)
+    kw = {"num_samples": n, "controls": v, "uniforms": u, "config": config, "eos_token_ids": eos, "pad_token_id": pad,
+              "base_logprobs": base}
     ref = reference_decode(model, ids, mask, **kw)
     pre = engine.prefill(ids, mask)
     got = engine.decode(pre, **kw)
@@ -244,15 +242,15 @@ def test_prefix_reused_across_decodes_and_prefixes():
     res = []
     for k, (p, i, m) in enumerate([(pre, ids, mask), (pre2, ids2, mask2), (pre, ids, mask), (pre, ids, mask)]):
         u, v = draws(p.num_prompts, 4, 8, 4, 64, seed=10 + k)
-        kw = dict(num_samples=4, controls=v, uniforms=u, config=cfg, eos_token_ids=3, pad_token_id=0,
-                  base_logprobs=True)
+        kw = {"num_samples": 4, "controls": v, "uniforms": u, "config": cfg, "eos_token_ids": 3, "pad_token_id": 0,
+                  "base_logprobs": True}
         got = eng.decode(p, **kw)
         ref = reference_decode(model, i, m, **kw)
         assert_same(ref, got)
         res.append(got)
     # different n with the same prefix
     u, v = draws(3, 2, 8, 4, 64, seed=99)
-    kw = dict(num_samples=2, controls=v, uniforms=u, config=cfg, eos_token_ids=3, pad_token_id=0, base_logprobs=False)
+    kw = {"num_samples": 2, "controls": v, "uniforms": u, "config": cfg, "eos_token_ids": 3, "pad_token_id": 0, "base_logprobs": False}
     assert_same(reference_decode(model, ids, mask, **kw), eng.decode(pre, **kw))
 
 
@@ -297,6 +295,24 @@ def test_validation_errors():
     for bad in (0, -2, 2.5, True):
         with pytest.raises(ValueError, match=f"kv_block must be a positive int or None.*{bad!r}"):
             StaticEngine(model, max_batch=8, max_length=16, dtype=torch.float32, compile="none", kv_block=bad)
+
+
+def test_is_an_engine_and_grows_on_demand():
+    """StaticEngine implements the Engine protocol (positional controls, uniforms, config) and,
+    with grow=True, enlarges its buffers past max_batch / max_length instead of raising."""
+    from ctrlalign.dynamics.engine import Engine
+
+    model = tiny_model()
+    eng = StaticEngine(model, max_batch=2, max_length=4, dtype=torch.float32, compile="none", grow=True)
+    assert isinstance(eng, Engine)
+    ids, mask = prompts(3)  # P = 7 > max_length: the prefill grows too
+    pre = eng.prefill(ids, mask)
+    u, v = draws(3, 4, 10, 4, 64)
+    kw = {"num_samples": 4, "eos_token_ids": (3, 7), "pad_token_id": 0, "base_logprobs": True}
+    got = eng.decode(pre, v, u, SamplingConfig(max_new_tokens=10), **kw)
+    assert eng.max_batch == 12 and eng.max_length == 64  # P + T = 17, rounded up to 64
+    ref = reference_decode(model, ids, mask, controls=v, uniforms=u, config=SamplingConfig(max_new_tokens=10), **kw)
+    assert_same(ref, got)
 
 
 def test_unsupported_architecture_raises():
@@ -352,8 +368,8 @@ def test_cudagraph_equals_eager_bf16():
     model = tiny_model(device="cuda", dtype=torch.bfloat16, hidden=128, heads=8, kv_heads=2, layers=3)
     ids, mask = prompts(4, device="cuda")
     u, v = draws(4, 16, 24, 6, 128, device="cuda")
-    kw = dict(num_samples=16, controls=v, uniforms=u, config=SamplingConfig(max_new_tokens=24),
-              eos_token_ids=(3, 7), pad_token_id=0, base_logprobs=True)
+    kw = {"num_samples": 16, "controls": v, "uniforms": u, "config": SamplingConfig(max_new_tokens=24),
+              "eos_token_ids": (3, 7), "pad_token_id": 0, "base_logprobs": True}
     outs = []
     for mode in ("none", "cudagraph_eager"):
         eng = StaticEngine(model, max_batch=64, max_length=64, dtype=torch.bfloat16, compile=mode)
@@ -370,8 +386,8 @@ def test_compiled_cudagraph_close_to_plain_bf16():
     model = tiny_model(device="cuda", dtype=torch.bfloat16, hidden=128, heads=8, kv_heads=2, layers=3)
     ids, mask = prompts(4, device="cuda")
     u, v = draws(4, 16, 8, 6, 128, device="cuda")
-    kw = dict(num_samples=16, controls=v, uniforms=u, config=SamplingConfig(max_new_tokens=8, ignore_eos=True),
-              eos_token_ids=None, pad_token_id=0, base_logprobs=True)
+    kw = {"num_samples": 16, "controls": v, "uniforms": u, "config": SamplingConfig(max_new_tokens=8, ignore_eos=True),
+              "eos_token_ids": None, "pad_token_id": 0, "base_logprobs": True}
     outs = []
     for mode in ("cudagraph_eager", "cudagraph"):
         eng = StaticEngine(model, max_batch=64, max_length=64, dtype=torch.bfloat16, compile=mode)

@@ -272,10 +272,17 @@ class EagerEngine(Engine):
     * ``True``: D blocks of one prompt each, unpadded, prefilled and decoded one after the
       other with n rows. Prompt j's computation is then the very same sequence of kernels on
       the same shapes and values whether it is decoded alone or in any batch at any position,
-      so its tokens, logprobs and base logprobs are **bitwise** identical (deterministic
-      kernels: CPU, any dtype). Costs about 2× on CPU at n = 8 (weights are read once per
-      prompt and step instead of once per step; measured 148 → 74 tok/s for SmolLM2-135M,
-      D = 4, n = 8, T = 32, one thread), less as n grows.
+      so its tokens, logprobs and base logprobs are **bitwise** identical, for any n, dtype
+      and thread count, wherever kernels are deterministic for equal inputs and shapes (the
+      CPU). It costs about 2× at n = 8: the weights are read once per prompt and step instead
+      of once per step (SmolLM2-135M, float32, one thread, D = 4, n = 8, T = 32: 131.5 →
+      70.0 tok/s, ``benchmarks/cpu_batch_invariance.py speed``); less as n grows.
+
+    A cheaper exact scheme was measured and not adopted: batched GEMMs with attention run per
+    prompt on its unpadded keys cost 13% at the setting above and are bitwise with one thread,
+    but not with two — MKL's sgemm rounds a row differently depending on the row count M when
+    multi-threaded (with 2 threads, M ∈ {1, 2, 3, 5, 6, 7, 9, 10, 11} differ from larger M),
+    so it would promise less than this one.
 
     Args:
         model: the ``transformers`` causal LM (its ``base_model`` is run).
@@ -593,19 +600,23 @@ class CausalLM(Dynamics):
     * ``engine="eager", engine_options={"batch_invariant": True}``: **bitwise**. Each prompt
       is prefilled without padding and decoded on its own n rows, so its tokens, logprobs and
       base logprobs are identical, bit for bit, whether it is decoded alone or in any batch at
-      any position, for any n, in any dtype, as long as the kernels are deterministic for
-      equal inputs and shapes (CPU; tested in float32 and bfloat16). It costs about 2× on CPU
-      at n = 8 (see :class:`EagerEngine`), which is why it is not the default.
-    * ``engine="eager"`` (default) and ``engine="static"``, and any engine on a GPU: **in
-      distribution**. All D·n rows share left-padded attention and GEMMs whose rounding
-      depends on the batch shape (padding length, GEMM row count and kernel choice), so the
-      logits of prompt j differ from its lone run by rounding: float32 ~1e-6 relative,
-      bfloat16 ~1e-2. With the same uniforms the sampled token is the same unless rounding
-      moves a cumulative probability across u_t — measured on SmolLM2-135M, 8 prompts × 8
-      samples × 16 tokens: 3 of 64 samples differ somewhere in float32 on CPU, most in
-      bfloat16. Each sample is still an exact draw from the model's distribution as computed
-      in that batch, so results agree with the lone run *in distribution* up to rounding of
-      the probabilities; averages and rewards are unaffected beyond that.
+      any position, for any n, in any dtype and with any number of threads, as long as the
+      kernels are deterministic for equal inputs and shapes: tested on the CPU in float32
+      (four architectures, and SmolLM2-135M at 8 prompts × 8 samples × 16 tokens) and
+      bfloat16. On a GPU the same argument holds where cuBLAS/SDPA are deterministic for a
+      fixed shape (not tested here). It costs about 2× on CPU at n = 8 (see
+      :class:`EagerEngine`), which is why it is not the default.
+    * ``engine="eager"`` (default) and ``engine="static"``: **in distribution**. All D·n rows
+      share left-padded attention and GEMMs whose rounding depends on the batch (padding
+      length, GEMM row count and kernel choice), so prompt j's logits differ from its lone
+      run by rounding (float32 ~1e-6 relative, bfloat16 ~1e-2). With the same uniforms the
+      sampled token is the same unless rounding moves a cumulative probability across u_t:
+      SmolLM2-135M, float32, CPU, 8 prompts × 8 samples × 16 tokens, alone vs batched, 3 of
+      64 samples differ in some token and all 64 in some logprob bit
+      (``benchmarks/cpu_batch_invariance.py invariance``); issue #12 measured 58 of 64 in
+      bfloat16. Each sample is still an exact inverse-CDF draw from the model's distribution
+      as computed in its batch, so a prompt's results agree with its lone run in
+      distribution, up to that rounding of the probabilities.
 
     Args:
         model: an ``AutoModelForCausalLM`` (any device and dtype; put in eval mode).
