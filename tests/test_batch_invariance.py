@@ -70,6 +70,21 @@ def test_batch_invariant_engine_is_bitwise_float32(arch, n, tokenizer):
     assert mismatches(lm, n) == []
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batch_invariant_engine_is_bitwise_at_any_thread_count(threads, tokenizer):
+    """Multi-threaded kernels split work by shape (MKL's sgemm rounds a row differently for
+    different row counts M with 2+ threads); prompt-by-prompt decoding keeps every shape the
+    lone run's, so it stays bitwise."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        lm = CausalLM(make_model("qwen2"), tokenizer, sampling=SamplingConfig(max_new_tokens=8),
+                      engine_options={"batch_invariant": True}, verify=False)
+        assert mismatches(lm, 5) == []
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_batch_invariant_engine_is_bitwise_bfloat16(tokenizer):
     model = make_model("llama").to(torch.bfloat16)
     lm = CausalLM(model, tokenizer, sampling=SamplingConfig(max_new_tokens=8),
