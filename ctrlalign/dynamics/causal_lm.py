@@ -266,8 +266,8 @@ class EagerEngine(Engine):
     * ``False`` (default): one block of all D prompts, left-padded to the longest, decoded as
       B = D·n rows at once. Fast, but a prompt's floating-point results depend on its batch:
       the padding changes the attention reductions' length and order, and the row count M of
-      every GEMM can change the BLAS kernel (MKL's sgemm rounds differently for M ≤ 3 than
-      for M ≥ 4). Tokens agree with the prompt decoded alone *in distribution* and almost
+      every GEMM can change the BLAS kernel (one-threaded MKL sgemm on AVX-512 rounds a row
+      differently for M ≤ 3 than for M ≥ 4). Tokens agree with the prompt decoded alone *in distribution* and almost
       always exactly; logprobs agree to rounding.
     * ``True``: D blocks of one prompt each, unpadded, prefilled and decoded one after the
       other with n rows. Prompt j's computation is then the very same sequence of kernels on
@@ -276,7 +276,8 @@ class EagerEngine(Engine):
       and thread count, wherever kernels are deterministic for equal inputs and shapes (the
       CPU). It costs about 2× at n = 8: the weights are read once per prompt and step instead
       of once per step (SmolLM2-135M, float32, one thread, D = 4, n = 8, T = 32: 131.5 →
-      70.0 tok/s, ``benchmarks/cpu_batch_invariance.py speed``); less as n grows.
+      70.0 tok/s, ``benchmarks/cpu_batch_invariance.py speed``); the gap should shrink as n grows and
+      each prompt's GEMMs get taller (not measured).
 
     A cheaper exact scheme was measured and not adopted: batched GEMMs with attention run per
     prompt on its unpadded keys cost 13% at the setting above and are bitwise with one thread,
