@@ -91,7 +91,7 @@ def speed(D: int, n: int, T: int, sigma: float, repeats: int) -> dict:
     V = sigma * torch.randn(D, n, T, lm.hidden_size, generator=g)
 
     ids = ctx.input_ids.repeat_interleave(n, 0)
-    mask = ctx.prefix.attention_mask.repeat_interleave(n, 0)
+    mask = ctx.attention_mask.repeat_interleave(n, 0)
 
     def run_generate():
         with torch.inference_mode():

@@ -158,7 +158,7 @@ def decode_workload(eng, vocab, d, B, P, T, n=8):
     pre = eng.prefill(ids, torch.ones_like(ids))
 
     def dec(controls, base=False):
-        return eng.decode(pre, num_samples=n, controls=controls, uniforms=u, config=cfg, eos_token_id=2,
+        return eng.decode(pre, num_samples=n, controls=controls, uniforms=u, config=cfg, eos_token_ids=2,
                           pad_token_id=0, base_logprobs=base)
 
     return D, n, ids, v, dec
@@ -200,7 +200,7 @@ def bench_aisp(eng, vocab, d, B, P, T, reps, k=4, n_bon=32):
 
     def bon():
         u = torch.rand(D, n_bon, T, device=DEVICE, generator=g)
-        eng.decode(pre, num_samples=n_bon, controls=None, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
+        eng.decode(pre, num_samples=n_bon, controls=None, uniforms=u, config=cfg, eos_token_ids=2, pad_token_id=0)
 
     def aisp_rounds(prefix, D, n):
         """k controlled decodes of n samples for D prompts, with the mean update between them."""
@@ -208,7 +208,7 @@ def bench_aisp(eng, vocab, d, B, P, T, reps, k=4, n_bon=32):
         for _ in range(k):
             u = torch.rand(D, n, T, device=DEVICE, generator=g)
             V = (mean[:, None] + 0.3 * torch.randn(D, n, T, d, device=DEVICE, generator=g)).to(DTYPE)
-            eng.decode(prefix, num_samples=n, controls=V, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
+            eng.decode(prefix, num_samples=n, controls=V, uniforms=u, config=cfg, eos_token_ids=2, pad_token_id=0)
             w = torch.softmax(torch.randn(D, n, device=DEVICE, generator=g), -1)  # stand-in for rewards
             mean = torch.einsum("dn,dntk->dtk", w, V.float())
 
@@ -229,7 +229,7 @@ def bench_aisp(eng, vocab, d, B, P, T, reps, k=4, n_bon=32):
     def bon_eq():
         for _ in range(k):
             u = torch.rand(D2, n2, T, device=DEVICE, generator=g)
-            eng.decode(pre2, num_samples=n2, controls=None, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
+            eng.decode(pre2, num_samples=n2, controls=None, uniforms=u, config=cfg, eos_token_ids=2, pad_token_id=0)
 
     def aisp_eq():
         aisp_rounds(pre2, D2, n2)

@@ -41,7 +41,7 @@ def main() -> None:
     v = 0.3 * torch.randn(D, n, T, d, device="cuda", dtype=torch.bfloat16)
     cfg = SamplingConfig(max_new_tokens=T, ignore_eos=True)
     pre = eng.prefill(ids, torch.ones_like(ids))
-    dec = lambda: eng.decode(pre, num_samples=n, controls=v, uniforms=u, config=cfg, eos_token_id=2, pad_token_id=0)
+    dec = lambda: eng.decode(pre, num_samples=n, controls=v, uniforms=u, config=cfg, eos_token_ids=2, pad_token_id=0)
     dec()
     torch.cuda.synchronize()
     from torch.profiler import ProfilerActivity, profile

@@ -23,7 +23,7 @@ gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 # ---------------------------------------------------------------------------- reference
 @torch.no_grad()
 def reference_decode(model, input_ids, attention_mask, *, num_samples, controls, uniforms, config,
-                     eos_token_id, pad_token_id, base_logprobs):
+                     eos_token_ids, pad_token_id, base_logprobs):
     """Eager decode with the HF module and a DynamicCache, same uniforms, same sample_tokens.
 
     Rows are the D prompts repeated n times (row j*n+i), i.e. the prefix is recomputed per row.
@@ -39,8 +39,8 @@ def reference_decode(model, input_ids, attention_mask, *, num_samples, controls,
     V = None if controls is None else controls.reshape(B, controls.shape[2], -1)
     tau = 0 if V is None else V.shape[1]
     u = uniforms.reshape(B, T)
-    eos = None if (eos_token_id is None or config.ignore_eos) else torch.tensor(
-        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=ids.device)
+    eos = None if (eos_token_ids is None or config.ignore_eos) else torch.tensor(
+        [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids), device=ids.device)
     head = model.get_output_embeddings()
     cache = DynamicCache()
     out = model.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
@@ -77,9 +77,9 @@ def reference_decode(model, input_ids, attention_mask, *, num_samples, controls,
 def tiny_model(kind="llama", *, device="cpu", dtype=torch.float32, vocab=101, hidden=64, layers=2,
                heads=4, kv_heads=2, rope_scaling=None, head_scale=8.0, seed=0):
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
-                  tie_word_embeddings=False)
+    common = {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+                  "num_attention_heads": heads, "num_key_value_heads": kv_heads, "max_position_embeddings": 512,
+                  "tie_word_embeddings": False}
     if kind == "llama":
         cfg = transformers.LlamaConfig(**common)
         if rope_scaling is not None:
@@ -121,8 +121,8 @@ def run_both(model, engine, *, D=3, n=4, T=10, tau=4, config=None, eos=(3, 7, 11
     config = config or SamplingConfig(max_new_tokens=T)
     ids, mask = prompts(D, device=device)
     u, v = draws(D, n, T, tau, model.config.hidden_size, seed=seed, device=device)
-    kw = dict(num_samples=n, controls=v, uniforms=u, config=config, eos_token_id=eos, pad_token_id=pad,
-              base_logprobs=base)
+    kw = {"num_samples": n, "controls": v, "uniforms": u, "config": config, "eos_token_ids": eos, "pad_token_id": pad,
+              "base_logprobs": base}
     ref = reference_decode(model, ids, mask, **kw)
     pre = engine.prefill(ids, mask)
     got = engine.decode(pre, **kw)
@@ -242,15 +242,15 @@ def test_prefix_reused_across_decodes_and_prefixes():
     res = []
     for k, (p, i, m) in enumerate([(pre, ids, mask), (pre2, ids2, mask2), (pre, ids, mask), (pre, ids, mask)]):
         u, v = draws(p.num_prompts, 4, 8, 4, 64, seed=10 + k)
-        kw = dict(num_samples=4, controls=v, uniforms=u, config=cfg, eos_token_id=3, pad_token_id=0,
-                  base_logprobs=True)
+        kw = {"num_samples": 4, "controls": v, "uniforms": u, "config": cfg, "eos_token_ids": 3, "pad_token_id": 0,
+                  "base_logprobs": True}
         got = eng.decode(p, **kw)
         ref = reference_decode(model, i, m, **kw)
         assert_same(ref, got)
         res.append(got)
     # different n with the same prefix
     u, v = draws(3, 2, 8, 4, 64, seed=99)
-    kw = dict(num_samples=2, controls=v, uniforms=u, config=cfg, eos_token_id=3, pad_token_id=0, base_logprobs=False)
+    kw = {"num_samples": 2, "controls": v, "uniforms": u, "config": cfg, "eos_token_ids": 3, "pad_token_id": 0, "base_logprobs": False}
     assert_same(reference_decode(model, ids, mask, **kw), eng.decode(pre, **kw))
 
 
@@ -261,11 +261,11 @@ def test_prompt_independent_of_batch_neighbours():
     u, v = draws(3, 4, 8, 4, 64)
     cfg = SamplingConfig(max_new_tokens=8)
     full = eng.decode(eng.prefill(ids, mask), num_samples=4, controls=v, uniforms=u, config=cfg,
-                      eos_token_id=3, pad_token_id=0)
+                      eos_token_ids=3, pad_token_id=0)
     # prompt 2 alone: strip its left padding entirely
     m2 = mask[2].bool()
     alone = eng.decode(eng.prefill(ids[2:3, m2], None), num_samples=4, controls=v[2:3], uniforms=u[2:3],
-                       config=cfg, eos_token_id=3, pad_token_id=0)
+                       config=cfg, eos_token_ids=3, pad_token_id=0)
     assert torch.equal(full.tokens[8:12], alone.tokens)
     torch.testing.assert_close(full.logprobs[8:12], alone.logprobs, atol=1e-4, rtol=1e-4)
 
@@ -278,16 +278,16 @@ def test_validation_errors():
     cfg = SamplingConfig(max_new_tokens=4)
     with pytest.raises(ValueError, match="max_batch"):
         eng.decode(pre, num_samples=4, controls=None, uniforms=torch.rand(3, 4, 4), config=cfg,
-                   eos_token_id=None, pad_token_id=0)
+                   eos_token_ids=None, pad_token_id=0)
     with pytest.raises(ValueError, match="uniforms"):
         eng.decode(pre, num_samples=2, controls=None, uniforms=torch.rand(3, 2, 5), config=cfg,
-                   eos_token_id=None, pad_token_id=0)
+                   eos_token_ids=None, pad_token_id=0)
     with pytest.raises(ValueError, match="controls"):
         eng.decode(pre, num_samples=2, controls=torch.zeros(3, 2, 2, 5), uniforms=torch.rand(3, 2, 4),
-                   config=cfg, eos_token_id=None, pad_token_id=0)
+                   config=cfg, eos_token_ids=None, pad_token_id=0)
     with pytest.raises(ValueError, match="max_length"):
         eng.decode(pre, num_samples=2, controls=None, uniforms=torch.rand(3, 2, 12),
-                   config=SamplingConfig(max_new_tokens=12), eos_token_id=None, pad_token_id=0)
+                   config=SamplingConfig(max_new_tokens=12), eos_token_ids=None, pad_token_id=0)
     with pytest.raises(ValueError, match="left padding"):
         eng.prefill(ids, mask.flip(-1))
     with pytest.raises(ValueError, match="cudagraph"):
@@ -295,6 +295,24 @@ def test_validation_errors():
     for bad in (0, -2, 2.5, True):
         with pytest.raises(ValueError, match=f"kv_block must be a positive int or None.*{bad!r}"):
             StaticEngine(model, max_batch=8, max_length=16, dtype=torch.float32, compile="none", kv_block=bad)
+
+
+def test_is_an_engine_and_grows_on_demand():
+    """StaticEngine implements the Engine protocol (positional controls, uniforms, config) and,
+    with grow=True, enlarges its buffers past max_batch / max_length instead of raising."""
+    from ctrlalign.dynamics.engine import Engine
+
+    model = tiny_model()
+    eng = StaticEngine(model, max_batch=2, max_length=4, dtype=torch.float32, compile="none", grow=True)
+    assert isinstance(eng, Engine)
+    ids, mask = prompts(3)  # P = 7 > max_length: the prefill grows too
+    pre = eng.prefill(ids, mask)
+    u, v = draws(3, 4, 10, 4, 64)
+    kw = {"num_samples": 4, "eos_token_ids": (3, 7), "pad_token_id": 0, "base_logprobs": True}
+    got = eng.decode(pre, v, u, SamplingConfig(max_new_tokens=10), **kw)
+    assert eng.max_batch == 12 and eng.max_length == 64  # P + T = 17, rounded up to 64
+    ref = reference_decode(model, ids, mask, controls=v, uniforms=u, config=SamplingConfig(max_new_tokens=10), **kw)
+    assert_same(ref, got)
 
 
 def test_unsupported_architecture_raises():
@@ -350,8 +368,8 @@ def test_cudagraph_equals_eager_bf16():
     model = tiny_model(device="cuda", dtype=torch.bfloat16, hidden=128, heads=8, kv_heads=2, layers=3)
     ids, mask = prompts(4, device="cuda")
     u, v = draws(4, 16, 24, 6, 128, device="cuda")
-    kw = dict(num_samples=16, controls=v, uniforms=u, config=SamplingConfig(max_new_tokens=24),
-              eos_token_id=(3, 7), pad_token_id=0, base_logprobs=True)
+    kw = {"num_samples": 16, "controls": v, "uniforms": u, "config": SamplingConfig(max_new_tokens=24),
+              "eos_token_ids": (3, 7), "pad_token_id": 0, "base_logprobs": True}
     outs = []
     for mode in ("none", "cudagraph_eager"):
         eng = StaticEngine(model, max_batch=64, max_length=64, dtype=torch.bfloat16, compile=mode)
@@ -368,8 +386,8 @@ def test_compiled_cudagraph_close_to_plain_bf16():
     model = tiny_model(device="cuda", dtype=torch.bfloat16, hidden=128, heads=8, kv_heads=2, layers=3)
     ids, mask = prompts(4, device="cuda")
     u, v = draws(4, 16, 8, 6, 128, device="cuda")
-    kw = dict(num_samples=16, controls=v, uniforms=u, config=SamplingConfig(max_new_tokens=8, ignore_eos=True),
-              eos_token_id=None, pad_token_id=0, base_logprobs=True)
+    kw = {"num_samples": 16, "controls": v, "uniforms": u, "config": SamplingConfig(max_new_tokens=8, ignore_eos=True),
+              "eos_token_ids": None, "pad_token_id": 0, "base_logprobs": True}
     outs = []
     for mode in ("cudagraph_eager", "cudagraph"):
         eng = StaticEngine(model, max_batch=64, max_length=64, dtype=torch.bfloat16, compile=mode)
@@ -398,10 +416,10 @@ def test_bf16_agrees_in_distribution_with_fp32_reference():
     u_ref = torch.rand(2, N, 3, device="cuda", generator=g)
     u_eng = torch.rand(2, N, 3, device="cuda", generator=g)
     ref = reference_decode(m32, ids, mask, num_samples=N, controls=v, uniforms=u_ref, config=cfg,
-                           eos_token_id=None, pad_token_id=0, base_logprobs=False)[0]
+                           eos_token_ids=None, pad_token_id=0, base_logprobs=False)[0]
     eng = StaticEngine(m16, max_batch=2 * N, max_length=32, dtype=torch.bfloat16)
     got = eng.decode(eng.prefill(ids, mask), num_samples=N, controls=v.to(torch.bfloat16), uniforms=u_eng,
-                     config=cfg, eos_token_id=None, pad_token_id=0).tokens
+                     config=cfg, eos_token_ids=None, pad_token_id=0).tokens
     alpha = 1e-3 / 6
     for j in range(2):
         for t in range(3):

@@ -18,20 +18,26 @@ does anything else between the two (an unknown transform, a rescaled hidden stat
 with an error naming it, rather than silently controlled in the wrong place.
 
 Work per run: :meth:`CausalLM.prepare` tokenises D prompts (chat template when the tokenizer has
-one), left-pads them, and prefills each prompt **once**, keeping the KV cache (D rows) and
-:math:`z_1` (D, d) in the context. :meth:`CausalLM.rollout` reuses that context for every
-iteration: the engine copies the cache to B = D·n rows (row ``j*n + i`` is sample i of
-prompt j) and decodes T = ``max_new_tokens`` tokens following the contract of
-:mod:`ctrlalign.dynamics.decoding` (inverse-CDF sampling with per-prompt uniforms (D, n, T)
-drawn from ``generators[j]``).
+one) into left-padded ids (D, L) and hands them to the engine's
+:meth:`~ctrlalign.dynamics.engine.Engine.prefill` **once**; the prefix it returns (KV cache,
+:math:`z_1` (D, d)) lives in the context. :meth:`CausalLM.rollout` draws uniforms
+U (D, n, T) from ``generators[j]`` (prompt j's block) and calls the engine's
+:meth:`~ctrlalign.dynamics.engine.Engine.decode` with the controls V (D, n, τ, d) or None,
+which decodes B = D·n rows (row ``j*n + i`` is sample i of prompt j), T =
+``max_new_tokens`` tokens each, following the contract of :mod:`ctrlalign.dynamics.decoding`
+(inverse-CDF sampling with the pre-drawn uniforms).
 
-Engines are plain functions (see :data:`ENGINES`, :func:`register_engine`) with the
-signature of :func:`eager_decode`; ``CausalLM(..., engine="eager")`` picks one.
+Engines implement one protocol, :class:`~ctrlalign.dynamics.engine.Engine` (``prefill`` and
+``decode``): :class:`EagerEngine` (this module) and
+:class:`~ctrlalign.dynamics.static_engine.StaticEngine`; ``CausalLM(engine=...)`` takes a name
+in :data:`ENGINES` (see :func:`register_engine`) or an engine instance, and holds that one
+object.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,15 +49,20 @@ import torch.nn.functional as F
 from .._checks import ConfigError, check_int
 from .base import Dynamics, Outcomes
 from .decoding import DecodeResult, SamplingConfig, sample_with_logprobs
+from .engine import Engine, check_decode_inputs, eos_list
+from .static_engine import StaticEngine
 
 __all__ = [
     "ENGINES",
     "CausalLM",
     "CausalLMContext",
+    "EagerEngine",
+    "Engine",
     "OutputHead",
     "Prefix",
     "UnsupportedModelError",
     "eager_decode",
+    "make_engine",
     "register_engine",
 ]
 
@@ -211,18 +222,18 @@ def verify_head(model: Any, head: OutputHead, *, num_tokens: int = 6) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# the prefix and the engines
+# the eager engine
 
 
 class Prefix(NamedTuple):
-    """A prefilled batch of D left-padded prompts, shared by every rollout of a run.
+    """A block of D' prompts prefilled together by :class:`EagerEngine` (left-padded to L).
 
     Attributes:
-        cache: the ``transformers`` KV cache of the D prompts (D rows, length L). Engines
-            must not modify it (copy before extending).
-        hidden: z_1, (D, d): the pre-logit after the last prompt token.
-        attention_mask: (D, L) long, 0 on left padding.
-        next_position: (D,) long, the position id of the first generated token (= the number
+        cache: the ``transformers`` KV cache of the D' prompts (D' rows, length L). Never
+            modified (a decode extends a copy).
+        hidden: z_1, (D', d): the pre-logit after the last prompt token.
+        attention_mask: (D', L) long, 0 on left padding.
+        next_position: (D',) long, the position id of the first generated token (= the number
             of real prompt tokens).
     """
 
@@ -231,9 +242,228 @@ class Prefix(NamedTuple):
     attention_mask: torch.Tensor
     next_position: torch.Tensor
 
+    @property
+    def num_prompts(self) -> int:
+        """D', prompts in this block."""
+        return self.hidden.shape[0]
 
-#: an engine decodes B = D·n rows from a :class:`Prefix`; see :func:`eager_decode`.
-Engine = Callable[..., DecodeResult]
+
+class EagerEngine(Engine):
+    r"""The reference engine: the ``transformers`` module itself with a dynamic KV cache.
+
+    Any architecture :class:`CausalLM` accepts, on any device. :meth:`prefill` returns a tuple
+    of :class:`Prefix` blocks; :meth:`decode` copies a block's cache to D'·n rows and decodes
+    T tokens step by step: from pre-logits z_t (B', d) it forms the controlled logits
+    :math:`g(W(z_t+v_t)+b)` for t ≤ τ and :math:`g(Wz_t+b)` after, and the base logits
+    :math:`g(Wz_t+b)`. For t ≤ τ the two are one head matmul over the stacked rows
+    [z+v; z] (2B', d), so W is read once; with ``base_logprobs=False`` the base logits are not
+    computed. Only one step's logits (≤ 2B' × V) exist at a time. A control that is constant
+    in time may be a stride-0 view (D, n, τ, d): rows are taken as (B', τ, d) views and one
+    (B', d) slice per step, never a copy of the whole tensor.
+
+    Batching, and what it costs (``batch_invariant``):
+
+    * ``False`` (default): one block of all D prompts, left-padded to the longest, decoded as
+      B = D·n rows at once. Fast, but a prompt's floating-point results depend on its batch:
+      the padding changes the attention reductions' length and order, and the row count M of
+      every GEMM can change the BLAS kernel (one-threaded MKL sgemm on AVX-512 rounds a row
+      differently for M ≤ 3 than for M ≥ 4). Tokens agree with the prompt decoded alone *in distribution* and almost
+      always exactly; logprobs agree to rounding.
+    * ``True``: D blocks of one prompt each, unpadded, prefilled and decoded one after the
+      other with n rows. Prompt j's computation is then the very same sequence of kernels on
+      the same shapes and values whether it is decoded alone or in any batch at any position,
+      so its tokens, logprobs and base logprobs are **bitwise** identical, for any n, dtype
+      and thread count, wherever kernels are deterministic for equal inputs and shapes (the
+      CPU). It costs about 2× at n = 8: the weights are read once per prompt and step instead
+      of once per step (SmolLM2-135M, float32, one thread, D = 4, n = 8, T = 32: 131.5 →
+      70.0 tok/s, ``benchmarks/cpu_batch_invariance.py speed``); the gap should shrink as n grows and
+      each prompt's GEMMs get taller (not measured).
+
+    A cheaper exact scheme was measured and not adopted: batched GEMMs with attention run per
+    prompt on its unpadded keys cost 13% at the setting above and are bitwise with one thread,
+    but not with two — MKL's sgemm rounds a row differently depending on the row count M when
+    multi-threaded (with 2 threads, M ∈ {1, 2, 3, 5, 6, 7, 9, 10, 11} differ from larger M),
+    so it would promise less than this one.
+
+    Args:
+        model: the ``transformers`` causal LM (its ``base_model`` is run).
+        batch_invariant: decode prompt by prompt (see above).
+    """
+
+    def __init__(self, model: Any, *, batch_invariant: bool = False) -> None:
+        if not isinstance(batch_invariant, bool):
+            raise ConfigError(f"batch_invariant must be True or False, got {batch_invariant!r}")
+        self.model = model
+        self.backbone = _backbone(model)
+        self.head = OutputHead.from_model(model)
+        self.batch_invariant = batch_invariant
+
+    def __repr__(self) -> str:
+        return f"EagerEngine(batch_invariant={self.batch_invariant})"
+
+    # ---------------------------------------------------------------- prefill
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[Prefix, ...]:
+        """Prefill D left-padded prompts (D, L): one block, or one unpadded block per prompt
+        when ``batch_invariant``. Returns the tuple of :class:`Prefix` blocks."""
+        if not self.batch_invariant:
+            return (self._prefill_block(input_ids, attention_mask),)
+        blocks = []
+        for ids, mask in zip(input_ids, attention_mask):
+            real = mask.bool()
+            blocks.append(self._prefill_block(ids[real][None], mask[real][None]))
+        return tuple(blocks)
+
+    def _prefill_block(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Prefix:
+        """One forward pass over D' left-padded prompts (D', L) → their :class:`Prefix`."""
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+            )
+        return Prefix(
+            cache=out.past_key_values,
+            hidden=out.last_hidden_state[:, -1].clone(),
+            attention_mask=attention_mask,
+            next_position=attention_mask.sum(-1),
+        )
+
+    # ---------------------------------------------------------------- decode
+    def decode(
+        self,
+        prefix: Sequence[Prefix],
+        controls: torch.Tensor | None,
+        uniforms: torch.Tensor,
+        config: SamplingConfig,
+        *,
+        num_samples: int,
+        eos_token_ids: Sequence[int],
+        pad_token_id: int,
+        base_logprobs: bool = True,
+    ) -> DecodeResult:
+        """Decode each prefix block in turn; see :meth:`Engine.decode` for the arguments.
+
+        Block b of D_b prompts starting at prompt j0 decodes rows j0·n … (j0+D_b)·n − 1 with
+        controls[j0:j0+D_b] and uniforms[j0:j0+D_b] (views, not copies)."""
+        D = sum(block.num_prompts for block in prefix)
+        n = int(num_samples)
+        check_decode_inputs(D, n, self.head.hidden_size, controls, uniforms, config)
+        eos = eos_list(eos_token_ids)
+        parts, j0 = [], 0
+        for block in prefix:
+            j1 = j0 + block.num_prompts
+            parts.append(
+                self._decode_block(
+                    block,
+                    None if controls is None else controls[j0:j1],
+                    uniforms[j0:j1],
+                    config,
+                    num_samples=n,
+                    eos_token_ids=eos,
+                    pad_token_id=pad_token_id,
+                    base_logprobs=base_logprobs,
+                )
+            )
+            j0 = j1
+        if len(parts) == 1:
+            return parts[0]
+        return DecodeResult(
+            tokens=torch.cat([p.tokens for p in parts]),
+            lengths=torch.cat([p.lengths for p in parts]),
+            logprobs=torch.cat([p.logprobs for p in parts]),
+            base_logprobs=None if not base_logprobs else torch.cat([p.base_logprobs for p in parts]),
+        )
+
+    @staticmethod
+    def row_controls(controls: torch.Tensor | None) -> torch.Tensor | None:
+        """Controls (D', n, τ, d) as rows (D'·n, τ, d): a view (no copy) whenever the (D', n)
+        dims merge, which includes the contiguous case and the stride-0-in-τ expanded one."""
+        if controls is None:
+            return None
+        D, n, tau, d = controls.shape
+        return controls.reshape(D * n, tau, d)
+
+    @torch.inference_mode()
+    def _decode_block(
+        self,
+        prefix: Prefix,
+        controls: torch.Tensor | None,
+        uniforms: torch.Tensor,
+        config: SamplingConfig,
+        *,
+        num_samples: int,
+        eos_token_ids: Sequence[int],
+        pad_token_id: int,
+        base_logprobs: bool,
+    ) -> DecodeResult:
+        """Decode B' = D'·n rows of one block, controls (D', n, τ, d) or None, uniforms
+        (D', n, T) → :class:`DecodeResult` of B' rows."""
+        n = num_samples
+        D, L = prefix.attention_mask.shape
+        B = D * n
+        T = config.max_new_tokens
+        device = prefix.hidden.device
+        ctrl = self.row_controls(controls)  # (B, τ, d) view
+        tau = 0 if ctrl is None else ctrl.shape[1]
+        u = uniforms.reshape(B, T)
+
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(n)
+        z = prefix.hidden.repeat_interleave(n, dim=0)  # (B, d)
+        mask = torch.ones(B, L + T, dtype=prefix.attention_mask.dtype, device=device)
+        mask[:, :L] = prefix.attention_mask.repeat_interleave(n, dim=0)
+        pos = prefix.next_position.repeat_interleave(n, dim=0)  # (B,)
+        eos = torch.as_tensor(list(eos_token_ids), dtype=torch.long, device=device)
+        use_eos = not config.ignore_eos and eos.numel() > 0
+
+        tokens = torch.full((B, T), pad_token_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros(B, T, dtype=torch.float32, device=device)
+        base_lp = torch.zeros(B, T, dtype=torch.float32, device=device) if base_logprobs else None
+        lengths = torch.zeros(B, dtype=torch.long, device=device)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        head = self.head
+
+        for t in range(T):
+            if t < tau:
+                zv = z + ctrl[:, t]
+                if base_logprobs:
+                    both = head(torch.cat([zv, z], dim=0))  # (2B, V): W read once
+                    logits, base = both[:B], both[B:]
+                else:
+                    logits, base = head(zv), None
+            else:
+                logits = head(z)
+                base = logits if base_logprobs else None
+            # after the horizon base is logits: sample_with_logprobs reuses lp, no second pass
+            tok, lp, blp = sample_with_logprobs(logits, u[:, t], config, base_logits=base)
+            alive = ~finished
+            if use_eos:
+                tok = torch.where(alive, tok, pad_token_id)
+                lp = torch.where(alive, lp, 0.0)
+                if blp is not None:
+                    blp = torch.where(alive, blp, 0.0)
+            tokens[:, t] = tok
+            logprobs[:, t] = lp
+            if base_lp is not None:
+                base_lp[:, t] = blp
+            lengths += alive.long()
+            if use_eos:
+                finished |= torch.isin(tok, eos)
+                if bool(finished.all()):
+                    break
+            if t == T - 1:
+                break
+            out = self.backbone(
+                input_ids=tok.unsqueeze(1),
+                attention_mask=mask[:, : L + t + 1],
+                position_ids=(pos + t).unsqueeze(1),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            z = out.last_hidden_state[:, -1]
+        return DecodeResult(tokens, lengths, logprobs, base_lp)
 
 
 def eager_decode(
@@ -249,105 +479,37 @@ def eager_decode(
     pad_token_id: int,
     base_logprobs: bool = True,
 ) -> DecodeResult:
-    r"""Decode B = D·n rows step by step with a dynamic KV cache (the reference engine).
-
-    At step t = 1..T, from pre-logits z_t (B, d):
-    controlled logits :math:`g(W(z_t+v_t)+b)` for t ≤ τ and :math:`g(Wz_t+b)` after; base
-    logits :math:`g(Wz_t+b)`. For t ≤ τ the two are computed in one head matmul over the
-    stacked rows [z+v; z] (2B, d), so W is read once; with ``base_logprobs=False`` the base
-    logits are not computed at all. Only one step's logits (≤ 2B × V) exist at a time.
-
-    Args:
-        model: the ``transformers`` causal LM (its ``base_model`` is run).
-        head: the :class:`OutputHead`.
-        prefix: the prefilled D prompts; not modified.
-        controls: (B, τ, d) controls in the model's dtype and device, or None.
-        uniforms: (B, T) pre-drawn uniforms in [0, 1), row ``j*n+i`` from prompt j's generator.
-        config: :class:`SamplingConfig` (T = ``config.max_new_tokens``).
-        num_samples: n; B = D·n.
-        eos_token_ids: tokens that end a row (ignored with ``config.ignore_eos``).
-        pad_token_id: written after a row's EOS.
-        base_logprobs: also return the uncontrolled head's log-probabilities.
-
-    Returns:
-        :class:`DecodeResult` with tokens (B, T), lengths (B,), logprobs (B, T) and
-        base_logprobs (B, T) or None.
-    """
-    n = num_samples
-    D, L = prefix.attention_mask.shape
-    B = D * n
+    """The former function form of :class:`EagerEngine` (kept for old callers): decode one
+    :class:`Prefix` block with controls (B, τ, d) or None and uniforms (B, T), B = D'·n.
+    ``head`` must be ``OutputHead.from_model(model)``."""
+    n = int(num_samples)
+    D = prefix.num_prompts
     T = config.max_new_tokens
-    device = prefix.hidden.device
-    if tuple(uniforms.shape) != (B, T):
-        raise ValueError(f"uniforms must have shape (B={B}, T={T}), got {tuple(uniforms.shape)}")
-    tau = 0 if controls is None else controls.shape[1]
-    if controls is not None and (controls.shape[0] != B or tau > T):
-        raise ValueError(f"controls must have shape (B={B}, τ<={T}, d), got {tuple(controls.shape)}")
-
-    backbone = _backbone(model)
-    cache = copy.deepcopy(prefix.cache)
-    cache.batch_repeat_interleave(n)
-    z = prefix.hidden.repeat_interleave(n, dim=0)  # (B, d)
-    mask = torch.ones(B, L + T, dtype=prefix.attention_mask.dtype, device=device)
-    mask[:, :L] = prefix.attention_mask.repeat_interleave(n, dim=0)
-    pos = prefix.next_position.repeat_interleave(n, dim=0)  # (B,)
-    eos = torch.as_tensor(list(eos_token_ids), dtype=torch.long, device=device)
-    use_eos = not config.ignore_eos and eos.numel() > 0
-
-    tokens = torch.full((B, T), pad_token_id, dtype=torch.long, device=device)
-    logprobs = torch.zeros(B, T, dtype=torch.float32, device=device)
-    base_lp = torch.zeros(B, T, dtype=torch.float32, device=device) if base_logprobs else None
-    lengths = torch.zeros(B, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-
-    for t in range(T):
-        if t < tau:
-            zv = z + controls[:, t]
-            if base_logprobs:
-                both = head(torch.cat([zv, z], dim=0))  # (2B, V): W read once
-                logits, base = both[:B], both[B:]
-            else:
-                logits, base = head(zv), None
-        else:
-            logits = head(z)
-            base = logits if base_logprobs else None
-        # after the horizon base is logits: sample_with_logprobs reuses lp, no second pass
-        tok, lp, blp = sample_with_logprobs(logits, uniforms[:, t], config, base_logits=base)
-        alive = ~finished
-        if use_eos:
-            tok = torch.where(alive, tok, pad_token_id)
-            lp = torch.where(alive, lp, 0.0)
-            if blp is not None:
-                blp = torch.where(alive, blp, 0.0)
-        tokens[:, t] = tok
-        logprobs[:, t] = lp
-        if base_lp is not None:
-            base_lp[:, t] = blp
-        lengths += alive.long()
-        if use_eos:
-            finished |= torch.isin(tok, eos)
-            if bool(finished.all()):
-                break
-        if t == T - 1:
-            break
-        out = backbone(
-            input_ids=tok.unsqueeze(1),
-            attention_mask=mask[:, : L + t + 1],
-            position_ids=(pos + t).unsqueeze(1),
-            past_key_values=cache,
-            use_cache=True,
-        )
-        z = out.last_hidden_state[:, -1]
-    return DecodeResult(tokens, lengths, logprobs, base_lp)
+    ctrl = None if controls is None else controls.reshape(D, n, controls.shape[1], controls.shape[2])
+    return EagerEngine(model).decode(
+        (prefix,), ctrl, uniforms.reshape(D, n, T), config, num_samples=n,
+        eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, base_logprobs=base_logprobs,
+    )
 
 
-#: engine name → decode function with the signature of :func:`eager_decode`.
-ENGINES: dict[str, Engine] = {"eager": eager_decode}
+#: a function or class that builds an :class:`Engine`: ``factory(model, **engine_options)``.
+EngineFactory = Callable[..., Engine]
+
+#: engine name → factory, called as ``factory(model, **engine_options)``.
+ENGINES: dict[str, EngineFactory] = {
+    "eager": EagerEngine,
+    "static": functools.partial(StaticEngine, grow=True),
+}
 
 
-def register_engine(name: str, engine: Engine) -> None:
-    """Make ``CausalLM(..., engine=name)`` use ``engine`` (signature of :func:`eager_decode`)."""
-    ENGINES[name] = engine
+def register_engine(name: str, factory: EngineFactory) -> None:
+    """Make ``CausalLM(..., engine=name, engine_options=opts)`` use ``factory(model, **opts)``,
+    an :class:`Engine` subclass or any callable returning an :class:`Engine`."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"engine name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise ConfigError(f"engine factory must be an Engine class or a callable, got {factory!r}")
+    ENGINES[name] = factory
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,16 +523,19 @@ class CausalLMContext:
     Attributes:
         prompts: the D prompts as given.
         texts: the D prompt strings fed to the tokenizer (after the chat template).
-        input_ids: (D, L) left-padded token ids.
+        input_ids: (D, L) left-padded token ids (on the CPU).
+        attention_mask: (D, L) long, 0 on the left padding (on the CPU).
         prompt_lengths: (D,) real (unpadded) prompt lengths.
-        prefix: the prefilled :class:`Prefix` (KV cache and z_1).
+        prefix: what the engine's :meth:`~ctrlalign.dynamics.engine.Engine.prefill` returned
+            (its KV cache of the prompts and z_1 (D, d)); only that engine reads it.
     """
 
     prompts: list[Any]
     texts: list[str]
     input_ids: torch.Tensor
+    attention_mask: torch.Tensor
     prompt_lengths: torch.Tensor
-    prefix: Prefix
+    prefix: Any
 
     @property
     def num_prompts(self) -> int:
@@ -388,6 +553,39 @@ def _as_list(x: Any) -> list[int]:
     return [int(x)]
 
 
+def make_engine(engine: str | Engine, model: Any, options: dict[str, Any]) -> tuple[Engine, str]:
+    """The engine object and its name for ``CausalLM(engine=..., engine_options=...)``.
+
+    ``engine`` is a name in :data:`ENGINES` (built by ``ENGINES[name](model, **options)``) or
+    an :class:`Engine` instance (then ``options`` must be empty).
+
+    Raises:
+        ConfigError: an unknown name, a non-engine, options the factory does not accept, or
+            a model the engine cannot run (naming the engine and the reason).
+    """
+    if isinstance(engine, Engine):
+        if options:
+            raise ConfigError(
+                f"engine_options {sorted(options)} apply only to an engine given by name; "
+                f"configure the {type(engine).__name__} instance itself"
+            )
+        return engine, type(engine).__name__
+    if not isinstance(engine, str):
+        raise ConfigError(f"engine must be a name in {sorted(ENGINES)} or an Engine instance, got {engine!r}")
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {sorted(ENGINES)} or an Engine instance, got {engine!r}")
+    factory = ENGINES[engine]
+    try:
+        built = factory(model, **options)
+    except TypeError as e:  # an option the factory has no parameter for
+        raise ConfigError(f"engine={engine!r} does not accept engine_options {sorted(options)}: {e}") from e
+    except NotImplementedError as e:  # an architecture the engine does not implement
+        raise ConfigError(f"engine={engine!r}: {e}") from e
+    if not isinstance(built, Engine):
+        raise ConfigError(f"ENGINES[{engine!r}] returned {type(built).__name__}, not an Engine")
+    return built, engine
+
+
 class CausalLM(Dynamics):
     r"""A ``transformers`` causal LM whose pre-logits z_t (d = ``hidden_size``) receive controls.
 
@@ -395,6 +593,31 @@ class CausalLM(Dynamics):
     after (see the module docstring for g); tokens are sampled per
     :class:`~ctrlalign.dynamics.decoding.SamplingConfig`. ``max_horizon`` = T =
     ``sampling.max_new_tokens``.
+
+    **What a prompt's result depends on.** Prompt j's samples are a function of its text, its
+    controls V_j (n, τ, d) and its uniforms U_j (n, T) from ``generators[j]`` — never of the
+    other prompts' randomness. How exactly that holds depends on the engine:
+
+    * ``engine="eager", engine_options={"batch_invariant": True}``: **bitwise**. Each prompt
+      is prefilled without padding and decoded on its own n rows, so its tokens, logprobs and
+      base logprobs are identical, bit for bit, whether it is decoded alone or in any batch at
+      any position, for any n, in any dtype and with any number of threads, as long as the
+      kernels are deterministic for equal inputs and shapes: tested on the CPU in float32
+      (four architectures, and SmolLM2-135M at 8 prompts × 8 samples × 16 tokens) and
+      bfloat16. On a GPU the same argument holds where cuBLAS/SDPA are deterministic for a
+      fixed shape (not tested here). It costs about 2× on CPU at n = 8 (see
+      :class:`EagerEngine`), which is why it is not the default.
+    * ``engine="eager"`` (default) and ``engine="static"``: **in distribution**. All D·n rows
+      share left-padded attention and GEMMs whose rounding depends on the batch (padding
+      length, GEMM row count and kernel choice), so prompt j's logits differ from its lone
+      run by rounding (float32 ~1e-6 relative, bfloat16 ~1e-2). With the same uniforms the
+      sampled token is the same unless rounding moves a cumulative probability across u_t:
+      SmolLM2-135M, float32, CPU, 8 prompts × 8 samples × 16 tokens, alone vs batched, 3 of
+      64 samples differ in some token and all 64 in some logprob bit
+      (``benchmarks/cpu_batch_invariance.py invariance``); issue #12 measured 58 of 64 in
+      bfloat16. Each sample is still an exact inverse-CDF draw from the model's distribution
+      as computed in its batch, so a prompt's results agree with its lone run in
+      distribution, up to that rounding of the probabilities.
 
     Args:
         model: an ``AutoModelForCausalLM`` (any device and dtype; put in eval mode).
@@ -407,14 +630,18 @@ class CausalLM(Dynamics):
             extra (B, d)×(d, V) of head work per controlled step, fused with the controlled
             one).
         system_prompt: a system message put before string prompts when templating.
-        engine: name of the decode engine in :data:`ENGINES` ("eager"), ``"static"`` (the
-            static-KV-cache engine of :mod:`~ctrlalign.dynamics.static_engine`, with CUDA-graph
-            decode steps on a GPU; Llama/Qwen2/Mistral), or a function with the signature of
-            :func:`eager_decode`.
-        engine_options: for ``engine="static"``: ``max_batch`` (initial capacity in rows,
-            grown on demand), ``compile`` ("cudagraph", "cudagraph_eager" or "none"; default
-            "cudagraph" on CUDA, "none" elsewhere), ``fuse_weights`` and ``kv_block`` (see
-            :class:`~ctrlalign.dynamics.static_engine.StaticEngine`).
+        engine: the :class:`~ctrlalign.dynamics.engine.Engine` that prefills and decodes: a
+            name in :data:`ENGINES` — ``"eager"`` (:class:`EagerEngine`, the ``transformers``
+            module, any architecture), ``"static"``
+            (:class:`~ctrlalign.dynamics.static_engine.StaticEngine`: static KV cache and
+            CUDA-graph decode steps on a GPU; Llama/Qwen2/Mistral) or one added with
+            :func:`register_engine` — or an :class:`~ctrlalign.dynamics.engine.Engine`
+            instance.
+        engine_options: keyword arguments for the named engine's factory. ``"eager"``:
+            ``batch_invariant`` (above and :class:`EagerEngine`). ``"static"``: ``max_batch`` and ``max_length``
+            (initial capacity, grown on demand), ``compile`` ("cudagraph", "cudagraph_eager"
+            or "none"; default "cudagraph" on CUDA, "none" elsewhere), ``fuse_weights`` and
+            ``kv_block``.
         verify: check at construction that the backbone's last hidden state through the head
             reproduces the model's logits (one tiny forward pass); refuses the model if not.
     """
@@ -434,29 +661,8 @@ class CausalLM(Dynamics):
     ) -> None:
         if not isinstance(sampling, SamplingConfig):
             raise ConfigError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
-        self._static: Any = None
         self.engine_options = dict(engine_options or {})
-        if engine == "static":
-            from .static_engine import SUPPORTED_MODEL_TYPES
-
-            mt = getattr(model.config, "model_type", type(model).__name__)
-            if mt not in SUPPORTED_MODEL_TYPES:
-                raise ConfigError(
-                    f"engine='static' supports model types {SUPPORTED_MODEL_TYPES}, got {mt!r}; "
-                    "use engine='eager' for this architecture"
-                )
-            self._engine = None  # type: ignore[assignment]
-            self.engine_name = "static"
-        elif isinstance(engine, str):
-            if engine not in ENGINES:
-                raise ConfigError(f"engine must be one of {sorted(ENGINES) + ['static']}, got {engine!r}")
-            self._engine: Engine = ENGINES[engine]
-            self.engine_name = engine
-        elif callable(engine):
-            self._engine = engine
-            self.engine_name = getattr(engine, "__name__", "custom")
-        else:
-            raise ConfigError(f"engine must be a name in {sorted(ENGINES)} or a function, got {engine!r}")
+        self.engine, self.engine_name = make_engine(engine, model, self.engine_options)
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if chat_template and not has_template:
             raise ConfigError(
@@ -610,54 +816,15 @@ class CausalLM(Dynamics):
             mask[j, L - len(r) :] = 1
         return texts, input_ids, mask
 
-    def _static_engine(self, rows: int, length: int) -> Any:
-        """The static engine, (re)built when ``rows`` (D·n) or ``length`` (P + T) exceed it."""
-        eng = self._static
-        if eng is None or rows > eng.max_batch or length > eng.max_length:
-            from .static_engine import StaticEngine
-
-            opts = dict(self.engine_options)
-            cap = max(rows, int(opts.pop("max_batch", 64)), 0 if eng is None else eng.max_batch)
-            max_len = max(length, 0 if eng is None else eng.max_length)
-            max_len = -(-max_len // 64) * 64  # room to grow: round up to a multiple of 64
-            compile_mode = opts.pop("compile", "cudagraph" if self.device.type == "cuda" else "none")
-            extra = {k: opts.pop(k) for k in ("fuse_weights", "kv_block") if k in opts}
-            if opts:
-                raise ConfigError(f"unknown engine_options for engine='static': {sorted(opts)}")
-            if eng is not None:
-                eng.clear()
-            eng = StaticEngine(self.model, max_batch=cap, max_length=max_len, dtype=self.dtype,
-                               compile=compile_mode, **extra)
-            self._static = eng
-        return eng
-
     # ---------------------------------------------------------------- Dynamics API
     def prepare(self, prompts: Sequence[Any]) -> CausalLMContext:
-        """Tokenise, left-pad and prefill D prompts once; returns the reusable context."""
+        """Tokenise and left-pad D prompts (D, L), and prefill them once with the engine;
+        returns the context every rollout of the run reuses."""
         texts, input_ids, mask = self.tokenize(prompts)
         dev = self.device
-        input_ids, mask = input_ids.to(dev), mask.to(dev)
-        if self.engine_name == "static":
-            eng = self._static_engine(input_ids.shape[0], input_ids.shape[1] + self.sampling.max_new_tokens)
-            with torch.inference_mode():
-                prefix = eng.prefill(input_ids, mask)
-            return CausalLMContext(list(prompts), texts, input_ids, mask.sum(-1).cpu(), prefix)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            out = _backbone(self.model)(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=position_ids,
-                use_cache=True,
-            )
-        lengths = mask.sum(-1)
-        prefix = Prefix(
-            cache=out.past_key_values,
-            hidden=out.last_hidden_state[:, -1].clone(),
-            attention_mask=mask,
-            next_position=lengths.clone(),
-        )
-        return CausalLMContext(list(prompts), texts, input_ids, lengths.cpu(), prefix)
+            prefix = self.engine.prefill(input_ids.to(dev), mask.to(dev))
+        return CausalLMContext(list(prompts), texts, input_ids, mask, mask.sum(-1), prefix)
 
     def draw_uniforms(
         self, generators: Sequence[Any], num_samples: int
@@ -694,33 +861,13 @@ class CausalLM(Dynamics):
             raise ConfigError(f"need one generator per prompt: {D} prompts, got {len(generators)}")
         self.check_controls(controls, D, n)
         T = self.sampling.max_new_tokens
-        uniforms = self.draw_uniforms(generators, n).reshape(D * n, T)
-        ctrl = None
-        if controls is not None:
-            ctrl = controls.to(device=self.device, dtype=self.dtype).reshape(
-                D * n, controls.shape[2], self.hidden_size
-            )
-        if self.engine_name == "static":
-            eng = self._static_engine(D * n, context.input_ids.shape[1] + T)
-            with torch.inference_mode():
-                res = eng.decode(
-                    context.prefix,
-                    num_samples=n,
-                    controls=None if ctrl is None else ctrl.reshape(D, n, -1, self.hidden_size),
-                    uniforms=uniforms.reshape(D, n, T),
-                    config=self.sampling,
-                    eos_token_id=self.eos_token_ids or None,
-                    pad_token_id=self.pad_token_id,
-                    base_logprobs=self.base_logprobs,
-                )
-        else:
-            res = None
+        uniforms = self.draw_uniforms(generators, n)  # (D, n, T)
+        if controls is not None:  # no copy when dtype and device already match
+            controls = controls.to(device=self.device, dtype=self.dtype)
         with torch.inference_mode():
-            res = res if res is not None else self._engine(
-                self.model,
-                self.head,
+            res = self.engine.decode(
                 context.prefix,
-                ctrl,
+                controls,
                 uniforms,
                 self.sampling,
                 num_samples=n,

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from .decoding import DecodeResult, SamplingConfig, sample_with_logprobs
+from .engine import Engine, check_decode_inputs, eos_list
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "Prefix", "StaticEngine"]
 
@@ -291,18 +292,24 @@ class _Session:
         self.loaded: Any = None  # id of the Prefix whose mask/positions are in the buffers
 
 
-class StaticEngine:
+class StaticEngine(Engine):
     """Static-KV-cache, CUDA-graph rollout engine over a HF Llama/Qwen2/Mistral causal LM.
+
+    An :class:`~ctrlalign.dynamics.engine.Engine`: :meth:`prefill` (D, P) → :class:`Prefix`,
+    :meth:`decode` (controls (D, n, τ, d), uniforms (D, n, T)) → B = D·n rows.
 
     Args:
         model: a ``LlamaForCausalLM``-style module (``model.model.layers``, ``model.model.norm``,
             ``model.model.embed_tokens``, ``model.model.rotary_emb``, ``model.lm_head``). Its
             weights are used in place (no copy); they should already be on the target device in
             ``dtype``.
-        max_batch: the largest B = D·n (and the largest D) a decode/prefill may use.
-        max_length: the largest P + T (prompt length + new tokens).
-        dtype: compute dtype (bf16 on GPU; float32 for exactness tests and CPU).
-        compile: ``"cudagraph"`` (capture each decode step in a CUDA graph, with its elementwise
+        max_batch: the largest B = D·n (and the largest D) a decode/prefill may use (initial
+            capacity with ``grow``).
+        max_length: the largest P + T (prompt length + new tokens) (initial capacity with
+            ``grow``).
+        dtype: compute dtype (bf16 on GPU; float32 for exactness tests and CPU); None: the
+            model's.
+        compile: None (``"cudagraph"`` on CUDA, ``"none"`` elsewhere), ``"cudagraph"`` (capture each decode step in a CUDA graph, with its elementwise
             pieces fused by ``torch.compile``; CUDA only; falls back to ``"cudagraph_eager"`` with a
             warning if torch.compile fails), ``"cudagraph_eager"`` (CUDA graphs of the plain
             PyTorch ops) or ``"none"`` (eager; runs on CPU).
@@ -317,6 +324,9 @@ class StaticEngine:
             T, with one captured graph per length; at T = 128 and ``kv_block=16`` this reads
             about 44% fewer K/V bytes per step (the mean length is 72 instead of 128). ``None``:
             always all T slots (one graph).
+        grow: when a prefill or decode needs more than ``max_batch`` rows or ``max_length``
+            positions, enlarge the buffers (to the need, the length rounded up to a multiple of
+            64) and drop the captured graphs, instead of raising ``ValueError``.
 
     Raises:
         NotImplementedError: the architecture is not one of :data:`SUPPORTED_MODEL_TYPES`, or it
@@ -327,13 +337,14 @@ class StaticEngine:
         self,
         model: torch.nn.Module,
         *,
-        max_batch: int,
-        max_length: int,
-        dtype: torch.dtype = torch.bfloat16,
-        compile: str = "cudagraph",
+        max_batch: int = 64,
+        max_length: int = 64,
+        dtype: torch.dtype | None = None,
+        compile: str | None = None,
         prefill_chunk: int = 64,
         fuse_weights: bool = True,
         kv_block: int | None = 16,
+        grow: bool = False,
     ) -> None:
         cfg = model.config
         mt = getattr(cfg, "model_type", type(model).__name__)
@@ -345,13 +356,17 @@ class StaticEngine:
         sw = getattr(cfg, "sliding_window", None)
         if mt != "llama" and sw is not None and getattr(cfg, "use_sliding_window", mt == "mistral") and sw < max_length:
             raise NotImplementedError(f"{type(model).__name__} with sliding_window={sw} < max_length is not supported")
+        inner = model.model
+        if dtype is None:
+            dtype = inner.embed_tokens.weight.dtype
+        if compile is None:
+            compile = "cudagraph" if inner.embed_tokens.weight.device.type == "cuda" else "none"
         if compile not in ("cudagraph", "cudagraph_eager", "none"):
             raise ValueError(f"compile must be 'cudagraph', 'cudagraph_eager' or 'none', got {compile!r}")
         if kv_block is not None and (isinstance(kv_block, bool) or not isinstance(kv_block, int) or kv_block < 1):
             raise ValueError(f"kv_block must be a positive int or None (no blocking), got {kv_block!r}")
         if max_batch < 1 or max_length < 2:
             raise ValueError(f"need max_batch >= 1 and max_length >= 2, got max_batch={max_batch}, max_length={max_length}")
-        inner = model.model
         self.model = model
         self.device = inner.embed_tokens.weight.device
         if compile != "none" and self.device.type != "cuda":
@@ -367,6 +382,7 @@ class StaticEngine:
         self.max_length = int(max_length)
         self.prefill_chunk = int(prefill_chunk)
         self.kv_block = kv_block
+        self.grow = bool(grow)
         self.fuse_weights = bool(fuse_weights)
         self.num_layers = len(inner.layers)
         self.hidden_size = cfg.hidden_size
@@ -384,20 +400,42 @@ class StaticEngine:
         head = model.get_output_embeddings()
         self.head_w, self.head_b = head.weight, getattr(head, "bias", None)
         self.vocab_size = self.head_w.shape[0]
-        # cos/sin for positions 0..max_length-1 from the module's own rotary embedding
-        with torch.no_grad():
-            pos = torch.arange(self.max_length, device=self.device)[None]
-            dummy = torch.zeros(1, dtype=dtype, device=self.device)
-            cos, sin = inner.rotary_emb(dummy, pos)
-        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # (max_length, hd)
-        L, Hkv, hd = self.num_layers, self.num_kv_heads, self.head_dim
-        self._dec_k = torch.zeros(L, self.max_batch, Hkv, self.max_length, hd, dtype=dtype, device=self.device)
-        self._dec_v = torch.zeros_like(self._dec_k)
-        self._pfx_k = torch.zeros(L, 0, Hkv, 0, hd, dtype=dtype, device=self.device)
+        self._rotary = inner.rotary_emb
+        self._sessions: dict[tuple[int, int, int, int], _Session] = {}
+        self._allocate()
+        self._pfx_k = torch.zeros(self.num_layers, 0, self.num_kv_heads, 0, self.head_dim, dtype=dtype, device=self.device)
         self._pfx_v = self._pfx_k
         self._pfx_loaded: Any = None
-        self._sessions: dict[tuple[int, int, int, int], _Session] = {}
         self._pool = None
+
+    def _allocate(self) -> None:
+        """(Re)build the buffers sized by the capacity: the cos/sin table (max_length, hd), from
+        the module's own rotary embedding, and the decode cache (L, max_batch, Hkv,
+        max_length, hd) ×2. Drops the sessions and their graphs (they point into the old
+        buffers)."""
+        with torch.no_grad():
+            pos = torch.arange(self.max_length, device=self.device)[None]
+            dummy = torch.zeros(1, dtype=self.dtype, device=self.device)
+            cos, sin = self._rotary(dummy, pos)
+        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # (max_length, hd)
+        L, Hkv, hd = self.num_layers, self.num_kv_heads, self.head_dim
+        self._sessions = {}
+        self._dec_k = self._dec_v = None  # free the old cache before allocating the new one
+        self._dec_k = torch.zeros(L, self.max_batch, Hkv, self.max_length, hd, dtype=self.dtype, device=self.device)
+        self._dec_v = torch.zeros_like(self._dec_k)
+
+    def _reserve(self, rows: int, length: int) -> None:
+        """Make room for ``rows`` decode rows and ``length`` = P + T positions: grow the buffers
+        (``grow=True``) or raise ``ValueError`` naming the capacity exceeded."""
+        if rows <= self.max_batch and length <= self.max_length:
+            return
+        if not self.grow:
+            if rows > self.max_batch:
+                raise ValueError(f"{rows} rows (D·n, or D prompts) exceed max_batch={self.max_batch}")
+            raise ValueError(f"prompt length + max_new_tokens = {length} exceeds max_length={self.max_length}")
+        self.max_batch = max(rows, self.max_batch)
+        self.max_length = -(-max(length, self.max_length) // 64) * 64
+        self._allocate()
 
     # ------------------------------------------------------------------ prefill
     @torch.no_grad()
@@ -415,10 +453,9 @@ class StaticEngine:
         ids = input_ids.to(self.device)
         D, P = ids.shape
         mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(self.device).bool()
-        if D > self.max_batch:
-            raise ValueError(f"{D} prompts exceed max_batch={self.max_batch}")
-        if P >= self.max_length:
+        if P + 1 > self.max_length and not self.grow:
             raise ValueError(f"prompt length {P} leaves no room under max_length={self.max_length}")
+        self._reserve(D, P + 1)
         lengths = mask.long().sum(-1)
         if bool((lengths == 0).any()):
             raise ValueError("every prompt needs at least one real token")
@@ -548,10 +585,7 @@ class StaticEngine:
     # ------------------------------------------------------------------ decode
     def _session(self, prefix: Prefix, n: int, T: int) -> _Session:
         D, P = prefix.num_prompts, prefix.prompt_len
-        if D * n > self.max_batch:
-            raise ValueError(f"D*n = {D}*{n} = {D * n} exceeds max_batch={self.max_batch}")
-        if P + T > self.max_length:
-            raise ValueError(f"prompt length {P} + max_new_tokens {T} exceeds max_length={self.max_length}")
+        self._reserve(D * n, P + T)
         # load the prefix into the static prefix buffer (graphs read from fixed addresses)
         if self._pfx_k.shape[1] < D or self._pfx_k.shape[3] < P:
             shape = list(self._pfx_k.shape)
@@ -579,12 +613,12 @@ class StaticEngine:
     def decode(
         self,
         prefix: Prefix,
-        *,
-        num_samples: int,
         controls: torch.Tensor | None,
         uniforms: torch.Tensor,
         config: SamplingConfig,
-        eos_token_id: int | Sequence[int] | None,
+        *,
+        num_samples: int,
+        eos_token_ids: int | Sequence[int] | None,
         pad_token_id: int,
         base_logprobs: bool = False,
     ) -> DecodeResult:
@@ -592,11 +626,12 @@ class StaticEngine:
 
         Args:
             prefix: from :meth:`prefill` (reusable).
-            num_samples: n.
-            controls: (D, n, τ, d) with τ ≤ T, or None (uncontrolled).
+            controls: (D, n, τ, d) with τ ≤ T, or None (uncontrolled). Copied into the
+                session's static (B, T, d) buffer (CUDA graphs read fixed addresses).
             uniforms: (D, n, T) in [0, 1), pre-drawn per prompt.
             config: :class:`SamplingConfig`; T = ``config.max_new_tokens``.
-            eos_token_id: one id, several ids, or None (never stops).
+            num_samples: n.
+            eos_token_ids: one id, several ids, or None / empty (never stops).
             pad_token_id: written after EOS.
             base_logprobs: also return log-probabilities under the uncontrolled head.
 
@@ -605,17 +640,7 @@ class StaticEngine:
         """
         D, n, T = prefix.num_prompts, int(num_samples), config.max_new_tokens
         B = D * n
-        if tuple(uniforms.shape) != (D, n, T):
-            raise ValueError(f"uniforms must have shape (D, n, T) = {(D, n, T)}, got {tuple(uniforms.shape)}")
-        tau = 0
-        if controls is not None:
-            if controls.dim() != 4 or controls.shape[:2] != (D, n) or controls.shape[3] != self.hidden_size:
-                raise ValueError(
-                    f"controls must have shape (D={D}, n={n}, τ, d={self.hidden_size}), got {tuple(controls.shape)}"
-                )
-            tau = controls.shape[2]
-            if tau > T:
-                raise ValueError(f"horizon τ={tau} exceeds max_new_tokens={T}")
+        tau = check_decode_inputs(D, n, self.hidden_size, controls, uniforms, config)
         s = self._session(prefix, n, T)
         if controls is not None and tau > 0:
             s.controls[:, :tau].copy_(controls.reshape(B, tau, self.hidden_size))
@@ -624,11 +649,11 @@ class StaticEngine:
         s.step.zero_()
         s.done.zero_()
         s.lengths.zero_()
-        if config.ignore_eos or eos_token_id is None:
+        ids = eos_list(eos_token_ids)
+        if config.ignore_eos or not ids:
             eos = None
             ekey = None
         else:
-            ids = [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
             ekey = (tuple(ids), int(pad_token_id))
             eos = getattr(s, "_eos", {}).get(ekey)
             if eos is None:
