@@ -236,6 +236,8 @@ def build_dynamics(model: ModelConfig) -> CausalLM:
                           "system_prompt": model.system_prompt}
     if model.engine != "eager":
         kw["engine"] = model.engine
+    elif model.batch_invariant is not False:
+        kw["engine_options"] = {"batch_invariant": True}
     return CausalLM(lm, tok, **kw)
 
 
