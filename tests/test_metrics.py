@@ -391,3 +391,54 @@ def test_mpnet_coherence_real_model():
     c = C.coherence("Why is the sky blue?", ["Sunlight is scattered by air molecules, blue light the most.",
                                               "My favourite train is the red one."])
     assert float(c[0]) > float(c[1]) + 0.2
+
+
+def test_bon_reference_curve():
+    pools = np.array([[3.0, 1.0, 2.0], [0.0, 0.0, 6.0]])
+    kl, mean, per = M.bon_reference_curve(pools, [1, 2, 3])
+    np.testing.assert_allclose(kl, M.bon_kl([1, 2, 3]))
+    # pool 1: 2, 8/3, 3; pool 2: 2, (0 + 6 + 6)/3 = 4, 6
+    np.testing.assert_allclose(per, [[2.0, 8 / 3, 3.0], [2.0, 4.0, 6.0]])
+    np.testing.assert_allclose(mean, [2.0, 10 / 3, 4.5])
+    with pytest.raises(ValueError):
+        M.bon_reference_curve([1.0, 2.0], [1])
+
+
+def test_heldout_scores_dedupes_and_aligns(monkeypatch):
+    from ctrlalign.bench import coherence as C
+    from ctrlalign.bench.heldout import heldout_scores
+
+    model, tok = make_model("llama", seed=4), make_tokenizer()
+    scorer = FluencyScorer(model, tok)
+    calls = []
+    orig = scorer.score
+
+    def spy(p, r):
+        calls.append(len(r))
+        return orig(p, r)
+
+    monkeypatch.setattr(scorer, "score", spy)
+    monkeypatch.setattr(C, "coherence", lambda p, r: torch.arange(len(r), dtype=torch.float32))
+    prompts = ["hello", "why is the sky blue", "hello"]
+    texts = ["the cat", "the sky is blue", "the cat"]
+    out = heldout_scores(prompts, texts, fluency_scorer=scorer)
+    assert calls == [2]  # the repeated (prompt, response) pair is scored once
+    direct = orig(prompts, texts)
+    assert out["fluency"] == pytest.approx(direct.mean_logprob.tolist())
+    assert out["fluency_tokens"] == [2, 4, 2]
+    assert out["coherence_mpnet"] == [0.0, 1.0, 0.0]
+    assert out["paper_diversity"] == [M.paper_diversity_one(t) for t in texts]
+    only = heldout_scores(prompts, texts, fluency=False, coherence=False)
+    assert set(only) == {"paper_diversity"}
+    with pytest.raises(ValueError):
+        heldout_scores(["a"], ["b", "c"], fluency=False, coherence=False)
+
+
+def test_frontier_figure(tmp_path):
+    from ctrlalign.bench.frontier import plot_reward_kl_frontier
+
+    Ns = [1, 2, 4, 8, 16]
+    R = [0.0, 0.5, 0.8, 1.0, 1.1]
+    p = plot_reward_kl_frontier({"aisp": ([0.3, 1.0, 9.0], [0.9, 1.2, 2.0]), "mppi": ([0.5], [0.1])},
+                                Ns, R, tmp_path / "fig" / "frontier.png", title="test")
+    assert p.is_file() and p.stat().st_size > 5000

@@ -34,6 +34,7 @@ __all__ = [
     "above_frontier",
     "bon_kl",
     "bon_n_for_kl",
+    "bon_reference_curve",
     "control_kl",
     "distinct_n",
     "diversity",
@@ -367,6 +368,29 @@ def expected_best_of_n(rewards: Sequence[float] | np.ndarray, N: int | Sequence[
 
     out = np.array([one(int(n)) for n in Ns.ravel()]).reshape(Ns.shape)
     return float(out) if out.ndim == 0 else out
+
+
+def bon_reference_curve(
+    pools: Sequence[Sequence[float]] | np.ndarray, Ns: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Best-of-N's reference frontier from pools of base-policy rewards.
+
+    For P clusters (a prompt and a seed) with m i.i.d. base samples each (``pools`` (P, m)),
+    the frontier at K sizes :math:`N_j \le m` is :math:`(\mathrm{KL}_j, \bar R_j)` with
+    :math:`\mathrm{KL}_j` = :func:`bon_kl` (N_j) and :math:`\bar R_j = \frac1P\sum_p
+    \hat R_{N_j}(\text{pool}_p)` (:func:`expected_best_of_n`): one pool of m = 512 samples
+    gives the whole curve N = 1..512 without drawing again.
+
+    Returns:
+        ``(kl (K,), mean_reward (K,), per_cluster (P, K))``; ``per_cluster[:, j]`` feeds
+        :func:`paired_diff_ci` against a controller's per-cluster rewards at equal samples.
+    """
+    R = np.asarray(pools, dtype=np.float64)
+    if R.ndim != 2:
+        raise ValueError(f"pools must be (P, m), got shape {R.shape}")
+    N = np.asarray(Ns)
+    per = np.stack([np.atleast_1d(expected_best_of_n(row, N)) for row in R])  # (P, K)
+    return np.atleast_1d(bon_kl(N)), per.mean(axis=0), per
 
 
 def frontier_gap(
