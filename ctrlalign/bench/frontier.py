@@ -13,13 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from . import metrics
+from .plots import _save, plt
 
 __all__ = ["plot_reward_kl_frontier"]
 
@@ -69,9 +66,4 @@ def plot_reward_kl_frontier(
         ax.set_title(title)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
-    return p
+    return _save(fig, path)
