@@ -38,7 +38,8 @@ def plot_reward_kl_frontier(
         ref_n: (K,) Best-of-N sizes of the reference, increasing (e.g. 1, 2, 4, …, 512).
         ref_reward: (K,) Best-of-N's mean reward at those sizes.
         path: the PNG to write (folders are created).
-        title, ylabel: labels.
+        title: the figure's title.
+        ylabel: the y axis label.
 
     Returns:
         The path written. Each controller's legend entry says how many of its points lie above

@@ -56,7 +56,8 @@ def heldout_scores(
         texts: m responses.
         policy: the policy's name (packaged name or hub id): the fluency LM is
             :func:`~ctrlalign.models.fluency_model_for` (policy), never the policy itself.
-        fluency, coherence: compute those (they load models: ~10 s the first time).
+        fluency: compute the fluency (loads the fluency LM: ~10 s the first time).
+        coherence: compute the MPNet coherence (loads MPNet).
         fluency_scorer: a ready :class:`~ctrlalign.bench.fluency.FluencyScorer` to use instead
             (its model must not be the policy).
         device: where a packaged fluency LM is loaded.

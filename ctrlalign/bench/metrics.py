@@ -111,7 +111,8 @@ def mean_ci(
             together); with ``method="t"`` the values are first averaged within each cluster
             and the t interval is taken over cluster means. The reported mean is always the
             plain mean of all values.
-        num_resamples, seed: bootstrap settings (deterministic under ``seed``).
+        num_resamples: bootstrap resamples.
+        seed: bootstrap seed (the interval is deterministic under it).
 
     Returns:
         :class:`CI`.
@@ -416,7 +417,8 @@ def frontier_gap(
     * ``interp="kl"``: linearly in KL itself (``ref_kl`` given, or computed from ``ref_n``).
 
     Args:
-        kl, reward: P points (KL_i, r_i), any matching shapes (broadcast).
+        kl: KL_i of P points, any shape broadcasting with ``reward``.
+        reward: r_i of the P points.
         ref_reward: (K,) the reference curve's rewards.
         ref_n: (K,) its Best-of-N sizes (then ``ref_kl`` defaults to :func:`bon_kl` (ref_n)).
         ref_kl: (K,) its KLs, strictly increasing (needed when ``ref_n`` is not given).
