@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
         "ratio_plain_over_bon": best["aisp-plain"] / best["bon"],
         "stream_rows_per_call": rows.pop("_rows"),
     }
-    print(f"\n| run | best s | tok/s | / BoN |\n|---|---|---|---|")
+    print("\n| run | best s | tok/s | / BoN |\n|---|---|---|---|")
     for name, s in best.items():
         print(f"| {name} | {s:.2f} | {tokens / s:.0f} | {s / best['bon']:.3f} |")
     return result

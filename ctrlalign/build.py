@@ -39,6 +39,7 @@ import torch
 
 from ._checks import ConfigError
 from .data import PromptItem, parse_json, read_text_file
+from .models import is_packaged, load_packaged
 
 if TYPE_CHECKING:
     from .config import ControllerConfig, ModelConfig, RewardTerm
@@ -180,20 +181,19 @@ def _check_causal(config: Any, name: str, trust_remote_code: bool) -> None:
 
 def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for 'default' (the packaged SmolLM2-135M-Instruct), a local model
+    """``(model, tokenizer)`` for 'default' (the packaged SmolLM2-135M-Instruct) or another packaged
+    model (:data:`~ctrlalign.models.PACKAGED_MODELS`), a local model
     folder or a Hugging Face id, on ``device`` in eval mode.
 
     Raises:
         ConfigError: naming the model: missing path or package, broken ``config.json``, not in
             the cache while offline, not a causal LM, needs ``trust_remote_code``, or failed to load.
     """
-    if name == "default":
-        from .models import load_default
-
+    if is_packaged(name):
         try:
-            return load_default(device=device, dtype=dtype)
+            return load_packaged(name, device=device, dtype=dtype)
         except FileNotFoundError as exc:
-            raise ConfigError(f"model 'default': {exc}") from None
+            raise ConfigError(f"model {name!r}: {exc}") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(name).expanduser()

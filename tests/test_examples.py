@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from ctrlalign.testing import CONTROLLERS, SPACES, SYSTEMS, ControllerContract
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -104,7 +104,7 @@ def test_space_shapes_and_dimensions():
     assert s["blocks"].shape == (2, D_HID)  # ⌈3/2⌉ blocks
     assert s["subspace-shared"].shape == (1,) and s["subspace-token"].shape == (TAU, 1)
     with pytest.raises(ca.ConfigError, match="not bound"):
-        PerToken().shape
+        _ = PerToken().shape
     with pytest.raises(ca.ConfigError, match="unknown control space 'diagonal'"):
         make_space("diagonal")
     with pytest.raises(ca.ConfigError, match="block_size applies to space 'blocks' only"):

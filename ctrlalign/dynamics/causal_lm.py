@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import ConfigError, check_int
+from ..models import is_packaged, load_packaged
 from .base import Dynamics, Outcomes
 from .decoding import DecodeResult, SamplingConfig, sample_with_logprobs
 from .engine import Engine, check_decode_inputs, eos_list
@@ -708,8 +709,10 @@ class CausalLM(Dynamics):
         """Load a model and wrap it.
 
         Args:
-            name_or_path: "default" or None for the packaged SmolLM2-135M-Instruct
-                (:func:`ctrlalign.models.load_default`), else a Hugging Face id or local path.
+            name_or_path: "default" or None for the packaged SmolLM2-135M-Instruct, another
+                packaged model's name (:data:`ctrlalign.models.PACKAGED_MODELS`, e.g.
+                "gemma3-270m"; :func:`ctrlalign.models.load_packaged`), else a Hugging Face id or
+                local path.
             device: where to load the weights.
             dtype: the weights' dtype.
             **kw: :class:`CausalLM` keyword arguments (``sampling``, ``chat_template``, ...);
@@ -717,12 +720,10 @@ class CausalLM(Dynamics):
         """
         own = {"sampling", "chat_template", "base_logprobs", "system_prompt", "engine", "verify", "engine_options"}
         mine = {k: kw.pop(k) for k in list(kw) if k in own}
-        if name_or_path is None or name_or_path == "default":
-            from ..models import load_default
-
+        if name_or_path is None or is_packaged(name_or_path):
             if kw:
-                raise ConfigError(f"unexpected keyword arguments for the default model: {sorted(kw)}")
-            model, tok = load_default(device=device, dtype=dtype)
+                raise ConfigError(f"unexpected keyword arguments for a packaged model: {sorted(kw)}")
+            model, tok = load_packaged(name_or_path or "default", device=device, dtype=dtype)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
