@@ -13,7 +13,7 @@ import torch
 from scipy import stats
 
 import ctrlalign as ca
-from ctrlalign.bench import BenchConfig, BenchResult, CountingReward, run_bench
+from ctrlalign.bench import BenchConfig, BenchResult, CountingReward, load_bench_config, run_bench
 from ctrlalign.bench import metrics as M
 from ctrlalign.bench.plots import parse_sweep_label, write_figures
 from ctrlalign.bench.report import comparison_table, markdown_report, results_table, sweep_table
@@ -366,3 +366,36 @@ def test_tiny_language_model_bench(tmp_path):
     paths = write_figures(res, tmp_path / "img", prefix="tiny", primary="aisp")
     assert len(paths) >= 4 and all(p.stat().st_size > 1000 for p in paths)
     assert "bon-prior" in results_table(res) and "Goal" in markdown_report(res)
+
+
+def test_paper_regime_config_is_valid():
+    """The issue-14 reproduction config parses, and every entry builds its controller."""
+    cfg = load_bench_config("benchmarks/configs/paper-regime.yaml")
+    keys = [c.key for c in cfg.all_controllers()]
+    assert {"bon-plain", "bon-prior", "aisp-paper"} <= set(keys)
+    assert cfg.model.max_new_tokens >= 32 and cfg.heldout
+    for c in cfg.all_controllers():
+        ctrl = c.build(max(cfg.budgets) // c.num_samples_used)
+        assert ctrl.num_samples * ctrl.num_iterations == 512
+        assert c.name == "bon" or (ctrl.horizon or 0) < cfg.model.max_new_tokens  # τ < T
+
+
+def test_greedy_entries_and_new_spaces_run_in_the_bench(tmp_path):
+    """A greedy entry decodes its responses deterministically given the controls, through the
+    same prefill; a shared-space adaptive-λ entry records its λ per round."""
+    lm = _tiny_lm()
+    prompts = ["why is the sky blue", "tell me a story about a happy cat"]
+    cfg = BenchConfig.model_validate(dict(
+        name="tiny-greedy", prompts=prompts, reward=[{"name": "sentiment"}], budgets=[4, 8], seeds=[0],
+        batch_prompts=2, coherence=False, output=str(tmp_path / "g.json"), figures=None,
+        controllers=[
+            {"label": "bon-greedy", "name": "bon", "sigma": 0.5, "num_samples": 4, "greedy": True},
+            {"label": "shared", "name": "aisp", "space": "shared", "target_ess": 0.5, "sigma": 0.5,
+             "num_samples": 4, "greedy": True},
+        ]))
+    res = run_bench(cfg, dynamics=lm, reward=ca.CallableReward(lambda p, s: float(len(s.text))), judge=False, log=None)
+    assert res.meta["controllers"]["shared"]["space"] == "shared" and res.meta["controllers"]["shared"]["greedy"]
+    trace = next(t for t in res.traces if t["controller"] == "shared")["trace"]
+    assert all(row["temperature"] is not None and row["temperature"] > 0 for row in trace)
+    greedy = lm.with_sampling(greedy=True)
+    assert greedy.sampling.greedy and not lm.sampling.greedy and greedy.model is lm.model

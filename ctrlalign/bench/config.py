@@ -67,6 +67,8 @@ class _BenchControllerBase(_ControllerBase):
 
     label: str | None = Field(None, description="name in tables and plots (default: the controller name)")
     name: str = Field(..., description="which controller: " + ", ".join(CONTROLLERS))
+    greedy: bool = Field(False, description="decode this entry greedily (the response is a function of the "
+                         "controls); the model's own sampling otherwise")
 
     @property
     def key(self) -> str:
@@ -146,6 +148,9 @@ class BenchConfig(_Strict):
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default). On a "
                                     "shared CPU, 1 avoids thread oversubscription, which slowed decoding ~5x here")
     coherence: bool = Field(True, description="embed prompt and response with MiniLM for the coherence metric")
+    heldout: bool = Field(False, description="score every kept response with the held-out metrics nothing "
+                          "optimises: fluency (mean token log-likelihood under another packaged LM than the "
+                          "policy), coherence with MPNet (not the reward's MiniLM) and the published diversity")
     primary: str | None = Field(None, description="label of the controller compared against the baselines")
     baselines: list[str] = Field(default_factory=list, description="labels of the baselines for paired differences")
     ci_method: Literal["t", "bootstrap"] = Field("bootstrap", description="CI: cluster bootstrap over prompts, or t over prompt means")

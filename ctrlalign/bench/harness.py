@@ -41,6 +41,7 @@ from ..dynamics.base import Dynamics, Outcomes, Sample
 from ..rewards.base import Reward, evaluate_reward, prompt_text
 from . import metrics
 from .config import BenchConfig, BenchController
+from .heldout import heldout_scores
 
 __all__ = ["BenchResult", "CountingReward", "compare", "finish_bench", "goal_status", "run_bench", "summarize"]
 
@@ -245,7 +246,7 @@ def run_bench(
         "prompt_ids": [_item_id(it, j) for j, it in enumerate(items)],
         "controllers": {
             c.key: {"name": c.name, **c.hyperparameters(), "space": c.build().space.describe(),
-                    "selection": c.selection, "common_random_numbers": c.common_random_numbers,
+                    "selection": c.selection, "common_random_numbers": c.common_random_numbers, "greedy": c.greedy,
                     "sigma2": c.sigma_used**2, "logit_noise_scale": metrics.logit_noise_scale(c.sigma_used, row_norm)}
             for c in entries
         },
@@ -309,11 +310,28 @@ def finish_bench(result: BenchResult, cfg: BenchConfig, *, items: Sequence[Any] 
         tj = time.perf_counter()
         _score_kept(result, items, judge, cfg.coherence)
         result.meta["judge_seconds"] = time.perf_counter() - tj
+    if cfg.heldout and _has_texts(result):
+        say("scoring held-out fluency, MPNet coherence and the published diversity ...")
+        th = time.perf_counter()
+        _score_heldout(result, items, cfg.model.name)
+        result.meta["heldout_seconds"] = time.perf_counter() - th
     _add_diversity_across_seeds(result)
     result.summary = summarize(result, method=cfg.ci_method)
     result.comparisons = compare(result, cfg.baselines, method=cfg.ci_method)
     result.meta["prompts_completed"] = len(done)
     return result
+
+
+def _score_heldout(result: BenchResult, items: Sequence[Any], policy: str) -> None:
+    """Fluency (another packaged LM), MPNet coherence and the published diversity of every kept
+    response, written into its record."""
+    id_to_prompt = {_item_id(it, j): _prompt_of(it) for j, it in enumerate(items)}
+    recs = [r for r in result.records if r.get("text") is not None]
+    scores = heldout_scores([id_to_prompt[r["prompt_id"]] for r in recs], [r["text"] for r in recs], policy=policy)
+    result.meta["fluency_model"] = scores.get("fluency_model")
+    for key in ("fluency", "coherence_mpnet", "paper_diversity"):
+        for r, v in zip(recs, scores.get(key, [])):
+            r[key] = v
 
 
 def _has_texts(result: BenchResult) -> bool:
@@ -375,6 +393,8 @@ def _run_one(result: BenchResult, dynamics: Dynamics, cost: Cost, counting: Coun
                 "diversity": None if s.text is None else metrics.diversity(s.text),
             })
 
+    if entry.greedy:
+        dynamics = dynamics.with_sampling(greedy=True)
     res = align(dynamics, cost, controller, texts, seed=seed, context=context, callback=callback,
                 selection=entry.build_selection(), common_random_numbers=entry.common_random_numbers)
     # the anytime read-out must agree with what align itself returns at k_max
@@ -463,7 +483,7 @@ def _add_diversity_across_seeds(result: BenchResult) -> None:
 # aggregation
 
 _FIELDS = ["reward", "judge", "control_kl", "mean_norm", "token_kl", "diversity", "diversity_across_seeds",
-           "coherence", "length", "seconds_per_prompt", "tokens"]
+           "coherence", "fluency", "coherence_mpnet", "paper_diversity", "length", "seconds_per_prompt", "tokens"]
 
 
 def _vals(recs: list[dict[str, Any]], key: str) -> list[float]:
@@ -496,6 +516,10 @@ def summarize(result: BenchResult, method: str = "bootstrap") -> list[dict[str, 
                     row[f"{key}_ci"] = metrics.mean_ci([r[key] for r in sel], method=method,
                                                        clusters=[r["prompt_id"] for r in sel]).to_dict()
             calls = {r["reward_calls"] for r in recs}
+            sel = [r for r in recs if r.get("fluency") is not None]
+            if sel:
+                row["fluency_ci"] = metrics.mean_ci([r["fluency"] for r in sel], method=method,
+                                                    clusters=[r["prompt_id"] for r in sel]).to_dict()
             row["reward_calls_per_prompt"] = calls.pop() if len(calls) == 1 else sorted(calls)
             runs = runs_by_ctrl.get(c, [])
             tok = sum(r["tokens"] for r in runs)

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .._checks import ConfigError
+
 __all__ = ["Dynamics", "Outcomes", "Sample"]
 
 
@@ -129,6 +131,11 @@ class Dynamics(ABC):
     def dtype(self) -> torch.dtype:
         """dtype of the controls."""
         return torch.float32
+
+    def with_sampling(self, **changes: Any) -> Dynamics:
+        """The same system with other sampling options (``greedy=True``, ...); systems without
+        sampling options refuse."""
+        raise ConfigError(f"{type(self).__name__} has no sampling options to change ({sorted(changes)})")
 
     def head_weight(self) -> torch.Tensor | None:
         """The output head W (V, d) that maps pre-logits to logits, or None if the system has

@@ -37,6 +37,7 @@ object.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -741,6 +742,15 @@ class CausalLM(Dynamics):
     def dtype(self) -> torch.dtype:
         """The model's dtype (controls use it)."""
         return next(self.model.parameters()).dtype
+
+    def with_sampling(self, **changes: Any) -> CausalLM:
+        """A CausalLM on the same model, tokenizer and engine whose :class:`SamplingConfig` has
+        ``changes`` (e.g. ``greedy=True``: the response becomes a function of the controls).
+        Contexts from :meth:`prepare` are shared between the two."""
+        other = copy.copy(self)
+        other.sampling = dataclasses.replace(self.sampling, **changes)
+        other.max_horizon = other.sampling.max_new_tokens
+        return other
 
     def head_weight(self) -> torch.Tensor:
         """The output head's W (V, d)."""
