@@ -173,13 +173,19 @@ def _build_align_config(args: argparse.Namespace) -> RunConfig:
     }, "options")
 
 
-def _fmt_trace(trace: list[dict[str, float]]) -> str:
-    head = f"{'iter':>4} {'mean r':>8} {'max r':>8} {'best r':>8} {'ESS':>6} {'H(w)':>6} {'‖U‖':>8} {'KL':>9} {'sec':>6}"
-    rows = [head]
+_TRACE_COLUMNS = [  # (header, key, width, format)
+    ("iter", "iteration", 4, "d"), ("mean r", "mean_reward", 8, ".4f"), ("max r", "max_reward", 8, ".4f"),
+    ("best r", "best_reward", 8, ".4f"), ("sd r", "reward_std", 7, ".4f"), ("λ", "temperature", 8, ".4g"),
+    ("ESS", "ess", 6, ".2f"), ("H(w)", "weight_entropy", 6, ".2f"), ("‖θ‖", "mean_norm", 8, ".3f"),
+    ("KL", "kl", 9, ".2f"), ("sec", "seconds", 6, ".2f"),
+]
+
+
+def _fmt_trace(trace: list[dict[str, float | None]]) -> str:
+    """The per-iteration trace as a table (a value that does not exist, e.g. λ of Best-of-N, is '-')."""
+    rows = [" ".join(f"{h:>{w}}" for h, _, w, _ in _TRACE_COLUMNS)]
     for t in trace:
-        rows.append(f"{t['iteration']:>4d} {t['mean_reward']:>8.4f} {t['max_reward']:>8.4f} {t['best_reward']:>8.4f} "
-                    f"{t['ess']:>6.2f} {t['weight_entropy']:>6.2f} {t['mean_norm']:>8.3f} {t['kl']:>9.2f} "
-                    f"{t['seconds']:>6.2f}")
+        rows.append(" ".join(f"{'-':>{w}}" if t.get(k) is None else f"{t[k]:>{w}{f}}" for _, k, w, f in _TRACE_COLUMNS))
     return "\n".join(rows)
 
 

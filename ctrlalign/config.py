@@ -222,9 +222,10 @@ ControllerConfig = create_model("ControllerConfig", __base__=_ControllerBase, __
 #: starting configurations for ``ctrlalign align --preset NAME`` (sections of a run config)
 PRESETS: dict[str, dict[str, Any]] = {
     "learning": {
-        "help": "AISP on one control shared by all tokens, λ adaptive (ESS = n/2), greedy rollouts",
-        "controller": {"name": "aisp", "space": "shared", "target_ess": 0.5, "sigma": 0.3, "num_samples": 16,
-                       "num_iterations": 8},
+        "help": "AISP in the head's top-32 singular directions (shared by all tokens), λ adaptive "
+                "(ESS = n/4), greedy rollouts: the configuration measured to learn (tutorial 6)",
+        "controller": {"name": "aisp", "space": "subspace", "rank": 32, "target_ess": 0.25, "sigma": 1.0,
+                       "num_samples": 16, "num_iterations": 8},
         "model": {"greedy": True, "max_new_tokens": 32},
     },
     "paper": {

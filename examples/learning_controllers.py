@@ -9,8 +9,11 @@ curve rises; best-so-far can rise by luck alone.
 * ``steer`` — AISP in a *subspace* of the pre-logit space spanned by the output head's rows of
   the target description's tokens (directions the user passes), λ adaptive (ESS = n/2),
   greedy decoding (the response is a function of the control);
-* ``head-subspace`` — the same in the top-r right-singular directions of the head (no
-  knowledge of the target);
+* ``head-subspace`` — AISP in the top r = 32 right-singular directions of the head (no
+  knowledge of the target), λ adaptive (ESS = n/4), greedy decoding: the configuration
+  ``ctrlalign align`` uses by default (``--preset learning``);
+* ``head-subspace-crn`` and ``head-subspace-sampled`` — the same controller with sampled
+  decoding, with and without common random numbers across rounds (where the randomness lives);
 * ``shared`` — one control shared by all tokens (d = 576 coordinates), λ adaptive, greedy;
 * ``paper`` — AISP as published: one control per token (τ·d coordinates), fixed λ = 0.3,
   α = 0.999, sampled decoding.
@@ -46,17 +49,24 @@ def target_directions(lm: ca.CausalLM, text: str) -> torch.Tensor:
     return lm.head_weight().detach().double()[ids]
 
 
-def configurations(lm: ca.CausalLM, n: int, k: int) -> dict[str, tuple[ca.Controller, bool]]:
-    """name → (controller, greedy decoding?)."""
+def configurations(lm: ca.CausalLM, n: int, k: int) -> dict[str, tuple[ca.Controller, str]]:
+    """name → (controller, rollout mode: "greedy", "crn" (sampled, common random numbers) or "sampled")."""
     E = target_directions(lm, TARGET)
+
+    def head() -> ca.AISP:
+        return ca.AISP(num_samples=n, num_iterations=k, sigma=1.0, target_ess=0.25, space="subspace", rank=32)
+
+    # --8<-- [start:configs]
     return {
         "steer": (ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, target_ess=0.5,
-                          space=ca.Subspace(rank=E.shape[0], directions=E, shared=True)), True),
-        "head-subspace": (ca.AISP(num_samples=n, num_iterations=k, sigma=1.0, target_ess=0.5, space="subspace",
-                                  rank=16), True),
-        "shared": (ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, target_ess=0.5, space="shared"), True),
-        "paper": (ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, temperature=0.3, alpha=0.999), False),
+                          space=ca.Subspace(rank=E.shape[0], directions=E, shared=True)), "greedy"),
+        "head-subspace": (head(), "greedy"),
+        "head-subspace-crn": (head(), "crn"),
+        "head-subspace-sampled": (head(), "sampled"),
+        "shared": (ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, target_ess=0.5, space="shared"), "greedy"),
+        "paper": (ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, temperature=0.3, alpha=0.999), "sampled"),
     }
+    # --8<-- [end:configs]
 
 
 def main(out: Path | None = None, quick: bool = False, num_samples: int = 32, num_iterations: int = 16,
@@ -71,15 +81,15 @@ def main(out: Path | None = None, quick: bool = False, num_samples: int = 32, nu
                                             sampling=ca.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True))
     sampled_lm = ca.CausalLM(greedy_lm.model, greedy_lm.tokenizer, base_logprobs=False,  # same weights
                              sampling=ca.SamplingConfig(max_new_tokens=max_new_tokens))
-    lms = {True: greedy_lm, False: sampled_lm}
-    for name, (ctrl, greedy) in configurations(lms[True], num_samples, num_iterations).items():
+    for name, (ctrl, mode) in configurations(greedy_lm, num_samples, num_iterations).items():
         if only and name not in only:
             continue
         t0 = time.perf_counter()
-        res = ca.align(lms[greedy], reward, ctrl, prompts, seed=0)
+        res = ca.align(greedy_lm if mode == "greedy" else sampled_lm, reward, ctrl, prompts, seed=0,
+                       common_random_numbers=mode == "crn")
         curve = [float(r.diagnostics.mean_reward.mean()) for r in res.trace]
         results[name] = {
-            "controller": repr(ctrl), "greedy": greedy, "round_mean": curve,
+            "controller": repr(ctrl), "rollout": mode, "round_mean": curve,
             "best_so_far": [float(r.kept_reward.mean()) for r in res.trace],
             "ess": [float(r.diagnostics.ess.mean()) for r in res.trace],
             "kl": [float(r.diagnostics.kl.mean()) for r in res.trace],

@@ -40,8 +40,7 @@ IMG = ROOT / "docs" / "img"
 
 #: the `ctrlalign align` runs shown in the docs: name -> argv
 COMMANDS = {
-    "align": ["align", "Write one sentence about your weekend.", "-n", "4", "-k", "2",
-              "--max-new-tokens", "24"],
+    "align": ["align", "Write one sentence about your weekend."],
 }
 
 
@@ -77,7 +76,7 @@ def _parse_align(text: str) -> dict:
     # new ones (the CLI grows) a slug of their heading
     names = {"iter": "iteration", "mean r": "mean_reward", "max r": "max_reward",
              "best r": "best_reward", "ESS": "ess", "H(w)": "weight_entropy", "‖U‖": "mean_norm",
-             "KL": "kl", "sec": "seconds"}
+             "‖θ‖": "mean_norm", "sd r": "reward_std", "λ": "temperature", "KL": "kl", "sec": "seconds"}
     cols = [names.get(c, re.sub(r"\W+", "_", c).strip("_").lower())
             for c in re.split(r"\s{2,}", lines[head].strip())]
     trace = []
@@ -87,7 +86,8 @@ def _parse_align(text: str) -> dict:
         values = line.split()
         if len(values) != len(cols):
             raise ValueError(f"trace row {line!r} does not match the header {lines[head]!r}")
-        trace.append({c: (int(v) if c == "iteration" else float(v)) for c, v in zip(cols, values)})
+        trace.append({c: (int(v) if c == "iteration" else None if v == "-" else float(v))
+                      for c, v in zip(cols, values)})
     out["trace"] = trace
     return out
 

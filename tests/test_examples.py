@@ -17,7 +17,7 @@ from ctrlalign.testing import CONTROLLERS, SPACES, SYSTEMS, ControllerContract
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.py"))
-SLOW = {"align_smollm2", "choose_parameters"}  # fast_rollouts has its own slow test below
+SLOW = {"align_smollm2", "choose_parameters", "learning_controllers"}  # fast_rollouts has its own slow test below
 
 
 def load(name: str):
