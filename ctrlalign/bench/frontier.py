@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .plots import _save, plt
+from .plots import figure_style, plt, save_figure
 
 __all__ = ["plot_reward_kl_frontier"]
 
@@ -45,16 +45,21 @@ def plot_reward_kl_frontier(
         The path written. Each controller's legend entry says how many of its points lie above
         the reference (of those inside the reference's KL range).
     """
+    with figure_style():
+        return _draw(points, ref_n, ref_reward, path, title, ylabel)
+
+
+def _draw(points, ref_n, ref_reward, path, title, ylabel) -> Path:
     n = np.asarray(ref_n, dtype=np.float64)
     R = np.asarray(ref_reward, dtype=np.float64)
     kl = metrics.bon_kl(n)
-    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     dense = np.exp(np.linspace(np.log(n[0]), np.log(n[-1]), 200))
     ax.plot(metrics.bon_kl(dense), np.interp(np.log(dense), np.log(n), R), color="0.3", lw=1.5,
             label="Best-of-N: KL = log N − (N−1)/N")
     ax.scatter(kl, R, color="0.3", s=14, zorder=3)
     for kj, rj, nj in zip(kl, R, n):
-        ax.annotate(f"{nj:g}", (kj, rj), textcoords="offset points", xytext=(3, -10), fontsize=7, color="0.3")
+        ax.annotate(f"{nj:g}", (kj, rj), textcoords="offset points", xytext=(3, -12), fontsize=10, color="0.3")
     for label, (x, y) in points.items():
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         gap = metrics.frontier_gap(x, y, R, ref_n=n)
@@ -65,6 +70,6 @@ def plot_reward_kl_frontier(
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
