@@ -33,16 +33,8 @@ import torch
 import ctrlalign as ca
 from ctrlalign.dynamics.decoding import SamplingConfig
 
-PROMPTS = [
-    "Write a short poem about the sea.",
-    "Explain photosynthesis to a child.",
-    "What are three tips for staying productive when working from home?",
-    "Describe your ideal weekend.",
-    "Give me a recipe idea for dinner tonight.",
-    "Why is the sky blue?",
-    "Write a friendly email inviting a colleague to lunch.",
-    "Summarise the plot of a detective story in two sentences.",
-]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_rollout import PROMPTS
 
 
 def timed(fn) -> tuple[float, object]:

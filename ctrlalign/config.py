@@ -94,13 +94,14 @@ class ModelConfig(_Strict):
         "whatever shares its batch (eager engine only; unset: on for the eager engine, off for the static "
         "one, which promises equality in distribution). Costs about 2x at n = 8 on CPU")
 
+    trust_remote_code: bool = Field(False, description="allow a model whose architecture is defined by code in its "
+                                    "repository (transformers' trust_remote_code); only for models you trust")
+
     @model_validator(mode="after")
     def _invariance_needs_eager(self) -> ModelConfig:
         if self.batch_invariant and self.engine != "eager":
             raise ValueError(f"batch_invariant applies to the eager engine only, not engine {self.engine!r}")
         return self
-    trust_remote_code: bool = Field(False, description="allow a model whose architecture is defined by code in its "
-                                    "repository (transformers' trust_remote_code); only for models you trust")
 
     @field_validator("name")
     @classmethod

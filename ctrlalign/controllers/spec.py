@@ -185,6 +185,22 @@ def _union(specs: Iterable[ControllerSpec]) -> dict[str, tuple[Hyperparameter, l
     return out
 
 
+def _described(specs: Iterable[ControllerSpec], exclude: Iterable[str]) -> list[tuple[Hyperparameter, list[str], str]]:
+    """(declaration, controllers that take it, their defaults in words) for every hyperparameter
+    of the union of ``specs`` not in ``exclude``."""
+    specs = list(specs)
+    skip = set(exclude)
+    out = []
+    for name, (h, owners) in _union(specs).items():
+        if name in skip:
+            continue
+        defaults = {s.name: s.defaults[name] for s in specs if name in s.defaults}
+        shown = sorted({repr(v) for v in defaults.values()})
+        text = shown[0] if len(shown) == 1 else ", ".join(f"{k} {v!r}" for k, v in defaults.items())
+        out.append((h, owners, text))
+    return out
+
+
 def _python_type(h: Hyperparameter) -> Any:
     return h.kind if h.kind is not float else float
 
@@ -195,16 +211,9 @@ def config_fields(specs: Iterable[ControllerSpec], exclude: Iterable[str] = ()) 
     take it and their defaults. Range checks are done by :func:`check_applicable`.
     """
     fields: dict[str, tuple[Any, Any]] = {}
-    specs = list(specs)
-    skip = set(exclude)
-    for name, (h, owners) in _union(specs).items():
-        if name in skip:
-            continue
-        defaults = {s.name: s.defaults[name] for s in specs if name in s.defaults}
-        shown = sorted({repr(v) for v in defaults.values()})
-        default_text = shown[0] if len(shown) == 1 else "; ".join(f"{k}: {v!r}" for k, v in defaults.items())
+    for h, owners, default_text in _described(specs, exclude):
         desc = f"{h.label}: {h.help}. Allowed: {h.allowed()}. Default: {default_text}. Applies to: {', '.join(owners)}"
-        fields[name] = (_python_type(h) | None, Field(None, description=desc))
+        fields[h.name] = (_python_type(h) | None, Field(None, description=desc))
     return fields
 
 
@@ -235,14 +244,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any, specs: Iterable[Control
     """Add one ``--flag`` per hyperparameter of the union of ``specs`` (default None: the
     chosen controller's own default); help names the controllers that take it and the defaults.
     ``aliases`` adds short flags, e.g. ``{"num_samples": ["-n"]}``."""
-    specs = list(specs)
-    skip = set(exclude)
-    for name, (h, owners) in _union(specs).items():
-        if name in skip:
-            continue
-        defaults = {s.name: s.defaults[name] for s in specs if name in s.defaults}
-        shown = sorted({repr(v) for v in defaults.values()})
-        default_text = shown[0] if len(shown) == 1 else ", ".join(f"{k} {v!r}" for k, v in defaults.items())
+    for h, owners, default_text in _described(specs, exclude):
+        name = h.name
         help_text = f"{h.label}: {h.help}; {h.allowed()} (default {default_text}; {', '.join(owners)})"
         flags = [*(aliases or {}).get(name, []), "--" + name.replace("_", "-")]
         if h.kind is bool:
