@@ -175,7 +175,7 @@ def _build_align_config(args: argparse.Namespace) -> RunConfig:
 
 _TRACE_COLUMNS = [  # (header, key, width, format)
     ("iter", "iteration", 4, "d"), ("mean r", "mean_reward", 8, ".4f"), ("max r", "max_reward", 8, ".4f"),
-    ("best r", "best_reward", 8, ".4f"), ("sd r", "reward_std", 7, ".4f"), ("λ", "temperature", 8, ".4g"),
+    ("best r", "best_reward", 8, ".4f"), ("sd r", "reward_std", 7, ".4f"), ("λ", "temperature", 9, ".4g"),
     ("ESS", "ess", 6, ".2f"), ("H(w)", "weight_entropy", 6, ".2f"), ("‖θ‖", "mean_norm", 8, ".3f"),
     ("KL", "kl", 9, ".2f"), ("sec", "seconds", 6, ".2f"),
 ]

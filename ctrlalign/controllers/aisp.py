@@ -32,7 +32,11 @@ class AISP(MPPI):
         temperature: λ > 0 (fixed); None with ``target_ess``.
         target_ess: adaptive λ so that the ESS is this fraction of n; None: fixed λ.
         alpha: α in [0, 1], how much of the likelihood-ratio term to drop.
-        horizon, space, block_size, rank: see :class:`~ctrlalign.controllers.base.Controller`.
+        horizon: τ, controlled tokens (None: the dynamics' maximum).
+        space: the control space, a name or a :class:`~ctrlalign.spaces.ControlSpace`
+            (see :class:`~ctrlalign.controllers.base.Controller`).
+        block_size: b for ``space="blocks"``.
+        rank: r for ``space="subspace"``.
     """
 
     name = "aisp"

@@ -24,7 +24,11 @@ class BestOfN(Controller):
         num_samples: n, samples per iteration.
         num_iterations: k, iterations (N = n·k).
         sigma: σ >= 0 (0: the plain model, no control).
-        horizon, space, block_size, rank: see :class:`~ctrlalign.controllers.base.Controller`.
+        horizon: τ, controlled tokens (None: the dynamics' maximum).
+        space: the control space, a name or a :class:`~ctrlalign.spaces.ControlSpace`
+            (see :class:`~ctrlalign.controllers.base.Controller`).
+        block_size: b for ``space="blocks"``.
+        rank: r for ``space="subspace"``.
     """
 
     name = "bon"

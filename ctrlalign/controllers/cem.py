@@ -37,7 +37,11 @@ class CEM(Controller):
         step_size: β in (0, 1].
         refit_std: also refit the scale s.
         min_std: lower clamp for s when refitting.
-        horizon, space, block_size, rank: see :class:`~ctrlalign.controllers.base.Controller`.
+        horizon: τ, controlled tokens (None: the dynamics' maximum).
+        space: the control space, a name or a :class:`~ctrlalign.spaces.ControlSpace`
+            (see :class:`~ctrlalign.controllers.base.Controller`).
+        block_size: b for ``space="blocks"``.
+        rank: r for ``space="subspace"``.
     """
 
     name = "cem"

@@ -38,7 +38,11 @@ class MPPI(WeightedController):
         target_ess: adaptive λ so that the ESS is this fraction of n; None: fixed λ.
         likelihood_ratio: γ in [0, 1], weight of the importance-sampling correction.
         step_size: β in (0, 1], mean smoothing.
-        horizon, space, block_size, rank: see :class:`~ctrlalign.controllers.base.Controller`.
+        horizon: τ, controlled tokens (None: the dynamics' maximum).
+        space: the control space, a name or a :class:`~ctrlalign.spaces.ControlSpace`
+            (see :class:`~ctrlalign.controllers.base.Controller`).
+        block_size: b for ``space="blocks"``.
+        rank: r for ``space="subspace"``.
     """
 
     name = "mppi"

@@ -30,7 +30,11 @@ class SoftmaxSampling(WeightedController):
         sigma: σ > 0, the prior's noise scale (θ̂ stays 0).
         temperature: λ > 0 (fixed); None with ``target_ess``.
         target_ess: adaptive λ per round so that the ESS is this fraction of n.
-        horizon, space, block_size, rank: see :class:`~ctrlalign.controllers.base.Controller`.
+        horizon: τ, controlled tokens (None: the dynamics' maximum).
+        space: the control space, a name or a :class:`~ctrlalign.spaces.ControlSpace`
+            (see :class:`~ctrlalign.controllers.base.Controller`).
+        block_size: b for ``space="blocks"``.
+        rank: r for ``space="subspace"``.
     """
 
     name = "softmax"
