@@ -163,6 +163,8 @@ class ControllerContract:
         return res, counting, all_prompts
 
     def test_shapes_and_trace(self, name, space, system):
+        """Final mean (D, *θ), rewards (D,), k records; every diagnostic (D,) and finite; weights
+        (D, n) non-negative and summing to one; ESS in [1, n]; entropy in [0, log n]; KL >= 0."""
         res, _, prompts = self.run(name, space, system)
         D = len(prompts)
         assert res.state.mean.shape == (D, *res.space.shape)
@@ -184,6 +186,7 @@ class ControllerContract:
             assert (g.kl >= -1e-9).all()
 
     def test_kept_reward_matches_kept_response(self, name, space, system):
+        """The reported reward is the reward of the response actually kept."""
         res, _, prompts = self.run(name, space, system)
         _, reward, _ = self.systems[system]()
         for d, s in enumerate(res.responses):
@@ -191,6 +194,7 @@ class ControllerContract:
             assert abs(r - float(res.rewards[d])) <= 1e-9 + 1e-6 * abs(r)
 
     def test_determinism(self, name, space, system):
+        """Same seed, same result; another seed, other draws (unless nothing is random)."""
         a, _, _ = self.run(name, space, system, seed=3)
         b, _, _ = self.run(name, space, system, seed=3)
         c, _, _ = self.run(name, space, system, seed=4)
@@ -202,12 +206,14 @@ class ControllerContract:
             assert float(a.state.std.abs().max()) == 0 and a.responses[0].tokens is None
 
     def test_budget_accounting(self, name, space, system):
+        """Exactly n·k reward calls per prompt, plus the default selection's final draws."""
         res, counting, prompts = self.run(name, space, system)
         extra = self.controllers[name](self.n, self.k, self.spaces[space]()).default_selection().final_samples
         assert res.reward_calls.tolist() == [self.n * self.k + extra] * len(prompts)
         assert sorted(counting.calls.values()) == [self.n * self.k + extra] * len(prompts)
 
     def test_per_prompt_independence(self, name, space, system):
+        """A prompt's result is the same alone, in a batch, and at another position."""
         batch, _, prompts = self.run(name, space, system, seed=11)
         for d in (0, 2):
             alone, _, _ = self.run(name, space, system, prompts=[prompts[d]], seed=11)
