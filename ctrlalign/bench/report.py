@@ -20,6 +20,7 @@ from .plots import parse_sweep_label
 __all__ = [
     "comparison_table",
     "fmt_ci",
+    "heldout_table",
     "iteration_table",
     "markdown_report",
     "results_table",
@@ -76,6 +77,24 @@ def results_table(result, controllers: Sequence[str] | None = None, budgets: Seq
         ])
     header = ["controller", "N", "n×k", "reward [95% CI]", "held-out judge [95% CI]", "KL(q_U‖p)", "‖U‖",
               "token log-ratio", "div.", "div. across seeds", "coherence", "s/prompt", "tok/s", "reward calls"]
+    return _table(header, rows)
+
+
+def heldout_table(result) -> str:
+    """One row per (controller, N) with the held-out scores nothing optimises (``heldout: true``):
+    fluency (mean token log-likelihood under another LM than the policy) with its 95% CI, MPNet
+    coherence and the published diversity. Empty when the run has none."""
+    rows = []
+    for r in _get(result, "summary"):
+        if r.get("fluency") is None and r.get("coherence_mpnet") is None:
+            continue
+        rows.append([r["controller"], r["budget"], fmt_ci(r.get("fluency_ci")), _f(r.get("coherence_mpnet")),
+                     _f(r.get("paper_diversity"))])
+    if not rows:
+        return ""
+    model = _get(result, "meta").get("fluency_model") or "another LM"
+    header = ["controller", "N", f"fluency: mean log p per token under {model} [95% CI]", "coherence (MPNet)",
+              "diversity (published)"]
     return _table(header, rows)
 
 
@@ -181,6 +200,9 @@ def markdown_report(result, primary: str | None = None, baselines: Sequence[str]
     main = results_table(result)
     if main.count("\n") > 1:
         parts += ["", main]
+    held = heldout_table(result)
+    if held:
+        parts += ["", held]
     comp = comparison_table(result)
     if comp.count("\n") > 1:
         parts += ["", comp]
