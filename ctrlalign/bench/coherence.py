@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from ..rewards.embedding import mean_pooled_embeddings
+
 __all__ = ["MPNET_DIM", "MPNET_PARTS", "coherence", "embed", "mpnet_model_path"]
 
 #: dimension of the MPNet sentence embeddings.
@@ -134,21 +136,10 @@ def embed(texts: Sequence[str], *, batch_size: int = 32, max_length: int = 384) 
     length-sorted and results do not depend on the batch.
     """
     texts = [str(t) for t in texts]
-    m = len(texts)
-    out = torch.empty(m, MPNET_DIM, dtype=torch.float32)
-    if m == 0:
-        return out
+    if not texts:
+        return torch.empty(0, MPNET_DIM, dtype=torch.float32)
     model, tok = _load()
-    order = sorted(range(m), key=lambda k: -len(texts[k]))
-    for a in range(0, m, int(batch_size)):
-        chunk = order[a : a + int(batch_size)]
-        batch = tok([texts[k] for k in chunk], padding=True, truncation=True, max_length=max_length,
-                    return_tensors="pt")
-        h = model(**batch).last_hidden_state  # (B, L, 768)
-        mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
-        mean = (h * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-        out[torch.tensor(chunk)] = torch.nn.functional.normalize(mean, dim=-1).float()
-    return out
+    return mean_pooled_embeddings(model, tok, texts, batch_size=int(batch_size), max_length=max_length)
 
 
 def coherence(prompts: Sequence[str] | str, responses: Sequence[str], *, encoder: str = "mpnet") -> torch.Tensor:

@@ -14,7 +14,7 @@ from .._checks import ConfigError, RewardError, check_int
 from ..dynamics.base import Outcomes
 from .base import Reward, prompt_text, response_texts
 
-__all__ = ["EMBEDDING_DIM", "EmbeddingSimilarity", "embed", "embedding_model_path"]
+__all__ = ["EMBEDDING_DIM", "EmbeddingSimilarity", "embed", "embedding_model_path", "mean_pooled_embeddings"]
 
 #: dimension of the sentence embeddings returned by :func:`embed`.
 EMBEDDING_DIM = 384
@@ -70,17 +70,29 @@ def embed(texts: Sequence[str], *, batch_size: int = 64, max_length: int = 256) 
     """
     check_int("batch_size", batch_size, minimum=1)
     texts = [str(t) for t in texts]
-    N = len(texts)
-    out = torch.empty(N, EMBEDDING_DIM, dtype=torch.float32)
-    if N == 0:
-        return out
+    if not texts:
+        return torch.empty(0, EMBEDDING_DIM, dtype=torch.float32)
     model, tok = _load()
+    return mean_pooled_embeddings(model, tok, texts, batch_size=batch_size, max_length=max_length)
+
+
+@torch.no_grad()
+def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], *, batch_size: int,
+                           max_length: int) -> torch.Tensor:
+    r"""Unit-norm mean-pooled sentence embeddings of N texts with a ``transformers`` encoder,
+    shape (N, h), float32: :math:`e(t) = \bar h/\|\bar h\|`, :math:`\bar h` the attention-masked
+    mean of the last hidden states (sentence-transformers' Transformer → mean Pooling →
+    Normalize). Texts are cut on the right at ``max_length`` tokens; batches are length-sorted,
+    and results do not depend on the batch. Shared by the reward's MiniLM and the held-out MPNet.
+    """
+    N = len(texts)
+    out = torch.empty(N, model.config.hidden_size, dtype=torch.float32)
     order = sorted(range(N), key=lambda k: -len(texts[k]))
     for a in range(0, N, batch_size):
         chunk = order[a : a + batch_size]
-        batch = tok([texts[k] for k in chunk], padding=True, truncation=True,
-                    max_length=max_length, return_tensors="pt")
-        h = model(**batch).last_hidden_state  # (B, T, 384)
+        batch = tokenizer([texts[k] for k in chunk], padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt")
+        h = model(**batch).last_hidden_state  # (B, T, h)
         mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
         m = (h * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
         out[torch.tensor(chunk)] = torch.nn.functional.normalize(m, dim=-1).float()
