@@ -124,3 +124,13 @@ def arch_model(request):
 @pytest.fixture(scope="session")
 def llama_model():
     return make_model("llama")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests with one torch thread: tiny float64 ops are ~1000x slower with two
+    OpenMP threads on a loaded 2-core machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -33,12 +33,7 @@ from ctrlalign.testing import same_sample
 Z = 5.0  # standard errors allowed in Monte-Carlo checks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TAU, D_HID = 3, 2

@@ -41,13 +41,7 @@ Z = 5.0  # standard errors allowed in Monte-Carlo mean checks
 P_MIN = 1e-3  # chi-square false-alarm rate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny float64 ops are ~1000x slower with 2 OpenMP threads on a loaded 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------
