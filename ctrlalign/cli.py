@@ -128,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--report-only", action="store_true",
                    help="do not run: rebuild figures and tables from the existing results JSON")
     b.add_argument("--device", default=None, help="torch device (overrides model.device)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an existing results JSON instead of resuming it (by default the runs it holds "
+                   "are kept and only the missing ones run; a file of another configuration is refused)")
     _add_logging(b)
     return parser
 
@@ -284,7 +287,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             finish_bench(result, cfg, log=logger.info)
             result.save(cfg.output)
     else:
-        result = run_bench(cfg, log=logger.info)
+        result = run_bench(cfg, log=logger.info, overwrite=args.overwrite)
     figures = write_figures(result, cfg.figures, prefix=cfg.name, primary=cfg.primary) if cfg.figures else []
     text = markdown_report(result)
     tables = cfg.tables or str(cfg.output).rsplit(".", 1)[0] + ".md"

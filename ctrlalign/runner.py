@@ -76,6 +76,8 @@ __all__ = [
     "RunInterrupted",
     "candidates_path",
     "check_output_path",
+    "config_diff",
+    "output_lock",
     "read_results",
     "run",
 ]
@@ -224,7 +226,7 @@ def _owned_files(out: Path) -> list[Path]:
 
 
 @contextmanager
-def _locked(target: Path) -> Iterator[None]:
+def output_lock(target: Path) -> Iterator[None]:
     """Hold an exclusive, non-blocking ``flock`` on ``<target>.lock`` (holder info inside).
 
     Raises:
@@ -338,7 +340,7 @@ def _check_meta(cfg: RunConfig, out: Path, has_results: bool, overwrite: bool) -
         raise CorruptResultsError(f"{meta} cannot be read ({exc}); it records the configuration of the results "
                                   f"in {out}. Restore it, or start over with --overwrite") from None
     if old.get("hash") != h:
-        diffs = _diff(old.get("identity", {}), cfg.identity())
+        diffs = config_diff(old.get("identity", {}), cfg.identity())
         raise ConfigChangedError(
             f"{out} holds results of a different configuration (hash {old.get('hash')} != {h}; "
             f"changed: {', '.join(diffs) or 'unknown'}). Use --overwrite to discard them, or choose "
@@ -346,11 +348,12 @@ def _check_meta(cfg: RunConfig, out: Path, has_results: bool, overwrite: bool) -
     return h
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted paths at which two nested dicts differ (``[]``: equal), e.g. ``["model.name"]``."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+            out += config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
 
@@ -437,9 +440,9 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True,
     with ExitStack() as stack:
         def lock() -> None:
             if rank == 0:
-                stack.enter_context(_locked(out))
+                stack.enter_context(output_lock(out))
             if shard != out:
-                stack.enter_context(_locked(shard))
+                stack.enter_context(output_lock(shard))
 
         _together(world, lock)
         index = {it.id: i for i, it in enumerate(items)}

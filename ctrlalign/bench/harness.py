@@ -20,6 +20,7 @@ spent to reach N. :mod:`ctrlalign.bench.report` and :mod:`ctrlalign.bench.plots`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -39,6 +40,13 @@ from ..build import build_dynamics, build_reward, versions
 from ..cost import Cost
 from ..dynamics.base import Dynamics, Outcomes, Sample
 from ..rewards.base import Reward, evaluate_reward, prompt_text
+from ..runner import (
+    ConfigChangedError,
+    CorruptResultsError,
+    RunInterrupted,
+    config_diff,
+    output_lock,
+)
 from . import metrics
 from .config import BenchConfig, BenchController
 from .heldout import heldout_scores
@@ -203,6 +211,7 @@ def run_bench(
     prompts: Sequence[Any] | None = None,
     log: Callable[[str], None] | None = print,
     save: bool = True,
+    overwrite: bool = False,
 ) -> BenchResult:
     """Run a matched-budget benchmark.
 
@@ -215,9 +224,26 @@ def run_bench(
             toy-system prompt tensors).
         log: progress lines (None: silent).
         save: write ``config.output`` after every (controller, seed, prompt batch) run, and at the end.
+            While it runs, ``<output>.lock`` is held, so a second run on the same output is refused.
+        overwrite: discard an existing ``config.output`` instead of resuming it.
+
+    A run *resumes* (with ``save``): when ``config.output`` exists, the (controller, seed,
+    prompt batch) runs it holds are kept and only the missing ones are run, so an interrupted
+    benchmark continues where it stopped and adding a controller or raising ``limit`` runs only
+    what is new. It is refused, with the differing fields named, when the file was written
+    under a different configuration (anything but ``name``, ``output``, ``figures``,
+    ``tables``, ``limit``, ``primary`` and ``baselines``; a controller is compared by label),
+    so results of two settings never mix. Resuming trusts that ``dynamics``, ``reward`` and
+    ``prompts`` passed in are those of the first run.
 
     Returns:
         :class:`BenchResult` with records, traces, runs, summary and comparisons filled.
+
+    Raises:
+        ConfigChangedError: the output holds results of another configuration.
+        CorruptResultsError: the output cannot be read as a :class:`BenchResult`.
+        OutputLockedError: another run holds the output.
+        RunInterrupted: on Ctrl-C, saying how many runs are saved.
     """
     cfg = config if isinstance(config, BenchConfig) else BenchConfig.model_validate(config)
     say = log or (lambda s: None)
@@ -258,32 +284,115 @@ def run_bench(
     cost = Cost(counting)
     N_max = max(cfg.budgets)
     D = cfg.batch_prompts
-    say(f"bench {cfg.name!r}: {len(items)} prompts x {len(cfg.seeds)} seeds x {len(entries)} controllers, "
-        f"budgets {cfg.budgets}; ‖w‖ = {row_norm}")
-    for start in range(0, len(items), D):
-        batch = items[start: start + D]
-        texts = [_prompt_of(it) for it in batch]
-        ids = [_item_id(it, start + j) for j, it in enumerate(batch)]
-        tb = time.perf_counter()
-        context = dynamics.prepare(texts)
-        prefill_s = time.perf_counter() - tb
-        for seed in cfg.seeds:
-            for entry in entries:
-                _run_one(result, dynamics, cost, counting, entry, texts, ids, context, seed, cfg.budgets, N_max,
-                         prefill_s)
+    plan = [(entry, seed, start) for start in range(0, len(items), D) for seed in cfg.seeds for entry in entries]
+    ids_of = {start: [_item_id(it, start + j) for j, it in enumerate(items[start: start + D])]
+              for start in range(0, len(items), D)}
+    with contextlib.ExitStack() as stack:
+        if save:
+            stack.enter_context(output_lock(Path(cfg.output)))
+            if not overwrite:
+                _resume(result, cfg, [_unit(e.key, s, ids_of[b]) for e, s, b in plan], say)
+        done = {_unit(r["controller"], r["seed"], r["prompt_ids"]) for r in result.runs}
+        todo = [(e, s, b) for e, s, b in plan if _unit(e.key, s, ids_of[b]) not in done]
+        say(f"bench {cfg.name!r}: {len(items)} prompts x {len(cfg.seeds)} seeds x {len(entries)} controllers, "
+            f"budgets {cfg.budgets}; ‖w‖ = {row_norm}; {len(todo)} of {len(plan)} runs to do")
+        prepared: dict[int, tuple[Any, float]] = {}
+        try:
+            for entry, seed, start in todo:
+                batch = items[start: start + D]
+                texts = [_prompt_of(it) for it in batch]
+                if start not in prepared:
+                    prepared.clear()  # one prompt batch's prefill held at a time
+                    tb = time.perf_counter()
+                    prepared[start] = (dynamics.prepare(texts), time.perf_counter() - tb)
+                context, prefill_s = prepared[start]
+                _run_one(result, dynamics, cost, counting, entry, texts, ids_of[start], context, seed, cfg.budgets,
+                         N_max, prefill_s)
                 last = result.runs[-1]
                 if save:  # after every run, so a run stopped early keeps all completed runs
                     result.save(cfg.output)
                 say(f"  prompts {start}-{start + len(batch) - 1} seed {seed} {entry.key:<28s} "
                     f"{last['seconds']:7.1f}s  {last['tokens_per_second']:7.1f} tok/s  "
                     f"best@N_max {last['mean_best_reward']:.4f}")
-    result.meta["seconds_runs"] = time.perf_counter() - t_start
-    finish_bench(result, cfg, items=items, judge=judge, log=say)
-    result.meta["seconds_total"] = time.perf_counter() - t_start
-    result.meta["peak_rss_mb"] = _peak_rss_mb()
-    if save:
-        result.save(cfg.output)
+        except KeyboardInterrupt:
+            where = f"; saved in {cfg.output}, rerun the same command to resume" if save else ""
+            raise RunInterrupted(f"interrupted: {len(result.runs)} of {len(plan)} runs done{where}") from None
+        _in_plan_order(result, [_unit(e.key, s, ids_of[b]) for e, s, b in plan])
+        result.meta["seconds_runs"] = time.perf_counter() - t_start
+        finish_bench(result, cfg, items=items, judge=judge, log=say)
+        result.meta["seconds_total"] = time.perf_counter() - t_start
+        result.meta["peak_rss_mb"] = _peak_rss_mb()
+        if save:
+            result.save(cfg.output)
     return result
+
+
+#: config fields that change no result: a results file written under other values is resumed
+_NOT_IDENTITY = ("name", "output", "figures", "tables", "limit", "primary", "baselines", "controllers", "sweep")
+
+
+def _unit(controller: str, seed: int, prompt_ids: Sequence[str]) -> tuple[str, int, tuple[str, ...]]:
+    """The key of one (controller, seed, prompt batch) run."""
+    return controller, int(seed), tuple(prompt_ids)
+
+
+def _resume(result: BenchResult, cfg: BenchConfig, plan: list[tuple[str, int, tuple[str, ...]]],
+            say: Callable[[str], None]) -> None:
+    """Move the runs of an existing ``cfg.output`` that this config plans into ``result``.
+
+    Raises:
+        CorruptResultsError: the file is not a readable :class:`BenchResult`.
+        ConfigChangedError: it was written under another configuration: a field outside
+            ``_NOT_IDENTITY`` differs, a controller label kept its name but changed its settings
+            or is gone, or a prompt it answered is no longer in the prompt set.
+    """
+    path = Path(cfg.output)
+    if not path.exists():
+        return
+    try:
+        old = BenchResult.load(path)
+        old_cfg = BenchConfig.model_validate(old.config)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CorruptResultsError(f"{path} cannot be read as a bench result ({str(exc).splitlines()[0]}); "
+                                  "move it away, or rerun with --overwrite to replace it") from None
+    fix = "rerun with --overwrite to replace them, or choose another --output"
+    new = cfg.model_dump(mode="json")
+    changed = config_diff({k: v for k, v in old.config.items() if k not in _NOT_IDENTITY},
+                          {k: v for k, v in new.items() if k not in _NOT_IDENTITY})
+    old_entries = {c.key: c.model_dump(mode="json") for c in old_cfg.all_controllers()}
+    new_entries = {c.key: c.model_dump(mode="json") for c in cfg.all_controllers()}
+    ran = {r["controller"] for r in old.runs}
+    changed += [f"controllers[{k}]" for k in sorted(ran) if old_entries.get(k) != new_entries.get(k)]
+    if changed:
+        raise ConfigChangedError(f"{path} holds results of a different configuration (changed: "
+                                 f"{', '.join(changed)}); {fix}")
+    planned_ids = {i for _, _, ids in plan for i in ids}
+    lost = sorted({i for r in old.runs for i in r["prompt_ids"]} - planned_ids)
+    if lost:
+        raise ConfigChangedError(f"{path} holds results for prompts this config no longer includes "
+                                 f"({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}); {fix}")
+    wanted = set(plan)
+    keep = [r for r in old.runs if _unit(r["controller"], r["seed"], r["prompt_ids"]) in wanted]
+    covered = {(r["controller"], int(r["seed"]), i) for r in keep for i in r["prompt_ids"]}
+    result.runs = keep
+    result.records = [r for r in old.records if (r["controller"], int(r["seed"]), r["prompt_id"]) in covered]
+    result.traces = [t for t in old.traces if (t["controller"], int(t["seed"]), t["prompt_id"]) in covered]
+    result.meta["started"] = old.meta.get("started", result.meta["started"])
+    result.meta["resumed"] = [*old.meta.get("resumed", []), time.strftime("%Y-%m-%d %H:%M:%S")]
+    if keep or old.runs:
+        say(f"resuming {path}: {len(keep)} finished runs kept"
+            + (f", {len(old.runs) - len(keep)} of a changed prompt batching run again" if len(keep) < len(old.runs)
+               else ""))
+
+
+def _in_plan_order(result: BenchResult, plan: list[tuple[str, int, tuple[str, ...]]]) -> None:
+    """Sort runs, records and traces by their run's place in the plan, so a resumed result is
+    ordered like an uninterrupted one."""
+    rank = {u: j for j, u in enumerate(plan)}
+    of_prompt = {(c, s, i): j for (c, s, ids), j in rank.items() for i in ids}
+    result.runs.sort(key=lambda r: rank[_unit(r["controller"], r["seed"], r["prompt_ids"])])
+    result.records.sort(key=lambda r: of_prompt[(r["controller"], int(r["seed"]), r["prompt_id"])])
+    result.traces.sort(key=lambda t: of_prompt[(t["controller"], int(t["seed"]), t["prompt_id"])])
 
 
 def finish_bench(result: BenchResult, cfg: BenchConfig, *, items: Sequence[Any] | None = None,

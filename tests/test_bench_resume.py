@@ -1,0 +1,152 @@
+"""Resuming a benchmark: an interrupted run continues where it stopped and gives the records an
+uninterrupted run gives; a results file of another configuration is refused, never mixed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from test_bench import toy_config, toy_system
+
+import ctrlalign as ca
+from ctrlalign.bench import BenchResult, run_bench
+from ctrlalign.cli import main
+from ctrlalign.runner import (
+    ConfigChangedError,
+    CorruptResultsError,
+    OutputLockedError,
+    RunInterrupted,
+    output_lock,
+)
+
+#: fields of a record that measure time, not the result
+TIMING = {"seconds_per_prompt"}
+
+
+def _small(tmp_path: Path, **kw):
+    base = dict(sweep=None, budgets=[4, 8], primary="aisp", baselines=["bon-plain"], controllers=[
+        {"label": "bon-plain", "name": "bon", "sigma": 0, "num_samples": 4},
+        {"label": "aisp", "name": "aisp", "sigma": 0.7, "temperature": 0.3, "alpha": 0.99, "num_samples": 4},
+    ])
+    base.update(kw)
+    return toy_config(tmp_path, **base)
+
+
+def _results(res: BenchResult) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in res.records]
+
+
+class StopAfter(ca.Reward):
+    """The toy reward, which presses Ctrl-C on its ``calls``-th batch."""
+
+    name = "stop-after"
+
+    def __init__(self, inner: ca.Reward, calls: int):
+        self.inner, self.left = inner, calls
+
+    def __call__(self, prompts, outcomes):
+        self.left -= 1
+        if self.left < 0:
+            raise KeyboardInterrupt
+        return self.inner(prompts, outcomes)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clean")
+    dyn, reward, judge, prompts = toy_system()
+    cfg = _small(tmp)
+    return run_bench(cfg, dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=None)
+
+
+@pytest.mark.parametrize("stop", [1, 3, 5, 9])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(clean, tmp_path, stop):
+    dyn, reward, judge, prompts = toy_system()
+    cfg = _small(tmp_path)
+    with pytest.raises(RunInterrupted, match="rerun the same command to resume") as exc:
+        run_bench(cfg, dynamics=dyn, reward=StopAfter(reward, stop), judge=judge, prompts=prompts, log=None)
+    saved = BenchResult.load(cfg.output) if Path(cfg.output).exists() else None
+    n_saved = 0 if saved is None else len(saved.runs)
+    assert f"{n_saved} of 8 runs done" in str(exc.value)  # 2 prompt batches x 2 seeds x 2 controllers
+    lines: list[str] = []
+    res = run_bench(cfg, dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=lines.append)
+    assert any(f"{8 - n_saved} of 8 runs to do" in s for s in lines)
+    assert _results(res) == _results(clean)
+    key = [(r["controller"], r["budget"], r["reward"], r["judge"]) for r in res.summary]
+    assert key == [(r["controller"], r["budget"], r["reward"], r["judge"]) for r in clean.summary]
+    assert len(res.runs) == 8 and bool(res.meta.get("resumed")) == (n_saved > 0)
+
+
+def test_finished_run_is_not_rerun_and_new_controllers_or_prompts_only_add(clean, tmp_path):
+    dyn, reward, judge, prompts = toy_system()
+    cfg = _small(tmp_path, controllers=_small(tmp_path).model_dump()["controllers"][:1], primary=None, baselines=[])
+    run_bench(cfg, dynamics=dyn, reward=reward, judge=judge, prompts=prompts[:2], log=None)
+    lines: list[str] = []
+    res = run_bench(_small(tmp_path), dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=lines.append)
+    # 2 batches x 2 seeds x 2 controllers = 8 runs; bon-plain on the first batch (2 seeds) was done
+    assert any("6 of 8 runs to do" in s for s in lines)
+    assert _results(res) == _results(clean)
+    lines.clear()
+    again = run_bench(_small(tmp_path), dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=lines.append)
+    assert any("0 of 8 runs to do" in s for s in lines) and _results(again) == _results(clean)
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (dict(seeds=[0, 2]), "seeds"),
+    (dict(model={"name": "default", "max_new_tokens": 8}), "model.max_new_tokens"),
+    (dict(controllers=[{"label": "bon-plain", "name": "bon", "sigma": 0.1, "num_samples": 4},
+                       {"label": "aisp", "name": "aisp", "sigma": 0.7, "temperature": 0.3, "alpha": 0.99,
+                        "num_samples": 4}]), "controllers[bon-plain]"),
+    (dict(controllers=[{"label": "bon-plain", "name": "bon", "sigma": 0, "num_samples": 4}], primary=None,
+          baselines=[]), "controllers[aisp]"),
+])
+def test_another_configuration_is_refused_and_the_file_kept(clean, tmp_path, change, named):
+    dyn, reward, judge, prompts = toy_system()
+    cfg = _small(tmp_path)
+    Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.output).write_text(json.dumps(clean.to_dict(), default=str))
+    before = Path(cfg.output).read_bytes()
+    with pytest.raises(ConfigChangedError, match=r"changed: .*" + named.replace("[", r"\[").replace("]", r"\]")):
+        run_bench(_small(tmp_path, **change), dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=None)
+    assert Path(cfg.output).read_bytes() == before
+    # --overwrite replaces it
+    res = run_bench(_small(tmp_path, **change), dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=None,
+                    overwrite=True)
+    assert BenchResult.load(cfg.output).records == json.loads(json.dumps(res.records))
+
+
+def test_dropped_prompts_are_refused(clean, tmp_path):
+    dyn, reward, judge, prompts = toy_system()
+    cfg = _small(tmp_path)
+    Path(cfg.output).write_text(json.dumps(clean.to_dict(), default=str))
+    with pytest.raises(ConfigChangedError, match="no longer includes.*p2"):
+        run_bench(cfg, dynamics=dyn, reward=reward, judge=judge, prompts=prompts[:2], log=None)
+
+
+def test_corrupt_or_locked_output_is_refused(tmp_path):
+    dyn, reward, judge, prompts = toy_system()
+    cfg = _small(tmp_path)
+    Path(cfg.output).write_text('{"config": {"name": ')
+    with pytest.raises(CorruptResultsError, match="cannot be read as a bench result"):
+        run_bench(cfg, dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=None)
+    assert Path(cfg.output).read_text() == '{"config": {"name": '
+    Path(cfg.output).unlink()
+    with output_lock(Path(cfg.output)), pytest.raises(OutputLockedError, match="in use by another run"):
+        run_bench(cfg, dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=None)
+    assert not Path(cfg.output).exists()
+
+
+def test_cli_refuses_another_configuration_with_exit_2(tmp_path, capsys):
+    cfg = _small(tmp_path, prompts=["a", "b"], figures=None)
+    data = cfg.model_dump(mode="json")
+    Path(cfg.output).write_text(json.dumps({"config": {**data, "seeds": [5]}, "meta": {}, "records": [],
+                                            "traces": [], "runs": [{"controller": "bon-plain", "seed": 5,
+                                                                    "prompt_ids": ["p0"]}],
+                                            "summary": [], "comparisons": []}))
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["bench", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "different configuration" in err and "seeds" in err and "--overwrite" in err
