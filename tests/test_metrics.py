@@ -435,7 +435,7 @@ def test_heldout_scores_dedupes_and_aligns(monkeypatch):
 
 
 def test_frontier_figure(tmp_path):
-    from ctrlalign.bench.frontier import plot_reward_kl_frontier
+    from ctrlalign.bench.plots import plot_reward_kl_frontier
 
     Ns = [1, 2, 4, 8, 16]
     R = [0.0, 0.5, 0.8, 1.0, 1.1]

@@ -93,7 +93,8 @@ class BenchResult:
         config: the validated config as a dict.
         meta: machine, versions, model scale (‖w‖), per-controller σ and σ·‖w‖, timings.
         records: one dict per (controller, N, seed, prompt) — see the module docstring.
-        traces: one dict per (controller, seed, prompt): the per-iteration trace of ``align``.
+        traces: one dict per (controller, seed, prompt): the per-iteration trace of ``align``, each
+            round with its n rewards (``"rewards"``; the pools of the reference frontier).
         runs: one dict per (controller, seed, prompt batch): wall-clock, tokens, memory.
         summary: one dict per (controller, N): means and CIs (filled by :func:`summarize`).
         comparisons: paired differences against the baselines (filled by :func:`compare`).
@@ -459,6 +460,7 @@ def _run_one(result: BenchResult, dynamics: Dynamics, cost: Cost, counting: Coun
     checkpoints = {b // n: b for b in budgets}
     snaps: list[dict[str, Any]] = []
     post: list[tuple[torch.Tensor, torch.Tensor]] = []
+    round_rewards: list[torch.Tensor] = []  # (D, n) per round: the reference frontier's pools
     kept: list[Sample | None] = [None] * Dn
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -471,6 +473,7 @@ def _run_one(result: BenchResult, dynamics: Dynamics, cost: Cost, counting: Coun
         norm = it.state.mean.double().flatten(1).norm(dim=-1).cpu()
         kl = controller.kl(it.state).double().cpu()
         post.append((norm, kl))
+        round_rewards.append(it.rewards.double().cpu())
         kept[:] = it.kept
         i = rec.iteration
         if i not in checkpoints:
@@ -516,9 +519,10 @@ def _run_one(result: BenchResult, dynamics: Dynamics, cost: Cost, counting: Coun
     result.records.extend(snaps)
     for d in range(Dn):
         trace = res.prompt_trace(d)
-        for t, (norm, kl) in zip(trace, post):
+        for t, (norm, kl), rr in zip(trace, post, round_rewards):
             t["post_mean_norm"] = float(norm[d])
             t["post_kl"] = float(kl[d])
+            t["rewards"] = rr[d].tolist()
         result.traces.append({"controller": entry.key, "seed": seed, "prompt_id": ids[d], "trace": trace})
     secs = res.seconds
     result.runs.append({

@@ -6,6 +6,8 @@
 * :func:`plot_heldout_vs_reward`: held-out judge score vs optimised reward, one point per
   (controller, N) (means), with per-response points faint behind them.
 * :func:`plot_sweep`: reward at the sweep budget vs σ², one line per λ, one panel per α.
+* :func:`plot_reward_kl_frontier`: (KL, reward) points against Best-of-N's analytic-KL curve;
+  :func:`plot_result_frontier` draws it for a result (:mod:`~ctrlalign.bench.verdict`).
 * :func:`write_figures`: all of the above into a folder, returns the paths written.
 
 Every figure of the project (these and the tutorials' in ``examples/``) is drawn under
@@ -20,11 +22,14 @@ import contextlib
 import functools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+
+from . import metrics, verdict
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -36,6 +41,8 @@ __all__ = [
     "parse_sweep_label",
     "plot_heldout_vs_reward",
     "plot_iterations",
+    "plot_result_frontier",
+    "plot_reward_kl_frontier",
     "plot_reward_vs_budget",
     "plot_sweep",
     "save_figure",
@@ -230,6 +237,83 @@ def plot_sweep(result, path: str | Path, key: str = "reward") -> Path | None:
     return save_figure(fig, path)
 
 
+def plot_reward_kl_frontier(
+    points: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    ref_n: Sequence[int],
+    ref_reward: Sequence[float],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    ylabel: str = "reward",
+) -> Path:
+    r"""The reward–KL frontier with Best-of-N's analytic KL as the reference curve; saved as a PNG.
+
+    Best-of-N at :math:`N_j` sits at :math:`(\log N_j - (N_j-1)/N_j,\ \bar R_{N_j})`
+    (:func:`~ctrlalign.bench.metrics.bon_kl`); a controller's runs are points (KL, reward). A
+    point above the curve reaches more reward than Best-of-N for the same divergence from the
+    base policy (:func:`~ctrlalign.bench.metrics.above_frontier`). The points' KL must be on
+    the footing the caller states (:mod:`ctrlalign.bench.verdict` gives two).
+
+    Args:
+        points: controller label → (KL values (P,), reward values (P,)), e.g. one point per
+            budget or per setting (means over prompts and seeds).
+        ref_n: (K,) Best-of-N sizes of the reference, increasing (e.g. 1, 2, 4, …, 512).
+        ref_reward: (K,) Best-of-N's mean reward at those sizes.
+        path: the PNG to write (folders are created).
+        title: the figure's title.
+        ylabel: the y axis label.
+
+    Returns:
+        The path written. Each controller's legend entry says how many of its points lie above
+        the reference (of those inside the reference's KL range).
+    """
+    with figure_style():
+        return _draw_frontier(points, ref_n, ref_reward, path, title, ylabel)
+
+
+def _draw_frontier(points, ref_n, ref_reward, path, title, ylabel) -> Path:
+    n = np.asarray(ref_n, dtype=np.float64)
+    R = np.asarray(ref_reward, dtype=np.float64)
+    kl = metrics.bon_kl(n)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    dense = np.exp(np.linspace(np.log(n[0]), np.log(n[-1]), 200))
+    ax.plot(metrics.bon_kl(dense), np.interp(np.log(dense), np.log(n), R), color="0.3", lw=1.5,
+            label="Best-of-N: KL = log N − (N−1)/N")
+    ax.scatter(kl, R, color="0.3", s=14, zorder=3)
+    for kj, rj, nj in zip(kl, R, n):
+        ax.annotate(f"{nj:g}", (kj, rj), textcoords="offset points", xytext=(3, -12), fontsize=10, color="0.3")
+    for label, (x, y) in points.items():
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        gap = metrics.frontier_gap(x, y, R, ref_n=n)
+        inside = int(np.isfinite(gap).sum())
+        above = int((np.nan_to_num(gap, nan=-np.inf) > 0).sum())
+        ax.plot(x, y, marker="o", ls="--", lw=0.8, label=f"{label} ({above}/{inside} above)")
+    ax.set_xlabel("KL to the base policy (nats)")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_result_frontier(result, path: str | Path, baseline: str, footing: str = "paper") -> Path:
+    """The reward–KL frontier of a result: every controller but ``baseline`` per budget N, on
+    the ``footing`` ``"paper"`` (KL(q_U‖p)) or ``"charged"`` (plus the selection's KL), against
+    the reference curve of ``baseline``'s own samples (:mod:`~ctrlalign.bench.verdict`)."""
+    if footing not in ("paper", "charged"):
+        raise ValueError(f"footing must be 'paper' or 'charged', got {footing!r}")
+    ref_n, ref_r = verdict.reference_frontier(result, baseline)
+    points: dict[str, tuple[list[float], list[float]]] = {}
+    for p in verdict.frontier_points(result, baseline):
+        xs, ys = points.setdefault(p["controller"], ([], []))
+        xs.append(p[f"kl_{footing}"])
+        ys.append(p["reward"])
+    what = "KL(q_U‖p)" if footing == "paper" else "KL(q_U‖p) + log N − (N−1)/N"
+    return plot_reward_kl_frontier(points, ref_n, ref_r, path, title=f"reward vs KL ({what}; points: N)",
+                                   ylabel="mean reward of the kept response")
+
+
 def write_figures(result, folder: str | Path, prefix: str = "bench", primary: str | None = None) -> list[Path]:
     """Write every figure for ``result`` into ``folder`` as ``<prefix>-<figure>.png``."""
     folder = Path(folder)
@@ -249,9 +333,21 @@ def write_figures(result, folder: str | Path, prefix: str = "bench", primary: st
                 it_ctrl = max((r for r in sweep_rows if r["budget"] == N), key=lambda r: r["reward"])["controller"]
         if it_ctrl is not None:
             paths.append(plot_iterations(result, folder / f"{prefix}-iterations.png", controller=it_ctrl))
+    plain = _plain_baseline(result)
+    if plain is not None:
+        paths.append(plot_result_frontier(result, folder / f"{prefix}-frontier.png", plain))
     sweep = plot_sweep(result, folder / f"{prefix}-sweep.png")
     if sweep is not None:
         paths.append(sweep)
         if any(r.get("judge") is not None for r in _summary(result)):
             paths.append(plot_sweep(result, folder / f"{prefix}-sweep-judge.png", key="judge"))
     return paths
+
+
+def _plain_baseline(result) -> str | None:
+    """The first configured baseline with σ = 0 (samples of the base policy), if it ran."""
+    cfg = result.config if hasattr(result, "config") else result["config"]
+    meta = result.meta if hasattr(result, "meta") else result["meta"]
+    ran = {r["controller"] for r in _summary(result)}
+    return next((b for b in cfg.get("baselines") or [] if b in ran
+                 and meta.get("controllers", {}).get(b, {}).get("sigma") == 0), None)

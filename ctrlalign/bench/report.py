@@ -7,19 +7,23 @@
 * :func:`sweep_table`: the σ² × λ × α grid at one N, sorted by reward.
 * :func:`scale_table`: σ, σ² and the logit-noise scale σ·‖w‖ per controller.
 * :func:`iteration_table`: a controller's per-iteration diagnostics (ESS, ‖U‖, KL, rewards).
+* :func:`frontier_table`: each controller's (KL, reward) per N against Best-of-N's frontier.
 * :func:`markdown_report`: all of them, with the goal check.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
-from .plots import parse_sweep_label
+from . import verdict
+from .plots import _plain_baseline, parse_sweep_label
 
 __all__ = [
     "comparison_table",
     "fmt_ci",
+    "frontier_table",
     "heldout_table",
     "iteration_table",
     "markdown_report",
@@ -182,6 +186,22 @@ def iteration_table(result, controller: str) -> str:
     return _table(header, rows)
 
 
+def frontier_table(result, baseline: str) -> str:
+    """Per (controller, N): mean reward, KL on both footings and the gap above Best-of-N's
+    reference curve at that KL (:mod:`~ctrlalign.bench.verdict`; "no verdict": beyond its range, above its last reward)."""
+    ref_n, ref_r = verdict.reference_frontier(result, baseline)
+
+    def gap(x: float) -> str:
+        return "no verdict" if math.isnan(x) else f"{x:+.3f}"
+
+    rows = [[p["controller"], p["budget"], _f(p["reward"]), _f(p["kl_paper"], 2), gap(p["gap_paper"]),
+             _f(p["kl_charged"], 2), gap(p["gap_charged"])] for p in verdict.frontier_points(result, baseline)]
+    head = ["controller", "N", "reward", "KL(q_U‖p)", "gap above BoN", "KL + log N − (N−1)/N", "gap above BoN"]
+    ref = ", ".join(f"N={n:g}: {r:.3f}" for n, r in zip(ref_n, ref_r))
+    return (f"Reward–KL frontier: Best-of-N reference from `{baseline}`'s samples ({ref}); a positive gap is "
+            "a point above the curve.\n\n" + _table(head, rows))
+
+
 def markdown_report(result, primary: str | None = None, baselines: Sequence[str] | None = None) -> str:
     """All tables, the scale of the model and (if ``primary``) the goal check."""
     from .harness import goal_status
@@ -210,6 +230,9 @@ def markdown_report(result, primary: str | None = None, baselines: Sequence[str]
         it = iteration_table(result, primary)
         if it:
             parts += ["", f"Per-iteration diagnostics of `{primary}` (means over prompts × seeds):", "", it]
+    plain = _plain_baseline(result)
+    if plain is not None and len(result_controllers(result)) > 1:
+        parts += ["", frontier_table(result, plain)]
     sw = sweep_table(result)
     if sw.count("\n") > 1:
         parts += ["", sw]
@@ -221,4 +244,15 @@ def markdown_report(result, primary: str | None = None, baselines: Sequence[str]
                       f"**{'met' if g['met'] else 'not met'}**"
                   + ("" if not bad else " — failing: " + "; ".join(
                       f"{c['baseline']} N={c['budget']} ({'reward' if not c['reward_better'] else 'judge'})" for c in bad))]
+    if primary and baselines and plain is not None and any(int(b) >= 128 for b in cfg.get("budgets", [])):
+        g = verdict.regime_goal(result, primary, baselines, plain=plain)
+        parts += ["", f"Paper-regime goal ({primary} beats {', '.join(baselines)} at every N ≥ 128 with the "
+                      "paired CI excluding 0, fluency no worse than Best-of-N's beyond its seed-to-seed CI, "
+                      f"a point above Best-of-N's frontier): **{'met' if g['met'] else 'not met'}**"
+                  + ("" if g["met"] else " — failing: " + "; ".join(g["failing"]))]
     return "\n".join(parts) + "\n"
+
+
+def result_controllers(result) -> list[str]:
+    """Controller labels of a result (or its dict), in first-seen order."""
+    return list(dict.fromkeys(r["controller"] for r in _get(result, "records")))
