@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ctrlalign.bench import BenchResult
+from ctrlalign.bench.report import goal_table, verdict_table
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -56,8 +59,27 @@ def batched_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+#: stage-2 paper-regime runs (benchmarks/configs/paper-regime-*.yaml) → their name in the verdict
+PAPER_REGIME_RUNS = {
+    "paper-regime-reference": "reference similarity, SmolLM2",
+    "paper-regime-steering": "steering (ocean), SmolLM2",
+    "paper-regime-tradeoff": "−sentiment − 2·toxicity, SmolLM2",
+    "paper-regime-gemma": "reference similarity, Gemma-3-270M",
+}
+
+
+def paper_regime_table() -> str:
+    """From the stage-2 paper-regime runs' JSON (``ctrlalign bench benchmarks/configs/paper-regime-*.yaml``):
+    the verdict per run and controller at N = 128, then the goal per run."""
+    runs = {label: BenchResult.load(RESULTS / f"{name}.json") for name, label in PAPER_REGIME_RUNS.items()
+            if (RESULTS / f"{name}.json").exists()}
+    runs = {k: r for k, r in runs.items() if r.summary}  # finished (summarised) runs only
+    return verdict_table(runs, budget=128) + "\n\n" + goal_table(runs, min_budget=128) + "\n"
+
+
 def main() -> None:
-    for name, fn in (("learning_controllers", learning_table), ("batched_aisp_cpu", batched_table)):
+    for name, fn in (("learning_controllers", learning_table), ("batched_aisp_cpu", batched_table),
+                     ("paper-regime-verdict", paper_regime_table)):
         path = RESULTS / f"{name}.md"
         path.write_text(fn())
         print(f"wrote {path.relative_to(ROOT)}")

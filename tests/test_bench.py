@@ -17,6 +17,7 @@ from ctrlalign.bench import BenchConfig, BenchResult, CountingReward, load_bench
 from ctrlalign.bench import metrics as M
 from ctrlalign.bench.plots import parse_sweep_label, write_figures
 from ctrlalign.bench.report import comparison_table, markdown_report, results_table, sweep_table
+from ctrlalign.bench.verdict import regime_goal
 
 # ------------------------------------------------------------------------------------ metrics
 
@@ -215,7 +216,8 @@ def test_toy_bench_figures_tables_and_json(toy_result, tmp_path):
     res, cfg, *_ = toy_result
     paths = write_figures(res, tmp_path / "img", prefix="toy", primary="aisp")
     names = {p.name for p in paths}
-    assert {"toy-reward-vs-budget.png", "toy-iterations.png", "toy-heldout-vs-reward.png", "toy-sweep.png"} <= names
+    assert {"toy-reward-vs-budget.png", "toy-iterations.png", "toy-heldout-vs-reward.png", "toy-sweep.png",
+            "toy-frontier.png"} <= names
     for p in paths:
         assert p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG"
     table = results_table(res)
@@ -399,3 +401,24 @@ def test_greedy_entries_and_new_spaces_run_in_the_bench(tmp_path):
     assert all(row["temperature"] is not None and row["temperature"] > 0 for row in trace)
     greedy = lm.with_sampling(greedy=True)
     assert greedy.sampling.greedy and not lm.sampling.greedy and greedy.model is lm.model
+
+
+def test_verdict_and_goal_tables_across_runs(toy_result):
+    """The cross-run tables hold one row per (run, controller) at N, with the paired Δ of the
+    comparisons and the regime goal's verdict per run."""
+    from ctrlalign.bench.report import frontier_table, goal_table, verdict_table
+
+    res, cfg, *_ = toy_result
+    table = verdict_table({"toy A": res, "toy B": res}, budget=16)
+    lines = table.splitlines()
+    assert "Δ vs bon-plain [95% CI]" in lines[0] and "Δ vs bon-prior [95% CI]" in lines[0]
+    assert len(lines) == 2 + 2 * len(res.controllers())
+    comp = next(c for c in res.comparisons if c["controller"] == "aisp" and c["baseline"] == "bon-plain"
+                and c["budget"] == 16)
+    row = next(ln for ln in lines if ln.startswith("| toy A | aisp |"))
+    assert f"{comp['reward_diff']['mean']:+.3f} [" in row
+    goals = goal_table({"toy": res}, min_budget=16).splitlines()
+    assert len(goals) == 3 and "| toy | bon-plain, bon-prior | aisp |" in goals[2]
+    assert ("**met**" in goals[2]) == regime_goal(res, "aisp", ["bon-plain", "bon-prior"], min_budget=16)["met"]
+    assert "fluency at N=16 (not scored)" in goals[2]  # the toy system has no text: an absent check fails
+    assert "Reward–KL frontier" in frontier_table(res, "bon-plain")

@@ -8,6 +8,9 @@
 * :func:`scale_table`: σ, σ² and the logit-noise scale σ·‖w‖ per controller.
 * :func:`iteration_table`: a controller's per-iteration diagnostics (ESS, ‖U‖, KL, rewards).
 * :func:`frontier_table`: each controller's (KL, reward) per N against Best-of-N's frontier.
+* :func:`verdict_table`, :func:`goal_table`: several runs (rewards, models) side by side at one
+  N: what each controller gains over each Best-of-N baseline, at what KL and fluency, and
+  whether the paper-regime goal is met per run.
 * :func:`markdown_report`: all of them, with the goal check.
 """
 
@@ -30,6 +33,8 @@ __all__ = [
     "results_table",
     "scale_table",
     "sweep_table",
+    "verdict_table",
+    "goal_table",
 ]
 
 
@@ -200,6 +205,76 @@ def frontier_table(result, baseline: str) -> str:
     ref = ", ".join(f"N={n:g}: {r:.3f}" for n, r in zip(ref_n, ref_r))
     return (f"Reward–KL frontier: Best-of-N reference from `{baseline}`'s samples ({ref}); a positive gap is "
             "a point above the curve.\n\n" + _table(head, rows))
+
+
+def _round_means(result, controller: str) -> tuple[float, float] | None:
+    """Mean round-mean reward of the first and the last round, over prompts × seeds."""
+    traces = [t["trace"] for t in _get(result, "traces") if t["controller"] == controller]
+    if not traces:
+        return None
+    return (sum(t[0]["mean_reward"] for t in traces) / len(traces),
+            sum(t[-1]["mean_reward"] for t in traces) / len(traces))
+
+
+def verdict_table(results: dict[str, Any], budget: int = 128) -> str:
+    """One row per (run, controller) at budget N: mean reward, the paired Δ [95% CI] against
+    each configured baseline (``*``: the CI excludes 0), KL(q_U‖p), the frontier gap on the
+    charged footing, held-out fluency minus plain Best-of-N's, and the round-mean reward of the
+    first and last round (does the proposal learn?).
+
+    Args:
+        results: run name (e.g. "reference-answer similarity, SmolLM2") → summarised result.
+        budget: N.
+    """
+    rows = []
+    for name, res in results.items():
+        cfg = _get(res, "config")
+        baselines = list(cfg.get("baselines") or [])
+        plain = _plain_baseline(res)
+        gaps = {(p["controller"], p["budget"]): p for p in verdict.frontier_points(res, plain)} if plain else {}
+        summ = {(r["controller"], r["budget"]): r for r in _get(res, "summary")}
+        comps = {(c["controller"], c["baseline"], c["budget"]): c for c in _get(res, "comparisons")}
+        base_fl = (summ.get((plain, budget)) or {}).get("fluency") if plain else None
+        for c in result_controllers(res):
+            row = summ.get((c, budget))
+            if row is None:
+                continue
+            deltas = []
+            for b in baselines[:3]:
+                ci = (comps.get((c, b, budget)) or {}).get("reward_diff")
+                deltas.append("–" if c == b or not ci else fmt_ci(ci, signed=True) + (" *" if ci["low"] > 0 else ""))
+            deltas += ["–"] * (3 - len(deltas))
+            fl = row.get("fluency")
+            gap = (gaps.get((c, budget)) or {}).get("gap_charged")
+            rm = _round_means(res, c)
+            rows.append([name, c, _f(row["reward"]), *deltas, _f(row.get("control_kl"), 1),
+                         "–" if gap is None else ("no verdict" if math.isnan(gap) else f"{gap:+.3f}"),
+                         "–" if fl is None or base_fl is None else f"{fl - base_fl:+.2f}",
+                         "–" if rm is None else f"{rm[0]:.3f} → {rm[1]:.3f}"])
+    lists = {tuple(_get(r, "config").get("baselines") or []) for r in results.values()}
+    names = list(lists.pop()) if len(lists) == 1 else []
+    names = (names + [f"baseline {j}" for j in range(len(names) + 1, 4)])[:3]
+    head = ["run", "controller", f"reward (N={budget})", *(f"Δ vs {b} [95% CI]" for b in names),
+            "KL(q_U‖p)", "frontier gap (charged KL)", "fluency − BoN's", "round mean, first → last"]
+    return _table(head, rows)
+
+
+def goal_table(results: dict[str, Any], min_budget: int = 128) -> str:
+    """Per run: the baselines (in the order of :func:`verdict_table`'s Δ columns), the primary
+    controller, whether the paper-regime goal is met (:func:`~ctrlalign.bench.verdict.regime_goal`)
+    and what fails."""
+    rows = []
+    for name, res in results.items():
+        cfg = _get(res, "config")
+        primary, baselines = cfg.get("primary"), list(cfg.get("baselines") or [])
+        plain = _plain_baseline(res)
+        if not (primary and baselines and plain):
+            continue
+        g = verdict.regime_goal(res, primary, baselines, plain=plain, min_budget=min_budget)
+        meta = _get(res, "meta")
+        rows.append([name, ", ".join(baselines), primary, f"{meta.get('num_prompts')} × {len(cfg.get('seeds', []))}",
+                     "**met**" if g["met"] else "not met", "; ".join(g["failing"]) or "–"])
+    return _table(["run", "baselines 1, 2, 3", "primary", "prompts × seeds", "goal", "failing"], rows)
 
 
 def markdown_report(result, primary: str | None = None, baselines: Sequence[str] | None = None) -> str:
