@@ -382,6 +382,21 @@ def test_paper_regime_config_is_valid():
         assert c.name == "bon" or (ctrl.horizon or 0) < cfg.model.max_new_tokens  # τ < T
 
 
+@pytest.mark.parametrize("name", ["reference", "steering", "tradeoff", "gemma", "pilot"])
+def test_paper_regime_stage_configs_are_valid(name):
+    """Every CPU stage of the protocol parses, controls a window tau < T, compares its primary
+    with both Best-of-N baselines, and gives every controller the same budgets."""
+    cfg = load_bench_config(f"benchmarks/configs/paper-regime-{name}.yaml")
+    keys = [c.key for c in cfg.all_controllers()]
+    assert {"bon-plain", "bon-prior", "aisp-paper"} <= set(keys)
+    assert {"bon-plain", "bon-prior"} <= set(cfg.baselines) and cfg.primary in keys
+    assert cfg.model.max_new_tokens >= 32 and cfg.heldout and max(cfg.budgets) >= 128
+    for c in cfg.all_controllers():
+        ctrl = c.build(max(cfg.budgets) // c.num_samples_used)
+        assert ctrl.num_samples * ctrl.num_iterations == max(cfg.budgets)
+        assert c.sigma_used == 0 or (ctrl.horizon or 0) < cfg.model.max_new_tokens
+
+
 def test_greedy_entries_and_new_spaces_run_in_the_bench(tmp_path):
     """A greedy entry decodes its responses deterministically given the controls, through the
     same prefill; a shared-space adaptive-λ entry records its λ per round."""
