@@ -382,7 +382,7 @@ def test_paper_regime_config_is_valid():
         assert c.name == "bon" or (ctrl.horizon or 0) < cfg.model.max_new_tokens  # τ < T
 
 
-@pytest.mark.parametrize("name", ["reference", "steering", "tradeoff", "gemma", "pilot"])
+@pytest.mark.parametrize("name", ["reference", "steering", "tradeoff", "gemma", "pilot", "gpu"])
 def test_paper_regime_stage_configs_are_valid(name):
     """Every CPU stage of the protocol parses, controls a window tau < T, compares its primary
     with both Best-of-N baselines, and gives every controller the same budgets."""
