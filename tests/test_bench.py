@@ -437,3 +437,11 @@ def test_verdict_and_goal_tables_across_runs(toy_result):
     assert ("**met**" in goals[2]) == regime_goal(res, "aisp", ["bon-plain", "bon-prior"], min_budget=16)["met"]
     assert "fluency at N=16 (not scored)" in goals[2]  # the toy system has no text: an absent check fails
     assert "Reward–KL frontier" in frontier_table(res, "bon-plain")
+
+
+def test_runs_overview_figure(toy_result, tmp_path):
+    from ctrlalign.bench.plots import plot_runs_overview
+
+    res, *_ = toy_result
+    path = plot_runs_overview({"toy A": res, "toy B": res}, tmp_path / "overview.png")
+    assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 20_000

@@ -8,6 +8,8 @@
 * :func:`plot_sweep`: reward at the sweep budget vs σ², one line per λ, one panel per α.
 * :func:`plot_reward_kl_frontier`: (KL, reward) points against Best-of-N's analytic-KL curve;
   :func:`plot_result_frontier` draws it for a result (:mod:`~ctrlalign.bench.verdict`).
+* :func:`plot_runs_overview`: several runs side by side: round-mean reward per iteration and
+  the frontier.
 * :func:`write_figures`: all of the above into a folder, returns the paths written.
 
 Every figure of the project (these and the tutorials' in ``examples/``) is drawn under
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 
 from . import metrics, verdict
@@ -42,6 +45,7 @@ __all__ = [
     "plot_heldout_vs_reward",
     "plot_iterations",
     "plot_result_frontier",
+    "plot_runs_overview",
     "plot_reward_kl_frontier",
     "plot_reward_vs_budget",
     "plot_sweep",
@@ -272,10 +276,17 @@ def plot_reward_kl_frontier(
 
 
 def _draw_frontier(points, ref_n, ref_reward, path, title, ylabel) -> Path:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    _frontier_on(ax, points, ref_n, ref_reward, title, ylabel)
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def _frontier_on(ax, points, ref_n, ref_reward, title, ylabel) -> None:
+    """Draw the reference curve and the points on ``ax`` (no legend)."""
     n = np.asarray(ref_n, dtype=np.float64)
     R = np.asarray(ref_reward, dtype=np.float64)
     kl = metrics.bon_kl(n)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     dense = np.exp(np.linspace(np.log(n[0]), np.log(n[-1]), 200))
     ax.plot(metrics.bon_kl(dense), np.interp(np.log(dense), np.log(n), R), color="0.3", lw=1.5,
             label="Best-of-N: KL = log N − (N−1)/N")
@@ -292,15 +303,11 @@ def _draw_frontier(points, ref_n, ref_reward, path, title, ylabel) -> Path:
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend()
     ax.grid(alpha=0.3)
-    return save_figure(fig, path)
 
 
-def plot_result_frontier(result, path: str | Path, baseline: str, footing: str = "paper") -> Path:
-    """The reward–KL frontier of a result: every controller but ``baseline`` per budget N, on
-    the ``footing`` ``"paper"`` (KL(q_U‖p)) or ``"charged"`` (plus the selection's KL), against
-    the reference curve of ``baseline``'s own samples (:mod:`~ctrlalign.bench.verdict`)."""
+def _frontier_inputs(result, baseline: str, footing: str):
+    """(points, ref_n, ref_reward) of a result for :func:`plot_reward_kl_frontier`."""
     if footing not in ("paper", "charged"):
         raise ValueError(f"footing must be 'paper' or 'charged', got {footing!r}")
     ref_n, ref_r = verdict.reference_frontier(result, baseline)
@@ -309,6 +316,69 @@ def plot_result_frontier(result, path: str | Path, baseline: str, footing: str =
         xs, ys = points.setdefault(p["controller"], ([], []))
         xs.append(p[f"kl_{footing}"])
         ys.append(p["reward"])
+    return points, ref_n, ref_r
+
+
+@_styled
+def plot_runs_overview(results: Mapping[str, Any], path: str | Path, max_kl: float | None = 12.0) -> Path:
+    """Several runs side by side (one column each): top, the round-mean reward per iteration of
+    every controller (mean over prompts × seeds: does the proposal learn?); bottom, the
+    reward–KL frontier on the charged footing against the run's plain Best-of-N curve (points
+    beyond ``max_kl`` nats are left out of the panel, not of the tables).
+
+    Args:
+        results: run name → result (each with a σ = 0 Best-of-N baseline for the frontier).
+        path: the PNG to write.
+        max_kl: right edge of the frontier panels (None: all points).
+    """
+    names = list(results)
+    fig = plt.figure(figsize=(4.6 * len(names), 9.4))
+    gs = fig.add_gridspec(3, len(names), height_ratios=[1, 1, 0.2])
+    axes = np.array([[fig.add_subplot(gs[i, j]) for j in range(len(names))] for i in range(2)])
+    legend_ax = fig.add_subplot(gs[2, :])
+    handles: dict[str, Any] = {}
+    every = dict.fromkeys(t["controller"] for r in results.values()
+                          for t in (r.traces if hasattr(r, "traces") else r["traces"]))
+    colors = {c: f"C{i % 10}" for i, c in enumerate(every)}  # one color per controller in every panel
+    for j, name in enumerate(names):
+        res = results[name]
+        traces = res.traces if hasattr(res, "traces") else res["traces"]
+        top, bottom = axes[0, j], axes[1, j]
+        for c in dict.fromkeys(t["controller"] for t in traces):
+            sel = [t["trace"] for t in traces if t["controller"] == c]
+            K = min(len(t) for t in sel)
+            ys = [sum(t[i]["mean_reward"] for t in sel) / len(sel) for i in range(K)]
+            (line,) = top.plot(range(1, K + 1), ys, marker="o", label=c, color=colors[c])
+            handles.setdefault(c, line)
+        top.set_title(name)
+        top.set_xlabel("iteration")
+        top.set_ylabel("round-mean reward" if j == 0 else "")
+        top.grid(alpha=0.3)
+        plain = _plain_baseline(res)
+        if plain is None:
+            bottom.axis("off")
+            continue
+        points, ref_n, ref_r = _frontier_inputs(res, plain, "charged")
+        if max_kl is not None:
+            points = {c: ([x for x in xs if x <= max_kl], [y for x, y in zip(xs, ys) if x <= max_kl])
+                      for c, (xs, ys) in points.items()}
+        _frontier_on(bottom, {}, ref_n, ref_r, None, "mean kept reward" if j == 0 else "")
+        for c, (xs, ys) in points.items():
+            if xs:
+                bottom.plot(xs, ys, marker="o", ls="--", lw=0.8, color=colors.get(c))
+        bottom.set_xlabel("charged KL: KL(q_U‖p) + log N − (N−1)/N")
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    legend_ax.axis("off")
+    legend_ax.legend(list(handles.values()), list(handles), loc="center", ncol=min(len(handles), 4), frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_result_frontier(result, path: str | Path, baseline: str, footing: str = "paper") -> Path:
+    """The reward–KL frontier of a result: every controller but ``baseline`` per budget N, on
+    the ``footing`` ``"paper"`` (KL(q_U‖p)) or ``"charged"`` (plus the selection's KL), against
+    the reference curve of ``baseline``'s own samples (:mod:`~ctrlalign.bench.verdict`)."""
+    points, ref_n, ref_r = _frontier_inputs(result, baseline, footing)
     what = "KL(q_U‖p)" if footing == "paper" else "KL(q_U‖p) + log N − (N−1)/N"
     return plot_reward_kl_frontier(points, ref_n, ref_r, path, title=f"reward vs KL ({what}; points: N)",
                                    ylabel="mean reward of the kept response")
