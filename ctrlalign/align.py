@@ -38,7 +38,7 @@ from .rewards.base import Reward
 from .selection import Selection
 from .spaces import ControlSpace
 
-__all__ = ["AlignmentResult", "Iteration", "IterationRecord", "align", "bind_space"]
+__all__ = ["AlignmentResult", "Iteration", "IterationRecord", "align", "bind_space", "check_prompts"]
 
 
 def _finite(x: float) -> float | None:
@@ -177,7 +177,9 @@ def bind_space(controller: Controller, dynamics: Dynamics) -> ControlSpace:
     return controller.space.bind(tau, dynamics)
 
 
-def _check_prompts(prompts: Any) -> list[Any]:
+def check_prompts(prompts: Any) -> list[Any]:
+    """The D prompts as a list, after refusing a single prompt (a string, bytes or dict) and
+    an empty sequence with a :class:`~ctrlalign.ConfigError` that says what to pass instead."""
     if isinstance(prompts, (str, bytes, dict)):
         raise ConfigError(f"prompts must be a list of prompts, got a single {type(prompts).__name__} "
                           f"{str(prompts)[:60]!r}; wrap it in a list: [prompt]")
@@ -222,7 +224,7 @@ def align(
     """
     if not isinstance(cost, Cost):
         cost = Cost(cost)
-    prompts = _check_prompts(prompts)
+    prompts = check_prompts(prompts)
     D = len(prompts)
     n = controller.num_samples
     k = controller.num_iterations

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import check_int
-from .align import AlignmentResult, IterationRecord, _check_prompts, bind_space
+from .align import AlignmentResult, IterationRecord, bind_space, check_prompts
 from .controllers.base import Controller
 from .cost import Cost, CostTerms
 from .diagnostics import Diagnostics, diagnose
@@ -95,7 +95,7 @@ def align_stream(
     """
     if not isinstance(cost, Cost):
         cost = Cost(cost)
-    prompts = _check_prompts(prompts)
+    prompts = check_prompts(prompts)
     S = check_int("batch_prompts", batch_prompts, minimum=1, symbol="S")
     n, k = controller.num_samples, controller.num_iterations
     space = bind_space(controller, dynamics)
