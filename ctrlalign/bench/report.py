@@ -219,8 +219,10 @@ def _round_means(result, controller: str) -> tuple[float, float] | None:
 def verdict_table(results: dict[str, Any], budget: int = 128) -> str:
     """One row per (run, controller) at budget N: mean reward, the paired Δ [95% CI] against
     each configured baseline (``*``: the CI excludes 0), KL(q_U‖p), the frontier gap on the
-    charged footing, held-out fluency minus plain Best-of-N's, and the round-mean reward of the
-    first and last round (does the proposal learn?).
+    charged footing, held-out fluency minus plain Best-of-N's, the published diversity (and its
+    difference from plain Best-of-N's: likelihood under another LM *rewards* repetitive text, the
+    diversity exposes it), and the round-mean reward of the first and last round (does the
+    proposal learn?).
 
     Args:
         results: run name (e.g. "reference-answer similarity, SmolLM2") → summarised result.
@@ -245,17 +247,20 @@ def verdict_table(results: dict[str, Any], budget: int = 128) -> str:
                 deltas.append("–" if c == b or not ci else fmt_ci(ci, signed=True) + (" *" if ci["low"] > 0 else ""))
             deltas += ["–"] * (3 - len(deltas))
             fl = row.get("fluency")
+            dv, base_dv = row.get("paper_diversity"), (summ.get((plain, budget)) or {}).get("paper_diversity")
             gap = (gaps.get((c, budget)) or {}).get("gap_charged")
             rm = _round_means(res, c)
             rows.append([name, c, _f(row["reward"]), *deltas, _f(row.get("control_kl"), 1),
                          "–" if gap is None else ("no verdict" if math.isnan(gap) else f"{gap:+.3f}"),
                          "–" if fl is None or base_fl is None else f"{fl - base_fl:+.2f}",
+                         "–" if dv is None or base_dv is None else f"{dv:.2f} ({dv - base_dv:+.2f})",
                          "–" if rm is None else f"{rm[0]:.3f} → {rm[1]:.3f}"])
     lists = {tuple(_get(r, "config").get("baselines") or []) for r in results.values()}
     names = list(lists.pop()) if len(lists) == 1 else []
     names = (names + [f"baseline {j}" for j in range(len(names) + 1, 4)])[:3]
     head = ["run", "controller", f"reward (N={budget})", *(f"Δ vs {b} [95% CI]" for b in names),
-            "KL(q_U‖p)", "frontier gap (charged KL)", "fluency − BoN's", "round mean, first → last"]
+            "KL(q_U‖p)", "frontier gap (charged KL)", "fluency − BoN's", "diversity (− BoN's)",
+            "round mean, first → last"]
     return _table(head, rows)
 
 
