@@ -2,6 +2,7 @@
 
 Reads the JSON a run wrote and writes ``benchmarks/results/NAME.md``; BENCHMARKS.md copies the
 table, and the docs build (``scripts/mkdocs_hooks.py``) fails if the copy no longer matches.
+Also draws the paper-regime overview figure (``docs/img/paper-regime-overview.png``).
 
     python scripts/results_tables.py            # every table below
 """
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 
 from ctrlalign.bench import BenchResult
+from ctrlalign.bench.plots import plot_runs_overview
 from ctrlalign.bench.report import goal_table, verdict_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,12 +70,19 @@ PAPER_REGIME_RUNS = {
 }
 
 
-def paper_regime_table() -> str:
-    """From the stage-2 paper-regime runs' JSON (``ctrlalign bench benchmarks/configs/paper-regime-*.yaml``):
-    the verdict per run and controller at N = 128, then the goal per run."""
+def paper_regime_runs() -> dict[str, BenchResult]:
+    """The finished (summarised) stage-2 paper-regime runs, by their name in the verdict."""
     runs = {label: BenchResult.load(RESULTS / f"{name}.json") for name, label in PAPER_REGIME_RUNS.items()
             if (RESULTS / f"{name}.json").exists()}
-    runs = {k: r for k, r in runs.items() if r.summary}  # finished (summarised) runs only
+    return {k: r for k, r in runs.items() if r.summary}
+
+
+def paper_regime_table() -> str:
+    """From the stage-2 paper-regime runs' JSON (``ctrlalign bench benchmarks/configs/paper-regime-*.yaml``):
+    the verdict per run and controller at N = 128, then the goal per run; draws the overview figure."""
+    runs = paper_regime_runs()
+    if runs:
+        plot_runs_overview(runs, ROOT / "docs" / "img" / "paper-regime-overview.png")
     return verdict_table(runs, budget=128) + "\n\n" + goal_table(runs, min_budget=128) + "\n"
 
 
