@@ -4,6 +4,7 @@ uninterrupted run gives; a results file of another configuration is refused, nev
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ def test_finished_run_is_not_rerun_and_new_controllers_or_prompts_only_add(clean
 
 
 @pytest.mark.parametrize(("change", "named"), [
-    (dict(seeds=[0, 2]), "seeds"),
+    (dict(seeds=[0, 2]), "seeds this config no longer includes (1)"),
     (dict(model={"name": "default", "max_new_tokens": 8}), "model.max_new_tokens"),
     (dict(controllers=[{"label": "bon-plain", "name": "bon", "sigma": 0.1, "num_samples": 4},
                        {"label": "aisp", "name": "aisp", "sigma": 0.7, "temperature": 0.3, "alpha": 0.99,
@@ -108,7 +109,7 @@ def test_another_configuration_is_refused_and_the_file_kept(clean, tmp_path, cha
     Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.output).write_text(json.dumps(clean.to_dict(), default=str))
     before = Path(cfg.output).read_bytes()
-    with pytest.raises(ConfigChangedError, match=r"changed: .*" + named.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigChangedError, match=re.escape(named)):
         run_bench(_small(tmp_path, **change), dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=None)
     assert Path(cfg.output).read_bytes() == before
     # --overwrite replaces it
@@ -141,12 +142,21 @@ def test_corrupt_or_locked_output_is_refused(tmp_path):
 def test_cli_refuses_another_configuration_with_exit_2(tmp_path, capsys):
     cfg = _small(tmp_path, prompts=["a", "b"], figures=None)
     data = cfg.model_dump(mode="json")
-    Path(cfg.output).write_text(json.dumps({"config": {**data, "seeds": [5]}, "meta": {}, "records": [],
-                                            "traces": [], "runs": [{"controller": "bon-plain", "seed": 5,
+    Path(cfg.output).write_text(json.dumps({"config": {**data, "batch_prompts": 7}, "meta": {}, "records": [],
+                                            "traces": [], "runs": [{"controller": "bon-plain", "seed": 0,
                                                                     "prompt_ids": ["p0"]}],
                                             "summary": [], "comparisons": []}))
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(data))
     assert main(["bench", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "different configuration" in err and "seeds" in err and "--overwrite" in err
+    assert "different configuration" in err and "batch_prompts" in err and "--overwrite" in err
+
+
+def test_an_added_seed_runs_only_its_runs(clean, tmp_path):
+    dyn, reward, judge, prompts = toy_system()
+    run_bench(_small(tmp_path, seeds=[0]), dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=None)
+    lines: list[str] = []
+    res = run_bench(_small(tmp_path), dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=lines.append)
+    assert any("4 of 8 runs to do" in s for s in lines)
+    assert _results(res) == _results(clean)

@@ -233,8 +233,8 @@ def run_bench(
     benchmark continues where it stopped and adding a controller or raising ``limit`` runs only
     what is new. It is refused, with the differing fields named, when the file was written
     under a different configuration (anything but ``name``, ``output``, ``figures``,
-    ``tables``, ``limit``, ``primary`` and ``baselines``; a controller is compared by label),
-    so results of two settings never mix. Resuming trusts that ``dynamics``, ``reward`` and
+    ``tables``, ``limit``, ``seeds``, ``primary`` and ``baselines``; a controller is compared by
+    label; a seed or prompt may be added, not dropped), so results of two settings never mix. Resuming trusts that ``dynamics``, ``reward`` and
     ``prompts`` passed in are those of the first run.
 
     Returns:
@@ -329,7 +329,8 @@ def run_bench(
 
 
 #: config fields that change no result: a results file written under other values is resumed
-_NOT_IDENTITY = ("name", "output", "figures", "tables", "limit", "primary", "baselines", "controllers", "sweep")
+_NOT_IDENTITY = ("name", "output", "figures", "tables", "limit", "seeds", "primary", "baselines", "controllers",
+                 "sweep")
 
 
 def _unit(controller: str, seed: int, prompt_ids: Sequence[str]) -> tuple[str, int, tuple[str, ...]]:
@@ -345,7 +346,7 @@ def _resume(result: BenchResult, cfg: BenchConfig, plan: list[tuple[str, int, tu
         CorruptResultsError: the file is not a readable :class:`BenchResult`.
         ConfigChangedError: it was written under another configuration: a field outside
             ``_NOT_IDENTITY`` differs, a controller label kept its name but changed its settings
-            or is gone, or a prompt it answered is no longer in the prompt set.
+            or is gone, or a seed or prompt it answered is no longer in the config.
     """
     path = Path(cfg.output)
     if not path.exists():
@@ -372,6 +373,10 @@ def _resume(result: BenchResult, cfg: BenchConfig, plan: list[tuple[str, int, tu
     if lost:
         raise ConfigChangedError(f"{path} holds results for prompts this config no longer includes "
                                  f"({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}); {fix}")
+    gone = sorted({int(r["seed"]) for r in old.runs} - {int(s) for _, s, _ in plan})
+    if gone:
+        raise ConfigChangedError(f"{path} holds results for seeds this config no longer includes "
+                                 f"({', '.join(map(str, gone))}); {fix}")
     wanted = set(plan)
     keep = [r for r in old.runs if _unit(r["controller"], r["seed"], r["prompt_ids"]) in wanted]
     covered = {(r["controller"], int(r["seed"]), i) for r in keep for i in r["prompt_ids"]}
