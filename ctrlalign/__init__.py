@@ -5,8 +5,8 @@ __version__ = "0.1.0"
 
 from . import spaces, theory
 from ._checks import ConfigError, RewardError
-from .align import AlignmentResult, Iteration, IterationRecord, align
-from .controllers import AISP, CEM, MPPI, BestOfN, Controller, Proposal, SoftmaxSampling
+from .align import AlignmentResult, Iteration, IterationRecord, align, align_stream
+from .controllers import AISP, CEM, MPPI, BestOfN, Controller, Proposal, SoftmaxSampling, StepInfo
 from .cost import Cost, CostTerms
 from .diagnostics import Diagnostics
 from .dynamics import CausalLM, Dynamics, Outcomes, Sample, SamplingConfig
@@ -26,7 +26,6 @@ from .rewards import (
     get_reward,
 )
 from .rewards.toy import QuadraticReward, TableReward
-from .schedule import align_stream
 from .selection import BestSoFar, FinalProposal, Reservoir, Selection
 from .spaces import Blocks, ControlSpace, PerToken, Shared, Subspace
 
@@ -62,6 +61,7 @@ __all__ = [
     # controllers
     "Controller",
     "Proposal",
+    "StepInfo",
     "AISP",
     "MPPI",
     "BestOfN",

@@ -1,14 +1,21 @@
-r"""``align()``: the loop that ties a Dynamics, a reward, a Controller and a Selection together.
+r"""``align()``: the round loop that ties a Dynamics, a reward, a Controller and a Selection together.
 
-The control space is bound once (τ, d), then for k iterations (budget n·k reward calls per
-prompt, plus m for :class:`~ctrlalign.selection.FinalProposal`):
+The control space is bound once (τ, d). Up to S = ``batch_prompts`` prompts are in flight
+(:mod:`ctrlalign.schedule`; S = all prompts by default); every round, for the S' prompts in
+flight (budget n·k reward calls per prompt, plus m for
+:class:`~ctrlalign.selection.FinalProposal`):
 
-1. θ ~ controller.sample(state)  — (D, n, *θ), each prompt from its own generator;
-2. V = space.controls(θ) and outcomes = dynamics.rollout(context, V)  — prompts prefilled once;
-3. r = cost.rewards(prompts, outcomes)  — (D, n), checked finite;
-4. state, ℓ = controller.step(state, θ, r)  — the update and its log-weights;
-5. diagnostics from (r, ℓ) (:func:`~ctrlalign.diagnostics.diagnose`), and the selection
-   decides which response to keep.
+1. θ ~ controller.sample(state)  — (S', n, *θ), each prompt from its own generator;
+2. V = space.controls(θ) and outcomes = dynamics.rollout(context, V)  — prompts prefilled once
+   per cohort;
+3. r = cost.rewards(prompts, outcomes)  — (S', n), checked finite;
+4. state, info = controller.step(state, θ, r)  — the update, and the log-weights ℓ and λ it used;
+5. diagnostics from (r, info) (:func:`~ctrlalign.diagnostics.diagnose`), and the selection
+   decides which response to keep;
+
+and each prompt's iteration counter (owned by the loop, not by the controller's state) moves on.
+A prompt leaves after k rounds (then the selection's final draws). This round is the only one:
+:func:`align_stream` is the same loop with S < D.
 
 Where the randomness lives: with ``common_random_numbers=True`` every round replays the same
 rollout random numbers (each prompt's token uniforms), so two rounds differ only through their
@@ -29,16 +36,18 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import ConfigError, check_int
-from .controllers.base import Controller, Proposal
+from .controllers.base import Controller, Proposal, StepInfo
 from .cost import Cost, CostTerms
 from .diagnostics import Diagnostics, diagnose
 from .dynamics.base import Dynamics, Outcomes, Sample
 from .random import make_generators
 from .rewards.base import Reward
+from .schedule import Scheduler, Slot, stack_rows, take_row
 from .selection import Selection
 from .spaces import ControlSpace
 
-__all__ = ["AlignmentResult", "Iteration", "IterationRecord", "align", "bind_space", "check_prompts"]
+__all__ = ["AlignmentResult", "Iteration", "IterationRecord", "align", "align_stream", "bind_space",
+           "check_prompts"]
 
 
 def _finite(x: float) -> float | None:
@@ -81,25 +90,37 @@ class IterationRecord:
 
 
 class Iteration(NamedTuple):
-    """What the per-iteration callback receives.
+    """What the per-round callback receives, for the S' prompts of the round.
+
+    With every prompt in flight (the default) a round is one iteration of all D prompts, and
+    S' = D in prompt order.
 
     Attributes:
-        record: the :class:`IterationRecord` appended to the trace.
-        outcomes: the round's :class:`~ctrlalign.dynamics.base.Outcomes` (D × n).
-        theta: (D, n, *θ) the sampled coordinates, or None (no control).
-        rewards: (D, n).
-        log_weights: (D, n) the step's unnormalised log-weights.
-        state: the controller's state after the step.
-        kept: the D responses kept so far (None where nothing is kept yet).
+        record: the :class:`IterationRecord` of the round's S' prompts (its ``iteration`` is
+            theirs: prompts admitted together run their rounds together).
+        outcomes: the round's :class:`~ctrlalign.dynamics.base.Outcomes` (S' × n).
+        theta: (S', n, *θ) the sampled coordinates, or None (no control).
+        rewards: (S', n).
+        info: the step's :class:`~ctrlalign.controllers.base.StepInfo` (log-weights (S', n),
+            λ (S',)).
+        state: the controller's state after the step (S' prompts).
+        kept: the S' responses kept so far (None where nothing is kept yet).
+        prompts: the S' prompts' positions in the run's prompt list.
     """
 
     record: IterationRecord
     outcomes: Outcomes
     theta: torch.Tensor | None
     rewards: torch.Tensor
-    log_weights: torch.Tensor
+    info: StepInfo
     state: Proposal
     kept: list[Sample | None]
+    prompts: list[int]
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """(S', n) the step's unnormalised log-weights (``info.log_weights``)."""
+        return self.info.log_weights
 
 
 @dataclass
@@ -117,7 +138,8 @@ class AlignmentResult:
         controller: the controller's name.
         space: the control space (bound).
         selection: the selection's name.
-        meta: free-form extras.
+        meta: the loop's bookkeeping: ``rounds`` (decode rounds), ``rows`` (rows per round),
+            ``prepares`` (prefills) and ``round_seconds``.
     """
 
     prompts: list[Any]
@@ -188,6 +210,38 @@ def check_prompts(prompts: Any) -> list[Any]:
     return prompts
 
 
+class _PromptRound(NamedTuple):
+    """One prompt's row of one round (each tensor (1,)), assembled into the trace at the end."""
+
+    diagnostics: Diagnostics
+    cost: CostTerms
+    kept_reward: torch.Tensor
+    chosen: torch.Tensor
+    replaced: torch.Tensor
+    seconds: float
+
+
+def _rows(x: NamedTuple, i: int) -> Any:
+    """Row i (kept as a length-1 axis) of every tensor of a NamedTuple of (S', ...) tensors."""
+    return type(x)(*(t[i:i + 1] for t in x))
+
+
+def _trace(slots: Sequence[Slot], num_iterations: int) -> list[IterationRecord]:
+    """The per-iteration trace of all D prompts from each prompt's own rounds (prompt order);
+    ``seconds`` of iteration i is the mean time of the rounds that ran it."""
+    trace = []
+    for it in range(num_iterations):
+        rows: list[_PromptRound] = [s.rounds[it] for s in slots]
+        trace.append(IterationRecord(
+            iteration=it + 1,
+            diagnostics=Diagnostics(*(torch.cat(parts) for parts in zip(*(r.diagnostics for r in rows)))),
+            cost=CostTerms(*(torch.cat(parts) for parts in zip(*(r.cost for r in rows)))),
+            kept_reward=torch.cat([r.kept_reward for r in rows]), chosen=torch.cat([r.chosen for r in rows]),
+            replaced=torch.cat([r.replaced for r in rows]), seconds=sum(r.seconds for r in rows) / len(rows),
+        ))
+    return trace
+
+
 def align(
     dynamics: Dynamics,
     cost: Cost | Reward,
@@ -199,10 +253,11 @@ def align(
     context: Any = None,
     selection: Selection | None = None,
     common_random_numbers: bool = False,
+    batch_prompts: int | None = None,
     progress: bool = False,
     callback: Callable[[Iteration], None] | None = None,
 ) -> AlignmentResult:
-    r"""Align D prompts: sample → rollout → reward → controller step → select, k times.
+    r"""Align D prompts: sample → rollout → reward → controller step → select, k rounds each.
 
     Args:
         dynamics: the system (e.g. :class:`~ctrlalign.dynamics.CausalLM`).
@@ -212,88 +267,138 @@ def align(
         seed: base seed; prompt j's generators are seeded from (seed, prompt j's content), so
             its result is the same alone or in any batch.
         budget: optional cap on reward calls per prompt; iterations = min(k, budget // n).
-        context: a context already returned by ``dynamics.prepare(prompts)`` (reuse a prefill).
+        context: a context already returned by ``dynamics.prepare(prompts)`` for all D prompts
+            (reuse a prefill); needs every prompt in flight (``batch_prompts`` None or >= D).
         selection: which response to keep (:mod:`ctrlalign.selection`); None: the controller's
             default (best so far; softmax sampling's reservoir).
         common_random_numbers: replay the same rollout random numbers in every round.
-        progress: show a progress bar over iterations.
-        callback: called after each iteration with an :class:`Iteration`.
+        batch_prompts: S, prompts in flight (S·n rows per decode); None: all D. A prompt's
+            result does not depend on S (Batched AISP, :func:`align_stream`).
+        progress: show a progress bar over prompt-rounds.
+        callback: called after each round with an :class:`Iteration`.
 
     Returns:
         :class:`AlignmentResult`.
+
+    Raises:
+        ConfigError: bad prompts, budget or ``batch_prompts``, or a ``context`` with fewer
+            prompts in flight than D.
     """
     if not isinstance(cost, Cost):
         cost = Cost(cost)
     prompts = check_prompts(prompts)
-    D = len(prompts)
+    P = len(prompts)
     n = controller.num_samples
     k = controller.num_iterations
     if budget is not None:
         budget = check_int("budget", budget, minimum=n)
         k = min(k, budget // n)
+    S = P if batch_prompts is None else check_int("batch_prompts", batch_prompts, minimum=1, symbol="S")
+    if context is not None and S < P:
+        raise ConfigError(f"a prepared context covers all {P} prompts, but batch_prompts (S) = {S} puts "
+                          "fewer in flight; pass context=None or batch_prompts >= the number of prompts")
     space = bind_space(controller, dynamics)
     selection = controller.default_selection() if selection is None else selection
+    device, dtype = dynamics.device, dynamics.dtype
 
     t0 = time.perf_counter()
-    if context is None:
-        context = dynamics.prepare(prompts)
-    gens = make_generators(seed, prompts, device=dynamics.device)
-    control_gens = [g.control for g in gens]
-    rollout_gens = [g.rollout for g in gens]
-    select_gens = [g.select for g in gens]
-    replay = [g.get_state() for g in rollout_gens] if common_random_numbers else None
-    state = controller.init(D, space, device=dynamics.device, dtype=dynamics.dtype)
-    kept_state = selection.init(D, device=state.mean.device)
-    kept: list[Sample | None] = [None] * D
-    calls = torch.zeros(D, dtype=torch.long)
-    trace: list[IterationRecord] = []
+    gens = make_generators(seed, prompts, device=device)
+    calls = torch.zeros(P, dtype=torch.long)
+    meta: dict[str, Any] = {"rounds": 0, "rows": [], "prepares": 0, "round_seconds": []}
+    prepared: dict[str, Any] = {"members": tuple(range(P)) if context is not None else None, "context": context}
 
-    def run_round(current: Proposal, num: int) -> tuple[torch.Tensor | None, Outcomes, torch.Tensor]:
-        if replay is not None:
-            for g, s in zip(rollout_gens, replay):
-                g.set_state(s)
-        theta = controller.sample(current, control_gens, num_samples=num)
+    def open_slot(j: int) -> Slot:
+        return Slot(j, controller.init(1, space, device=device, dtype=dtype), selection.init(1, device=device),
+                    replay=gens[j].rollout.get_state() if common_random_numbers else None)
+
+    def rollout(slots: Sequence[Slot], state: Proposal, num: int) -> tuple[torch.Tensor | None, Outcomes,
+                                                                            torch.Tensor]:
+        """θ from ``state``, then the rollout of the slots' prompts and its rewards (S', num)."""
+        members = tuple(s.index for s in slots)
+        if members != prepared["members"]:
+            prepared.update(members=members, context=dynamics.prepare([prompts[j] for j in members]))
+            meta["prepares"] += 1
+        for s in slots:
+            if s.replay is not None:
+                gens[s.index].rollout.set_state(s.replay)
+        theta = controller.sample(state, [gens[j].control for j in members], num_samples=num)
         controls = None if theta is None else space.controls(theta)
-        outcomes = dynamics.rollout(context, controls, rollout_gens, num)
-        calls.add_(num)
-        return theta, outcomes, cost.rewards(prompts, outcomes).to(current.mean.device)
+        outcomes = dynamics.rollout(prepared["context"], controls, [gens[j].rollout for j in members], num)
+        calls[list(members)] += num
+        rewards = cost.rewards([prompts[j] for j in members], outcomes).to(state.mean.device)
+        return theta, outcomes, rewards
 
-    def keep(outcomes: Outcomes, chosen: torch.Tensor, replaced: torch.Tensor) -> None:
-        for d in range(D):
-            if bool(replaced[d]):
-                kept[d] = outcomes.sample(d, int(chosen[d]))
-
-    bar = tqdm(total=k, desc=f"{controller.name} D={D} n={n}", unit="iter") if progress else None
-    for it in range(k):
-        ti = time.perf_counter()
-        theta, outcomes, rewards = run_round(state, n)
-        new_state, log_w = controller.step(state, theta, rewards)
-        diag = diagnose(controller, state, new_state, rewards, log_w)
-        kept_state, chosen, replaced = selection.update(kept_state, rewards, log_w, select_gens)
-        keep(outcomes, chosen, replaced)
-        rec = IterationRecord(
-            iteration=it + 1, diagnostics=diag, cost=cost.terms(rewards, diag.kl, diag.temperature),
-            kept_reward=kept_state.reward.clone(), chosen=chosen, replaced=replaced,
-            seconds=time.perf_counter() - ti,
-        )
-        trace.append(rec)
-        state = new_state
+    scheduler = Scheduler(P, S, open_slot, k)
+    bar = tqdm(total=P * k, desc=f"{controller.name} D={P} S={S} n={n}", unit="round") if progress else None
+    while scheduler.running:
+        slots = scheduler.admit()
+        tr = time.perf_counter()
+        state = stack_rows([s.state for s in slots])
+        theta, outcomes, rewards = rollout(slots, state, n)
+        new_state, info = controller.step(state, theta, rewards)
+        diag = diagnose(controller, state, rewards, info)
+        terms = cost.terms(rewards, diag.kl, diag.temperature)
+        kept_state, chosen, replaced = selection.update(stack_rows([s.kept_state for s in slots]), rewards,
+                                                       info.log_weights, [gens[s.index].select for s in slots])
+        seconds = time.perf_counter() - tr
+        meta["rounds"] += 1
+        meta["rows"].append(len(slots) * n)
+        meta["round_seconds"].append(seconds)
+        for i, s in enumerate(slots):
+            s.iteration += 1
+            s.state, s.kept_state = take_row(new_state, i), take_row(kept_state, i)
+            if bool(replaced[i]):
+                s.kept = outcomes.sample(i, int(chosen[i]))
+            s.rounds.append(_PromptRound(_rows(diag, i), _rows(terms, i), s.kept_state.reward.clone(),
+                                         chosen[i:i + 1], replaced[i:i + 1], seconds))
         if callback is not None:
-            callback(Iteration(rec, outcomes, theta, rewards, log_w, state, list(kept)))
+            rec = IterationRecord(iteration=slots[0].iteration, diagnostics=diag, cost=terms,
+                                  kept_reward=kept_state.reward.clone(), chosen=chosen, replaced=replaced,
+                                  seconds=seconds)
+            callback(Iteration(rec, outcomes, theta, rewards, info, new_state, [s.kept for s in slots],
+                               [s.index for s in slots]))
         if bar is not None:
-            bar.update(1)
+            bar.update(len(slots))
             bar.set_postfix(mean=f"{float(diag.mean_reward.mean()):.3f}", ess=f"{float(diag.ess.mean()):.1f}")
+        finished = scheduler.retire()
+        if finished and selection.final_samples:
+            _, outcomes, rewards = rollout(finished, stack_rows([s.state for s in finished]), selection.final_samples)
+            kept_state, chosen, _ = selection.final(stack_rows([s.kept_state for s in finished]), rewards,
+                                                    [gens[s.index].select for s in finished])
+            for i, s in enumerate(finished):
+                s.kept_state = take_row(kept_state, i)
+                s.kept = outcomes.sample(i, int(chosen[i]))
+        scheduler.finish(finished)
     if bar is not None:
         bar.close()
-    if selection.final_samples:
-        _, outcomes, rewards = run_round(state, selection.final_samples)
-        kept_state, chosen, replaced = selection.final(kept_state, rewards, select_gens)
-        keep(outcomes, chosen, replaced)
-    missing = [d for d in range(D) if kept[d] is None]
+    slots = scheduler.results()
+    missing = [s.index for s in slots if s.kept is None]
     if missing:
         raise RuntimeError(f"{selection!r} kept no response for prompts {missing}")
     return AlignmentResult(
-        prompts=prompts, responses=kept, rewards=kept_state.reward.cpu(), trace=trace, state=state,
-        reward_calls=calls, seconds=time.perf_counter() - t0, controller=controller.name, space=space,
-        selection=selection.name,
+        prompts=prompts, responses=[s.kept for s in slots],
+        rewards=torch.cat([s.kept_state.reward for s in slots]).cpu(), trace=_trace(slots, k),
+        state=stack_rows([s.state for s in slots]), reward_calls=calls, seconds=time.perf_counter() - t0,
+        controller=controller.name, space=space, selection=selection.name, meta=meta,
     )
+
+
+def align_stream(
+    dynamics: Dynamics,
+    cost: Cost | Reward,
+    controller: Controller,
+    prompts: Sequence[Any],
+    *,
+    batch_prompts: int,
+    seed: int = 0,
+    selection: Selection | None = None,
+    common_random_numbers: bool = False,
+    progress: bool = False,
+) -> AlignmentResult:
+    r"""Batched AISP: :func:`align` with at most S = ``batch_prompts`` prompts in flight
+    (S·n rows per decode; S = k·D fills the batch Best-of-N of N = n·k would use). The same
+    loop, so each prompt's result equals :func:`align`'s for it. ``meta`` holds ``rounds``
+    (decode calls), ``rows`` (rows per call) and ``prepares`` (prefills).
+    """
+    return align(dynamics, cost, controller, prompts, seed=seed, selection=selection,
+                 common_random_numbers=common_random_numbers, batch_prompts=batch_prompts, progress=progress)

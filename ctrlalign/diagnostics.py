@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 
 from . import theory
-from .controllers.base import Controller, Proposal
+from .controllers.base import Controller, Proposal, StepInfo
 
 __all__ = ["Diagnostics", "diagnose"]
 
@@ -51,22 +51,18 @@ class Diagnostics(NamedTuple):
     weights: torch.Tensor
 
 
-def diagnose(controller: Controller, proposal: Proposal, updated: Proposal, rewards: torch.Tensor,
-             log_weights: torch.Tensor) -> Diagnostics:
+def diagnose(controller: Controller, proposal: Proposal, rewards: torch.Tensor, info: StepInfo) -> Diagnostics:
     """Diagnostics of one round.
 
     Args:
-        controller: the controller (for its KL and λ).
+        controller: the controller (for its KL).
         proposal: the state that generated the round (before the step).
-        updated: the state after the step (its λ is the one the weights used).
         rewards: (D, n).
-        log_weights: (D, n) unnormalised log-weights returned by the step.
+        info: the step's :class:`~ctrlalign.controllers.base.StepInfo` (log-weights (D, n),
+            λ (D,)).
     """
     r = rewards.double()
-    log_w = torch.log_softmax(log_weights.double(), dim=-1)
-    lam = controller.used_temperature(updated)
-    if lam is None:
-        lam = torch.full(r.shape[:1], float("nan"), dtype=torch.float64)
+    log_w = torch.log_softmax(info.log_weights.double(), dim=-1)
     return Diagnostics(
         mean_reward=r.mean(-1),
         max_reward=r.max(-1).values,
@@ -75,6 +71,6 @@ def diagnose(controller: Controller, proposal: Proposal, updated: Proposal, rewa
         weight_entropy=theory.weight_entropy(log_w),
         mean_norm=proposal.mean.double().flatten(1).norm(dim=-1),
         kl=controller.kl(proposal).double(),
-        temperature=lam.double().to(r.device),
+        temperature=info.temperature.double().to(r.device),
         weights=log_w.exp(),
     )

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from .align import AlignmentResult, align
-from .controllers import AISP, CEM, MPPI, BestOfN, Controller, SoftmaxSampling
+from .align import AlignmentResult, Iteration, align
+from .controllers import AISP, CEM, MPPI, BestOfN, Controller, SoftmaxSampling, StepInfo
 from .dynamics.base import Dynamics, Outcomes, Sample
 from .dynamics.toy import LinearGaussian, SoftmaxHead
 from .random import prompt_key
@@ -154,12 +154,13 @@ class ControllerContract:
     systems = SYSTEMS
 
     def run(self, name: str, space: str, system: str, prompts: list | None = None,
-            seed: int = 0) -> tuple[AlignmentResult, CountingReward, list]:
-        """align() of controller ``name`` in ``space`` on ``system`` with a counting reward."""
+            seed: int = 0, **options: Any) -> tuple[AlignmentResult, CountingReward, list]:
+        """align() of controller ``name`` in ``space`` on ``system`` with a counting reward
+        (``options``: more keyword arguments of :func:`~ctrlalign.align`)."""
         dyn, reward, all_prompts = self.systems[system]()
         counting = CountingReward(reward)
         ctrl = self.controllers[name](self.n, self.k, self.spaces[space]())
-        res = align(dyn, counting, ctrl, all_prompts if prompts is None else prompts, seed=seed)
+        res = align(dyn, counting, ctrl, all_prompts if prompts is None else prompts, seed=seed, **options)
         return res, counting, all_prompts
 
     def test_shapes_and_trace(self, name, space, system):
@@ -211,6 +212,44 @@ class ControllerContract:
         extra = self.controllers[name](self.n, self.k, self.spaces[space]()).default_selection().final_samples
         assert res.reward_calls.tolist() == [self.n * self.k + extra] * len(prompts)
         assert sorted(counting.calls.values()) == [self.n * self.k + extra] * len(prompts)
+
+    def test_step_is_pure_and_reports_what_it_used(self, name, space, system):
+        """``step`` returns (state, StepInfo): log-weights (D, n) float64 and λ (D,) float64; it
+        does not modify its inputs, and the same inputs give the same outputs bit for bit (the
+        state alone carries what the next step needs); the trace reports the info's λ."""
+        rounds: list[Iteration] = []
+        res, _, prompts = self.run(name, space, system, callback=rounds.append)
+        ctrl = self.controllers[name](self.n, self.k, self.spaces[space]())
+        D = len(prompts)
+        for before, it in zip(rounds, rounds[1:]):
+            mean = before.state.mean.clone()
+            again, info = ctrl.step(before.state, it.theta, it.rewards)
+            assert isinstance(info, StepInfo)
+            assert info.log_weights.shape == (D, self.n) and info.log_weights.dtype == torch.float64
+            assert info.temperature.shape == (D,) and info.temperature.dtype == torch.float64
+            assert torch.equal(before.state.mean, mean)
+            assert torch.equal(again.mean, it.state.mean) and torch.equal(again.std, it.state.std)
+            assert torch.equal(info.log_weights, it.info.log_weights)
+            assert torch.equal(info.temperature.isnan(), it.info.temperature.isnan())
+        for rec, it in zip(res.trace, rounds):
+            assert torch.equal(rec.diagnostics.temperature.isnan(), it.info.temperature.isnan())
+            ok = ~it.info.temperature.isnan()
+            assert torch.equal(rec.diagnostics.temperature[ok], it.info.temperature[ok])
+
+    def test_prompts_in_flight_do_not_change_results(self, name, space, system):
+        """The round loop with S = 1 or 3 prompts in flight gives every prompt exactly what it
+        gets with all of them in flight: one round loop, per-prompt state and counters."""
+        full, _, prompts = self.run(name, space, system, seed=5)
+        for S in (1, 3):
+            part, counting, _ = self.run(name, space, system, seed=5, batch_prompts=S)
+            assert torch.equal(part.rewards, full.rewards)
+            assert torch.equal(part.state.mean, full.state.mean)
+            assert all(same_sample(x, y) for x, y in zip(part.responses, full.responses))
+            assert part.reward_calls.tolist() == full.reward_calls.tolist()
+            for a, b in zip(part.trace, full.trace):
+                assert torch.equal(a.diagnostics.mean_reward, b.diagnostics.mean_reward)
+                assert torch.equal(a.kept_reward, b.kept_reward)
+            assert part.meta["rows"][0] == min(S, len(prompts)) * self.n
 
     def test_per_prompt_independence(self, name, space, system):
         """A prompt's result is the same alone, in a batch, and at another position."""

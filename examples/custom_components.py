@@ -109,7 +109,7 @@ class GreedyMean(ca.Controller):
         self._set("step_size", step_size)  # validated against the declaration
 
     def step(self, state, theta, rewards):
-        """θ (D, n, *θ), rewards (D, n) → (new state, log-weights (D, n)); inputs are not modified."""
+        """θ (D, n, *θ), rewards (D, n) → (new state, StepInfo); inputs are not modified."""
         self.check_step_inputs(state, theta, rewards)
         best = rewards.argmax(-1)  # (D,)
         # one-hot log-weights at the argmax (the diagnostics turn them into ESS, entropy, ...)
@@ -117,7 +117,8 @@ class GreedyMean(ca.Controller):
         log_w.scatter_(-1, best.unsqueeze(-1), 0.0)
         best_theta = theta[torch.arange(theta.shape[0]), best]  # (D, *θ)
         new_mean = state.mean + self.step_size * (best_theta - state.mean)
-        return state.replace(mean=new_mean, iteration=state.iteration + 1), log_w
+        # the info carries the log-weights (no temperature here: λ = NaN)
+        return state.replace(mean=new_mean), ca.StepInfo.untempered(log_w)
 # --8<-- [end:GreedyMean]
 
 

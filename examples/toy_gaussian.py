@@ -64,9 +64,9 @@ def main(out: Path | None = None, num_samples: int = 2000, num_iterations: int =
     for _ in range(num_iterations):
         V = ctrl.sample(state, [g.control for g in gens])            # (D, n, τ, d)
         r = reward([x], dyn.rollout(ctx, V, [g.rollout for g in gens], ctrl.num_samples))  # (D, n)
-        state, log_w = ctrl.step(state, V, r)                         # update, and its log-weights
+        state, info = ctrl.step(state, V, r)               # update; info: its log-weights and λ
         errors.append(float((state.mean.flatten() - opt.mean).norm()))
-        ess.append(float(theory.effective_sample_size(torch.log_softmax(log_w, -1))[0]))
+        ess.append(float(theory.effective_sample_size(torch.log_softmax(info.log_weights, -1))[0]))
     print("‖U_k − μ*‖ by iteration:", " ".join(f"{e:.3f}" for e in errors))
     print(f"ESS (of n = {num_samples}) by iteration:", " ".join(f"{e:.0f}" for e in ess))
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import ctrlalign as ca
 from ctrlalign import theory
 from ctrlalign._checks import ConfigError, RewardError
+from ctrlalign.controllers import CONTROLLERS as CONTROLLER_CLASSES
 from ctrlalign.diagnostics import diagnose
 from ctrlalign.testing import CONTROLLERS as FACTORIES
 from ctrlalign.testing import (
@@ -116,8 +117,8 @@ def test_aisp_mean_update_is_the_weighted_average(seed, lam, alpha):
     state = state.replace(mean=torch.randn(D, TAU, DIM, generator=g, dtype=torch.float64))
     controls = ctrl.sample(state, [torch.Generator().manual_seed(seed + j) for j in range(D)])
     rewards = torch.randn(D, n, generator=g, dtype=torch.float64)
-    new, log_w = ctrl.step(state, controls, rewards)
-    info = diagnose(ctrl, state, new, rewards, log_w)
+    new, step_info = ctrl.step(state, controls, rewards)
+    info = diagnose(ctrl, state, rewards, step_info)
     inner = (controls * state.mean.unsqueeze(1)).sum((-1, -2))
     logw = rewards / lam - (1 - alpha) / 0.4**2 * inner
     w = torch.softmax(logw, -1)
@@ -135,8 +136,8 @@ def test_cem_moves_to_the_elite_mean():
     state = ctrl.init(D, space, dtype=torch.float64)
     controls = ctrl.sample(state, [torch.Generator().manual_seed(0)])
     rewards = torch.arange(n, dtype=torch.float64).view(1, n)
-    new, log_w = ctrl.step(state, controls, rewards)
-    info = diagnose(ctrl, state, new, rewards, log_w)
+    new, step_info = ctrl.step(state, controls, rewards)
+    info = diagnose(ctrl, state, rewards, step_info)
     torch.testing.assert_close(new.mean[0], controls[0, -2:].mean(0))
     assert float(info.ess[0]) == pytest.approx(2.0)
 
@@ -242,3 +243,34 @@ def test_result_records_are_json_serialisable():
     assert len(recs) == 4 and len(recs[0]["trace"]) == 2
     assert recs[0]["reward_calls"] == 8
     assert set(recs[0]["trace"][0]) >= {"mean_reward", "max_reward", "ess", "weight_entropy", "mean_norm", "kl"}
+
+
+@pytest.mark.parametrize("name", sorted(CONTROLLER_CLASSES))
+def test_hyperparameters_are_immutable_after_construction(name):
+    """Assigning a declared hyperparameter raises (it would skip validation); ``replace`` makes
+    a validated copy and leaves the original alone."""
+    ctrl = CONTROLLER_CLASSES[name](num_samples=4)
+    for h in ctrl.spec().hyperparameters:
+        with pytest.raises(AttributeError, match=f"{h.name}.*replace"):
+            setattr(ctrl, h.name, getattr(ctrl, h.name))
+    other = ctrl.replace(num_samples=6)
+    assert type(other) is type(ctrl) and other.num_samples == 6 and ctrl.num_samples == 4
+    with pytest.raises(ConfigError, match="num_samples"):
+        ctrl.replace(num_samples=0)
+    with pytest.raises(ConfigError, match="no hyperparameters \\['nope'\\]"):
+        ctrl.replace(nope=1)
+
+
+def test_round_callback_names_the_prompts_in_flight_and_their_iteration():
+    """With S = 2 of 4 prompts in flight, each round reports its prompts and their iteration."""
+    dyn, reward, prompts = make_linear()
+    seen = []
+    ca.align(dyn, reward, ca.AISP(num_samples=3, num_iterations=2, sigma=0.5), prompts, batch_prompts=2,
+             callback=lambda it: seen.append((it.prompts, it.record.iteration, it.rewards.shape[0])))
+    assert seen == [([0, 1], 1, 2), ([0, 1], 2, 2), ([2, 3], 1, 2), ([2, 3], 2, 2)]
+
+
+def test_a_prepared_context_needs_every_prompt_in_flight():
+    dyn, reward, prompts = make_linear()
+    with pytest.raises(ConfigError, match="batch_prompts \\(S\\) = 2"):
+        ca.align(dyn, reward, ca.AISP(), prompts, context=dyn.prepare(prompts), batch_prompts=2)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import ctrlalign as ca
-from ctrlalign.schedule import align_stream, stack_rows, take_row
+from ctrlalign.align import align_stream
+from ctrlalign.schedule import stack_rows, take_row
 from ctrlalign.selection import FinalProposal
 from ctrlalign.testing import CONTROLLERS, SYSTEMS, same_sample
 
@@ -54,7 +55,7 @@ def test_rows_round_trip():
     st = ca.AISP().init(3, ca.PerToken(horizon=2, hidden_size=2))
     st = st.replace(mean=torch.randn(3, 2, 2))
     back = stack_rows([take_row(st, i) for i in range(3)])
-    assert torch.equal(back.mean, st.mean) and torch.equal(back.temperature, st.temperature)
+    assert torch.equal(back.mean, st.mean) and torch.equal(back.std, st.std)
 
 
 def test_bad_batch_prompts_is_named():

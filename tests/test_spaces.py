@@ -156,7 +156,7 @@ def test_cost_closed_form_bound_and_equality_per_space(name):
     theta_hat = torch.randn(len(xs), *space.shape, generator=g, dtype=torch.float64)
     theta = theta_hat.unsqueeze(1) + sigma * torch.randn(len(xs), n, *space.shape, generator=g, dtype=torch.float64)
     r = reward(xs, dyn.rollout(dyn.prepare(xs), space.controls(theta), [None] * len(xs), n))
-    kl = ca.AISP(sigma=sigma).kl(ca.Proposal(theta_hat, torch.full((len(xs),), sigma), 0))
+    kl = ca.AISP(sigma=sigma).kl(ca.Proposal(theta_hat, torch.full((len(xs),), sigma)))
     terms = ca.Cost.terms(r, kl, torch.full((len(xs),), lam, dtype=torch.float64))
     se = r.std(-1) / math.sqrt(n)
     for j, x in enumerate(xs):

@@ -282,7 +282,7 @@ def test_weights_temperature_limits(r):
     from ctrlalign.selection import BestSoFar
     from ctrlalign.spaces import PerToken
     bon = BestOfN(num_samples=len(r), num_iterations=1)
-    _, log_w = bon.step(bon.init(1, PerToken(horizon=1, hidden_size=1)), None, rt)
+    _, (log_w, _) = bon.step(bon.init(1, PerToken(horizon=1, hidden_size=1)), None, rt)
     _, chosen, _ = BestSoFar().update(BestSoFar().init(1), rt, log_w, [])
     assert int(chosen[0]) == int(np.argmax(r))
     assert torch.equal(torch.softmax(log_w, -1), onehot)

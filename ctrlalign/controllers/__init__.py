@@ -5,7 +5,7 @@ command line and the bench derive their fields and flags from :data:`CONTROLLERS
 """
 
 from .aisp import AISP
-from .base import Controller, Proposal, WeightedController, WeightedState
+from .base import Controller, Proposal, StepInfo, WeightedController
 from .bon import BestOfN
 from .cem import CEM
 from .mppi import MPPI
@@ -35,7 +35,7 @@ __all__ = [
     "Hyperparameter",
     "Proposal",
     "SoftmaxSampling",
+    "StepInfo",
     "WeightedController",
-    "WeightedState",
     "register_controller",
 ]

@@ -9,23 +9,28 @@ paper's per-token space) and moves it from rewards. One iteration of :func:`ctrl
     theta = controller.sample(state, generators)           # (D, n, *θ) or None
     outcomes = dynamics.rollout(context, space.controls(theta), ...)
     rewards = cost.rewards(prompts, outcomes)                # (D, n)
-    state, log_weights = controller.step(state, theta, rewards)
+    state, info = controller.step(state, theta, rewards)     # info: StepInfo(log_weights, temperature)
 
-``step`` does one job: the update, and the (unnormalised) log-weights it used. Choosing which
-response to keep (:mod:`ctrlalign.selection`) and the per-round diagnostics
-(:mod:`ctrlalign.diagnostics`) are separate pieces that :func:`~ctrlalign.align` composes.
+``step`` is pure and does one job: the update. What it used to get there travels in the
+:class:`StepInfo` (blackjax's State/Info split): the unnormalised log-weights ℓ (D, n) and the
+λ (D,) it weighted with. The state holds only what the next step needs (the proposal); the
+iteration counter belongs to the loop. Choosing which response to keep
+(:mod:`ctrlalign.selection`) and the per-round diagnostics (:mod:`ctrlalign.diagnostics`) are
+separate pieces that :func:`~ctrlalign.align` composes.
 
 To write a controller, subclass :class:`Controller` and override exactly:
 
-* :meth:`Controller.step` — ``(state, theta (D, n, *θ), rewards (D, n)) -> (state, log_weights (D, n))``;
+* :meth:`Controller.step` — ``(state, theta (D, n, *θ), rewards (D, n)) -> (state, StepInfo)``;
 * ``hyperparameters`` — a tuple of :class:`~ctrlalign.controllers.spec.Hyperparameter` for the
   ``__init__`` arguments the base does not declare (set them with ``self._set(name, value)``);
 * ``name`` — the name used by configs and the command line.
 
 Optionally override :meth:`Controller.init` (to return a state type of your own; it must keep
-``mean``, ``std`` and ``iteration``), :meth:`Controller.kl` and :meth:`Controller.used_temperature`.
-Every controller draws ε ~ N(0, I) from the prompt's own generator in the same order, so under
-the same seed all controllers see identical noise: :math:`\theta = \hat\theta + s\,\varepsilon`.
+``mean`` and ``std``) and :meth:`Controller.kl`. Hyperparameters are immutable after
+construction (assigning one raises); :meth:`Controller.replace` builds a validated copy with
+some changed. Every controller draws ε ~ N(0, I) from the prompt's own generator in the same
+order, so under the same seed all controllers see identical noise:
+:math:`\theta = \hat\theta + s\,\varepsilon`.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -43,7 +48,7 @@ from ..selection import BestSoFar, Selection
 from ..spaces import SPACES, ControlSpace, make_space
 from .spec import ControllerSpec, Hyperparameter, spec_of
 
-__all__ = ["Controller", "Proposal", "WeightedController", "WeightedState"]
+__all__ = ["Controller", "Proposal", "StepInfo", "WeightedController"]
 
 
 @dataclass(frozen=True)
@@ -54,12 +59,10 @@ class Proposal:
         mean: (D, *θ) the mean θ̂ of the proposal, in the control space's coordinates
             ((D, τ, d) in the per-token space).
         std: (D,) the proposal's standard deviation s (σ unless CEM refits it).
-        iteration: number of completed steps.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
-    iteration: int
 
     def replace(self, **changes: Any) -> Proposal:
         """A copy with the given fields changed (states are immutable)."""
@@ -71,15 +74,26 @@ class Proposal:
         return self.mean.shape[0]
 
 
-@dataclass(frozen=True)
-class WeightedState(Proposal):
-    """State of a controller that weights samples by a temperature λ.
+class StepInfo(NamedTuple):
+    """What a step used, beside the new state (blackjax's Info): read by diagnostics and the
+    selection, never fed back into the next step.
 
     Attributes:
-        temperature: (D,) float64, the λ of the last step (the fixed λ before the first).
+        log_weights: (D, n) float64 unnormalised log-weights ℓ of the round's samples
+            (normalise with ``log_softmax``; their logsumexp is the round's log-mass, which the
+            softmax-sampling reservoir uses). −inf marks a sample with no weight.
+        temperature: (D,) float64, the λ the weights used; NaN for a controller without one
+            (Best-of-N, CEM); +inf where an adaptive λ met rewards that did not vary.
     """
 
-    temperature: torch.Tensor = None  # type: ignore[assignment]
+    log_weights: torch.Tensor
+    temperature: torch.Tensor
+
+    @classmethod
+    def untempered(cls, log_weights: torch.Tensor) -> StepInfo:
+        """Info of a controller without a temperature: λ = NaN for every prompt."""
+        nan = torch.full(log_weights.shape[:1], float("nan"), dtype=torch.float64, device=log_weights.device)
+        return cls(log_weights=log_weights, temperature=nan)
 
 
 _BASE_HYPERPARAMETERS = (
@@ -124,7 +138,7 @@ class Controller(ABC):
         elif block_size is not None or rank is not None:
             raise ConfigError("block_size and rank configure a space given by name; "
                               f"got a ControlSpace object {space!r} as well")
-        self.space: ControlSpace = make_space(space, block_size=block_size, rank=rank)
+        object.__setattr__(self, "space", make_space(space, block_size=block_size, rank=rank))
 
     # ------------------------------------------------------------------ declaration
     @classmethod
@@ -134,13 +148,33 @@ class Controller(ABC):
 
     def _set(self, name: str, value: Any) -> None:
         """Validate ``value`` against the hyperparameter ``name`` declared by this class or a
-        base (the nearest declaration wins) and store it."""
+        base (the nearest declaration wins) and store it (constructors only: hyperparameters
+        are immutable afterwards)."""
         for klass in type(self).__mro__:
             for h in klass.__dict__.get("hyperparameters", ()):
                 if h.name == name:
-                    setattr(self, name, h.check(value))
+                    object.__setattr__(self, name, h.check(value))
                     return
         raise TypeError(f"{type(self).__name__} declares no hyperparameter {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Refuse to reassign a declared hyperparameter: it would bypass validation and change
+        a controller other code already holds. Use :meth:`replace` for a changed copy."""
+        if name in self.spec().names:
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is a hyperparameter and cannot be reassigned after "
+                f"construction; use controller.replace({name}=...) for a validated copy")
+        object.__setattr__(self, name, value)
+
+    def replace(self, **changes: Any) -> Controller:
+        """A new controller of the same class with ``changes`` applied to its hyperparameters,
+        validated by the constructor like any other."""
+        unknown = sorted(set(changes) - set(self.spec().names))
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} has no hyperparameters {unknown}; "
+                              f"it declares {list(self.spec().names)}")
+        current = {k: getattr(self, k) for k in self.spec().names if hasattr(self, k)}
+        return type(self)(**{**current, **changes})
 
     def config(self) -> dict[str, Any]:
         """The hyperparameters as plain values (a space object is shown by its label)."""
@@ -174,8 +208,7 @@ class Controller(ABC):
             :class:`Proposal` with mean (D, *θ).
         """
         return Proposal(mean=self._zeros(num_prompts, space, device, dtype),
-                        std=torch.full((num_prompts,), float(self.sigma), device=device, dtype=dtype),
-                        iteration=0)
+                        std=torch.full((num_prompts,), float(self.sigma), device=device, dtype=dtype))
 
     @staticmethod
     def _zeros(num_prompts: int, space: ControlSpace, device: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -212,17 +245,12 @@ class Controller(ABC):
         return theory.gaussian_kl_isotropic(state.mean.double().flatten(1).unsqueeze(1), state.std.double(),
                                             self.sigma)
 
-    def used_temperature(self, state: Proposal) -> torch.Tensor | None:
-        """(D,) the λ the last step weighted with, or None for controllers without one."""
-        return None
-
     @abstractmethod
-    def step(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> tuple[Proposal, torch.Tensor]:
+    def step(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> tuple[Proposal, StepInfo]:
         """Update the proposal from this round's coordinates θ (D, n, *θ) and rewards (D, n).
 
-        Must not modify its inputs. Returns the new state and the (D, n) float64 log-weights
-        of the update, unnormalised (normalise with ``log_softmax``; their logsumexp is the
-        round's log-mass, which the softmax-sampling reservoir uses).
+        Pure: must not modify its inputs. Returns the new state and the :class:`StepInfo`
+        (the (D, n) float64 unnormalised log-weights of the update and the λ (D,) used).
         """
 
     # ------------------------------------------------------------------ helpers for step
@@ -265,24 +293,13 @@ class WeightedController(Controller):
                 f"{type(self).__name__}: set exactly one of temperature (λ, fixed) and target_ess (adaptive λ); "
                 f"got temperature={temperature!r}, target_ess={target_ess!r}")
 
-    def init(self, num_prompts: int, space: ControlSpace, *, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> WeightedState:
-        """The prior, with λ = the fixed temperature (NaN until the first adaptive step)."""
-        base = super().init(num_prompts, space, device=device, dtype=dtype)
-        lam = float("nan") if self.temperature is None else self.temperature
-        return WeightedState(mean=base.mean, std=base.std, iteration=0,
-                             temperature=torch.full((num_prompts,), lam, dtype=torch.float64, device=device))
-
-    def used_temperature(self, state: WeightedState) -> torch.Tensor:
-        """(D,) the λ of the last step."""
-        return state.temperature
-
     def offsets(self, state: Proposal, theta: torch.Tensor | None) -> torch.Tensor | None:
         """(D, n) the terms c_i subtracted from r/λ, or None (zero)."""
         return None
 
-    def weigh(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-weights (D, n) unnormalised, λ (D,)): r/λ − c with λ fixed or adaptive."""
+    def weigh(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> StepInfo:
+        """:class:`StepInfo` of r/λ − c: log-weights (D, n) unnormalised, with λ (D,) fixed or
+        adaptive."""
         r = rewards.double()
         c = self.offsets(state, theta)
         if self.target_ess is not None:
@@ -290,4 +307,4 @@ class WeightedController(Controller):
         else:
             lam = torch.full(r.shape[:1], self.temperature, dtype=torch.float64, device=r.device)
         logits = torch.where(torch.isinf(lam).unsqueeze(-1), torch.zeros_like(r), r / lam.unsqueeze(-1))
-        return (logits if c is None else logits - c), lam
+        return StepInfo(log_weights=logits if c is None else logits - c, temperature=lam)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..spaces import ControlSpace
-from .base import Controller, Proposal
+from .base import Controller, Proposal, StepInfo
 from .spec import Hyperparameter
 
 __all__ = ["BestOfN"]
@@ -46,9 +46,10 @@ class BestOfN(Controller):
         """(D,) zeros: the proposal is the prior (or no control at all)."""
         return torch.zeros(state.num_prompts, dtype=torch.float64, device=state.mean.device)
 
-    def step(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> tuple[Proposal, torch.Tensor]:
-        """The mean never moves; log-weights are 0 at the (first) argmax and −inf elsewhere."""
+    def step(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> tuple[Proposal, StepInfo]:
+        """The mean never moves; log-weights are 0 at the (first) argmax and −inf elsewhere
+        (the λ → 0 limit of softmax(r/λ)); no temperature (λ = NaN in the info)."""
         self.check_step_inputs(state, theta, rewards)
         r = rewards.double()
         log_w = torch.full_like(r, float("-inf")).scatter(-1, r.argmax(-1, keepdim=True), 0.0)
-        return state.replace(iteration=state.iteration + 1), log_w
+        return state, StepInfo.untempered(log_w)

@@ -20,7 +20,7 @@ import torch
 
 from .._checks import ConfigError
 from ..spaces import ControlSpace
-from .base import Controller, Proposal
+from .base import Controller, Proposal, StepInfo
 from .spec import Hyperparameter
 
 __all__ = ["CEM"]
@@ -61,12 +61,16 @@ class CEM(Controller):
         for key, value in (("elite_fraction", elite_fraction), ("step_size", step_size),
                            ("refit_std", refit_std), ("min_std", min_std)):
             self._set(key, value)
-        self.num_elites = max(1, math.ceil(self.elite_fraction * self.num_samples))
 
-    def step(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> tuple[Proposal, torch.Tensor]:
+    @property
+    def num_elites(self) -> int:
+        """m = ⌈ρ n⌉ (at least 1), the elites kept per round."""
+        return max(1, math.ceil(self.elite_fraction * self.num_samples))
+
+    def step(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> tuple[Proposal, StepInfo]:
         """Move θ̂ toward the mean of the elites (and refit s if ``refit_std``).
 
-        Log-weights: −log m on the elites, −inf elsewhere.
+        Log-weights: −log m on the elites, −inf elsewhere; no temperature (λ = NaN).
         """
         self.check_step_inputs(state, theta, rewards)
         if theta is None:
@@ -85,6 +89,5 @@ class CEM(Controller):
             var = (elite_X - new_mean.unsqueeze(1)).pow(2).sum(dim=(1, 2)) / (m * X.shape[-1])
             new_var = (1 - self.step_size) * state.std.double() ** 2 + self.step_size * var
             std = new_var.sqrt().clamp(self.min_std, self.sigma).to(state.std.dtype)
-        new = state.replace(mean=new_mean.view_as(state.mean).to(state.mean.dtype), std=std,
-                            iteration=state.iteration + 1)
-        return new, log_w
+        new = state.replace(mean=new_mean.view_as(state.mean).to(state.mean.dtype), std=std)
+        return new, StepInfo.untempered(log_w)

@@ -21,7 +21,7 @@ import torch
 
 from .._checks import ConfigError
 from ..spaces import ControlSpace
-from .base import WeightedController, WeightedState
+from .base import Proposal, StepInfo, WeightedController
 from .spec import Hyperparameter
 
 __all__ = ["MPPI"]
@@ -61,7 +61,7 @@ class MPPI(WeightedController):
         self._set("likelihood_ratio", likelihood_ratio)
         self._set("step_size", step_size)
 
-    def offsets(self, state: WeightedState, theta: torch.Tensor | None) -> torch.Tensor | None:
+    def offsets(self, state: Proposal, theta: torch.Tensor | None) -> torch.Tensor | None:
         r"""(D, n) :math:`\frac{\gamma}{\sigma^2}\langle\hat\theta,\theta^{(i)}\rangle`, or None when γ = 0."""
         alpha = 1.0 - self.likelihood_ratio
         if alpha >= 1.0:
@@ -69,15 +69,14 @@ class MPPI(WeightedController):
         inner = torch.einsum("dnm,dm->dn", theta.double().flatten(2), state.mean.double().flatten(1))
         return (1.0 - alpha) / (self.sigma * self.sigma) * inner
 
-    def step(self, state: WeightedState, theta: torch.Tensor | None,
-             rewards: torch.Tensor) -> tuple[WeightedState, torch.Tensor]:
+    def step(self, state: Proposal, theta: torch.Tensor | None,
+             rewards: torch.Tensor) -> tuple[Proposal, StepInfo]:
         """Weights r/λ − c (λ fixed or adaptive); θ̂ ← (1−β)θ̂ + β Σ_i w_i θ^(i)."""
         self.check_step_inputs(state, theta, rewards)
         if theta is None:
             raise ConfigError(f"{type(self).__name__} needs controls (sigma > 0)")
-        log_w, lam = self.weigh(state, theta, rewards)
-        w = torch.softmax(log_w, dim=-1)
+        info = self.weigh(state, theta, rewards)
+        w = torch.softmax(info.log_weights, dim=-1)
         target = torch.einsum("dn,dn...->d...", w, theta.double())
         new_mean = state.mean.double() + self.step_size * (target - state.mean.double())
-        new = state.replace(mean=new_mean.to(state.mean.dtype), iteration=state.iteration + 1, temperature=lam)
-        return new, log_w
+        return state.replace(mean=new_mean.to(state.mean.dtype)), info

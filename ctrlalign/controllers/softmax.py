@@ -16,7 +16,7 @@ import torch
 
 from ..selection import Reservoir, Selection
 from ..spaces import ControlSpace
-from .base import WeightedController, WeightedState
+from .base import Proposal, StepInfo, WeightedController
 
 __all__ = ["SoftmaxSampling"]
 
@@ -50,9 +50,8 @@ class SoftmaxSampling(WeightedController):
         """The weighted reservoir (exact softmax(r/λ) over all N samples)."""
         return Reservoir()
 
-    def step(self, state: WeightedState, theta: torch.Tensor | None,
-             rewards: torch.Tensor) -> tuple[WeightedState, torch.Tensor]:
-        """Log-weights r/λ; the mean stays 0."""
+    def step(self, state: Proposal, theta: torch.Tensor | None,
+             rewards: torch.Tensor) -> tuple[Proposal, StepInfo]:
+        """Log-weights r/λ; the mean stays 0 (the state is returned unchanged)."""
         self.check_step_inputs(state, theta, rewards)
-        log_w, lam = self.weigh(state, theta, rewards)
-        return state.replace(iteration=state.iteration + 1, temperature=lam), log_w
+        return state, self.weigh(state, theta, rewards)
