@@ -76,6 +76,25 @@ class IterationRecord:
     replaced: torch.Tensor
     seconds: float
 
+    def row(self, d: int) -> IterationRecord:
+        """Prompt d's part of the record (every tensor (1,))."""
+        return IterationRecord(
+            iteration=self.iteration, diagnostics=Diagnostics(*(t[d:d + 1] for t in self.diagnostics)),
+            cost=CostTerms(*(t[d:d + 1] for t in self.cost)), kept_reward=self.kept_reward[d:d + 1],
+            chosen=self.chosen[d:d + 1], replaced=self.replaced[d:d + 1], seconds=self.seconds)
+
+    @classmethod
+    def concat(cls, records: Sequence[IterationRecord]) -> IterationRecord:
+        """One record of the prompts of several records of one iteration, in order; ``seconds``
+        is their mean."""
+        return cls(
+            iteration=records[0].iteration,
+            diagnostics=Diagnostics(*(torch.cat(parts) for parts in zip(*(r.diagnostics for r in records)))),
+            cost=CostTerms(*(torch.cat(parts) for parts in zip(*(r.cost for r in records)))),
+            kept_reward=torch.cat([r.kept_reward for r in records]),
+            chosen=torch.cat([r.chosen for r in records]), replaced=torch.cat([r.replaced for r in records]),
+            seconds=sum(r.seconds for r in records) / len(records))
+
     def summary(self, d: int) -> dict[str, float | None]:
         """Plain numbers for prompt d (for JSON and printing; non-finite values are None)."""
         g = self.diagnostics
@@ -210,38 +229,6 @@ def check_prompts(prompts: Any) -> list[Any]:
     return prompts
 
 
-class _PromptRound(NamedTuple):
-    """One prompt's row of one round (each tensor (1,)), assembled into the trace at the end."""
-
-    diagnostics: Diagnostics
-    cost: CostTerms
-    kept_reward: torch.Tensor
-    chosen: torch.Tensor
-    replaced: torch.Tensor
-    seconds: float
-
-
-def _rows(x: NamedTuple, i: int) -> Any:
-    """Row i (kept as a length-1 axis) of every tensor of a NamedTuple of (S', ...) tensors."""
-    return type(x)(*(t[i:i + 1] for t in x))
-
-
-def _trace(slots: Sequence[Slot], num_iterations: int) -> list[IterationRecord]:
-    """The per-iteration trace of all D prompts from each prompt's own rounds (prompt order);
-    ``seconds`` of iteration i is the mean time of the rounds that ran it."""
-    trace = []
-    for it in range(num_iterations):
-        rows: list[_PromptRound] = [s.rounds[it] for s in slots]
-        trace.append(IterationRecord(
-            iteration=it + 1,
-            diagnostics=Diagnostics(*(torch.cat(parts) for parts in zip(*(r.diagnostics for r in rows)))),
-            cost=CostTerms(*(torch.cat(parts) for parts in zip(*(r.cost for r in rows)))),
-            kept_reward=torch.cat([r.kept_reward for r in rows]), chosen=torch.cat([r.chosen for r in rows]),
-            replaced=torch.cat([r.replaced for r in rows]), seconds=sum(r.seconds for r in rows) / len(rows),
-        ))
-    return trace
-
-
 def align(
     dynamics: Dynamics,
     cost: Cost | Reward,
@@ -344,18 +331,17 @@ def align(
         meta["rounds"] += 1
         meta["rows"].append(len(slots) * n)
         meta["round_seconds"].append(seconds)
+        record = IterationRecord(iteration=slots[0].iteration + 1, diagnostics=diag, cost=terms,
+                                 kept_reward=kept_state.reward.clone(), chosen=chosen, replaced=replaced,
+                                 seconds=seconds)
         for i, s in enumerate(slots):
             s.iteration += 1
             s.state, s.kept_state = take_row(new_state, i), take_row(kept_state, i)
             if bool(replaced[i]):
                 s.kept = outcomes.sample(i, int(chosen[i]))
-            s.rounds.append(_PromptRound(_rows(diag, i), _rows(terms, i), s.kept_state.reward.clone(),
-                                         chosen[i:i + 1], replaced[i:i + 1], seconds))
+            s.rounds.append(record.row(i))
         if callback is not None:
-            rec = IterationRecord(iteration=slots[0].iteration, diagnostics=diag, cost=terms,
-                                  kept_reward=kept_state.reward.clone(), chosen=chosen, replaced=replaced,
-                                  seconds=seconds)
-            callback(Iteration(rec, outcomes, theta, rewards, info, new_state, [s.kept for s in slots],
+            callback(Iteration(record, outcomes, theta, rewards, info, new_state, [s.kept for s in slots],
                                [s.index for s in slots]))
         if bar is not None:
             bar.update(len(slots))
@@ -377,7 +363,8 @@ def align(
         raise RuntimeError(f"{selection!r} kept no response for prompts {missing}")
     return AlignmentResult(
         prompts=prompts, responses=[s.kept for s in slots],
-        rewards=torch.cat([s.kept_state.reward for s in slots]).cpu(), trace=_trace(slots, k),
+        rewards=torch.cat([s.kept_state.reward for s in slots]).cpu(),
+        trace=[IterationRecord.concat([s.rounds[it] for s in slots]) for it in range(k)],
         state=stack_rows([s.state for s in slots]), reward_calls=calls, seconds=time.perf_counter() - t0,
         controller=controller.name, space=space, selection=selection.name, meta=meta,
     )

@@ -53,7 +53,7 @@ class CandidateRecorder:
         o = it.outcomes
         length = None if o.lengths is None else int(o.lengths[d, i])
         row: dict[str, Any] = {
-            "id": self.ids[d], "iteration": it.record.iteration, "sample": i,
+            "id": self.ids[it.prompts[d]], "iteration": it.record.iteration, "sample": i,
             "text": None if o.texts is None else o.texts[d][i],
             "reward": _finite(float(it.rewards[d, i])),
             "log_weight": _finite(float(it.log_weights[d, i])),
