@@ -230,7 +230,8 @@ class CausalLM(StepwiseDynamics):
         self.chat_template = has_template if chat_template is None else bool(chat_template)
         self.base_logprobs = bool(base_logprobs)
         self.system_prompt = system_prompt
-        self.head = OutputHead.from_model(model)
+        head = getattr(self.engine, "head", None)  # the engine's own head, not a second one
+        self.head = head if isinstance(head, OutputHead) else OutputHead.from_model(model)
         self.hidden_size = self.head.hidden_size
         self.max_horizon = sampling.max_new_tokens
         if verify:
