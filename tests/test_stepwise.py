@@ -356,3 +356,32 @@ def test_linear_gaussian_defaults_are_the_old_map():
     V = torch.randn(4, 2, dyn.horizon, dyn.hidden_size, dtype=torch.float64)
     y = dyn.rollout(ctx, V, _gens(4), 2).values
     assert torch.equal(y, ctx.unsqueeze(1).expand(4, 2, -1).clone() + V.flatten(-2) @ dyn.A.T)
+
+
+def test_state_space_closed_form_matches_monte_carlo():
+    """log η and the mean of q* for the noisy state-space system: closed form vs 200k rollouts
+    (V ~ N(0, σ²I), the system's own noise). Power: the noise-free formula misses both."""
+    from ctrlalign.rewards.toy import QuadraticReward
+    from ctrlalign.theory import linear_gaussian_optimum, linear_gaussian_state_space_optimum, log_mean_exp
+
+    g = torch.Generator().manual_seed(3)
+    p, d, tau, sigma, lam, sw = 2, 1, 3, 0.8, 2.0, 0.6
+    A = torch.randn(p, tau * d, generator=g, dtype=torch.float64)
+    Fm = torch.tensor([[0.9, 0.2], [-0.1, 0.8]], dtype=torch.float64)
+    dyn = LinearGaussian(A, tau, d, transition=Fm, noise_std=sw)
+    x0 = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    target = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    Q = torch.eye(p, dtype=torch.float64)
+    x_eff, M, N = dyn.final_state(x0)
+    exact = linear_gaussian_state_space_optimum(M, N, sw, Q, target, x_eff, sigma, lam)
+    n = 200_000
+    V = sigma * torch.randn(1, n, tau, d, generator=g, dtype=torch.float64)
+    out = dyn.rollout(dyn.prepare([x0]), V, [torch.Generator().manual_seed(5)], n)
+    r = QuadraticReward(target, Q)([x0], out)[0]
+    log_eta = log_mean_exp(r / lam)
+    w = torch.softmax(r / lam, 0)
+    mean = (w[:, None] * V[0].reshape(n, -1)).sum(0)
+    assert abs(float(log_eta - exact.log_eta)) < 0.02
+    assert torch.allclose(mean, exact.mean, atol=0.03)
+    wrong = linear_gaussian_optimum(M, Q, target, x_eff, sigma, lam)
+    assert abs(float(log_eta - wrong.log_eta)) > 0.1

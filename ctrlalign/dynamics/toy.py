@@ -187,6 +187,14 @@ class LinearGaussian(StepwiseDynamics):
         eye = torch.eye(p, dtype=torch.float64)
         return torch.cat([eye if self.transition is None else self.power(t - s) for s in range(1, t + 1)], 1)
 
+    def final_state(self, prompt: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""The final state's pieces for one prompt x_0 (p,): :math:`(F^\tau x_0,\ M_\tau,\ N_\tau)`,
+        so that :math:`x_\tau = F^\tau x_0 + M_\tau\mathrm{vec}(V) + \sigma N_\tau\mathrm{vec}(W)`
+        (the arguments of :func:`ctrlalign.theory.linear_gaussian_state_space_optimum`)."""
+        x0 = _as_prompt_tensor(prompt, (self.outcome_size,), "LinearGaussian")
+        F_tau = self.power(self.horizon)
+        return (x0 if F_tau is None else F_tau @ x0), self.control_map(self.horizon), self.noise_map(self.horizon)
+
     def prepare(self, prompts: Sequence[Any]) -> torch.Tensor:
         """Stack D prompt vectors into (D, p)."""
         return torch.stack([_as_prompt_tensor(p, (self.outcome_size,), "LinearGaussian") for p in prompts])
