@@ -25,7 +25,9 @@ from ctrlalign.dynamics.engines.eager import EagerEngine
 from ctrlalign.dynamics.engines.static import StaticEngine
 from ctrlalign.dynamics.head import OutputHead
 from ctrlalign.dynamics.toy import LinearGaussian
+from ctrlalign.rewards.toy import QuadraticReward
 from ctrlalign.testing import make_linear, make_softmax_head
+from ctrlalign.theory import linear_gaussian_optimum, linear_gaussian_state_space_optimum, log_mean_exp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -360,10 +362,7 @@ def test_linear_gaussian_defaults_are_the_old_map():
 
 def test_state_space_closed_form_matches_monte_carlo():
     """log η and the mean of q* for the noisy state-space system: closed form vs 200k rollouts
-    (V ~ N(0, σ²I), the system's own noise). Power: the noise-free formula misses both."""
-    from ctrlalign.rewards.toy import QuadraticReward
-    from ctrlalign.theory import linear_gaussian_optimum, linear_gaussian_state_space_optimum, log_mean_exp
-
+    (V ~ N(0, σ²I), the system's own noise). Power: the noise-free formula misses log η."""
     g = torch.Generator().manual_seed(3)
     p, d, tau, sigma, lam, sw = 2, 1, 3, 0.8, 2.0, 0.6
     A = torch.randn(p, tau * d, generator=g, dtype=torch.float64)
