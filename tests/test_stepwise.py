@@ -27,7 +27,11 @@ from ctrlalign.dynamics.head import OutputHead
 from ctrlalign.dynamics.toy import LinearGaussian
 from ctrlalign.rewards.toy import QuadraticReward
 from ctrlalign.testing import make_linear, make_softmax_head
-from ctrlalign.theory import linear_gaussian_optimum, linear_gaussian_state_space_optimum, log_mean_exp
+from ctrlalign.theory import (
+    linear_gaussian_optimum,
+    linear_gaussian_state_space_optimum,
+    log_mean_exp,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
