@@ -109,7 +109,9 @@ class Dynamics(ABC):
 
     Subclasses override :meth:`rollout` and set ``hidden_size`` (d); they may override
     :meth:`prepare` to do per-prompt work once per run (an LLM prefills its prompt there and
-    reuses the cache for every sample and iteration).
+    reuses the cache for every sample and iteration). A system that can also be run step by
+    step (closed-loop control: look at partial outcomes, fork or stop rows) subclasses
+    :class:`StepwiseDynamics` instead, which writes :meth:`rollout` for it.
 
     Contract:
         * ``rollout`` uses only ``generators[j]`` for prompt j's randomness, so a prompt's
