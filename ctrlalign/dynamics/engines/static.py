@@ -6,22 +6,30 @@ r"""A static-cache rollout engine for Llama-family causal LMs, with CUDA-graph d
 from the module's own rotary embedding —, GQA attention, SwiGLU MLP) with preallocated buffers,
 so that one decode step can be captured once in a ``torch.cuda.CUDAGraph`` and replayed.
 
-It implements the contract of :mod:`ctrlalign.dynamics.decoding` exactly:
+It implements the stepwise protocol of :mod:`ctrlalign.dynamics.engines.protocol` and the
+contract of :mod:`ctrlalign.dynamics.decoding` exactly:
 
 * :meth:`StaticEngine.prefill` runs D left-padded prompts once and returns a :class:`Prefix`
   (per-layer K/V of the prompts, key mask, prompt lengths and the pre-logit of each prompt's
-  last token). A prefix is reusable across any number of :meth:`StaticEngine.decode` calls.
-* :meth:`StaticEngine.decode` rolls out B = D·n rows (row ``j*n + i`` is sample i of prompt j).
-  Rows do **not** copy their prompt's K/V: attention is split into a *prefix* part, in which
-  the n·(H/Hkv) queries of prompt j attend to prompt j's K/V in one batched matmul, and a
-  *decode* part over a static (B, Hkv, T, hd) cache; the two parts share one softmax.
-* Step t (0-based s = t−1) consists of a *head* (logits of the current pre-logit z — with the
-  control added, W(z+v)+b, for s < τ —, inverse-CDF sampling with the pre-drawn uniform and
+  last token). A prefix is reusable across any number of starts.
+* :meth:`StaticEngine.start` sets up B = D·n rows (row ``j*n + i`` is sample i of prompt j) in
+  the static buffers of the shape key (D, n, P, T). Rows do **not** copy their prompt's K/V:
+  attention is split into a *prefix* part, in which the n·(H/Hkv) queries of prompt j attend to
+  prompt j's K/V in one batched matmul, and a *decode* part over a static (B, Hkv, T, hd)
+  cache; the two parts share one softmax.
+* :meth:`StaticEngine.advance` decodes b tokens; token t (0-based slot s = t−1) consists of a
+  *head* (logits of the current pre-logit z — with the control added, g(W(z+v)+b), when the
+  advance has controls —, inverse-CDF sampling with the pre-drawn uniform and
   log-probabilities at temperature 1, both by
-  :func:`~ctrlalign.dynamics.decoding.sample_with_logprobs`, EOS bookkeeping) and a *body* (one transformer step on the sampled token, writing K/V at decode
-  slot s and producing the next z). The last step runs the head only.
+  :func:`~ctrlalign.dynamics.decoding.sample_with_logprobs`, EOS bookkeeping) and a *body*
+  (one transformer step on the sampled token, writing K/V at decode slot s and producing the
+  next z). The last of the T tokens runs the head only.
+* :meth:`StaticEngine.select` gathers rows within each prompt: their decode-cache slots,
+  z, flags and outputs; the prompts' K/V are not copied.
+* g is the model's output transform (:class:`~ctrlalign.dynamics.head.OutputHead`), the same
+  head the eager engine applies.
 * With ``base_logprobs=True`` the controlled and base pre-logits are stacked into one (2B, d)
-  matmul for s < τ only; after τ base = controlled and no extra work is done.
+  matmul for controlled tokens only; uncontrolled, base = controlled and no extra work is done.
 
 * The decode cache is static (T slots per row), but the body at step t attends only to the
   first ⌈(t+1)/kv_block⌉·kv_block slots — the rest are masked anyway —, so the K/V bytes read per
@@ -30,8 +38,8 @@ It implements the contract of :mod:`ctrlalign.dynamics.decoding` exactly:
   to row blocks of one concatenated matrix, so no weight is stored twice.
 
 Head variants (controlled+base, controlled, uncontrolled) and the body (one per decode-cache
-length) are captured as separate CUDA graphs per shape key (D, n, P, T, config, eos); a decode
-call replays them T times with no host synchronisation. ``compile="none"`` runs the same code eagerly (CPU or GPU), which is what
+length) are captured as separate CUDA graphs per shape key (D, n, P, T, config, eos); an advance
+of b tokens replays them b times with no host synchronisation. ``compile="none"`` runs the same code eagerly (CPU or GPU), which is what
 the CPU tests check against a reference decode through the HF module.
 
 Shapes (the letters of the docs' Shapes page): D prompts, n samples, B = D·n, P padded prompt length, T new tokens,
@@ -322,8 +330,9 @@ class _Session:
 class StaticEngine(Engine):
     """Static-KV-cache, CUDA-graph rollout engine over a HF Llama/Qwen2/Mistral causal LM.
 
-    An :class:`~ctrlalign.dynamics.engine.Engine`: :meth:`prefill` (D, P) → :class:`Prefix`,
-    :meth:`decode` (controls (D, n, τ, d), uniforms (D, n, T)) → B = D·n rows.
+    An :class:`~ctrlalign.dynamics.engines.protocol.Engine`: :meth:`prefill` (D, P) →
+    :class:`Prefix`; :meth:`start` → B = D·n rows (:class:`StaticState`); :meth:`advance`
+    (controls (D, n, b, d) or None, uniforms (D, n, b)) → b more tokens; :meth:`select`.
 
     Args:
         model: a ``LlamaForCausalLM``-style module (``model.model.layers``, ``model.model.norm``,
