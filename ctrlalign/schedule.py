@@ -34,6 +34,7 @@ from .dynamics.base import Dynamics, Outcomes, Sample
 from .random import make_generators
 from .rewards.base import Reward
 from .selection import Selection
+from .spaces import ControlSpace
 
 __all__ = ["align_stream", "stack_rows", "take_row"]
 
@@ -78,6 +79,7 @@ def align_stream(
     prompts: Sequence[Any],
     *,
     batch_prompts: int,
+    space: ControlSpace | None = None,
     seed: int = 0,
     selection: Selection | None = None,
     common_random_numbers: bool = False,
@@ -98,7 +100,7 @@ def align_stream(
     prompts = check_prompts(prompts)
     S = check_int("batch_prompts", batch_prompts, minimum=1, symbol="S")
     n, k = controller.num_samples, controller.num_iterations
-    space = bind_space(controller, dynamics)
+    space = bind_space(space, dynamics)
     selection = controller.default_selection() if selection is None else selection
     gens = make_generators(seed, prompts, device=dynamics.device)
     t0 = time.perf_counter()

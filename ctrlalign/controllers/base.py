@@ -18,7 +18,7 @@ response to keep (:mod:`ctrlalign.selection`) and the per-round diagnostics
 To write a controller, subclass :class:`Controller` and override exactly:
 
 * :meth:`Controller.step` — ``(state, theta (D, n, *θ), rewards (D, n)) -> (state, log_weights (D, n))``;
-* ``hyperparameters`` — a tuple of :class:`~ctrlalign.controllers.spec.Hyperparameter` for the
+* ``hyperparameters`` — a tuple of :class:`~ctrlalign.declare.Hyperparameter` for the
   ``__init__`` arguments the base does not declare (set them with ``self._set(name, value)``);
 * ``name`` — the name used by configs and the command line.
 
@@ -39,9 +39,9 @@ import torch
 
 from .. import theory
 from .._checks import ConfigError
+from ..declare import Hyperparameter, Spec, declaration, spec_of
 from ..selection import BestSoFar, Selection
-from ..spaces import SPACES, ControlSpace, make_space
-from .spec import ControllerSpec, Hyperparameter, spec_of
+from ..spaces import ControlSpace
 
 __all__ = ["Controller", "Proposal", "WeightedController", "WeightedState"]
 
@@ -86,11 +86,6 @@ _BASE_HYPERPARAMETERS = (
     Hyperparameter("num_samples", int, "samples per prompt per iteration", "n", low=1),
     Hyperparameter("num_iterations", int, "iterations; budget n·k reward calls per prompt", "k", low=1),
     Hyperparameter("sigma", float, "control noise std, also the prior's (θ ~ N(0, σ² I))", "σ", low=0, low_open=True),
-    Hyperparameter("horizon", int, "controlled tokens (unset: all max_new_tokens)", "τ", low=1, nullable=True),
-    Hyperparameter("space", str, "control space: what the mean parameterises", choices=tuple(SPACES)),
-    Hyperparameter("block_size", int, "tokens per block (space 'blocks'; unset: 4)", "b", low=1, nullable=True),
-    Hyperparameter("rank", int, "directions of the head's top singular subspace (space 'subspace'; unset: 8)", "r",
-                   low=1, nullable=True),
 )
 
 
@@ -101,52 +96,33 @@ class Controller(ABC):
         num_samples: n >= 1, samples per prompt per iteration.
         num_iterations: k >= 1, iterations; the budget is n·k reward calls per prompt.
         sigma: σ > 0, the standard deviation of the control noise (and of the prior p).
-        horizon: τ >= 1, tokens that receive control; None: the dynamics' maximum.
-        space: the control space (:mod:`ctrlalign.spaces`): a name in
-            :data:`~ctrlalign.spaces.SPACES` or a :class:`~ctrlalign.spaces.ControlSpace`.
-        block_size: b for ``space="blocks"``.
-        rank: r for ``space="subspace"`` (the head's top-r singular directions).
+
+    The control space θ lives in (and its horizon τ) is not the controller's: it is a component
+    of its own (:mod:`ctrlalign.spaces`), given to :func:`~ctrlalign.align` and bound to the
+    run before :meth:`init` receives it.
     """
 
     name: ClassVar[str] = "controller"
     hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = _BASE_HYPERPARAMETERS
 
-    def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
-                 horizon: int | None = None, space: str | ControlSpace = "per-token",
-                 block_size: int | None = None, rank: int | None = None):
-        for key, value in (("num_samples", num_samples), ("num_iterations", num_iterations),
-                           ("sigma", sigma), ("horizon", horizon)):
+    def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3):
+        for key, value in (("num_samples", num_samples), ("num_iterations", num_iterations), ("sigma", sigma)):
             self._set(key, value)
-        if not isinstance(space, ControlSpace):
-            self._set("space", space)
-            for key, value in (("block_size", block_size), ("rank", rank)):
-                self._set(key, value)
-        elif block_size is not None or rank is not None:
-            raise ConfigError("block_size and rank configure a space given by name; "
-                              f"got a ControlSpace object {space!r} as well")
-        self.space: ControlSpace = make_space(space, block_size=block_size, rank=rank)
 
     # ------------------------------------------------------------------ declaration
     @classmethod
-    def spec(cls) -> ControllerSpec:
+    def spec(cls) -> Spec:
         """This controller's declaration (hyperparameters, defaults, ranges)."""
         return spec_of(cls)
 
     def _set(self, name: str, value: Any) -> None:
         """Validate ``value`` against the hyperparameter ``name`` declared by this class or a
         base (the nearest declaration wins) and store it."""
-        for klass in type(self).__mro__:
-            for h in klass.__dict__.get("hyperparameters", ()):
-                if h.name == name:
-                    setattr(self, name, h.check(value))
-                    return
-        raise TypeError(f"{type(self).__name__} declares no hyperparameter {name!r}")
+        setattr(self, name, declaration(type(self), name).check(value))
 
     def config(self) -> dict[str, Any]:
-        """The hyperparameters as plain values (a space object is shown by its label)."""
-        out = {k: getattr(self, k, None) for k in self.spec().names}
-        out["space"] = self.space.describe()
-        return out
+        """The hyperparameters as plain values."""
+        return {k: getattr(self, k, None) for k in self.spec().names}
 
     @property
     def budget(self) -> int:
@@ -154,7 +130,7 @@ class Controller(ABC):
         return self.num_samples * self.num_iterations
 
     def __repr__(self) -> str:
-        cfg = {k: v for k, v in self.config().items() if v is not None and k not in ("block_size", "rank")}
+        cfg = {k: v for k, v in self.config().items() if v is not None}
         return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")"
 
     def default_selection(self) -> Selection:
