@@ -105,11 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--preset", default="learning", choices=sorted(PRESETS),
                    help="starting configuration: " + "; ".join(f"{k}: {v['help']}" for k, v in PRESETS.items())
                    + ". Flags below override it")
-    a.add_argument("--controller", default=None, metavar="NAME",
-                   help=f"controller: {', '.join(CONTROLLERS)} (default: the preset's)")
+    a.add_argument("--controller", default=None, choices=list(CONTROLLERS), help="controller (default: the preset's)")
     add_arguments(a, CONTROLLERS.specs(), aliases={"num_samples": ["-n"], "num_iterations": ["-k"]})
-    a.add_argument("--space", default=None, metavar="NAME",
-                   help=f"control space: {', '.join(SPACES)} (default: the preset's); its options follow")
+    a.add_argument("--space", default=None, choices=list(SPACES),
+                   help="control space (default: the preset's); its options are the flags that follow")
     add_arguments(a, SPACES.specs(), exclude=_controller_options())
     a.add_argument("--selection", default=None, choices=["best", "reservoir", "final"],
                    help="which response to keep (default: the controller's own: best so far; softmax: reservoir)")

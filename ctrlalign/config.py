@@ -188,6 +188,8 @@ class ComponentSection(BaseModel):
 
     #: where names are looked up
     registry: ClassVar[Registry]
+    #: the section's key in a config (for messages)
+    section: ClassVar[str]
     #: keys that used to belong here → where they are now (refused with that message)
     moved: ClassVar[dict[str, str]] = {}
     _instance: Any = PrivateAttr(default=None)
@@ -209,7 +211,7 @@ class ComponentSection(BaseModel):
             if key in self.moved:
                 errors.append(_section_error((key,), f"no longer set here: {self.moved[key]}", value))
             elif key in elsewhere:
-                errors.append(_section_error((), f"{kind}.{key} does not apply to {kind} '{self.name}' "
+                errors.append(_section_error((), f"{self.section}.{key} does not apply to {kind} '{self.name}' "
                                              f"(it takes: {', '.join(spec.names) or 'no options'})", value))
             else:
                 errors.append(_section_error((key,), f"unknown key ({kind} '{self.name}' takes: "
@@ -225,6 +227,13 @@ class ComponentSection(BaseModel):
         for key, value in options.items():  # the values as the component holds them (1 → 1.0 for a float)
             self.__pydantic_extra__[key] = getattr(self._instance, key, value)  # type: ignore[index]
         return self
+
+    def __eq__(self, other: object) -> bool:
+        """Sections are equal when they say the same (the built objects are not compared)."""
+        return (type(self) is type(other) and self.__dict__ == other.__dict__  # type: ignore[attr-defined]
+                and self.__pydantic_extra__ == other.__pydantic_extra__)  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def instance(self) -> Any:
@@ -263,6 +272,7 @@ class SpaceConfig(ComponentSection):
     name is short for ``{name: NAME}``."""
 
     registry: ClassVar[Registry] = SPACES
+    section: ClassVar[str] = "space"
 
     name: str = Field("per-token", description="which space (per-token is the paper's); the names of "
                       "ctrlalign.spaces.SPACES, or any added with register_space")
@@ -282,6 +292,7 @@ class ControllerConfig(ComponentSection):
     unset ones take the controller's defaults), and how ``align`` keeps a response."""
 
     registry: ClassVar[Registry] = CONTROLLERS
+    section: ClassVar[str] = "controller"
     moved: ClassVar[dict[str, str]] = SPACE_KEYS_MOVED
 
     name: str = Field("aisp", description="which controller: aisp, mppi, bon, softmax, cem, or any added "

@@ -299,7 +299,7 @@ class Subspace(ControlSpace):
 
 
 #: configuration name → space class (add one with :func:`register_space`)
-SPACES = Registry("space", [PerToken, Shared, Blocks, Subspace])
+SPACES = Registry("control space", [PerToken, Shared, Blocks, Subspace])
 
 
 def register_space(cls: type[ControlSpace]) -> type[ControlSpace]:

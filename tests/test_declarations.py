@@ -11,7 +11,7 @@ import pytest
 
 import ctrlalign as ca
 from ctrlalign.controllers import CONTROLLERS
-from ctrlalign.controllers.spec import Hyperparameter, spec_of
+from ctrlalign.declare import Hyperparameter, spec_of
 
 
 @pytest.mark.parametrize("name", list(CONTROLLERS))
@@ -19,18 +19,18 @@ def test_every_init_argument_is_declared_with_its_default(name):
     spec = CONTROLLERS[name].spec()
     ctrl = CONTROLLERS[name]()
     for h in spec.hyperparameters:
-        if h.name == "space":
-            assert ctrl.space.describe() == spec.defaults["space"]
-        else:
-            assert getattr(ctrl, h.name) == spec.defaults[h.name], h.name
+        assert getattr(ctrl, h.name) == spec.defaults[h.name], h.name
 
 
-def test_config_fields_and_cli_flags_are_the_union_of_declarations():
+def test_config_sections_and_cli_flags_are_the_union_of_declarations():
     from ctrlalign.cli import _parser
-    from ctrlalign.config import ControllerConfig
+    from ctrlalign.config import RunConfig
 
+    for c in CONTROLLERS.values():  # every declared hyperparameter is accepted by the section
+        spec = c.spec()
+        cfg = RunConfig(prompts=["x"], controller={"name": spec.name, **spec.defaults})
+        assert cfg.controller.hyperparameters() == {k: getattr(cfg.controller.instance, k) for k in spec.names}
     names = {h.name for c in CONTROLLERS.values() for h in c.spec().hyperparameters}
-    assert names <= set(ControllerConfig.model_fields)
     align = next(a for a in _parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("align"))
     flags = {o for a in align._actions for o in a.option_strings}
     assert {"--" + n.replace("_", "-") for n in names} <= flags

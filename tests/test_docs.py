@@ -42,7 +42,7 @@ SUBMODULES = [
     "ctrlalign.selection",
     "ctrlalign.diagnostics",
     "ctrlalign.testing",
-    "ctrlalign.controllers.spec",
+    "ctrlalign.declare",
     "ctrlalign.build",
     "ctrlalign.solve",
     "ctrlalign.config",

@@ -102,7 +102,7 @@ def test_space_shapes_and_dimensions():
         _ = PerToken().shape
     with pytest.raises(ca.ConfigError, match="unknown control space 'diagonal'"):
         make_space("diagonal")
-    with pytest.raises(ca.ConfigError, match="block_size applies to space 'blocks' only"):
+    with pytest.raises(ca.ConfigError, match=r"block_size does not apply to control space 'shared' \(it takes: horizon\)"):
         make_space("shared", block_size=2)
     with pytest.raises(ca.ConfigError, match=r"block_size \(b\) must be an integer >= 1, got 0"):
         Blocks(0)
@@ -176,8 +176,9 @@ def test_importance_sampling_reaches_the_closed_form_optimum_per_space(name):
     A, Q, target, xs = _lg_problem(0)
     Ap = A @ _matrix(space)
     sigma, lam, n = 1.0, 1.0, 4000
-    ctrl = ca.AISP(num_samples=n, num_iterations=3, sigma=sigma, temperature=lam, alpha=0.0, space=UNBOUND[name])
-    res = ca.align(ca.LinearGaussian(A, TAU, D_HID), ca.QuadraticReward(target, Q), ctrl, xs, seed=0)
+    ctrl = ca.AISP(num_samples=n, num_iterations=3, sigma=sigma, temperature=lam, alpha=0.0)
+    res = ca.align(ca.LinearGaussian(A, TAU, D_HID), ca.QuadraticReward(target, Q), ctrl, xs, space=UNBOUND[name],
+                   seed=0)
     for j, x in enumerate(xs):
         opt = theory.linear_gaussian_optimum(Ap, Q, target, x, sigma, lam)
         ess = float(res.trace[-1].diagnostics.ess[j])
@@ -194,10 +195,10 @@ def test_importance_sampling_reaches_the_closed_form_optimum_per_space(name):
 def test_bon_equals_aisp_with_zero_updates_per_space(name, n, seed):
     A, Q, target, xs = _lg_problem(2)
     dyn, reward = ca.LinearGaussian(A, TAU, D_HID), ca.QuadraticReward(target, Q)
-    space = make_space(name, block_size=2 if name == "blocks" else None)
-    bon = ca.align(dyn, reward, ca.BestOfN(num_samples=n, num_iterations=1, sigma=0.6, space=space), xs, seed=seed)
-    aisp = ca.align(dyn, reward, ca.AISP(num_samples=n, num_iterations=1, sigma=0.6, target_ess=0.5, space=space),
-                    xs, seed=seed)
+    space = make_space(name, **({"block_size": 2} if name == "blocks" else {}))
+    bon = ca.align(dyn, reward, ca.BestOfN(num_samples=n, num_iterations=1, sigma=0.6), xs, space=space, seed=seed)
+    aisp = ca.align(dyn, reward, ca.AISP(num_samples=n, num_iterations=1, sigma=0.6, target_ess=0.5), xs,
+                    space=space, seed=seed)
     assert torch.equal(bon.rewards, aisp.rewards)
     assert all(same_sample(a, b) for a, b in zip(bon.responses, aisp.responses))
 
@@ -223,11 +224,10 @@ def _learning_run(space: str, controller=None, gap: float = 8.0):
     dyn = ca.LinearGaussian(A, TAU_L, D_L)
     reward = ca.QuadraticReward(torch.tensor([gap], dtype=torch.float64))  # r = −(y − y*)²
     prompts = [torch.zeros(1, dtype=torch.float64) for _ in range(1)]
-    ctrl = controller or ca.AISP(num_samples=N_L, num_iterations=K_L, sigma=SIGMA_L, target_ess=F_L, alpha=1.0,
-                                 space=space)
+    ctrl = controller or ca.AISP(num_samples=N_L, num_iterations=K_L, sigma=SIGMA_L, target_ess=F_L, alpha=1.0)
     gaps = []
     for seed in range(6):
-        res = ca.align(dyn, reward, ctrl, prompts, seed=seed)
+        res = ca.align(dyn, reward, ctrl, prompts, space=make_space(space), seed=seed)
         V = res.space.controls(res.state.mean)  # the final proposal's mean controls
         y_bar = float((A @ V.reshape(1, -1).double().T).squeeze())
         gaps.append(gap - y_bar)
@@ -270,6 +270,6 @@ def test_broken_update_fails_the_learning_check():
         def weigh(self, state, theta, rewards):
             return super().weigh(state, theta, -rewards)
 
-    broken = WrongWay(num_samples=N_L, num_iterations=K_L, sigma=SIGMA_L, target_ess=F_L, alpha=1.0, space="shared")
+    broken = WrongWay(num_samples=N_L, num_iterations=K_L, sigma=SIGMA_L, target_ess=F_L, alpha=1.0)
     gap, _ = _learning_run("shared", controller=broken)
     assert not abs(gap) < 0.15 * 8.0
