@@ -33,7 +33,7 @@ from .build import (
 from .config import PRESETS, RunConfig, load_config, validate_config
 from .controllers import CONTROLLERS
 from .data import PromptItem
-from .declare import add_arguments, arguments_to_kwargs
+from .declare import add_arguments, arguments_to_kwargs, override
 from .runner import OutputError, RunError, RunInterrupted, check_output_path, run
 from .solve import CandidateRecorder, solve_batch
 from .spaces import SPACES
@@ -175,11 +175,12 @@ def _build_align_config(args: argparse.Namespace) -> RunConfig:
     ctrl: dict[str, Any] = dict(preset["controller"])
     if args.controller is not None and args.controller != ctrl.get("name"):
         ctrl = {"name": args.controller}  # another controller: its own defaults, not the preset's
-    ctrl.update(arguments_to_kwargs(args, CONTROLLERS.specs()))
+    ctrl = override(ctrl, arguments_to_kwargs(args, CONTROLLERS.specs()), CONTROLLERS[ctrl.get("name", "aisp")].spec())
     space: dict[str, Any] = dict(preset.get("space", {}))
     if args.space is not None and args.space != space.get("name"):
         space = {"name": args.space}  # another space: its own defaults, not the preset's
-    space.update(arguments_to_kwargs(args, SPACES.specs(), exclude=_controller_options()))
+    space = override(space, arguments_to_kwargs(args, SPACES.specs(), exclude=_controller_options()),
+                     SPACES[space.get("name", "per-token")].spec())
     for key in ("selection", "final_samples", "common_random_numbers"):
         if getattr(args, key) is not None:
             ctrl[key] = getattr(args, key)

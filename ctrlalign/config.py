@@ -192,6 +192,8 @@ class ComponentSection(BaseModel):
     section: ClassVar[str]
     #: keys that used to belong here → where they are now (refused with that message)
     moved: ClassVar[dict[str, str]] = {}
+    #: options the class takes that this section sets itself → why (refused with that message)
+    reserved: ClassVar[dict[str, str]] = {}
     _instance: Any = PrivateAttr(default=None)
 
     name: str
@@ -205,7 +207,8 @@ class ComponentSection(BaseModel):
                                                  f"{', '.join(self.registry)}", self.name)])
         spec = spec_of(self.registry[self.name])
         elsewhere = {n for s in self.registry.specs() for n in s.names}
-        errors = []
+        errors = [_section_error((key,), f"not set here: {self.reserved[key]}", options[key])
+                  for key in options if key in self.reserved]
         for key in self.registry.inapplicable(self.name, options):
             value = options[key]
             if key in self.moved:

@@ -36,6 +36,7 @@ __all__ = [
     "arguments_to_kwargs",
     "declaration",
     "describe",
+    "override",
     "spec_of",
 ]
 
@@ -66,6 +67,9 @@ class Hyperparameter:
         nullable: whether None is allowed (it then means "unset", as documented in ``help``).
         objects: types whose instances are accepted as they are, from Python only (configs and
             flags give ``kind``); the class checks them itself (e.g. a tensor of directions).
+        excludes: the hyperparameters this one is an alternative to (λ fixed by
+            ``temperature`` or adapted by ``target_ess``): setting it over a preset
+            (:func:`override`) unsets them.
     """
 
     name: str
@@ -79,6 +83,7 @@ class Hyperparameter:
     choices: tuple[str, ...] | None = None
     nullable: bool = False
     objects: tuple[type, ...] = ()
+    excludes: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -296,6 +301,20 @@ def arguments_to_kwargs(args: argparse.Namespace, specs: Iterable[Spec], exclude
     ``exclude``, as a dict for a config section."""
     skip = set(exclude)
     return {k: getattr(args, k) for k in _union(list(specs)) if k not in skip and getattr(args, k, None) is not None}
+
+
+def override(values: dict[str, Any], changes: dict[str, Any], spec: Spec) -> dict[str, Any]:
+    """``values`` (e.g. a preset's section) with ``changes`` (e.g. the flags the user set) applied;
+    a value that a changed hyperparameter ``excludes`` is dropped unless it is changed too (so
+    ``--temperature`` over a preset with ``target_ess`` gives a fixed λ). Nothing is checked here."""
+    out = dict(values)
+    for name in changes:
+        if name in spec.defaults:
+            for other in spec[name].excludes:
+                if other not in changes:
+                    out.pop(other, None)
+    out.update(changes)
+    return out
 
 
 def describe(spec: Spec) -> str:

@@ -123,7 +123,12 @@ class ControlSpace(ABC):
         d = check_int("hidden_size", dynamics.hidden_size, minimum=1, symbol="d")
         return self.with_bound(horizon=tau, hidden_size=d)
 
-    def _require_bound(self) -> tuple[int, int]:
+    def require_bound(self) -> tuple[int, int]:
+        """(τ, d), for :meth:`controls`.
+
+        Raises:
+            ConfigError: the space is not bound yet.
+        """
         if not self.bound:
             raise ConfigError(f"{self!r} is not bound to a horizon and hidden size; call .bind(horizon, dynamics)")
         return self.horizon, self.hidden_size  # type: ignore[return-value]
@@ -131,7 +136,7 @@ class ControlSpace(ABC):
     @property
     def shape(self) -> tuple[int, ...]:
         """θ's shape for one prompt (one sample)."""
-        return self.coordinate_shape(*self._require_bound())
+        return self.coordinate_shape(*self.require_bound())
 
     @property
     def dimension(self) -> int:
@@ -178,7 +183,7 @@ class Shared(ControlSpace):
 
     def controls(self, theta: torch.Tensor) -> torch.Tensor:
         """V = 1_τ ⊗ u as an expanded view (..., τ, d) with stride 0 over τ."""
-        tau, d = self._require_bound()
+        tau, d = self.require_bound()
         return theta.unsqueeze(-2).expand(*theta.shape[:-1], tau, d)
 
 
@@ -202,7 +207,7 @@ class Blocks(ControlSpace):
 
     def controls(self, theta: torch.Tensor) -> torch.Tensor:
         """V (..., τ, d): each block's control repeated b times, truncated to τ."""
-        tau, _ = self._require_bound()
+        tau, _ = self.require_bound()
         return theta.repeat_interleave(self.block_size, dim=-2)[..., :tau, :]
 
     def describe(self) -> str:
@@ -280,7 +285,7 @@ class Subspace(ControlSpace):
 
     def controls(self, theta: torch.Tensor) -> torch.Tensor:
         r"""V = θ E (per token) or :math:`1_\tau\otimes\theta E` (shared, an expanded view)."""
-        tau, d = self._require_bound()
+        tau, d = self.require_bound()
         if self.basis is None:
             raise ConfigError("Subspace is not bound: call .bind(horizon, dynamics)")
         v = theta @ self.basis.to(theta.dtype).to(theta.device)

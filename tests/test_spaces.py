@@ -18,6 +18,8 @@ the gap √τ times faster, and k rounds of the per-token space close at most �
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -27,8 +29,22 @@ from hypothesis import strategies as st
 
 import ctrlalign as ca
 from ctrlalign import theory
-from ctrlalign.spaces import Blocks, PerToken, Shared, Subspace, head_directions, make_space
-from ctrlalign.testing import same_sample
+from ctrlalign.bench.config import BenchConfig
+from ctrlalign.cli import _build_align_config, _parser
+from ctrlalign.config import RunConfig, validate_config
+from ctrlalign.declare import Hyperparameter
+from ctrlalign.spaces import (
+    SPACES,
+    Blocks,
+    ControlSpace,
+    PerToken,
+    Shared,
+    Subspace,
+    head_directions,
+    make_space,
+    register_space,
+)
+from ctrlalign.testing import SYSTEMS, ControllerContract, same_sample
 
 Z = 5.0  # standard errors allowed in Monte-Carlo checks
 
@@ -273,3 +289,78 @@ def test_broken_update_fails_the_learning_check():
     broken = WrongWay(num_samples=N_L, num_iterations=K_L, sigma=SIGMA_L, target_ess=F_L, alpha=1.0)
     gap, _ = _learning_run("shared", controller=broken)
     assert not abs(gap) < 0.15 * 8.0
+
+
+# ----------------------------------------------------------------------------------------
+# a new space is one class and a registration: configs, flags, the bench and align take it
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EveryOther(ControlSpace):
+    r"""Control every other token from φ: :math:`v_t = \theta_{(t-\varphi)/2}` for
+    t ≡ φ (mod 2), else 0; θ (⌈(τ−φ)/2⌉, d). Linear and injective."""
+
+    phase: int = 0
+    name: ClassVar[str] = "every-other"
+    hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = (
+        Hyperparameter("phase", int, "first controlled token", "φ", low=0, high=1),
+    )
+
+    def coordinate_shape(self, horizon: int, hidden_size: int) -> tuple[int, ...]:
+        """(⌈(τ−φ)/2⌉, d)."""
+        return ((horizon - self.phase + 1) // 2, hidden_size)
+
+    def controls(self, theta: torch.Tensor) -> torch.Tensor:
+        """V (..., τ, d), zero on the uncontrolled tokens."""
+        tau, d = self.require_bound()
+        V = theta.new_zeros(*theta.shape[:-2], tau, d)
+        V[..., self.phase::2, :] = theta
+        return V
+
+
+@pytest.fixture
+def every_other():
+    register_space(EveryOther)
+    yield EveryOther
+    del SPACES[EveryOther.name]
+
+
+def test_a_new_space_from_a_config_dict(every_other):
+    cfg = RunConfig(prompts=["x"], space={"name": "every-other", "phase": 1, "horizon": 3})
+    assert cfg.space.build() == EveryOther(phase=1, horizon=3)
+    with pytest.raises(ca.ConfigError, match=r"space.phase: phase \(φ\) must be an integer in \[0, 1\], got 2"):
+        validate_config({"prompts": ["x"], "space": {"name": "every-other", "phase": 2}})
+    with pytest.raises(ca.ConfigError, match=r"space.rank does not apply to control space 'every-other' "
+                                             r"\(it takes: phase, horizon\)"):
+        validate_config({"prompts": ["x"], "space": {"name": "every-other", "rank": 2}})
+    bench = BenchConfig(reward="sentiment", budgets=[4], controllers=[
+        {"label": "eo", "name": "bon", "num_samples": 2, "space": {"name": "every-other", "phase": 1}}])
+    assert bench.controllers[0].space.build() == EveryOther(phase=1)
+
+
+def test_a_new_space_from_command_line_flags(every_other):
+    parser = _parser()
+    args = parser.parse_args(["align", "x", "--space", "every-other", "--phase", "1", "--horizon", "2"])
+    cfg = _build_align_config(args)
+    assert cfg.space.build() == EveryOther(phase=1, horizon=2)
+    align = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("align"))
+    assert any("--phase" in a.option_strings and "first controlled token" in a.help for a in align._actions)
+
+
+def test_a_new_space_runs_in_align_and_passes_the_contract(every_other):
+    A, Q, target, xs = _lg_problem(1)
+    res = ca.align(ca.LinearGaussian(A, TAU, D_HID), ca.QuadraticReward(target, Q),
+                   ca.AISP(num_samples=8, num_iterations=2, target_ess=0.5), xs, space=EveryOther(phase=1), seed=0)
+    assert res.state.mean.shape == (len(xs), 1, D_HID)
+    V = res.space.controls(res.state.mean)
+    assert torch.equal(V[:, 0::2], torch.zeros_like(V[:, 0::2])) and bool(V[:, 1].abs().sum() > 0)
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+@pytest.mark.parametrize("space", ["every-other"])
+@pytest.mark.parametrize("name", ["aisp", "cem"])
+class TestEveryOtherContract(ControllerContract):
+    """The controller contract holds in the new space as in the built-in ones."""
+
+    spaces = {"every-other": lambda: EveryOther(phase=1)}

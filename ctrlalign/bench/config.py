@@ -68,10 +68,9 @@ class BenchController(ControllerConfig):
     N / n is set per budget N by the harness) and its own control space section."""
 
     moved: ClassVar[dict[str, str]] = {
-        **{k: v.replace("beside the controller: space:", "of this entry: space:") for k, v in SPACE_KEYS_MOVED.items()
-           if k != "space"},
-        "num_iterations": "the bench sets k = N / n for each budget N; remove it",
-    }
+        **{key: f"it belongs to this entry's control space: space: {{name: ..., {key}: ...}}"
+           for key in SPACE_KEYS_MOVED if key != "space"}}
+    reserved: ClassVar[dict[str, str]] = {"num_iterations": "the bench sets k = N / n for each budget N; remove it"}
 
     label: str | None = Field(None, description="name in tables and plots (default: the controller name)")
     name: str = Field(..., description="which controller: aisp, mppi, bon, softmax, cem, or any added with "

@@ -214,9 +214,9 @@ class Controller(ABC):
 
 _WEIGHT_HYPERPARAMETERS = (
     Hyperparameter("temperature", float, "fixed temperature λ of the weights softmax(r/λ) (unset with target_ess)",
-                   "λ", low=0, low_open=True, nullable=True),
+                   "λ", low=0, low_open=True, nullable=True, excludes=("target_ess",)),
     Hyperparameter("target_ess", float, "adaptive λ per prompt and round so that the ESS is this fraction of n",
-                   "ρ_ESS", low=0, high=1, low_open=True, nullable=True),
+                   "ρ_ESS", low=0, high=1, low_open=True, nullable=True, excludes=("temperature",)),
 )
 
 
