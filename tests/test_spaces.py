@@ -296,6 +296,7 @@ def test_broken_update_fails_the_learning_check():
 # ----------------------------------------------------------------------------------------
 
 
+# --8<-- [start:EveryOther]
 @dataclass(frozen=True)
 class EveryOther(ControlSpace):
     r"""Control every other token from φ: :math:`v_t = \theta_{(t-\varphi)/2}` for
@@ -317,6 +318,9 @@ class EveryOther(ControlSpace):
         V = theta.new_zeros(*theta.shape[:-2], tau, d)
         V[..., self.phase::2, :] = theta
         return V
+
+
+# --8<-- [end:EveryOther]
 
 
 @pytest.fixture
