@@ -178,7 +178,9 @@ class ComponentSection(BaseModel):
     declared options beside the name.
 
     The options are resolved when the section is validated (not when this module is imported):
-    the class is looked up in the registry then, keys it does not take are refused, and the
+    the class is looked up in the registry then, keys it does not take are refused (a key another
+    registered class takes may be left unset, None), old keys get a message saying where they
+    went (``moved``), and the
     component is **constructed once**, which checks each value once by its
     :class:`~ctrlalign.declare.Hyperparameter`; :attr:`instance` is that object. A class
     registered at any time before validation is accepted.
@@ -213,20 +215,24 @@ class ComponentSection(BaseModel):
             value = options[key]
             if key in self.moved:
                 errors.append(_section_error((key,), f"no longer set here: {self.moved[key]}", value))
+            elif key in elsewhere and value is None:  # unset, as "does not apply" asks
+                del options[key]
+                del self.__pydantic_extra__[key]  # type: ignore[attr-defined]
             elif key in elsewhere:
                 errors.append(_section_error((), f"{self.section}.{key} does not apply to {kind} '{self.name}' "
                                              f"(it takes: {', '.join(spec.names) or 'no options'})", value))
             else:
                 errors.append(_section_error((key,), f"unknown key ({kind} '{self.name}' takes: "
                                              f"{', '.join(spec.names) or 'no options'})", value))
+        takes = {k: v for k, v in options.items() if k in spec.defaults and k not in self.reserved}
+        try:  # the values are checked even when keys were refused, so one pass reports both
+            self._instance = self.registry.build(self.name, takes)
+        except HyperparameterError as exc:
+            errors.append(_section_error((exc.name,), str(exc), exc.value))
+        except ConfigError as exc:
+            errors.append(_section_error((), str(exc), options))
         if errors:
             raise _invalid(self, errors)
-        try:
-            self._instance = self.registry.build(self.name, options)
-        except HyperparameterError as exc:
-            raise _invalid(self, [_section_error((exc.name,), str(exc), exc.value)]) from None
-        except ConfigError as exc:
-            raise _invalid(self, [_section_error((), str(exc), options)]) from None
         for key, value in options.items():  # the values as the component holds them (1 → 1.0 for a float)
             self.__pydantic_extra__[key] = getattr(self._instance, key, value)  # type: ignore[index]
         return self

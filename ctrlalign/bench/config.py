@@ -37,6 +37,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -130,13 +131,24 @@ class SweepGrid(_Strict):
             raise ValueError("needs at least one value, all in [0, 1]")
         return v
 
+    _entries: list[BenchController] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _forget_entries(self) -> SweepGrid:
+        """A changed grid builds its entries anew."""
+        self._entries = None
+        return self
+
     def controllers(self) -> list[BenchController]:
-        """One AISP entry per (σ², λ, α) of the grid."""
+        """One AISP entry per (σ², λ, α) of the grid (validated, and built, once)."""
+        if self._entries is not None:
+            return self._entries
         out = []
         for s2, lam, a in itertools.product(self.sigma2, self.temperature, self.alpha):
             out.append(BenchController(
                 label=f"aisp[s2={s2:g},lam={lam:g},a={a:g}]", name="aisp", num_samples=self.num_samples,
                 sigma=math.sqrt(s2), temperature=lam, alpha=a, space=self.space))
+        self._entries = out
         return out
 
 
