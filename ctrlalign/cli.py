@@ -26,8 +26,9 @@ from .build import build_controller, build_dynamics, build_reward, build_selecti
 from .config import PRESETS, RunConfig, load_config, validate_config
 from .controllers import CONTROLLERS, spec
 from .data import PromptItem
-from .runner import OutputError, RunError, RunInterrupted, check_output_path, run
+from .runner import run
 from .solve import CandidateRecorder, solve_batch
+from .store import OutputError, RunError, RunInterrupted, check_output_path
 
 __all__ = ["main"]
 
@@ -326,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ctrlalign``; returns the exit status.
 
     0 on success; 2 for a bad value, file, model or output (a :class:`ConfigError` /
-    ``ValueError`` or :class:`~ctrlalign.runner.RunError`; argparse also exits 2); 1 when a run
+    ``ValueError`` or :class:`~ctrlalign.store.RunError`; argparse also exits 2); 1 when a run
     fails on the way (a reward error, disk full, read-only output); 130 on Ctrl-C. Each prints
     one short ``error: ...`` message (with ``--verbose``, also the traceback).
     """
