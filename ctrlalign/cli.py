@@ -283,7 +283,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.report_only:
         result = BenchResult.load(cfg.output)
         if not result.summary:  # a run stopped early: summarise the completed part
-            from .bench.harness import finish_bench
+            from .bench import finish_bench
 
             finish_bench(result, cfg, log=logger.info)
             result.save(cfg.output)

@@ -294,9 +294,7 @@ def test_budget_mismatch_is_caught(tmp_path):
     counting = CountingReward(Sneaky())
     cfg = toy_config(tmp_path, sweep=None, controllers=[{"label": "aisp", "name": "aisp", "sigma": 0.7, "num_samples": 4}],
                      primary=None, baselines=[])
-    import ctrlalign.bench.harness as H
-
-    orig = H.CountingReward.__call__
+    orig = CountingReward.__call__  # the class the harness counts with
 
     def double_count(self, ps, outcomes):
         out = orig(self, ps, outcomes)
@@ -304,12 +302,12 @@ def test_budget_mismatch_is_caught(tmp_path):
             self.calls[self.key(p)] += 1
         return out
 
-    H.CountingReward.__call__ = double_count
+    CountingReward.__call__ = double_count
     try:
         with pytest.raises(AssertionError, match="budget mismatch"):
             run_bench(cfg, dynamics=dyn, reward=counting, judge=False, prompts=prompts, log=None, save=False)
     finally:
-        H.CountingReward.__call__ = orig
+        CountingReward.__call__ = orig
 
 
 # ------------------------------------------------------------------------------------ tiny random language model

@@ -14,7 +14,7 @@ from test_bench import toy_config, toy_system
 import ctrlalign as ca
 from ctrlalign.bench import BenchResult, run_bench
 from ctrlalign.cli import main
-from ctrlalign.runner import (
+from ctrlalign.store import (
     ConfigChangedError,
     CorruptResultsError,
     OutputLockedError,

@@ -53,7 +53,8 @@ from ..config import (
 from ..controllers import CONTROLLERS, Controller
 from ..controllers.spec import config_fields
 
-__all__ = ["FROM_PROMPTS", "BenchConfig", "BenchController", "SweepGrid", "load_bench_config"]
+__all__ = ["FROM_PROMPTS", "NOT_IDENTITY", "BenchConfig", "BenchController", "SweepGrid", "bench_identity",
+           "load_bench_config"]
 
 
 
@@ -214,3 +215,15 @@ def load_bench_config(path: str | Path) -> BenchConfig:
         return BenchConfig.model_validate(data)
     except ValidationError as exc:
         raise ValueError(format_validation_error(exc, f"bench config {p}")) from None
+
+
+#: config fields that change no result: results written under other values are resumed (the
+#: controllers are compared run by run, by label, with the settings each run was made with)
+NOT_IDENTITY = ("name", "output", "figures", "tables", "limit", "seeds", "primary", "baselines", "controllers",
+                "sweep")
+
+
+def bench_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a bench config (a :class:`BenchConfig` dumped to JSON) that determine its
+    results: every field but :data:`NOT_IDENTITY`."""
+    return {k: v for k, v in config.items() if k not in NOT_IDENTITY}
