@@ -49,6 +49,7 @@ from ..config import (
     _ControllerBase,
     format_validation_error,
     read_config_file,
+    reward_terms,
 )
 from ..controllers import CONTROLLERS, Controller
 from ..controllers.spec import config_fields
@@ -161,10 +162,8 @@ class BenchConfig(_Strict):
 
     @field_validator("reward", "judge", mode="before")
     @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        if isinstance(v, (dict, str)):
-            v = [v]
-        return [{"name": x} if isinstance(x, str) else x for x in v]
+    def _reward_terms(cls, v: Any) -> Any:
+        return reward_terms(v)
 
     @field_validator("budgets")
     @classmethod
