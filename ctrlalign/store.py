@@ -72,6 +72,7 @@ __all__ = [
     "config_diff",
     "identity_hash",
     "io_error",
+    "is_store",
     "jsonable",
     "output_lock",
     "read_results",
@@ -249,12 +250,15 @@ class StoreContents:
         records: every complete record line, in file order.
         good_bytes: length of the complete lines (a partial last line starts there).
         size: the file's size in bytes (0: no file).
+        headed: whether the file's first line is a header (False: no file, or one written
+            before headers existed, whose ``header`` came from its ``.meta.json``).
     """
 
     header: dict[str, Any] | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     good_bytes: int = 0
     size: int = 0
+    headed: bool = False
 
 
 def _parse(path: Path, raw: bytes) -> StoreContents:
@@ -280,7 +284,7 @@ def _parse(path: Path, raw: bytes) -> StoreContents:
         else:
             records.append(obj)
         good += len(line)
-    return StoreContents(header, records, good, len(raw))
+    return StoreContents(header, records, good, len(raw), header is not None)
 
 
 def read_results(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
@@ -343,7 +347,7 @@ class Store:
         header = contents.header
         if header is None:
             header = self._legacy_header()
-            contents = StoreContents(header, contents.records, contents.good_bytes, contents.size)
+            contents = StoreContents(header, contents.records, contents.good_bytes, contents.size, False)
         if header is not None and self.kind and header.get("kind", self.kind) != self.kind:
             raise CorruptResultsError(f"{self.path} holds {header.get('kind')} records, not {self.kind} records; "
                                       f"choose another {self.option}")
@@ -417,7 +421,7 @@ class Store:
         rewritten once with ``header`` in front (its ``.meta.json`` removed)."""
         if not contents.records:
             write_atomic(self.path, _line(header))
-        elif contents.good_bytes and _parse_first(self.path) is None:
+        elif not contents.headed:
             self.rewrite(header, contents.records)
             remove_files([self._legacy_path()])
         else:
@@ -443,12 +447,14 @@ class Store:
         write_atomic(self.path, "".join([*lines, *(_line(r) for r in records)]))
 
 
-def _parse_first(path: Path) -> dict[str, Any] | None:
-    """The header of a store file, or None when its first line is not one."""
-    with open(path, "rb") as fh:
-        first = fh.readline()
+def is_store(path: str | Path) -> bool:
+    """Whether the file ``path`` begins with a store header line."""
     try:
-        obj = json.loads(first)
+        with open(path, "rb") as fh:
+            first = fh.readline()
+    except OSError:
+        return False
+    try:
+        return _is_header(json.loads(first))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return obj if _is_header(obj) else None
+        return False

@@ -258,6 +258,8 @@ def test_config_validation(tmp_path):
         toy_config(tmp_path, budgets=[6])
     with pytest.raises(ValueError, match="extra|Extra"):
         toy_config(tmp_path, bogus=1)
+    with pytest.raises(ValueError, match=r"judge\n.*valid list"):  # the field named, not a TypeError
+        toy_config(tmp_path, judge=3)
     with pytest.raises(ValueError, match="not a controller label"):
         toy_config(tmp_path, primary="nope")
     with pytest.raises(ValueError, match=r"sigma \(σ\) must be a number > 0"):

@@ -156,7 +156,9 @@ class BenchConfig(_Strict):
     primary: str | None = Field(None, description="label of the controller compared against the baselines")
     baselines: list[str] = Field(default_factory=list, description="labels of the baselines for paired differences")
     ci_method: Literal["t", "bootstrap"] = Field("bootstrap", description="CI: cluster bootstrap over prompts, or t over prompt means")
-    output: str = Field("benchmarks/results/bench.json", description="results JSON (written after every prompt batch)")
+    output: str = Field("benchmarks/results/bench.jsonl", description="results file: a JSON Lines store, one line "
+                        "appended per finished (controller, seed, prompt batch) run (a file of the older one-object "
+                        "JSON format is still read, and rewritten as a store when a run resumes it)")
     figures: str | None = Field("docs/img", description="folder for PNG figures (None: none)")
     tables: str | None = Field(None, description="markdown file for the tables (None: <output>.md)")
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..store import HEADER_KEY, CorruptResultsError, Store, StoreContents
+from ..store import CorruptResultsError, Store, StoreContents, is_store
 from .config import bench_identity
 
 __all__ = ["FINISHED", "SCORE_FIELDS", "START", "BenchResult", "StoredBench", "read_bench", "run_key", "run_lines"]
@@ -73,14 +73,14 @@ class BenchResult:
         """All fields as plain containers."""
         return asdict(self)
 
-    def save(self, path: str | Path, header: dict[str, Any] | None = None) -> Path:
+    def save(self, path: str | Path) -> Path:
         """Write the whole result as a store (module docstring), atomically; returns the path.
 
         A benchmark appends as it runs and never needs this; it is for results built or
         finished in memory (e.g. a stopped run summarised afterwards).
         """
         store = Store(path, "bench")
-        header = header or store.header(bench_identity(self.config), self.config, meta=self.meta)
+        header = store.header(bench_identity(self.config), self.config, meta=self.meta)
         lines = run_lines(self)
         if self.summary:
             lines.append(finished_line(self))
@@ -199,15 +199,6 @@ def _from_lines(contents: StoreContents) -> StoredBench:
     return StoredBench(result, header.get("identity"), {k: runs[k].get("settings") for k in keys}, contents)
 
 
-def _first_line(path: Path) -> Any:
-    with open(path, "rb") as fh:
-        first = fh.readline()
-    try:
-        return json.loads(first)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
 def read_bench(path: str | Path) -> StoredBench | None:
     """What the bench results file ``path`` holds (None: no file).
 
@@ -217,8 +208,7 @@ def read_bench(path: str | Path) -> StoredBench | None:
     p = Path(path)
     if not p.exists():
         return None
-    first = _first_line(p)
-    if isinstance(first, dict) and HEADER_KEY in first:
+    if is_store(p):
         return _from_lines(Store(p, "bench").read())
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
