@@ -190,6 +190,12 @@ def _read(stores: list[Store], identity: dict[str, Any], overwrite: bool) -> dic
     return contents
 
 
+def _start(stores: list[Store], contents: dict[Path, StoreContents], header: dict[str, Any]) -> None:
+    """Make each store ready for appending (:meth:`~ctrlalign.store.Store.start`)."""
+    for store in stores:
+        store.start(contents[store.path], header)
+
+
 def _prune_candidates(store: Store, done: set[str], header: dict[str, Any]) -> None:
     """Drop candidate rows of prompts without a result (written before a kill)."""
     contents = store.read()
@@ -217,12 +223,12 @@ class _Built:
         check_run_fits(dynamics, self.controller, items)
 
 
-def _merge(shards: list[Store], dest: Store, header: dict[str, Any], index: dict[str, int],
+def _merge(shards: list[Path], dest: Store, header: dict[str, Any], index: dict[str, int],
            key: Callable[[dict[str, Any]], Any]) -> int:
     """Rank 0: the records of ``dest`` and the shards, deduplicated by ``key``, in prompt order."""
     merged: dict[Any, dict[str, Any]] = {key(r): r for r in read_results(dest.path)}
     for shard in shards:
-        for rec in read_results(shard.path):
+        for rec in read_results(shard):
             merged.setdefault(key(rec), rec)
     ordered = sorted(merged.values(), key=lambda rec: (rec.get("index", index.get(rec["id"], 0)),
                                                       rec.get("iteration", 0), rec.get("sample", 0)))
@@ -282,7 +288,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True,
         # validated: from here on the run writes (overwrite first deletes, on rank 0, then every rank starts)
         _together(world, lambda: remove_files(_owned_files(out)) if overwrite and rank == 0 else None)
         header = stores[0].header(identity, cfg.model_dump(mode="json"))
-        _together(world, lambda: [s.start(contents[s.path], header) for s in stores if s.path == shard or rank == 0])
+        _together(world, lambda: _start([s for s in stores if s.path == shard or rank == 0], contents, header))
         cand_store = None if cands is None else Store(cands, "candidates", "run.output")
         if cand_store is not None:
             _prune_candidates(cand_store, set(done), cand_store.header(identity, header["config"]))
@@ -295,10 +301,10 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True,
         if world > 1:
             _barrier(world)
             if rank == 0:
-                shards = [Store(_shard_path(out, r, world), "run") for r in range(world)]
-                n = _merge(shards, stores[-1], header, index, lambda r: r["id"])
+                n = _merge([_shard_path(out, r, world) for r in range(world)], stores[-1], header, index,
+                           lambda r: r["id"])
                 if cand_store is not None:
-                    cand_shards = [Store(candidates_path(out, r, world), "candidates") for r in range(world)]
+                    cand_shards = [candidates_path(out, r, world) for r in range(world)]
                     cand_dest = Store(candidates_path(out), "candidates")
                     _merge(cand_shards, cand_dest, cand_dest.header(identity, header["config"]), index,
                            lambda r: (r["id"], r["iteration"], r["sample"]))

@@ -211,3 +211,20 @@ def test_a_corrupt_line_of_a_store_is_named_and_the_file_kept(clean, tmp_path):
     with pytest.raises(CorruptResultsError, match=re.escape(f"{cfg.output}:3: corrupt line")):
         run_bench(cfg, dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=None)
     assert Path(cfg.output).read_text() == "".join(text)
+
+
+def test_a_kill_mid_write_loses_only_the_run_in_flight(clean, tmp_path):
+    """A partial last line (SIGKILL while appending) is dropped, truncated, and its run made again."""
+    dyn, reward, judge, prompts = toy_system()
+    cfg = _small(tmp_path)
+    with pytest.raises(RunInterrupted):
+        run_bench(cfg, dynamics=dyn, reward=StopAfter(reward, 7), judge=judge, prompts=prompts, log=None)
+    whole = Path(cfg.output).read_text()
+    last = whole.splitlines(keepends=True)[-1]
+    Path(cfg.output).write_text(whole[: -len(last)] + last[: len(last) // 2])  # the third run, half written
+    assert len(BenchResult.load(cfg.output).runs) == 2
+    lines: list[str] = []
+    res = run_bench(cfg, dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=lines.append)
+    assert any("6 of 8 runs to do" in s for s in lines)
+    assert _results(res) == _results(clean)
+    assert Path(cfg.output).read_text().startswith(whole[: -len(last)] + '{"id": "start"')
