@@ -265,7 +265,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """``ctrlalign bench``: run (or re-report) a matched-budget benchmark."""
     from pydantic import ValidationError
 
-    from .bench import BenchResult, load_bench_config, run_bench
+    from .bench import finish_saved, load_bench_config, run_bench
     from .bench.plots import write_figures
     from .bench.report import markdown_report
     from .config import format_validation_error
@@ -280,13 +280,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             cfg.model.device = args.device
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "options")) from None
-    if args.report_only:
-        result = BenchResult.load(cfg.output)
-        if not result.summary:  # a run stopped early: summarise the completed part
-            from .bench import finish_bench
-
-            finish_bench(result, cfg, log=logger.info)
-            result.save(cfg.output)
+    if args.report_only:  # a run stopped early is summarised (what finished) and the summary saved
+        result = finish_saved(cfg, log=logger.info)
     else:
         result = run_bench(cfg, log=logger.info, overwrite=args.overwrite)
     figures = write_figures(result, cfg.figures, prefix=cfg.name, primary=cfg.primary) if cfg.figures else []

@@ -228,3 +228,25 @@ def test_a_kill_mid_write_loses_only_the_run_in_flight(clean, tmp_path):
     assert any("6 of 8 runs to do" in s for s in lines)
     assert _results(res) == _results(clean)
     assert Path(cfg.output).read_text().startswith(whole[: -len(last)] + '{"id": "start"')
+
+
+def test_report_only_summarises_a_stopped_run_and_appends_the_summary(tmp_path, capsys):
+    dyn, reward, judge, prompts = toy_system()
+    cfg = _small(tmp_path, figures=None, tables=str(tmp_path / "t.md"))
+    with pytest.raises(RunInterrupted):
+        run_bench(cfg, dynamics=dyn, reward=StopAfter(reward, 5), judge=False, prompts=prompts, log=None)
+    before = Path(cfg.output).read_bytes()
+    assert not BenchResult.load(cfg.output).summary
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["bench", str(path), "--report-only"]) == 0
+    assert "reward [95% CI]" in capsys.readouterr().out
+    assert Path(cfg.output).read_bytes().startswith(before)  # the summary appended
+    assert _lines(cfg.output)[-1]["id"] == "finished"
+    done = BenchResult.load(cfg.output)
+    assert {r["controller"] for r in done.summary} == {"bon-plain", "aisp"} and len(done.runs) == 2
+    (tmp_path / "missing").mkdir()
+    cfg2 = _small(tmp_path / "missing", figures=None)
+    path.write_text(yaml.safe_dump(cfg2.model_dump(mode="json")))
+    assert main(["bench", str(path), "--report-only"]) == 1
+    assert "no bench results here" in capsys.readouterr().err

@@ -11,7 +11,7 @@ shell, ``ctrlalign bench CONFIG``.
 
 from ..rewards.counting import CountingReward
 from .config import BenchConfig, BenchController, SweepGrid, load_bench_config
-from .harness import run_bench
+from .harness import finish_saved, run_bench
 from .result import BenchResult
 from .score import finish_bench
 from .summary import compare, summarize
@@ -25,6 +25,7 @@ __all__ = [
            "SweepGrid",
            "compare",
            "finish_bench",
+           "finish_saved",
            "goal_status",
            "load_bench_config",
            "run_bench",

@@ -12,6 +12,7 @@ into tables and figures.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import platform
 import sys
@@ -44,7 +45,7 @@ from .plan import (
 from .result import START, BenchResult, StoredBench, finished_line, read_bench, run_key, run_lines
 from .score import finish_bench
 
-__all__ = ["run_bench"]
+__all__ = ["finish_saved", "run_bench"]
 
 
 def _machine() -> dict[str, Any]:
@@ -230,3 +231,35 @@ def _run_all(todo: list[PlannedRun], items: Sequence[Any], dynamics: Dynamics, r
         say(f"  prompts {p.start}-{p.start + len(batch) - 1} seed {p.seed} {p.entry.key:<28s} "
             f"{out.run['seconds']:7.1f}s  {out.run['tokens_per_second']:7.1f} tok/s  "
             f"best@N_max {out.run['mean_best_reward']:.4f}")
+
+
+def finish_saved(cfg: BenchConfig, *, log: Callable[[str], None] | None = None) -> BenchResult:
+    """The result saved in ``cfg.output``, scored and summarised (``ctrlalign bench --report-only``).
+
+    A result that is not summarised yet (a run stopped early) is finished now
+    (:func:`~ctrlalign.bench.score.finish_bench`: judge and coherence of what finished) and its
+    finished line appended, under the output's lock; a file of the format before the store is
+    rewritten as a store then.
+
+    Raises:
+        FileNotFoundError: ``cfg.output`` does not exist.
+        CorruptResultsError: it cannot be read (the file and line named).
+        OutputLockedError: it has to be finished while another run holds it.
+    """
+    store = Store(cfg.output, "bench", "--output")
+    stored = read_bench(store.path)
+    if stored is None:
+        raise FileNotFoundError(errno.ENOENT, "no bench results here; run the benchmark first", str(store.path))
+    if stored.result.summary:
+        return stored.result
+    with output_lock(store.path):
+        stored = read_bench(store.path)
+        assert stored is not None
+        result = stored.result
+        finish_bench(result, cfg, log=log)
+        if stored.contents is None:
+            result.save(store.path)
+        else:
+            store.repair(stored.contents)
+            store.append([finished_line(result)])
+    return result
