@@ -5,7 +5,7 @@
 * ``ctrlalign run CONFIG`` — a prompt set × model × reward × controller from a validated
   config file; resumable; shards over ``torchrun`` ranks.
 * ``ctrlalign bench CONFIG`` — matched-budget comparison of controllers (``ctrlalign.bench``):
-  results JSON, PNG figures and markdown tables.
+  results appended to a JSON Lines file, PNG figures and markdown tables.
 """
 
 from __future__ import annotations
@@ -124,13 +124,14 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="matched-budget benchmark of several controllers (ctrlalign.bench)")
     b.add_argument("config", help="YAML/JSON/TOML bench config (see ctrlalign.bench.config.BenchConfig)")
-    b.add_argument("--output", default=None, help="override the results JSON path")
+    b.add_argument("--output", default=None, help="override the results file (config output)")
     b.add_argument("--limit", type=int, default=None, help="override limit (number of prompts)")
     b.add_argument("--report-only", action="store_true",
-                   help="do not run: rebuild figures and tables from the existing results JSON")
+                   help="do not run: rebuild figures and tables from the existing results file (a run "
+                   "stopped early is summarised first)")
     b.add_argument("--device", default=None, help="torch device (overrides model.device)")
     b.add_argument("--overwrite", action="store_true",
-                   help="replace an existing results JSON instead of resuming it (by default the runs it holds "
+                   help="replace an existing results file instead of resuming it (by default the runs it holds "
                    "are kept and only the missing ones run; a file of another configuration is refused)")
     _add_logging(b)
     return parser

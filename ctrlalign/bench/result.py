@@ -31,7 +31,8 @@ from typing import Any
 from ..store import CorruptResultsError, Store, StoreContents, is_store
 from .config import bench_identity
 
-__all__ = ["FINISHED", "SCORE_FIELDS", "START", "BenchResult", "StoredBench", "read_bench", "run_key", "run_lines"]
+__all__ = ["FINISHED", "SCORE_FIELDS", "START", "BenchResult", "StoredBench", "finished_line", "read_bench", "run_key",
+           "run_lines"]
 
 #: ids of the store lines that are not runs
 START, FINISHED = "start", "finished"
