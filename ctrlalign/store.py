@@ -369,28 +369,25 @@ class Store:
         return {HEADER_KEY: FORMAT, "kind": self.kind, "hash": old.get("hash"), "identity": old.get("identity", {}),
                 "config": old.get("config", {})}
 
-    def check_identity(self, contents: StoreContents, identity: dict[str, Any],
-                       changed: list[str] | None = None) -> None:
-        """Refuse to add to records of another configuration.
+    def check_identity(self, contents: StoreContents, identity: dict[str, Any]) -> None:
+        """Refuse to add records of ``identity`` to records of another configuration.
 
         Args:
             contents: what :meth:`read` returned.
             identity: the identity of the run that would add records.
-            changed: the differing fields when the caller compares more than the identity
-                (default: :func:`config_diff` of the header's identity and ``identity``).
 
         Raises:
-            ConfigChangedError: the file holds records and the fields differ; the message
-                names them and says to use ``--overwrite`` or another output.
+            ConfigChangedError: the file holds records and :func:`config_diff` of the header's
+                identity and ``identity`` is not empty (or no identity was recorded); the message
+                names the changed fields and says to use ``--overwrite`` or another output.
         """
         if not contents.records:
             return
         old = (contents.header or {}).get("identity")
-        if changed is None:
-            if old is None:
-                raise ConfigChangedError(f"{self.path} holds results without a recorded configuration; use "
-                                         f"--overwrite to discard them, or choose another {self.option}")
-            changed = config_diff(old, identity)
+        if old is None:
+            raise ConfigChangedError(f"{self.path} holds results without a recorded configuration; use "
+                                     f"--overwrite to discard them, or choose another {self.option}")
+        changed = config_diff(old, identity)
         if changed:
             raise ConfigChangedError(self.refusal(changed))
 
