@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from ctrlalign.dynamics.decoding import SamplingConfig
-from ctrlalign.dynamics.static_engine import StaticEngine
+from ctrlalign.dynamics.engines.static import StaticEngine
 
 MODELS = {
     "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,

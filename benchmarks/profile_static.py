@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_rollout import MODELS, build
 
 from ctrlalign.dynamics.decoding import SamplingConfig
-from ctrlalign.dynamics.static_engine import StaticEngine
+from ctrlalign.dynamics.engines.static import StaticEngine
 
 
 def main() -> None:

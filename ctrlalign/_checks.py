@@ -99,3 +99,9 @@ def check_rewards(rewards: Any, num_prompts: int, num_samples: int, *, source: s
             f"sample {i} ({int(bad.sum())} non-finite entries in all); rewards must be finite"
         )
     return rewards
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

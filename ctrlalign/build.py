@@ -7,11 +7,8 @@ or ``torch``.
 
 * :func:`build_dynamics` — the :class:`~ctrlalign.dynamics.CausalLM` of a
   :class:`~ctrlalign.config.ModelConfig`. Before anything is loaded it checks the device
-  (:func:`check_device`) and the model's name: a local path must be a directory with a readable
-  ``config.json``; a Hugging Face id is looked up in the local cache only when
-  ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set (no network, no retries); a model that is
-  not a causal LM, or that needs its repository's code (``trust_remote_code``), is refused
-  with the flag to set.
+  (:func:`check_device`); the model is loaded by :func:`ctrlalign.models.load_model`, which
+  checks its name first.
 * :func:`build_reward` — Σ weight·reward from reward terms; an option whose value is
   ``from_prompts`` is replaced by the prompt set's reference answers ({prompt text: reference}).
 * :func:`build_controller`, :func:`build_selection` — from a
@@ -29,17 +26,15 @@ results file names.
 from __future__ import annotations
 
 import math
-import os
 import platform
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._checks import ConfigError
-from .data import PromptItem, parse_json, read_text_file
-from .models import is_packaged, load_packaged
+from ._checks import ConfigError, first_line
+from .data import PromptItem
+from .models import is_offline, load_model
 
 if TYPE_CHECKING:
     from .config import ControllerConfig, ModelConfig, RewardTerm
@@ -67,7 +62,6 @@ __all__ = [
 FROM_PROMPTS = "from_prompts"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_TRUE = {"1", "true", "yes", "on"}
 
 
 def versions() -> dict[str, str]:
@@ -111,110 +105,6 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def is_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set (then nothing is downloaded)."""
-    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _looks_like_path(name: str) -> bool:
-    """A name that can only be a path (a Hugging Face id is ``name`` or ``org/name``)."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/") or "\\" in name
-
-
-def _check_local_model(path: Path, name: str) -> None:
-    """A local model folder must hold a readable, valid ``config.json``."""
-    if not path.is_dir():
-        raise ConfigError(f"model {name!r} is a file; expected a model folder (with config.json) or a Hugging Face id")
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        raise ConfigError(f"model {name!r}: the folder has no config.json; is it a Hugging Face model folder?")
-    data = parse_json(read_text_file(cfg, "model config"), f"model {name!r}: {cfg}")
-    if not isinstance(data, dict) or "model_type" not in data and "architectures" not in data:
-        raise ConfigError(f"model {name!r}: {cfg} names no model_type or architectures")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _load_config(name: str, local: bool, trust_remote_code: bool) -> Any:
-    """The model's transformers config; every failure is a ConfigError naming the model."""
-    from transformers import AutoConfig
-
-    offline = is_offline()
-    try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code,
-                                          local_files_only=local or offline)
-    except OSError as exc:
-        if local:
-            raise ConfigError(f"model {name!r} could not be read: {_first_line(exc)}") from None
-        where = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set"
-                 if offline else "it is neither a local folder nor a reachable Hugging Face id")
-        raise ConfigError(f"model {name!r} not found: {where}. Use 'default' (the packaged SmolLM2-135M), a "
-                          "local model folder, or a cached id") from None
-    except ValueError as exc:
-        msg = _first_line(exc)
-        if "trust_remote_code" in str(exc):
-            raise ConfigError(f"model {name!r} defines its architecture in code in its repository; if you trust "
-                              "that code, set model.trust_remote_code: true (CLI: --trust-remote-code)") from None
-        raise ConfigError(f"model {name!r}: {msg}") from None
-
-
-def _check_causal(config: Any, name: str, trust_remote_code: bool) -> None:
-    """Refuse a model that ``AutoModelForCausalLM`` cannot load as a causal LM."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    auto_map = getattr(config, "auto_map", None) or {}
-    if "AutoModelForCausalLM" in auto_map:
-        if not trust_remote_code:
-            raise ConfigError(f"model {name!r} defines its causal-LM class in code in its repository; if you trust "
-                              "that code, set model.trust_remote_code: true (CLI: --trust-remote-code)")
-        return
-    model_type = getattr(config, "model_type", None)
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        archs = ", ".join(getattr(config, "architectures", None) or []) or "none listed"
-        raise ConfigError(f"model {name!r} (model_type {model_type!r}, architectures: {archs}) is not a causal "
-                          "language model; ctrlalign steers text generation and needs one that "
-                          "AutoModelForCausalLM loads (Llama, Qwen2, GPT-2, Gemma, ...)")
-
-
-def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for 'default' (the packaged SmolLM2-135M-Instruct) or another packaged
-    model (:data:`~ctrlalign.models.PACKAGED_MODELS`), a local model
-    folder or a Hugging Face id, on ``device`` in eval mode.
-
-    Raises:
-        ConfigError: naming the model: missing path or package, broken ``config.json``, not in
-            the cache while offline, not a causal LM, needs ``trust_remote_code``, or failed to load.
-    """
-    if is_packaged(name):
-        try:
-            return load_packaged(name, device=device, dtype=dtype)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"model {name!r}: {exc}") from None
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(name).expanduser()
-    local = path.exists()
-    if local:
-        _check_local_model(path, name)
-    elif _looks_like_path(name):
-        raise ConfigError(f"model {name!r}: no such folder")
-    source = str(path) if local else name
-    config = _load_config(source, local, trust_remote_code)
-    _check_causal(config, name, trust_remote_code)
-    kw = {"trust_remote_code": trust_remote_code, "local_files_only": local or is_offline()}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, **kw)
-        tok = AutoTokenizer.from_pretrained(source, **kw)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"model {name!r} could not be loaded: {_first_line(exc)}") from None
-    model.to(device)
-    return model.eval(), tok
-
-
 def build_dynamics(model: ModelConfig) -> CausalLM:
     """The :class:`~ctrlalign.dynamics.CausalLM` of a model config (device checked first).
 
@@ -222,7 +112,7 @@ def build_dynamics(model: ModelConfig) -> CausalLM:
     takes plain prompts); ``false`` never applies one.
 
     Raises:
-        ConfigError: see :func:`check_device` and :func:`load_model`; or the model's head is
+        ConfigError: see :func:`check_device` and :func:`ctrlalign.models.load_model`; or the model's head is
             not one ctrlalign can steer (``UnsupportedModelError``, also a ``ValueError``).
     """
     from .dynamics import CausalLM
@@ -343,7 +233,7 @@ def build_reward(terms: Sequence[RewardTerm], items: Sequence[PromptItem] | None
         try:
             built.append((t.weight, get_reward(t.name, **opts)))
         except TypeError as exc:
-            raise ConfigError(f"reward {t.name!r}: bad options {sorted(opts)}: {_first_line(exc)}") from None
+            raise ConfigError(f"reward {t.name!r}: bad options {sorted(opts)}: {first_line(exc)}") from None
     if len(built) == 1 and built[0][0] == 1.0:
         return built[0][1]
     return WeightedSum(built)

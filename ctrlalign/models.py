@@ -34,8 +34,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from ._checks import ConfigError, first_line
+from .data import parse_json, read_text_file
 
 __all__ = [
     "DEFAULT_MODEL_FILE",
@@ -46,8 +50,10 @@ __all__ = [
     "converted_model_path",
     "default_model_path",
     "fluency_model_for",
+    "is_offline",
     "is_packaged",
     "load_default",
+    "load_model",
     "load_packaged",
     "packaged_converted_path",
     "packaged_gguf_path",
@@ -380,3 +386,122 @@ def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
         ``(model, tokenizer)``, the model in eval mode.
     """
     return load_packaged("smollm2-135m", device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# loading any causal LM
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def is_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set (then nothing is downloaded)."""
+    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a path (a Hugging Face id is ``name`` or ``org/name``)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/") or "\\" in name
+
+
+def _check_local_model(path: Path, name: str) -> None:
+    """A local model folder must hold a readable, valid ``config.json``."""
+    if not path.is_dir():
+        raise ConfigError(f"model {name!r} is a file; expected a model folder (with config.json) or a Hugging Face id")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ConfigError(f"model {name!r}: the folder has no config.json; is it a Hugging Face model folder?")
+    data = parse_json(read_text_file(cfg, "model config"), f"model {name!r}: {cfg}")
+    if not isinstance(data, dict) or "model_type" not in data and "architectures" not in data:
+        raise ConfigError(f"model {name!r}: {cfg} names no model_type or architectures")
+
+
+def _load_config(name: str, local: bool, trust_remote_code: bool) -> Any:
+    """The model's transformers config; every failure is a ConfigError naming the model."""
+    from transformers import AutoConfig
+
+    offline = is_offline()
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code,
+                                          local_files_only=local or offline)
+    except OSError as exc:
+        if local:
+            raise ConfigError(f"model {name!r} could not be read: {first_line(exc)}") from None
+        where = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set"
+                 if offline else "it is neither a local folder nor a reachable Hugging Face id")
+        raise ConfigError(f"model {name!r} not found: {where}. Use 'default' (the packaged SmolLM2-135M), a "
+                          "local model folder, or a cached id") from None
+    except ValueError as exc:
+        msg = first_line(exc)
+        if "trust_remote_code" in str(exc):
+            raise ConfigError(f"model {name!r} defines its architecture in code in its repository; if you trust "
+                              "that code, set model.trust_remote_code: true (CLI: --trust-remote-code)") from None
+        raise ConfigError(f"model {name!r}: {msg}") from None
+
+
+def _check_causal(config: Any, name: str, trust_remote_code: bool) -> None:
+    """Refuse a model that ``AutoModelForCausalLM`` cannot load as a causal LM."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    auto_map = getattr(config, "auto_map", None) or {}
+    if "AutoModelForCausalLM" in auto_map:
+        if not trust_remote_code:
+            raise ConfigError(f"model {name!r} defines its causal-LM class in code in its repository; if you trust "
+                              "that code, set model.trust_remote_code: true (CLI: --trust-remote-code)")
+        return
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        archs = ", ".join(getattr(config, "architectures", None) or []) or "none listed"
+        raise ConfigError(f"model {name!r} (model_type {model_type!r}, architectures: {archs}) is not a causal "
+                          "language model; ctrlalign steers text generation and needs one that "
+                          "AutoModelForCausalLM loads (Llama, Qwen2, GPT-2, Gemma, ...)")
+
+
+def load_model(name: str | None = "default", device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+               **model_kwargs: Any) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for 'default' or None (the packaged SmolLM2-135M-Instruct), another
+    packaged model (:data:`PACKAGED_MODELS`), a local model folder or a Hugging Face id, on
+    ``device`` in eval mode. The one place ctrlalign loads a model.
+
+    Before anything is loaded the name is checked: a local path must be a directory with a
+    readable ``config.json``; a Hugging Face id is looked up in the local cache only when
+    ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set (no network, no retries); a model that
+    is not a causal LM, or that needs its repository's code (``trust_remote_code``), is
+    refused with the flag to set.
+
+    Args:
+        model_kwargs: more keyword arguments for ``AutoModelForCausalLM.from_pretrained``
+            (refused for a packaged model).
+
+    Raises:
+        ConfigError: naming the model: missing path or package, broken ``config.json``, not in
+            the cache while offline, not a causal LM, needs ``trust_remote_code``, or failed to load.
+    """
+    name = "default" if name is None else name
+    if is_packaged(name):
+        if model_kwargs:
+            raise ConfigError(f"unexpected keyword arguments for a packaged model: {sorted(model_kwargs)}")
+        try:
+            return load_packaged(name, device=device, dtype=dtype)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"model {name!r}: {exc}") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name).expanduser()
+    local = path.exists()
+    if local:
+        _check_local_model(path, name)
+    elif _looks_like_path(name):
+        raise ConfigError(f"model {name!r}: no such folder")
+    source = str(path) if local else name
+    config = _load_config(source, local, trust_remote_code)
+    _check_causal(config, name, trust_remote_code)
+    kw = {"trust_remote_code": trust_remote_code, "local_files_only": local or is_offline()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, **kw, **model_kwargs)
+        tok = AutoTokenizer.from_pretrained(source, **kw)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"model {name!r} could not be loaded: {first_line(exc)}") from None
+    model.to(device)
+    return model.eval(), tok

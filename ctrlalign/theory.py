@@ -40,6 +40,7 @@ __all__ = [
     "importance_weights",
     "linear_gaussian_cost",
     "linear_gaussian_optimum",
+    "linear_gaussian_state_space_optimum",
     "log_mean_exp",
     "log_weights",
     "weight_entropy",
@@ -334,6 +335,65 @@ def linear_gaussian_optimum(
     log_eta = -0.5 * m * math.log(s * s) - 0.5 * logdet_P + 0.5 * mu @ P @ mu - 0.5 * c @ M @ c
     cov = torch.cholesky_inverse(L)
     return LinearGaussianOptimum(mean=mu, cov=cov, log_eta=log_eta)
+
+
+def linear_gaussian_state_space_optimum(
+    control_map: torch.Tensor,
+    noise_map: torch.Tensor,
+    noise_std: float,
+    Q: torch.Tensor,
+    target: torch.Tensor,
+    x: torch.Tensor,
+    sigma: float,
+    temperature: float,
+) -> LinearGaussianOptimum:
+    r"""Closed-form open-loop q*, η and F for a final state with process noise:
+    :math:`y = x + M\,\mathrm{vec}(V) + \sigma_w N\,\mathrm{vec}(W)`, W ~ N(0, I), and
+    :math:`r(y) = -\tfrac12 (y-y^\star)^\top Q (y-y^\star)`.
+
+    This is :class:`~ctrlalign.dynamics.toy.LinearGaussian`'s final state
+    :math:`x_\tau = F^\tau x_0 + M_\tau\mathrm{vec}(V) + \sigma_w N_\tau\mathrm{vec}(W)` (pass
+    x = F^τ x_0, M = M_τ, N = N_τ, see :meth:`~ctrlalign.dynamics.toy.LinearGaussian.final_state`).
+    The control law is open loop (V does not see W): :math:`q^*(V)\propto p(V)\,
+    \mathbb E_W[e^{r(y)/\lambda}]`. Integrating W out, with :math:`M_\lambda = Q/\lambda` and
+    :math:`K = I/\sigma_w^2 + N^\top M_\lambda N`,
+
+    .. math::
+        \mathbb E_W[e^{r/\lambda}] = |I + \sigma_w^2 N^\top M_\lambda N|^{-1/2}
+        \exp\big(-\tfrac12 a^\top M'_\lambda a\big),\quad
+        M'_\lambda = M_\lambda - M_\lambda N K^{-1} N^\top M_\lambda,
+
+    a = x + M vec(V) − y*: the noise-free problem of :func:`linear_gaussian_optimum` with
+    Q' = λ M'_λ, and F gains :math:`-\tfrac12\log|I + \sigma_w^2 N^\top M_\lambda N|`.
+
+    Args:
+        control_map: M (p, m), m = τ·d.
+        noise_map: N (p, k), k the noise dimension (τ·p).
+        noise_std: σ_w ≥ 0 (0: :func:`linear_gaussian_optimum` itself).
+        Q: (p, p) symmetric PSD; target: (p,) y*; x: (p,) the noise-free, uncontrolled final state.
+        sigma: σ > 0, the prior std of the controls; temperature: λ > 0.
+
+    Returns:
+        :class:`LinearGaussianOptimum` in float64.
+    """
+    lam = check_positive("temperature", temperature, symbol="λ")
+    if noise_std < 0:
+        raise ValueError(f"noise_std σ_w must be >= 0, got {noise_std}")
+    Q = Q.to(torch.float64)
+    if noise_std == 0:
+        return linear_gaussian_optimum(control_map, Q, target, x, sigma, lam)
+    N = noise_map.to(torch.float64)
+    if N.dim() != 2 or N.shape[0] != Q.shape[0]:
+        raise ValueError(f"noise_map must be (p={Q.shape[0]}, k), got {tuple(N.shape)}")
+    M = Q / lam
+    G = N.T @ M @ N
+    k = N.shape[1]
+    K = torch.eye(k, dtype=torch.float64) / noise_std**2 + G
+    M_eff = M - M @ N @ torch.linalg.solve(K, N.T @ M)
+    M_eff = 0.5 * (M_eff + M_eff.T)
+    base = linear_gaussian_optimum(control_map, lam * M_eff, target, x, sigma, lam)
+    logdet = torch.linalg.slogdet(torch.eye(k, dtype=torch.float64) + noise_std**2 * G).logabsdet
+    return base._replace(log_eta=base.log_eta - 0.5 * logdet)
 
 
 def linear_gaussian_cost(

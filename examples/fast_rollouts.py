@@ -2,7 +2,7 @@
 
 The same model is wrapped twice: ``CausalLM(engine="eager")`` decodes through the Hugging Face
 module with a dynamic KV cache; ``CausalLM(engine="static")`` runs
-:class:`~ctrlalign.dynamics.static_engine.StaticEngine` (its own forward pass over the same
+:class:`~ctrlalign.dynamics.engines.static.StaticEngine` (its own forward pass over the same
 weights, a static KV cache, fused Q/K/V and gate/up weights, and — on a GPU — one CUDA graph per
 decode step). The script
 

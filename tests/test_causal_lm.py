@@ -18,15 +18,8 @@ from torch.overrides import TorchFunctionMode
 
 from ctrlalign import ConfigError
 from ctrlalign.dynamics import CausalLM, SamplingConfig
-from ctrlalign.dynamics.causal_lm import (
-    ENGINES,
-    EagerEngine,
-    OutputHead,
-    UnsupportedModelError,
-    eager_decode,
-    register_engine,
-    verify_head,
-)
+from ctrlalign.dynamics.engines import ENGINES, EagerEngine, register_engine
+from ctrlalign.dynamics.head import OutputHead, UnsupportedModelError, verify_head
 from ctrlalign.random import make_generators
 
 
@@ -331,7 +324,7 @@ def test_errors_name_the_bad_value(llama_model, tokenizer):
 
 def test_engine_dispatch(llama_model, tokenizer):
     """A second engine plugs in by name (a factory taking the model and engine_options) or as
-    an instance, and receives the prefix, controls (D, n, τ, d) and uniforms (D, n, T)."""
+    an instance, and receives the prefix, n rows per prompt and the uniforms (D, n, T)."""
     calls = []
 
     class Spy(EagerEngine):
@@ -339,9 +332,13 @@ def test_engine_dispatch(llama_model, tokenizer):
             super().__init__(model)
             self.tag = tag
 
-        def decode(self, prefix, controls, uniforms, config, **kw):
-            calls.append((self.tag, tuple(uniforms.shape), kw["num_samples"]))
-            return super().decode(prefix, controls, uniforms, config, **kw)
+        def start(self, prefix, num_samples, config, **kw):
+            calls.append((self.tag, "start", num_samples))
+            return super().start(prefix, num_samples, config, **kw)
+
+        def advance(self, state, controls, uniforms):
+            calls.append((self.tag, tuple(uniforms.shape)))
+            return super().advance(state, controls, uniforms)
 
     register_engine("spy", Spy)
     try:
@@ -353,7 +350,7 @@ def test_engine_dispatch(llama_model, tokenizer):
         a = lm.rollout(lm.prepare(PROMPTS), None, gens(PROMPTS), 2)
         b = ref.rollout(ref.prepare(PROMPTS), None, gens(PROMPTS), 2)
         c = inst.rollout(inst.prepare(PROMPTS), None, gens(PROMPTS), 2)
-        assert calls == [("named", (4, 2, 4), 2), ("instance", (4, 2, 4), 2)]
+        assert calls == [("named", "start", 2), ("named", (4, 2, 4)), ("instance", "start", 2), ("instance", (4, 2, 4))]
         assert torch.equal(a.tokens, b.tokens) and torch.equal(c.tokens, b.tokens)
         with pytest.raises(ConfigError, match=r"engine='spy' does not accept engine_options \['colour'\]"):
             CausalLM(llama_model, tokenizer, engine="spy", engine_options={"colour": 1})
@@ -363,21 +360,6 @@ def test_engine_dispatch(llama_model, tokenizer):
             CausalLM(llama_model, tokenizer, engine=3)
     finally:
         ENGINES.pop("spy")
-
-
-def test_eager_decode_function_still_works(llama_model, tokenizer):
-    """The old function form decodes one prefix block with (B, τ, d) controls and (B, T)
-    uniforms, as EagerEngine.decode does with (D, n, ...) ones."""
-    lm = CausalLM(llama_model, tokenizer, sampling=SamplingConfig(max_new_tokens=5))
-    ctx = lm.prepare(PROMPTS)
-    D, n = len(PROMPTS), 2
-    V = torch.randn(D, n, 3, lm.hidden_size)
-    U = torch.rand(D, n, 5)
-    kw = {"num_samples": n, "eos_token_ids": lm.eos_token_ids, "pad_token_id": lm.pad_token_id, "base_logprobs": True}
-    a = lm.engine.decode(ctx.prefix, V, U, lm.sampling, **kw)
-    b = eager_decode(lm.model, lm.head, ctx.prefix[0], V.reshape(D * n, 3, -1), U.reshape(D * n, 5), lm.sampling, **kw)
-    for x, y in zip(a, b):
-        assert torch.equal(x, y)
 
 
 class _CopySpy(TorchFunctionMode):

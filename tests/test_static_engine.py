@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from ctrlalign.dynamics.decoding import SamplingConfig, sample_tokens
-from ctrlalign.dynamics.static_engine import StaticEngine
+from ctrlalign.dynamics.engines.eager import cache_argument
+from ctrlalign.dynamics.engines.static import StaticEngine
 
 transformers = pytest.importorskip("transformers")
 
@@ -42,8 +43,8 @@ def reference_decode(model, input_ids, attention_mask, *, num_samples, controls,
     eos = None if (eos_token_ids is None or config.ignore_eos) else torch.tensor(
         [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids), device=ids.device)
     head = model.get_output_embeddings()
-    cache = DynamicCache()
-    out = model.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+    cache = {cache_argument(model.model): DynamicCache()}
+    out = model.model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache, use_cache=True)
     z = out.last_hidden_state[:, -1]
     next_pos = pos[:, -1:] + 1
     toks, lps, blps = [], [], []
@@ -66,7 +67,7 @@ def reference_decode(model, input_ids, attention_mask, *, num_samples, controls,
         toks.append(tok), lps.append(lp), blps.append(blp)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         out = model.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
-                          past_key_values=cache, use_cache=True)
+                          **cache, use_cache=True)
         z = out.last_hidden_state[:, -1]
         next_pos = next_pos + 1
     return (torch.stack(toks, 1), lengths, torch.stack(lps, 1).float(),
@@ -300,7 +301,7 @@ def test_validation_errors():
 def test_is_an_engine_and_grows_on_demand():
     """StaticEngine implements the Engine protocol (positional controls, uniforms, config) and,
     with grow=True, enlarges its buffers past max_batch / max_length instead of raising."""
-    from ctrlalign.dynamics.engine import Engine
+    from ctrlalign.dynamics.engines.protocol import Engine
 
     model = tiny_model()
     eng = StaticEngine(model, max_batch=2, max_length=4, dtype=torch.float32, compile="none", grow=True)
@@ -435,7 +436,7 @@ def test_compiled_kernels_match_eager_on_cpu():
     """The torch.compile'd step pieces (what compile="cudagraph" fuses on a GPU) compile with
     fullgraph=True — no graph break, no silent fallback — and compute what the plain ones do.
     Inductor's CPU backend stands in for the GPU one here."""
-    from ctrlalign.dynamics.static_engine import _Kernels
+    from ctrlalign.dynamics.engines.static import _Kernels
 
     model = tiny_model()
     eng = StaticEngine(model, max_batch=16, max_length=32, dtype=torch.float32, compile="none", kv_block=2)

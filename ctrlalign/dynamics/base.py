@@ -5,13 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from .._checks import ConfigError
+from .._checks import ConfigError, check_int
 
-__all__ = ["Dynamics", "Outcomes", "Sample"]
+__all__ = ["Dynamics", "Outcomes", "Sample", "Step", "StepwiseDynamics"]
 
 
 @dataclass
@@ -109,7 +109,9 @@ class Dynamics(ABC):
 
     Subclasses override :meth:`rollout` and set ``hidden_size`` (d); they may override
     :meth:`prepare` to do per-prompt work once per run (an LLM prefills its prompt there and
-    reuses the cache for every sample and iteration).
+    reuses the cache for every sample and iteration). A system that can also be run step by
+    step (closed-loop control: look at partial outcomes, fork or stop rows) subclasses
+    :class:`StepwiseDynamics` instead, which writes :meth:`rollout` for it.
 
     Contract:
         * ``rollout`` uses only ``generators[j]`` for prompt j's randomness, so a prompt's
@@ -179,3 +181,115 @@ class Dynamics(ABC):
             raise ValueError(
                 f"horizon (τ) = {controls.shape[2]} exceeds this system's maximum {self.max_horizon}"
             )
+
+
+class Step(NamedTuple):
+    """What one :meth:`StepwiseDynamics.advance` of b steps produced, for the B = D·n rows
+    (row ``j*n + i`` is sample i of prompt j). Fields a system does not have are None.
+
+    Attributes:
+        tokens: (B, b) long, the tokens (the pad token where the row had finished).
+        logprobs: (B, b) float32, log q of each token under the controlled head (0 where the
+            row had finished).
+        base_logprobs: (B, b) float32, log p under the uncontrolled head, or None.
+        alive: (B, b) bool, the row had not finished before this token.
+        values: (B, b, p) numeric states x_{t+1..t+b} (toy systems), or None.
+    """
+
+    tokens: torch.Tensor | None = None
+    logprobs: torch.Tensor | None = None
+    base_logprobs: torch.Tensor | None = None
+    alive: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+
+class StepwiseDynamics(Dynamics):
+    r"""A :class:`Dynamics` that can also be run step by step: a state-space system.
+
+    With state :math:`s_t` of B = D·n rows (row ``j*n + i`` is sample i of prompt j), controls
+    :math:`v_t` (D, n, d) and the system's own pre-drawn noise :math:`u_t` (uniforms for token
+    systems):
+
+    .. math::
+        s_0 = \mathrm{start}(x, n),\qquad s_{t+1} = f(s_t, v_t, u_t),\quad t = 0..T-1 .
+
+    Subclasses override exactly :meth:`draw_noise`, :meth:`start`, :meth:`advance`,
+    :meth:`select` and :meth:`outcomes` (and set ``hidden_size`` and ``max_horizon`` = T);
+    :meth:`rollout` is their composition and is not overridden:
+
+    .. code-block:: python
+
+        noise = dynamics.draw_noise(generators, n)             # (D, n, T, ...)
+        state = dynamics.start(context, n)
+        state, step = dynamics.advance(state, V, noise[:, :, :τ])      # if V is given
+        state, step = dynamics.advance(state, None, noise[:, :, τ:])   # if τ < T
+        outcomes = dynamics.outcomes(state)
+
+    Advancing in one call or in any split into blocks gives bitwise the same result, and
+    ``select`` with rows ``arange(n)`` changes nothing. A state may be *consumed* by
+    ``advance``/``select`` (a language model extends its KV cache in place): keep the
+    returned one.
+
+    State objects expose ``num_prompts`` (D), ``num_samples`` (n), ``position`` (t) and
+    ``finished`` (B,) bool.
+    """
+
+    def draw_noise(self, generators: Sequence[Any], num_samples: int, steps: int | None = None) -> torch.Tensor:
+        """The system's randomness for ``steps`` steps (default T) of n rows per prompt, prompt
+        j's block from ``generators[j]`` only: (D, n, steps, ...) (uniforms (D, n, steps) for
+        token systems). :meth:`rollout` draws all T at once."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def start(self, context: Any, num_samples: int) -> Any:
+        """B = D·n rows at t = 0 from ``context`` (what :meth:`prepare` returned; not modified)."""
+
+    @abstractmethod
+    def advance(self, state: Any, controls: torch.Tensor | None, noise: torch.Tensor) -> tuple[Any, Step]:
+        """b = ``noise.shape[2]`` more steps for every row.
+
+        Args:
+            state: from :meth:`start`, :meth:`advance` or :meth:`select`, at t with t + b ≤ T.
+            controls: V for these steps, (D, n, b, d), or None (no control).
+            noise: (D, n, b, ...), a slice of :meth:`draw_noise`.
+
+        Returns:
+            ``(state at t + b, step)``, the :class:`Step` of the b steps.
+        """
+
+    @abstractmethod
+    def select(self, state: Any, rows: torch.Tensor) -> Any:
+        """New rows continuing named old rows (resampling, forking).
+
+        Args:
+            state: D prompts × n rows.
+            rows: (D, n') long in 0..n−1: new row (j, i) continues old row (j, rows[j, i]).
+        """
+
+    @abstractmethod
+    def outcomes(self, state: Any) -> Outcomes:
+        """The rows so far as :class:`Outcomes` (D, n, ...); at t = T the rollout's outcomes."""
+
+    def rollout(
+        self,
+        context: Any,
+        controls: torch.Tensor | None,
+        generators: Sequence[torch.Generator],
+        num_samples: int,
+    ) -> Outcomes:
+        """:meth:`draw_noise` for T steps, :meth:`start`, :meth:`advance` the τ controlled steps
+        (when ``controls`` (D, n, τ, d) is given) and the T − τ others, :meth:`outcomes`."""
+        n = check_int("num_samples", num_samples, minimum=1, symbol="n")
+        state = self.start(context, n)
+        D = state.num_prompts
+        if len(generators) != D:
+            raise ConfigError(f"need one generator per prompt: {D} prompts, got {len(generators)}")
+        self.check_controls(controls, D, n)
+        noise = self.draw_noise(generators, n)
+        T = noise.shape[2]
+        tau = 0 if controls is None else controls.shape[2]
+        if tau > 0:
+            state, _ = self.advance(state, controls, noise[:, :, :tau])
+        if tau < T:
+            state, _ = self.advance(state, None, noise[:, :, tau:])
+        return self.outcomes(state)

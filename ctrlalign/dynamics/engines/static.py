@@ -6,22 +6,30 @@ r"""A static-cache rollout engine for Llama-family causal LMs, with CUDA-graph d
 from the module's own rotary embedding —, GQA attention, SwiGLU MLP) with preallocated buffers,
 so that one decode step can be captured once in a ``torch.cuda.CUDAGraph`` and replayed.
 
-It implements the contract of :mod:`ctrlalign.dynamics.decoding` exactly:
+It implements the stepwise protocol of :mod:`ctrlalign.dynamics.engines.protocol` and the
+contract of :mod:`ctrlalign.dynamics.decoding` exactly:
 
 * :meth:`StaticEngine.prefill` runs D left-padded prompts once and returns a :class:`Prefix`
   (per-layer K/V of the prompts, key mask, prompt lengths and the pre-logit of each prompt's
-  last token). A prefix is reusable across any number of :meth:`StaticEngine.decode` calls.
-* :meth:`StaticEngine.decode` rolls out B = D·n rows (row ``j*n + i`` is sample i of prompt j).
-  Rows do **not** copy their prompt's K/V: attention is split into a *prefix* part, in which
-  the n·(H/Hkv) queries of prompt j attend to prompt j's K/V in one batched matmul, and a
-  *decode* part over a static (B, Hkv, T, hd) cache; the two parts share one softmax.
-* Step t (0-based s = t−1) consists of a *head* (logits of the current pre-logit z — with the
-  control added, W(z+v)+b, for s < τ —, inverse-CDF sampling with the pre-drawn uniform and
+  last token). A prefix is reusable across any number of starts.
+* :meth:`StaticEngine.start` sets up B = D·n rows (row ``j*n + i`` is sample i of prompt j) in
+  the static buffers of the shape key (D, n, P, T). Rows do **not** copy their prompt's K/V:
+  attention is split into a *prefix* part, in which the n·(H/Hkv) queries of prompt j attend to
+  prompt j's K/V in one batched matmul, and a *decode* part over a static (B, Hkv, T, hd)
+  cache; the two parts share one softmax.
+* :meth:`StaticEngine.advance` decodes b tokens; token t (0-based slot s = t−1) consists of a
+  *head* (logits of the current pre-logit z — with the control added, g(W(z+v)+b), when the
+  advance has controls —, inverse-CDF sampling with the pre-drawn uniform and
   log-probabilities at temperature 1, both by
-  :func:`~ctrlalign.dynamics.decoding.sample_with_logprobs`, EOS bookkeeping) and a *body* (one transformer step on the sampled token, writing K/V at decode
-  slot s and producing the next z). The last step runs the head only.
+  :func:`~ctrlalign.dynamics.decoding.sample_with_logprobs`, EOS bookkeeping) and a *body*
+  (one transformer step on the sampled token, writing K/V at decode slot s and producing the
+  next z). The last of the T tokens runs the head only.
+* :meth:`StaticEngine.select` gathers rows within each prompt: their decode-cache slots,
+  z, flags and outputs; the prompts' K/V are not copied.
+* g is the model's output transform (:class:`~ctrlalign.dynamics.head.OutputHead`), the same
+  head the eager engine applies.
 * With ``base_logprobs=True`` the controlled and base pre-logits are stacked into one (2B, d)
-  matmul for s < τ only; after τ base = controlled and no extra work is done.
+  matmul for controlled tokens only; uncontrolled, base = controlled and no extra work is done.
 
 * The decode cache is static (T slots per row), but the body at step t attends only to the
   first ⌈(t+1)/kv_block⌉·kv_block slots — the rest are masked anyway —, so the K/V bytes read per
@@ -30,8 +38,8 @@ It implements the contract of :mod:`ctrlalign.dynamics.decoding` exactly:
   to row blocks of one concatenated matrix, so no weight is stored twice.
 
 Head variants (controlled+base, controlled, uncontrolled) and the body (one per decode-cache
-length) are captured as separate CUDA graphs per shape key (D, n, P, T, config, eos); a decode
-call replays them T times with no host synchronisation. ``compile="none"`` runs the same code eagerly (CPU or GPU), which is what
+length) are captured as separate CUDA graphs per shape key (D, n, P, T, config, eos); an advance
+of b tokens replays them b times with no host synchronisation. ``compile="none"`` runs the same code eagerly (CPU or GPU), which is what
 the CPU tests check against a reference decode through the HF module.
 
 Shapes (the letters of the docs' Shapes page): D prompts, n samples, B = D·n, P padded prompt length, T new tokens,
@@ -47,10 +55,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .decoding import DecodeResult, SamplingConfig, sample_with_logprobs
-from .engine import Engine, check_decode_inputs, eos_list
+from ..base import Step
+from ..decoding import SamplingConfig, sample_with_logprobs
+from ..head import OutputHead
+from .protocol import (
+    Decoded,
+    Engine,
+    EngineState,
+    Lease,
+    check_advance_inputs,
+    check_rows,
+    eos_list,
+)
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "Prefix", "StaticEngine"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "Prefix", "StaticEngine", "StaticState"]
 
 #: ``config.model_type`` values the engine's own forward pass reproduces.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -83,6 +101,21 @@ class Prefix:
     def prompt_len(self) -> int:
         """P, the padded prompt length of the cached prefix."""
         return self.k.shape[3]
+
+
+@dataclass(frozen=True)
+class StaticState(EngineState):
+    """:class:`~ctrlalign.dynamics.engines.protocol.EngineState` of the static engine: a handle
+    on the session buffers of its shape key (D, n, P, T), which hold the decode cache, the next
+    pre-logit and the flags. Only the newest state of a session can be advanced.
+
+    Attributes:
+        prefix: the :class:`Prefix` the rows continue.
+        session: the static buffers (and CUDA graphs) in use.
+    """
+
+    prefix: Any = None
+    session: Any = None
 
 
 class _Layer:
@@ -289,14 +322,17 @@ class _Session:
         self.done = torch.zeros(B, dtype=torch.bool, device=dev)
         self.lengths = torch.zeros(B, dtype=torch.long, device=dev)
         self.graphs: dict[Any, torch.cuda.CUDAGraph] = {}
+        self.eos: dict[Any, torch.Tensor] = {}
+        self.owner: Lease | None = None  # the lease of the one state that may use these buffers
         self.loaded: Any = None  # id of the Prefix whose mask/positions are in the buffers
 
 
 class StaticEngine(Engine):
     """Static-KV-cache, CUDA-graph rollout engine over a HF Llama/Qwen2/Mistral causal LM.
 
-    An :class:`~ctrlalign.dynamics.engine.Engine`: :meth:`prefill` (D, P) → :class:`Prefix`,
-    :meth:`decode` (controls (D, n, τ, d), uniforms (D, n, T)) → B = D·n rows.
+    An :class:`~ctrlalign.dynamics.engines.protocol.Engine`: :meth:`prefill` (D, P) →
+    :class:`Prefix`; :meth:`start` → B = D·n rows (:class:`StaticState`); :meth:`advance`
+    (controls (D, n, b, d) or None, uniforms (D, n, b)) → b more tokens; :meth:`select`.
 
     Args:
         model: a ``LlamaForCausalLM``-style module (``model.model.layers``, ``model.model.norm``,
@@ -397,9 +433,8 @@ class StaticEngine(Engine):
         self.embed = inner.embed_tokens.weight
         self.layers = [_Layer(l, fuse=self.fuse_weights) for l in inner.layers]
         self.norm_w, self.norm_eps = inner.norm.weight, _eps(inner.norm)
-        head = model.get_output_embeddings()
-        self.head_w, self.head_b = head.weight, getattr(head, "bias", None)
-        self.vocab_size = self.head_w.shape[0]
+        self.head = OutputHead.from_model(model)
+        self.vocab_size = self.head.vocab_size
         self._rotary = inner.rotary_emb
         self._sessions: dict[tuple[int, int, int, int], _Session] = {}
         self._allocate()
@@ -552,16 +587,16 @@ class StaticEngine(Engine):
         slot = s.step.view(1)
         z = s.z
         if variant == "u":
-            logits = F.linear(z, self.head_w, self.head_b)
+            logits = self.head(z)
             base = None
         else:
             v = s.controls.index_select(1, slot).squeeze(1)  # (B,d)
             zc = z + v
             if variant == "cb":
-                both = F.linear(torch.cat([zc, z], 0), self.head_w, self.head_b)
+                both = self.head(torch.cat([zc, z], 0))
                 logits, base = both[:B], both[B:]
             else:
-                logits = F.linear(zc, self.head_w, self.head_b)
+                logits = self.head(zc)
                 base = None
         u = s.uniforms.index_select(1, slot).squeeze(1)
         tok, lp, blp = self._k.sample(logits, u, config, base)
@@ -610,67 +645,102 @@ class StaticEngine(Engine):
         return s
 
     @torch.no_grad()
-    def decode(
+    def start(
         self,
         prefix: Prefix,
-        controls: torch.Tensor | None,
-        uniforms: torch.Tensor,
+        num_samples: int,
         config: SamplingConfig,
         *,
-        num_samples: int,
         eos_token_ids: int | Sequence[int] | None,
         pad_token_id: int,
         base_logprobs: bool = False,
-    ) -> DecodeResult:
-        """Roll out n samples for each of the D prompts of ``prefix``.
-
-        Args:
-            prefix: from :meth:`prefill` (reusable).
-            controls: (D, n, τ, d) with τ ≤ T, or None (uncontrolled). Copied into the
-                session's static (B, T, d) buffer (CUDA graphs read fixed addresses).
-            uniforms: (D, n, T) in [0, 1), pre-drawn per prompt.
-            config: :class:`SamplingConfig`; T = ``config.max_new_tokens``.
-            num_samples: n.
-            eos_token_ids: one id, several ids, or None / empty (never stops).
-            pad_token_id: written after EOS.
-            base_logprobs: also return log-probabilities under the uncontrolled head.
-
-        Returns:
-            :class:`DecodeResult` with B = D·n rows (row ``j*n + i``).
-        """
+    ) -> StaticState:
+        """B = D·n rows at t = 0 in the static buffers of shape key (D, n, P, T). The rows do
+        not copy their prompt's K/V (see the module docstring). Starting again on the same
+        shape key supersedes an earlier state of that key."""
         D, n, T = prefix.num_prompts, int(num_samples), config.max_new_tokens
-        B = D * n
-        tau = check_decode_inputs(D, n, self.hidden_size, controls, uniforms, config)
         s = self._session(prefix, n, T)
-        if controls is not None and tau > 0:
-            s.controls[:, :tau].copy_(controls.reshape(B, tau, self.hidden_size))
-        s.uniforms.copy_(uniforms.reshape(B, T))
         s.z.copy_(prefix.z.repeat_interleave(n, 0))
         s.step.zero_()
         s.done.zero_()
         s.lengths.zero_()
-        ids = eos_list(eos_token_ids)
-        if config.ignore_eos or not ids:
-            eos = None
-            ekey = None
-        else:
-            ekey = (tuple(ids), int(pad_token_id))
-            eos = getattr(s, "_eos", {}).get(ekey)
-            if eos is None:
-                eos = torch.tensor(ids, dtype=torch.long, device=self.device)
-                s.__dict__.setdefault("_eos", {})[ekey] = eos
-        hv = ("cb" if base_logprobs else "c") if tau > 0 else "u"
-        for t in range(T):
-            self._run(s, ("head", hv if t < tau else "u", config, ekey), lambda v=(hv if t < tau else "u"): self._head(s, v, config, eos, pad_token_id))
+        ids = tuple(eos_list(eos_token_ids))
+        state = StaticState(
+            num_prompts=D, num_samples=n, config=config, eos_token_ids=ids, pad_token_id=int(pad_token_id),
+            base_logprobs=bool(base_logprobs), decoded=Decoded.empty(D * n, bool(base_logprobs), self.device),
+            prefix=prefix, session=s,
+        )
+        s.owner = state.lease
+        return state
+
+    def _eos(self, s: _Session, state: StaticState) -> tuple[torch.Tensor | None, Any]:
+        """The EOS tensor (cached on the session) and its graph key, or (None, None)."""
+        if not state.use_eos:
+            return None, None
+        ekey = (state.eos_token_ids, state.pad_token_id)
+        eos = s.eos.get(ekey)
+        if eos is None:
+            eos = s.eos[ekey] = torch.tensor(state.eos_token_ids, dtype=torch.long, device=self.device)
+        return eos, ekey
+
+    def _session_of(self, state: StaticState) -> _Session:
+        s = state.session
+        if s.owner is not state.lease or self._sessions.get((s.D, s.n, s.P, s.T)) is not s:
+            raise RuntimeError("this StaticEngine state was superseded: a later start or select on the same "
+                               "shape reused its buffers (or the engine grew them)")
+        return s
+
+    @torch.no_grad()
+    def advance(self, state: StaticState, controls: torch.Tensor | None,
+                uniforms: torch.Tensor) -> tuple[StaticState, Step]:
+        """b more tokens: the controls (D, n, b, d) and uniforms (D, n, b) are copied into slots
+        t..t+b−1 of the session's static (B, T, d) and (B, T) buffers (CUDA graphs read fixed
+        addresses); then, per token, the head (controlled+base, controlled, or uncontrolled
+        when ``controls`` is None) and, before the last of T, the body."""
+        b = check_advance_inputs(state, self.hidden_size, controls, uniforms)
+        s = self._session_of(state)
+        config, T, t0, B = state.config, state.max_new_tokens, state.position, s.B
+        if controls is not None and b > 0:
+            s.controls[:, t0:t0 + b].copy_(controls.reshape(B, b, self.hidden_size))
+        s.uniforms[:, t0:t0 + b].copy_(uniforms.reshape(B, b))
+        eos, ekey = self._eos(s, state)
+        hv = ("cb" if state.base_logprobs else "c") if controls is not None else "u"
+        pad = state.pad_token_id
+        for t in range(t0, t0 + b):
+            self._run(s, ("head", hv, config, ekey), lambda: self._head(s, hv, config, eos, pad))
             if t < T - 1:
                 Tb = self._kv_length(t, T)
                 self._run(s, ("body", Tb), lambda Tb=Tb: self._body(s, Tb))
-        blp = None
-        if base_logprobs:
-            blp = s.out_blp.clone()
-        return DecodeResult(
-            tokens=s.out_tokens.clone(), lengths=s.lengths.clone(), logprobs=s.out_lp.clone(), base_logprobs=blp
-        )
+        slots = slice(t0, t0 + b)
+        alive = torch.arange(t0, t0 + b, device=self.device).unsqueeze(0) < s.lengths.unsqueeze(1)
+        step = Step(tokens=s.out_tokens[:, slots].clone(), logprobs=s.out_lp[:, slots].clone(),
+                    base_logprobs=s.out_blp[:, slots].clone() if state.base_logprobs else None, alive=alive)
+        decoded = state.decoded.extend(step, s.lengths.clone(), s.done.clone())
+        new = state.successor(decoded=decoded)
+        s.owner = new.lease
+        return new, step
+
+    @torch.no_grad()
+    def select(self, state: StaticState, rows: torch.Tensor) -> StaticState:
+        """Gather the rows' decode-cache slots, next pre-logit, last token, flags and outputs
+        into the buffers of shape key (D, n', P, T). The prompts' K/V (the prefix buffer, one
+        copy per prompt) are not copied: rows stay within their prompt."""
+        s = self._session_of(state)
+        flat = check_rows(rows, state.num_prompts, state.num_samples).to(self.device)
+        n2 = rows.shape[1]
+        names = ("z", "tok", "done", "lengths", "out_tokens", "out_lp", "out_blp")
+        picked = {k: getattr(s, k)[flat] for k in names}
+        dk, dv = s.dk[:, flat], s.dv[:, flat]
+        step = s.step.clone()
+        s2 = self._session(state.prefix, n2, s.T)
+        for k in names:
+            getattr(s2, k).copy_(picked[k])
+        s2.dk.copy_(dk)
+        s2.dv.copy_(dv)
+        s2.step.copy_(step)
+        new = state.successor(num_samples=n2, decoded=state.decoded.gather(flat), session=s2)
+        s2.owner = new.lease
+        return new
 
     def _run(self, s: _Session, key: Any, fn) -> None:
         if self.compile == "none":
