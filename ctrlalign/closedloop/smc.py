@@ -1,0 +1,248 @@
+r"""Twisted sequential Monte Carlo over partial responses.
+
+Target: the same tilted law as AISP's q*, in token space,
+
+.. math:: \pi^*(y) \propto p(y)\,\exp\!\big(r(x, y)/\lambda\big),\qquad
+          Z = \mathbb E_{y\sim p}\big[e^{r(x,y)/\lambda}\big].
+
+n particles per prompt are advanced b tokens at a time from a proposal q: the base model
+(``controls=None``) or a fixed pre-logit control V (for example a mean AISP learned), whose
+token law :math:`q(y_t\mid y_{<t}) = \mathrm{softmax}(W(z_t+v_t)+b)_{y_t}` is exact given the
+prefix. At each checkpoint t the weights take the block's likelihood ratio and the change of
+twist :math:`\psi_t = r(x, y_{1:t})/\lambda_t` (the reward's prefix score):
+
+.. math:: \log w \mathrel{+}= \sum_{s\in\text{block}} \big[\log p(y_s\mid\cdot) - \log q(y_s\mid\cdot)\big]
+          + \psi_t - \psi_{t_\text{prev}},\qquad \psi_0 = 0,\ \psi_T = r(x, y)/\lambda .
+
+The twist telescopes, so the final weights are :math:`p(y)e^{r/\lambda}/q(y)` whatever the
+:math:`\lambda_t` (fixed, or chosen per prompt and checkpoint so that the ESS is a target
+fraction of n). When the ESS falls below κ·n the particles are resampled
+(:mod:`ctrlalign.resampling`), each new particle continuing its ancestor's prefix (and control),
+and the weights reset to equal; the estimate
+
+.. math:: \hat Z = \prod_{\text{resamplings}} \overline{w}\;\cdot\;\overline{w_\text{final}}
+
+is unbiased, :math:`\mathbb E[\hat Z] = Z`. The read-out keeps the best final particle by its
+full reward (``"argmax"``, Best-of-N's rule) or draws one with probability ∝ w (``"weight"``:
+an approximate sample of π*).
+
+Special cases, bit for bit: one checkpoint at the end (b ≥ T) with no resampling is softmax
+sampling (sampling–importance–resampling from p with weights softmax(r/λ), the
+:class:`~ctrlalign.controllers.softmax.SoftmaxSampling` of σ = 0), and with the argmax read-out
+it is Best-of-n.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .. import theory
+from .._checks import ConfigError, check_int, check_interval, check_positive
+from ..align import check_prompts
+from ..cost import Cost
+from ..dynamics.base import StepwiseDynamics
+from ..random import make_generators
+from ..resampling import RESAMPLERS, resample
+from ..rewards.base import Reward, evaluate_reward, require_prefix_scores
+from ..selection import Reservoir
+from .base import Checkpoint, ClosedLoopResult, block_bounds, distinct_rows, require_stepwise, tokens_per_prompt
+
+__all__ = ["SMC", "advance_block", "row_controls"]
+
+READOUTS = ("argmax", "weight")
+
+
+def row_controls(controls: torch.Tensor | None, num_prompts: int, num_samples: int) -> torch.Tensor | None:
+    """V as (D, n, τ, d): a shared (D, τ, d) control is expanded (a view), (D, n, τ, d) passes."""
+    if controls is None:
+        return None
+    if controls.dim() == 3 and controls.shape[0] == num_prompts:
+        return controls.unsqueeze(1).expand(num_prompts, num_samples, *controls.shape[1:])
+    if controls.dim() == 4 and tuple(controls.shape[:2]) == (num_prompts, num_samples):
+        return controls
+    raise ConfigError(f"controls must be (D={num_prompts}, τ, d) or (D, n={num_samples}, τ, d), "
+                      f"got {tuple(controls.shape)}")
+
+
+def advance_block(dynamics: StepwiseDynamics, state: Any, controls: torch.Tensor | None, noise: torch.Tensor,
+                  t0: int, t1: int) -> tuple[Any, list[tuple[Any, bool]]]:
+    """Advance steps [t0, t1): the controlled ones (t < τ = ``controls.shape[2]``) with V, the
+    rest without. Returns the state and the block's (Step, controlled) parts."""
+    tau = 0 if controls is None else controls.shape[2]
+    parts = []
+    if t0 < tau:
+        cut = min(t1, tau)
+        state, step = dynamics.advance(state, controls[:, :, t0:cut], noise[:, :, t0:cut])
+        parts.append((step, True))
+    if max(t0, tau) < t1:
+        state, step = dynamics.advance(state, None, noise[:, :, max(t0, tau):t1])
+        parts.append((step, False))
+    return state, parts
+
+
+def likelihood_ratio(parts: list[tuple[Any, bool]], num_prompts: int, num_samples: int) -> torch.Tensor:
+    r"""(D, n) float64 :math:`\sum_s [\log p - \log q]` over a block's controlled steps of alive rows
+    (0 where uncontrolled: q = p there)."""
+    total = torch.zeros(num_prompts, num_samples, dtype=torch.float64)
+    for step, controlled in parts:
+        if not controlled:
+            continue
+        if step.base_logprobs is None:
+            raise ConfigError("SMC with a control needs the base model's log-probabilities log p for the p/q "
+                              "correction; build the dynamics with base_logprobs=True")
+        diff = (step.base_logprobs.double() - step.logprobs.double()).cpu()
+        if step.alive is not None:
+            diff = torch.where(step.alive.cpu(), diff, torch.zeros_like(diff))
+        total += diff.reshape(num_prompts, num_samples, -1).sum(-1)
+    return total
+
+
+class SMC:
+    r"""Twisted SMC with n particles and a checkpoint every b tokens (see the module docstring).
+
+    Args:
+        num_particles: n >= 1, particles per prompt.
+        block_size: b >= 1, tokens between checkpoints (b >= T: one checkpoint, at the end).
+        temperature: λ > 0 of the target p·exp(r/λ) (the last twist is exactly r/λ).
+        twist_temperature: fixed λ_t of the intermediate twists r(prefix)/λ_t (None: λ).
+        twist_target_ess: instead, choose λ_t per prompt and checkpoint so that the ESS of the
+            weights is this fraction of n (adaptive tempering); None: fixed.
+        resample_threshold: κ in [0, 1]; resample when ESS < κ·n (0: never; 1: whenever the
+            weights are not uniform).
+        scheme: the resampling scheme, a name in :data:`~ctrlalign.resampling.RESAMPLERS`.
+        readout: ``"argmax"`` (the best final particle by full reward) or ``"weight"`` (one drawn
+            with probability ∝ its final weight).
+    """
+
+    name = "smc"
+
+    def __init__(self, *, num_particles: int = 16, block_size: int = 8, temperature: float = 0.1,
+                 twist_temperature: float | None = None, twist_target_ess: float | None = None,
+                 resample_threshold: float = 0.5, scheme: str = "systematic", readout: str = "argmax") -> None:
+        self.num_particles = check_int("num_particles", num_particles, minimum=1, symbol="n")
+        self.block_size = check_int("block_size", block_size, minimum=1, symbol="b")
+        self.temperature = check_positive("temperature", temperature, symbol="λ")
+        if twist_temperature is not None and twist_target_ess is not None:
+            raise ConfigError("set at most one of twist_temperature (fixed λ_t) and twist_target_ess (adaptive λ_t)")
+        self.twist_temperature = (None if twist_temperature is None
+                                  else check_positive("twist_temperature", twist_temperature, symbol="λ_t"))
+        self.twist_target_ess = (None if twist_target_ess is None
+                                 else check_interval("twist_target_ess", twist_target_ess, 0.0, 1.0))
+        if self.twist_target_ess == 0.0:
+            raise ConfigError("twist_target_ess must be in (0, 1], got 0")
+        self.resample_threshold = check_interval("resample_threshold", resample_threshold, 0.0, 1.0)
+        if scheme not in RESAMPLERS:
+            raise ConfigError(f"scheme must be one of {', '.join(RESAMPLERS)}, got {scheme!r}")
+        self.scheme = scheme
+        if readout not in READOUTS:
+            raise ConfigError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+        self.readout = readout
+
+    def __repr__(self) -> str:
+        return (f"SMC(num_particles={self.num_particles}, block_size={self.block_size}, temperature={self.temperature}, "
+                f"resample_threshold={self.resample_threshold}, scheme={self.scheme!r}, readout={self.readout!r})")
+
+    def twist_temperatures(self, scores: torch.Tensor, log_weights: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        r"""(D,) λ_t for prefix scores (D, n): fixed, or adaptive so that the weights
+        :math:`\log w + r/\lambda_t - \psi_\text{prev}` have ESS = ``twist_target_ess``·n."""
+        if self.twist_target_ess is None:
+            lam = self.temperature if self.twist_temperature is None else self.twist_temperature
+            return torch.full(scores.shape[:1], lam, dtype=torch.float64)
+        return theory.adaptive_temperature(scores, self.twist_target_ess, offsets=previous - log_weights)
+
+    def run(self, dynamics: StepwiseDynamics, cost: Cost | Reward, prompts: Sequence[Any], *, seed: int = 0,
+            context: Any = None, controls: torch.Tensor | None = None) -> ClosedLoopResult:
+        """Run SMC on D prompts.
+
+        Args:
+            dynamics: a :class:`~ctrlalign.dynamics.base.StepwiseDynamics`.
+            cost: the reward r (or a :class:`~ctrlalign.cost.Cost`); it must score prefixes.
+            prompts: D prompts.
+            seed: base seed (prompt j's generators as in :func:`~ctrlalign.align`: the same
+                rollout uniforms as an open-loop run of the same seed).
+            context: ``dynamics.prepare(prompts)`` already done, or None.
+            controls: the proposal's pre-logit control V, (D, τ, d) shared by the particles or
+                (D, n, τ, d), in the dynamics' coordinates; None: the base model.
+
+        Returns:
+            :class:`~ctrlalign.closedloop.base.ClosedLoopResult` with ``log_normalizer`` log Ẑ.
+        """
+        t_start = time.perf_counter()
+        dynamics = require_stepwise(dynamics, "SMC")
+        cost = cost if isinstance(cost, Cost) else Cost(cost)
+        prompts = check_prompts(prompts)
+        if self.block_size < (dynamics.max_horizon or 0) or self.twist_target_ess is not None:
+            require_prefix_scores(cost.reward, "SMC with checkpoints before the end")
+        D, n, lam = len(prompts), self.num_particles, self.temperature
+        gens = make_generators(seed, prompts, device=dynamics.device)
+        select_gens = [g.select for g in gens]
+        context = dynamics.prepare(prompts) if context is None else context
+        noise = dynamics.draw_noise([g.rollout for g in gens], n)
+        T = noise.shape[2]
+        V = row_controls(controls, D, n)
+        if V is not None:
+            V = V.to(device=dynamics.device, dtype=dynamics.dtype)
+            if V.shape[2] > T:
+                raise ConfigError(f"controls: horizon τ={V.shape[2]} exceeds the dynamics' T={T}")
+        state = dynamics.start(context, n)
+        log_w = torch.zeros(D, n, dtype=torch.float64)
+        psi = torch.zeros(D, n, dtype=torch.float64)
+        log_z = torch.zeros(D, dtype=torch.float64)
+        tokens = torch.zeros(D, dtype=torch.long)
+        prefix_calls = torch.zeros(D, dtype=torch.long)
+        full_calls = torch.zeros(D, dtype=torch.long)
+        identity = torch.arange(n).expand(D, n)
+        trace: list[Checkpoint] = []
+        for t0, t1 in block_bounds(T, self.block_size):
+            state, parts = advance_block(dynamics, state, V, noise, t0, t1)
+            for step, _ in parts:
+                tokens += tokens_per_prompt(step, D)
+            log_w = log_w + likelihood_ratio(parts, D, n)
+            outcomes = dynamics.outcomes(state)
+            last = t1 == T or bool(state.finished.all())
+            if last:
+                scores = cost.rewards(prompts, outcomes).double().cpu()
+                full_calls += n
+                lam_t = torch.full((D,), lam, dtype=torch.float64)
+            else:
+                scores = evaluate_reward(cost.reward, prompts, outcomes, prefix=True).double().cpu()
+                prefix_calls += n
+                lam_t = self.twist_temperatures(scores, log_w, psi)
+            new_psi = torch.where(torch.isinf(lam_t).unsqueeze(-1), torch.zeros_like(scores),
+                                  scores / lam_t.unsqueeze(-1))
+            log_w = log_w + (new_psi - psi)
+            psi = new_psi
+            ess = theory.effective_sample_size(torch.log_softmax(log_w, dim=-1))
+            distinct = distinct_rows(outcomes)
+            if last:
+                trace.append(Checkpoint(t1, torch.full((D,), n), ess, lam_t, scores.mean(-1),
+                                        torch.zeros(D, dtype=torch.bool), distinct))
+                break
+            resampled = torch.zeros(D, dtype=torch.bool)
+            if self.resample_threshold > 0:
+                ancestors = resample(log_w, select_gens, self.scheme)
+                resampled = ess < self.resample_threshold * n
+                rows = torch.where(resampled.unsqueeze(-1), ancestors, identity)
+                log_z = log_z + torch.where(resampled, theory.log_mean_exp(log_w, dim=-1), torch.zeros_like(log_z))
+                log_w = torch.where(resampled.unsqueeze(-1), torch.zeros_like(log_w), log_w)
+                psi = psi.gather(1, rows)
+                if V is not None:
+                    V = V.gather(1, rows.to(V.device).view(D, n, 1, 1).expand(V.shape))
+                state = dynamics.select(state, rows.to(dynamics.device))
+            trace.append(Checkpoint(t1, torch.full((D,), n), ess, lam_t, scores.mean(-1), resampled, distinct))
+        log_z = log_z + theory.log_mean_exp(log_w, dim=-1)
+        if self.readout == "argmax":
+            chosen = scores.argmax(-1)
+        else:
+            _, chosen, _ = Reservoir().update(Reservoir().init(D), scores, log_w, select_gens)
+        return ClosedLoopResult(
+            prompts=prompts, responses=[outcomes.sample(j, int(chosen[j])) for j in range(D)],
+            rewards=scores.gather(1, chosen.view(D, 1)).squeeze(1), trace=trace, tokens=tokens,
+            prefix_calls=prefix_calls, full_calls=full_calls, distinct=distinct, seconds=time.perf_counter() - t_start,
+            controller=self.name, log_normalizer=log_z, final_rewards=scores,
+            meta={"log_weights": log_w},
+        )
