@@ -58,14 +58,14 @@ def run(args: argparse.Namespace) -> dict:
     prompts = [f"{p} ({i})" for i, p in enumerate(prompts)]  # distinct prompts
     n, k, D = args.num_samples, args.num_iterations, args.batch_prompts
     N = n * k
-    aisp = ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, target_ess=0.5, space="shared")
+    aisp = ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, target_ess=0.5)
     bon = ca.BestOfN(num_samples=N, num_iterations=1, sigma=0.0)
 
     def bon_run():
         return [ca.align(lm, reward, bon, prompts[i:i + D], seed=0) for i in range(0, len(prompts), D)]
 
     def stream_run():
-        return ca.align_stream(lm, reward, aisp, prompts, batch_prompts=k * D, seed=0)
+        return ca.align_stream(lm, reward, aisp, prompts, batch_prompts=k * D, space=ca.Shared(), seed=0)
 
     def plain_run():
         return [ca.align(lm, reward, aisp, prompts[i:i + D], seed=0) for i in range(0, len(prompts), D)]

@@ -44,7 +44,7 @@ from .random import make_generators
 from .rewards.base import Reward
 from .schedule import Scheduler, Slot, stack_rows, take_row
 from .selection import Selection
-from .spaces import ControlSpace
+from .spaces import ControlSpace, PerToken
 
 __all__ = ["AlignmentResult", "Iteration", "IterationRecord", "align", "align_stream", "bind_space",
            "check_prompts"]
@@ -203,19 +203,20 @@ class AlignmentResult:
         return json.dumps(self.to_records())
 
 
-def bind_space(controller: Controller, dynamics: Dynamics) -> ControlSpace:
-    """The controller's space bound to τ (the controller's horizon, else the dynamics' maximum)
-    and the dynamics' d.
+def bind_space(space: ControlSpace | None, dynamics: Dynamics) -> ControlSpace:
+    """``space`` (None: :class:`~ctrlalign.spaces.PerToken`, the paper's) bound to τ (the
+    space's ``horizon``, else the dynamics' maximum) and the dynamics' d.
 
     Raises:
         ConfigError: τ unset everywhere, or larger than the dynamics allows.
     """
-    tau = controller.horizon if controller.horizon is not None else dynamics.max_horizon
+    space = PerToken() if space is None else space
+    tau = space.horizon if space.horizon is not None else dynamics.max_horizon
     if tau is None:
-        raise ConfigError("horizon (τ) is unset on the controller and the dynamics has no max_horizon")
+        raise ConfigError("horizon (τ) is unset on the space and the dynamics has no max_horizon")
     if dynamics.max_horizon is not None and tau > dynamics.max_horizon:
         raise ConfigError(f"horizon (τ) = {tau} exceeds the dynamics' maximum {dynamics.max_horizon}")
-    return controller.space.bind(tau, dynamics)
+    return space.bind(tau, dynamics)
 
 
 def check_prompts(prompts: Any) -> list[Any]:
@@ -235,6 +236,7 @@ def align(
     controller: Controller,
     prompts: Sequence[Any],
     *,
+    space: ControlSpace | None = None,
     seed: int = 0,
     budget: int | None = None,
     context: Any = None,
@@ -251,6 +253,9 @@ def align(
         cost: a :class:`~ctrlalign.cost.Cost`, or a bare reward (wrapped in ``Cost``).
         controller: any :class:`~ctrlalign.controllers.base.Controller`.
         prompts: a list of D prompts (a single string is refused, not split into characters).
+        space: the control space θ lives in (:mod:`ctrlalign.spaces`, with its horizon τ);
+            None: :class:`~ctrlalign.spaces.PerToken` over the dynamics' whole horizon (the
+            paper's). Bound here with :func:`bind_space`.
         seed: base seed; prompt j's generators are seeded from (seed, prompt j's content), so
             its result is the same alone or in any batch.
         budget: optional cap on reward calls per prompt; iterations = min(k, budget // n).
@@ -284,7 +289,7 @@ def align(
     if context is not None and S < P:
         raise ConfigError(f"a prepared context covers all {P} prompts, but batch_prompts (S) = {S} puts "
                           "fewer in flight; pass context=None or batch_prompts >= the number of prompts")
-    space = bind_space(controller, dynamics)
+    space = bind_space(space, dynamics)
     selection = controller.default_selection() if selection is None else selection
     device, dtype = dynamics.device, dynamics.dtype
 
@@ -377,6 +382,7 @@ def align_stream(
     prompts: Sequence[Any],
     *,
     batch_prompts: int,
+    space: ControlSpace | None = None,
     seed: int = 0,
     selection: Selection | None = None,
     common_random_numbers: bool = False,
@@ -387,5 +393,5 @@ def align_stream(
     loop, so each prompt's result equals :func:`align`'s for it. ``meta`` holds ``rounds``
     (decode calls), ``rows`` (rows per call) and ``prepares`` (prefills).
     """
-    return align(dynamics, cost, controller, prompts, seed=seed, selection=selection,
+    return align(dynamics, cost, controller, prompts, space=space, seed=seed, selection=selection,
                  common_random_numbers=common_random_numbers, batch_prompts=batch_prompts, progress=progress)

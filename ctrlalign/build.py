@@ -11,9 +11,10 @@ or ``torch``.
   checks its name first.
 * :func:`build_reward` — Σ weight·reward from reward terms; an option whose value is
   ``from_prompts`` is replaced by the prompt set's reference answers ({prompt text: reference}).
-* :func:`build_controller`, :func:`build_selection` — from a
-  :class:`~ctrlalign.config.ControllerConfig` (its fields come from the controllers'
-  declarations, :mod:`ctrlalign.controllers.spec`).
+* :func:`build_controller`, :func:`build_selection`, :func:`build_space` — from the
+  ``controller`` and ``space`` sections (:class:`~ctrlalign.config.ComponentSection`), which
+  construct their component once, from its declaration (:mod:`ctrlalign.declare`), when the
+  config is validated; these return that object rather than building (and checking) again.
 * :func:`check_run_fits` — what can only be checked once the model is loaded: every prompt
   fits the model's context, and σ cannot overflow the logits' dtype.
 
@@ -37,11 +38,12 @@ from .data import PromptItem
 from .models import is_offline, load_model
 
 if TYPE_CHECKING:
-    from .config import ControllerConfig, ModelConfig, RewardTerm
+    from .config import ControllerConfig, ModelConfig, RewardTerm, SpaceConfig
     from .controllers.base import Controller
     from .dynamics import CausalLM
     from .rewards.base import Reward
     from .selection import Selection
+    from .spaces import ControlSpace
 
 __all__ = [
     "FROM_PROMPTS",
@@ -49,6 +51,7 @@ __all__ = [
     "build_dynamics",
     "build_reward",
     "build_selection",
+    "build_space",
     "check_device",
     "check_prompts_fit",
     "check_run_fits",
@@ -240,8 +243,14 @@ def build_reward(terms: Sequence[RewardTerm], items: Sequence[PromptItem] | None
 
 
 def build_controller(config: ControllerConfig, **overrides: Any) -> Controller:
-    """The controller of a controller config (``overrides`` replace its values)."""
+    """The controller of a controller section: the one built when it was validated (with
+    ``overrides``, a new one with those values replaced)."""
     return config.build(**overrides)
+
+
+def build_space(config: SpaceConfig) -> ControlSpace:
+    """The (unbound) control space of a space section, built when it was validated."""
+    return config.build()
 
 
 def build_selection(config: ControllerConfig) -> Selection | None:

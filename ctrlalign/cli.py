@@ -22,12 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import ConfigError, RewardError
-from .build import build_controller, build_dynamics, build_reward, build_selection, check_run_fits
+from .build import (
+    build_controller,
+    build_dynamics,
+    build_reward,
+    build_selection,
+    build_space,
+    check_run_fits,
+)
 from .config import PRESETS, RunConfig, load_config, validate_config
-from .controllers import CONTROLLERS, spec
+from .controllers import CONTROLLERS
 from .data import PromptItem
+from .declare import add_arguments, arguments_to_kwargs, override
 from .runner import OutputError, RunError, RunInterrupted, check_output_path, run
 from .solve import CandidateRecorder, solve_batch
+from .spaces import SPACES
 
 __all__ = ["main"]
 
@@ -73,6 +82,12 @@ def _add_model(a: argparse.ArgumentParser) -> None:
                         "(eager engine; default on, about 2x slower than mixing prompts at n = 8)")
 
 
+def _controller_options() -> set[str]:
+    """The option names some registered controller declares (a space option of the same name
+    gets no flag of its own)."""
+    return {n for sp in CONTROLLERS.specs() for n in sp.names}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctrlalign", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,8 +106,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="starting configuration: " + "; ".join(f"{k}: {v['help']}" for k, v in PRESETS.items())
                    + ". Flags below override it")
     a.add_argument("--controller", default=None, choices=list(CONTROLLERS), help="controller (default: the preset's)")
-    spec.add_arguments(a, [c.spec() for c in CONTROLLERS.values()],
-                       aliases={"num_samples": ["-n"], "num_iterations": ["-k"]})
+    add_arguments(a, CONTROLLERS.specs(), aliases={"num_samples": ["-n"], "num_iterations": ["-k"]})
+    a.add_argument("--space", default=None, choices=list(SPACES),
+                   help="control space (default: the preset's); its options are the flags that follow")
+    add_arguments(a, SPACES.specs(), exclude=_controller_options())
     a.add_argument("--selection", default=None, choices=["best", "reservoir", "final"],
                    help="which response to keep (default: the controller's own: best so far; softmax: reservoir)")
     a.add_argument("--final-samples", type=int, default=None, help="m, draws from the final proposal (--selection final)")
@@ -158,7 +175,12 @@ def _build_align_config(args: argparse.Namespace) -> RunConfig:
     ctrl: dict[str, Any] = dict(preset["controller"])
     if args.controller is not None and args.controller != ctrl.get("name"):
         ctrl = {"name": args.controller}  # another controller: its own defaults, not the preset's
-    ctrl.update(spec.arguments_to_kwargs(args, [c.spec() for c in CONTROLLERS.values()]))
+    ctrl = override(ctrl, arguments_to_kwargs(args, CONTROLLERS.specs()), CONTROLLERS[ctrl.get("name", "aisp")].spec())
+    space: dict[str, Any] = dict(preset.get("space", {}))
+    if args.space is not None and args.space != space.get("name"):
+        space = {"name": args.space}  # another space: its own defaults, not the preset's
+    space = override(space, arguments_to_kwargs(args, SPACES.specs(), exclude=_controller_options()),
+                     SPACES[space.get("name", "per-token")].spec())
     for key in ("selection", "final_samples", "common_random_numbers"):
         if getattr(args, key) is not None:
             ctrl[key] = getattr(args, key)
@@ -171,7 +193,7 @@ def _build_align_config(args: argparse.Namespace) -> RunConfig:
     if args.base is not None:
         run["base"] = args.base
     return validate_config({
-        "prompts": [args.prompt], "model": model, "controller": ctrl, "run": run,
+        "prompts": [args.prompt], "model": model, "controller": ctrl, "space": space, "run": run,
         "reward": [_reward_term(x) for x in args.rewards or ["sentiment"]],
     }, "options")
 
@@ -213,16 +235,19 @@ def cmd_align(args: argparse.Namespace) -> int:
     item = PromptItem(id="p0", text=args.prompt)
     t0 = time.perf_counter()
     ctrl = build_controller(cfg.controller)
+    space = build_space(cfg.space)
     reward = build_reward(cfg.reward, [item])
     logger.info("loading model %r on %s ...", cfg.model.name, cfg.model.device)
     dyn = build_dynamics(cfg.model)
     check_run_fits(dyn, ctrl, [item])
-    logger.info("model ready in %.1fs; %r; reward %s", time.perf_counter() - t0, ctrl, reward.name)
+    logger.info("model ready in %.1fs; %r in %s; reward %s", time.perf_counter() - t0, ctrl, space.describe(),
+                reward.name)
     recorder = CandidateRecorder([item.id]) if args.save_candidates else None
     try:
         rec = solve_batch(dyn, reward, ctrl, [item], cfg.run.seed, base=cfg.run.base,
                           progress=logger.isEnabledFor(logging.INFO), selection=build_selection(cfg.controller),
-                          common_random_numbers=cfg.controller.common_random_numbers, candidates=recorder)[0]
+                          common_random_numbers=cfg.controller.common_random_numbers, candidates=recorder,
+                          space=space)[0]
     except KeyboardInterrupt:
         raise RunInterrupted("interrupted: align keeps no partial results; nothing was saved") from None
     rec["seconds_total"] = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """Run configuration, validated with pydantic: every field documented, unknown keys rejected.
 
-A config file (YAML, JSON or TOML) has four sections; only ``prompts`` is required::
+A config file (YAML, JSON or TOML) has these sections; only ``prompts`` is required::
 
     prompts: mt-bench          # a packaged set, a .txt/.jsonl file, a list of strings, or
                                # {path: data.csv, text_field: question} (JSON/JSONL/CSV/Parquet)
@@ -18,6 +18,11 @@ A config file (YAML, JSON or TOML) has four sections; only ``prompts`` is requir
       sigma: 0.3
       temperature: 0.1
       alpha: 0.99
+    space:                     # the control space and its options (default: per-token, the paper's)
+      name: subspace
+      rank: 32
+      shared: true
+      horizon: 32              # τ, controlled tokens (unset: all max_new_tokens)
     run:
       output: runs/mt-bench.jsonl
       seed: 0
@@ -25,7 +30,10 @@ A config file (YAML, JSON or TOML) has four sections; only ``prompts`` is requir
 
 Every value is checked before anything is loaded or written; a bad one is reported as a
 :class:`~ctrlalign._checks.ConfigError` (a ``ValueError``) naming the field, the value and what
-is allowed. Files that cannot be read (missing, a directory, not UTF-8, a YAML/JSON/TOML syntax
+is allowed. The ``controller`` and ``space`` sections are resolved when the config is validated,
+by looking the name up in :data:`~ctrlalign.controllers.CONTROLLERS` or
+:data:`~ctrlalign.spaces.SPACES` and building the component once from its declaration
+(:class:`ComponentSection`). Files that cannot be read (missing, a directory, not UTF-8, a YAML/JSON/TOML syntax
 error with its line and column) are reported the same way.
 """
 
@@ -35,37 +43,43 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ._checks import ConfigError
 from .controllers import CONTROLLERS, Controller
-from .controllers.spec import check_applicable, config_fields
 from .data import PromptSource, check_text, parse_json, read_text_file
+from .declare import HyperparameterError, Registry, spec_of
 from .selection import Selection, make_selection
+from .spaces import SPACES, ControlSpace
 
 __all__ = [
     "MAX_SEED",
     "PRESETS",
+    "SPACE_KEYS_MOVED",
+    "ComponentSection",
     "ControllerConfig",
     "ModelConfig",
     "RewardTerm",
     "RunConfig",
     "RunSettings",
+    "SpaceConfig",
     "apply_overrides",
     "config_hash",
     "format_validation_error",
     "load_config",
     "read_config_file",
+    "space_section",
     "validate_config",
 ]
 
@@ -155,69 +169,160 @@ class RewardTerm(_Strict):
         return v
 
 
-class _ControllerBase(_Strict):
-    """The controller, its hyperparameters (those that do not apply to it must stay unset; the
+def _section_error(loc: tuple[str, ...], message: str, value: Any) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value)  # type: ignore[arg-type]
+
+
+class ComponentSection(BaseModel):
+    """A component chosen by ``name`` from a :class:`~ctrlalign.declare.Registry`, with its
+    declared options beside the name.
+
+    The options are resolved when the section is validated (not when this module is imported):
+    the class is looked up in the registry then, keys it does not take are refused (a key another
+    registered class takes may be left unset, None), old keys get a message saying where they
+    went (``moved``), and the
+    component is **constructed once**, which checks each value once by its
+    :class:`~ctrlalign.declare.Hyperparameter`; :attr:`instance` is that object. A class
+    registered at any time before validation is accepted.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    #: where names are looked up
+    registry: ClassVar[Registry]
+    #: the section's key in a config (for messages)
+    section: ClassVar[str]
+    #: keys that used to belong here → where they are now (refused with that message)
+    moved: ClassVar[dict[str, str]] = {}
+    #: options the class takes that this section sets itself → why (refused with that message)
+    reserved: ClassVar[dict[str, str]] = {}
+    _instance: Any = PrivateAttr(default=None)
+
+    name: str
+
+    @model_validator(mode="after")
+    def _declared(self) -> ComponentSection:
+        options = dict(self.model_extra or {})
+        kind = self.registry.kind
+        if self.name not in self.registry:
+            raise _invalid(self, [_section_error(("name",), f"unknown {kind} {self.name!r}; choose one of "
+                                                 f"{', '.join(self.registry)}", self.name)])
+        spec = spec_of(self.registry[self.name])
+        elsewhere = {n for s in self.registry.specs() for n in s.names}
+        errors = [_section_error((key,), f"not set here: {self.reserved[key]}", options[key])
+                  for key in options if key in self.reserved]
+        for key in self.registry.inapplicable(self.name, options):
+            value = options[key]
+            if key in self.moved:
+                errors.append(_section_error((key,), f"no longer set here: {self.moved[key]}", value))
+            elif key in elsewhere and value is None:  # unset, as "does not apply" asks
+                del options[key]
+                del self.__pydantic_extra__[key]  # type: ignore[attr-defined]
+            elif key in elsewhere:
+                errors.append(_section_error((), f"{self.section}.{key} does not apply to {kind} '{self.name}' "
+                                             f"(it takes: {', '.join(spec.names) or 'no options'})", value))
+            else:
+                errors.append(_section_error((key,), f"unknown key ({kind} '{self.name}' takes: "
+                                             f"{', '.join(spec.names) or 'no options'})", value))
+        takes = {k: v for k, v in options.items() if k in spec.defaults and k not in self.reserved}
+        try:  # the values are checked even when keys were refused, so one pass reports both
+            self._instance = self.registry.build(self.name, takes)
+        except HyperparameterError as exc:
+            errors.append(_section_error((exc.name,), str(exc), exc.value))
+        except ConfigError as exc:
+            errors.append(_section_error((), str(exc), options))
+        if errors:
+            raise _invalid(self, errors)
+        for key, value in options.items():  # the values as the component holds them (1 → 1.0 for a float)
+            self.__pydantic_extra__[key] = getattr(self._instance, key, value)  # type: ignore[index]
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        """Sections are equal when they say the same (the built objects are not compared)."""
+        return (type(self) is type(other) and self.__dict__ == other.__dict__  # type: ignore[attr-defined]
+                and self.__pydantic_extra__ == other.__pydantic_extra__)  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def instance(self) -> Any:
+        """The component built (once) when the section was validated."""
+        return self._instance
+
+    def options(self) -> dict[str, Any]:
+        """The options set in the section (checked values; unset ones take the class's defaults)."""
+        return dict(self.model_extra or {})
+
+    def build(self, **overrides: Any) -> Any:
+        """The component: :attr:`instance`, or with ``overrides`` (e.g. ``num_iterations``) a
+        new one built from the section's options and the overrides."""
+        if not overrides:
+            return self._instance
+        return self.registry.build(self.name, {**self.options(), **overrides})
+
+
+def _invalid(section: ComponentSection, errors: list[InitErrorDetails]) -> ValidationError:
+    return ValidationError.from_exception_data(type(section).__name__, errors)
+
+
+#: where the old controller-level space keys went (refused with this message)
+SPACE_KEYS_MOVED = {
+    key: f"the control space is a section of its own beside the controller: space: {{name: ..., {key}: ...}} "
+         f"(command line: --{key.replace('_', '-')})"
+    for key in ("horizon", "block_size", "rank")
+}
+SPACE_KEYS_MOVED["space"] = ("the control space is a section of its own beside the controller: space: {name: subspace, "
+                             "rank: 32, horizon: 32} (command line: --space NAME and its options)")
+
+
+class SpaceConfig(ComponentSection):
+    """The control space (:mod:`ctrlalign.spaces`): its name and its declared options, the
+    horizon τ included (e.g. ``{name: subspace, rank: 32, shared: true, horizon: 32}``); a bare
+    name is short for ``{name: NAME}``."""
+
+    registry: ClassVar[Registry] = SPACES
+    section: ClassVar[str] = "space"
+
+    name: str = Field("per-token", description="which space (per-token is the paper's); the names of "
+                      "ctrlalign.spaces.SPACES, or any added with register_space")
+
+    def build(self, **overrides: Any) -> ControlSpace:
+        """The (unbound) space."""
+        return super().build(**overrides)
+
+
+def space_section(value: Any) -> Any:
+    """A bare space name as the section ``{name: NAME}`` (other values pass through)."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+class ControllerConfig(ComponentSection):
+    """The controller, its hyperparameters (those that do not apply to it are refused; the
     unset ones take the controller's defaults), and how ``align`` keeps a response."""
 
-    name: str = Field("aisp", description="which controller: " + ", ".join(CONTROLLERS))
+    registry: ClassVar[Registry] = CONTROLLERS
+    section: ClassVar[str] = "controller"
+    moved: ClassVar[dict[str, str]] = SPACE_KEYS_MOVED
+
+    name: str = Field("aisp", description="which controller: aisp, mppi, bon, softmax, cem, or any added "
+                      "with register_controller")
     selection: Literal["best", "reservoir", "final"] | None = Field(
         None, description="which response to keep: best so far, the softmax reservoir, or the best of "
         "final_samples draws from the final proposal (unset: the controller's default)")
     final_samples: int = Field(1, ge=1, description="m, draws from the final proposal (selection 'final')")
     common_random_numbers: bool = Field(False, description="replay the same rollout random numbers every round")
 
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, v: str) -> str:
-        if v not in CONTROLLERS:
-            raise ValueError(f"unknown controller {v!r}; choose one of {', '.join(CONTROLLERS)}")
-        return v
-
-    @field_validator("*")
-    @classmethod
-    def _in_some_range(cls, v: Any, info: Any) -> Any:
-        """A hyperparameter value must be allowed by at least one controller's declaration (the
-        exact check against the chosen controller follows once every field is read)."""
-        if v is None or info.field_name not in _HYPER_FIELDS:
-            return v
-        errors = []
-        for c in CONTROLLERS.values():
-            spec = c.spec()
-            if info.field_name in spec.defaults:
-                try:
-                    return spec[info.field_name].check(v)
-                except ConfigError as exc:
-                    errors.append(str(exc))
-        raise ValueError(errors[0])
-
-    @model_validator(mode="after")
-    def _applicable(self) -> _ControllerBase:
-        try:
-            self.hyperparameters()
-            self.build()
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        return self
-
     def hyperparameters(self) -> dict[str, Any]:
-        """The set hyperparameters, checked against the controller's declaration."""
-        spec = CONTROLLERS[self.name].spec()
-        values = {k: getattr(self, k) for k in type(self).model_fields if k in _HYPER_FIELDS}
-        return check_applicable(spec, values)
+        """The set hyperparameters (checked values)."""
+        return self.options()
 
     def build(self, **overrides: Any) -> Controller:
         """The controller (``overrides``, e.g. ``num_iterations``, replace config values)."""
-        return CONTROLLERS[self.name](**{**self.hyperparameters(), **overrides})
+        return super().build(**overrides)
 
     def build_selection(self) -> Selection | None:
         """The configured selection (None: the controller's default)."""
         return make_selection(self.selection, self.final_samples)
-
-
-_HYPER_FIELDS = config_fields(s.spec() for s in CONTROLLERS.values())
-
-#: the ``controller`` section: fields derived from the controllers' declarations
-ControllerConfig = create_model("ControllerConfig", __base__=_ControllerBase, __module__=__name__, **_HYPER_FIELDS)
 
 
 #: starting configurations for ``ctrlalign align --preset NAME`` (sections of a run config)
@@ -225,14 +330,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "learning": {
         "help": "AISP in the head's top-32 singular directions (shared by all tokens), λ adaptive "
                 "(ESS = n/4), greedy rollouts: the configuration measured to learn (tutorial 6)",
-        "controller": {"name": "aisp", "space": "subspace", "rank": 32, "target_ess": 0.25, "sigma": 1.0,
-                       "num_samples": 16, "num_iterations": 8},
+        "controller": {"name": "aisp", "target_ess": 0.25, "sigma": 1.0, "num_samples": 16, "num_iterations": 8},
+        "space": {"name": "subspace", "rank": 32},
         "model": {"greedy": True, "max_new_tokens": 32},
     },
     "paper": {
         "help": "AISP as published: one control per token, fixed λ = 0.3, α = 0.999, sampled rollouts",
-        "controller": {"name": "aisp", "space": "per-token", "temperature": 0.3, "alpha": 0.999, "sigma": 0.3,
-                       "num_samples": 16, "num_iterations": 8},
+        "controller": {"name": "aisp", "temperature": 0.3, "alpha": 0.999, "sigma": 0.3, "num_samples": 16,
+                       "num_iterations": 8},
+        "space": {"name": "per-token"},
         "model": {"greedy": False, "max_new_tokens": 32},
     },
 }
@@ -273,7 +379,11 @@ class RunConfig(_Strict):
     reward: list[RewardTerm] = Field(default_factory=lambda: [RewardTerm(name="sentiment")],
                                      description="reward terms, summed with their weights")
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    space: SpaceConfig = Field(default_factory=SpaceConfig, description="the control space θ lives in, with its "
+                               "horizon τ (default per-token over all max_new_tokens, the paper's)")
     run: RunSettings = Field(default_factory=RunSettings)
+
+    _space_name = field_validator("space", mode="before")(staticmethod(space_section))
 
     @field_validator("reward", mode="before")
     @classmethod
@@ -335,7 +445,7 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not a field of this section)"
         val = err.get("input")
-        shown = "" if isinstance(val, dict) else f" (got {val!r})"
+        shown = "" if isinstance(val, dict) or msg.endswith(f"got {val!r}") else f" (got {val!r})"
         lines.append(f"  {loc}: {msg}{shown}")
     return "\n".join(lines)
 

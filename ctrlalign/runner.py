@@ -58,6 +58,7 @@ from .build import (
     build_controller,
     build_reward,
     build_selection,
+    build_space,
     check_run_fits,
     versions,
 )
@@ -388,6 +389,7 @@ class _Built:
     def __init__(self, cfg: RunConfig, items: list[PromptItem], dynamics: Any, device: str) -> None:
         self.controller = build_controller(cfg.controller)
         self.selection = build_selection(cfg.controller)
+        self.space = build_space(cfg.space)
         self.reward = build_reward(cfg.reward, items)
         if dynamics is None:
             dynamics = _build_dynamics(cfg.model.model_copy(update={"device": device}))
@@ -509,7 +511,7 @@ def _solve_all(cfg: RunConfig, built: _Built | None, mine: list[PromptItem], tot
             recorder = CandidateRecorder([it.id for it in batch]) if cands is not None else None
             records = solve_batch(built.dynamics, built.reward, built.controller, batch, cfg.run.seed, cfg.run.base,
                                   selection=built.selection, common_random_numbers=cfg.controller.common_random_numbers,
-                                  candidates=recorder)
+                                  candidates=recorder, space=built.space)
             for rec in records:
                 rec["index"] = index[rec["id"]]
                 rec["config_hash"] = h

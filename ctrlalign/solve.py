@@ -21,6 +21,7 @@ from ._checks import RewardError
 from .align import AlignmentResult, Iteration, align
 from .controllers import BestOfN
 from .data import PromptItem
+from .spaces import ControlSpace
 
 __all__ = ["CandidateRecorder", "plain_responses", "solve_batch", "summarize"]
 
@@ -73,17 +74,16 @@ class CandidateRecorder:
         return [r for r in self.rows if r["id"] == prompt_id]
 
 
-def plain_responses(dynamics: Any, reward: Any, texts: list[str], *, seed: int, horizon: int | None,
-                    context: Any = None) -> AlignmentResult:
+def plain_responses(dynamics: Any, reward: Any, texts: list[str], *, seed: int, context: Any = None) -> AlignmentResult:
     """The plain model's response to each prompt and its reward: one uncontrolled rollout
-    (Best-of-1, σ = 0, one iteration), seeded like the aligned run."""
-    plain = BestOfN(num_samples=1, num_iterations=1, sigma=0.0, horizon=horizon)
+    (Best-of-1, σ = 0, one iteration, so no space is sampled), seeded like the aligned run."""
+    plain = BestOfN(num_samples=1, num_iterations=1, sigma=0.0)
     return align(dynamics, reward, plain, texts, seed=seed, context=context)
 
 
 def solve_batch(dynamics: Any, reward: Any, controller: Any, items: list[PromptItem], seed: int, base: bool,
                 progress: bool = False, selection: Any = None, common_random_numbers: bool = False,
-                candidates: CandidateRecorder | None = None) -> list[dict[str, Any]]:
+                candidates: CandidateRecorder | None = None, space: ControlSpace | None = None) -> list[dict[str, Any]]:
     """Align a batch of prompts (and, if ``base``, sample the plain model); one record each.
 
     Record keys: ``id``, ``prompt``, ``response``, ``reward``, ``controller``, ``space``,
@@ -97,10 +97,10 @@ def solve_batch(dynamics: Any, reward: Any, controller: Any, items: list[PromptI
     t0 = time.perf_counter()
     context = dynamics.prepare(texts)
     try:
-        res = align(dynamics, reward, controller, texts, seed=seed, context=context, progress=progress,
-                    selection=selection, common_random_numbers=common_random_numbers, callback=candidates)
-        base_res = plain_responses(dynamics, reward, texts, seed=seed, horizon=controller.horizon,
-                                   context=context) if base else None
+        res = align(dynamics, reward, controller, texts, space=space, seed=seed, context=context,
+                    progress=progress, selection=selection, common_random_numbers=common_random_numbers,
+                    callback=candidates)
+        base_res = plain_responses(dynamics, reward, texts, seed=seed, context=context) if base else None
     except RewardError as exc:
         ids = ", ".join(f"{d}={it.id}" for d, it in enumerate(items))
         raise RewardError(f"{exc} [prompt index in this batch = prompt id: {ids}]") from exc

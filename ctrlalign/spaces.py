@@ -26,52 +26,109 @@ Every theorem of the formulation (the free-energy bound and its equality case, i
 sampling toward the optimal mean, the Best-of-N limit) holds in θ with the dynamics
 :math:`y(A\theta)`; ``tests/test_spaces.py`` checks each one per space.
 
-A space is configured by its parameters (``Blocks(4)``, ``Subspace(8)``) and *bound* to a run
-with :meth:`ControlSpace.bind` (τ, d, and for ``Subspace`` the head's directions) before use.
-``Shared`` returns V as an expanded view (stride 0 over τ): engines never hold (D, n, τ, d).
+A space is a component of a run beside the controller and the selection:
+``align(dynamics, reward, controller, prompts, space=Subspace(rank=32))`` (default
+:class:`PerToken`, the paper's), ``space: {name: subspace, rank: 32}`` in a config, ``--space
+subspace --rank 32`` on the command line. Each space declares its options, τ = ``horizon``
+included, as :class:`~ctrlalign.declare.Hyperparameter` s, exactly as controllers do; configs and
+flags come from those declarations and the registry :data:`SPACES`, so **a new space is one
+class here** (plus :func:`register_space` when it is not one of the built-in four) and its test.
+
+A space is configured by its options (``Blocks(block_size=4)``, ``Subspace(rank=8)``) and
+*bound* to a run with :meth:`ControlSpace.bind` (τ, d, and for ``Subspace`` the head's
+directions) before use; :func:`~ctrlalign.align.bind_space` does it for ``align``. ``Shared``
+returns V as an expanded view (stride 0 over τ): engines never hold (D, n, τ, d).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
 from ._checks import ConfigError, check_int
+from .declare import Hyperparameter, Registry, Spec, spec_of
 
-__all__ = ["SPACES", "Blocks", "ControlSpace", "PerToken", "Shared", "Subspace", "head_directions", "make_space"]
+__all__ = ["SPACES", "Blocks", "ControlSpace", "PerToken", "Shared", "Subspace", "head_directions", "make_space",
+           "register_space"]
 
 
 @dataclass(frozen=True)
 class ControlSpace(ABC):
     """Base class of control spaces.
 
-    Subclasses override :meth:`coordinate_shape` and :meth:`controls` (and :meth:`bind` when
-    they need more than τ and d). ``horizon`` (τ) and ``hidden_size`` (d) are None until
-    :meth:`bind` fills them.
+    To write a space, subclass it as a frozen dataclass whose fields are its options, and
+    override exactly:
+
+    * :meth:`coordinate_shape` — θ's shape for τ and d;
+    * :meth:`controls` — the linear, injective map θ (..., *shape) → V (..., τ, d);
+    * ``hyperparameters`` — a tuple of :class:`~ctrlalign.declare.Hyperparameter` for the fields
+      the base does not declare (each is checked once, when the space is constructed);
+    * ``name`` — the name used by configs and the command line;
+
+    and :meth:`bind` when binding needs more than τ and d (then list the fields it fills in
+    ``bound_arguments``). Register it with :func:`register_space` to reach configs and flags.
+
+    Args:
+        horizon: τ >= 1, tokens that receive control; None: the dynamics' maximum (filled by
+            :meth:`bind`).
+        hidden_size: d, filled by :meth:`bind` (not an option).
     """
 
     horizon: int | None = field(default=None, kw_only=True)
     hidden_size: int | None = field(default=None, kw_only=True)
 
     #: name used in configs and the command line
-    name = "space"
+    name: ClassVar[str] = "space"
+    #: the options, each checked once at construction (subclasses add theirs)
+    hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = (
+        Hyperparameter("horizon", int, "controlled tokens (unset: all max_new_tokens)", "τ", low=1, nullable=True),
+    )
+    #: ``__init__`` arguments that :meth:`bind` fills: not options, not in configs
+    bound_arguments: ClassVar[tuple[str, ...]] = ("hidden_size",)
+
+    def __post_init__(self) -> None:
+        for h in self.spec().hyperparameters:
+            object.__setattr__(self, h.name, h.check(getattr(self, h.name)))
+
+    @classmethod
+    def spec(cls) -> Spec:
+        """This space's declaration (options, defaults, ranges)."""
+        return spec_of(cls)
+
+    def options(self) -> dict[str, Any]:
+        """The options as plain values (the declared fields)."""
+        return {k: getattr(self, k) for k in self.spec().names}
 
     @property
     def bound(self) -> bool:
         """Whether τ and d are known (the space can map θ to V)."""
         return self.horizon is not None and self.hidden_size is not None
 
+    def with_bound(self, **fields: Any) -> ControlSpace:
+        """A copy with fields filled by binding (its options were checked at construction and
+        are not checked again)."""
+        new = copy.copy(self)
+        for key, value in fields.items():
+            object.__setattr__(new, key, value)
+        return new
+
     def bind(self, horizon: int, dynamics: Any) -> ControlSpace:
         """A copy bound to τ = ``horizon`` and d = ``dynamics.hidden_size``."""
         tau = check_int("horizon", horizon, minimum=1, symbol="τ")
         d = check_int("hidden_size", dynamics.hidden_size, minimum=1, symbol="d")
-        return replace(self, horizon=tau, hidden_size=d)
+        return self.with_bound(horizon=tau, hidden_size=d)
 
-    def _require_bound(self) -> tuple[int, int]:
+    def require_bound(self) -> tuple[int, int]:
+        """(τ, d), for :meth:`controls`.
+
+        Raises:
+            ConfigError: the space is not bound yet.
+        """
         if not self.bound:
             raise ConfigError(f"{self!r} is not bound to a horizon and hidden size; call .bind(horizon, dynamics)")
         return self.horizon, self.hidden_size  # type: ignore[return-value]
@@ -79,7 +136,7 @@ class ControlSpace(ABC):
     @property
     def shape(self) -> tuple[int, ...]:
         """θ's shape for one prompt (one sample)."""
-        return self.coordinate_shape(*self._require_bound())
+        return self.coordinate_shape(*self.require_bound())
 
     @property
     def dimension(self) -> int:
@@ -103,7 +160,7 @@ class ControlSpace(ABC):
 class PerToken(ControlSpace):
     """One control per token, θ = V (τ, d): the paper's space, exactly as published."""
 
-    name = "per-token"
+    name: ClassVar[str] = "per-token"
 
     def coordinate_shape(self, horizon: int, hidden_size: int) -> tuple[int, ...]:
         """(τ, d)."""
@@ -118,7 +175,7 @@ class PerToken(ControlSpace):
 class Shared(ControlSpace):
     """One control u (d,) shared by all τ tokens: v_t = u."""
 
-    name = "shared"
+    name: ClassVar[str] = "shared"
 
     def coordinate_shape(self, horizon: int, hidden_size: int) -> tuple[int, ...]:
         """(d,)."""
@@ -126,7 +183,7 @@ class Shared(ControlSpace):
 
     def controls(self, theta: torch.Tensor) -> torch.Tensor:
         """V = 1_τ ⊗ u as an expanded view (..., τ, d) with stride 0 over τ."""
-        tau, d = self._require_bound()
+        tau, d = self.require_bound()
         return theta.unsqueeze(-2).expand(*theta.shape[:-1], tau, d)
 
 
@@ -139,10 +196,10 @@ class Blocks(ControlSpace):
     """
 
     block_size: int = 4
-    name = "blocks"
-
-    def __post_init__(self) -> None:
-        check_int("block_size", self.block_size, minimum=1, symbol="b")
+    name: ClassVar[str] = "blocks"
+    hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = (
+        Hyperparameter("block_size", int, "tokens per block", "b", low=1),
+    )
 
     def coordinate_shape(self, horizon: int, hidden_size: int) -> tuple[int, ...]:
         """(⌈τ/b⌉, d)."""
@@ -150,7 +207,7 @@ class Blocks(ControlSpace):
 
     def controls(self, theta: torch.Tensor) -> torch.Tensor:
         """V (..., τ, d): each block's control repeated b times, truncated to τ."""
-        tau, _ = self._require_bound()
+        tau, _ = self.require_bound()
         return theta.repeat_interleave(self.block_size, dim=-2)[..., :tau, :]
 
     def describe(self) -> str:
@@ -184,20 +241,24 @@ class Subspace(ControlSpace):
     Args:
         rank: r >= 1.
         directions: ``"head"`` (the top-r right-singular vectors of the output head, see
-            :func:`head_directions`) or a tensor (r, d) of directions (orthonormalised by QR).
+            :func:`head_directions`) or, from Python only, a tensor (r, d) of directions
+            (orthonormalised by QR).
         shared: one θ (r,) for all tokens (True) or one per token, θ (τ, r) (False).
+        basis: E (r, d), filled by :meth:`bind` (not an option).
     """
 
     rank: int = 8
     directions: Any = "head"
     shared: bool = True
     basis: torch.Tensor | None = None
-    name = "subspace"
-
-    def __post_init__(self) -> None:
-        check_int("rank", self.rank, minimum=1, symbol="r")
-        if isinstance(self.directions, str) and self.directions != "head":
-            raise ConfigError(f"Subspace directions must be 'head' or a tensor (r, d), got {self.directions!r}")
+    name: ClassVar[str] = "subspace"
+    hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = (
+        Hyperparameter("rank", int, "pre-logit directions spanned", "r", low=1),
+        Hyperparameter("directions", str, "'head': the output head's top-r right-singular vectors (from Python "
+                       "also a tensor (r, d))", choices=("head",), objects=(torch.Tensor,)),
+        Hyperparameter("shared", bool, "one θ (r,) for all tokens, else one per token θ (τ, r)"),
+    )
+    bound_arguments: ClassVar[tuple[str, ...]] = ("hidden_size", "basis")
 
     def bind(self, horizon: int, dynamics: Any) -> Subspace:
         """Bind τ and d and fix the basis E (r, d) (from the dynamics' head for ``"head"``)."""
@@ -216,7 +277,7 @@ class Subspace(ControlSpace):
             if bool((rr.diagonal().abs() < 1e-10).any()):
                 raise ConfigError("Subspace directions are linearly dependent")
             E = q.T.contiguous()
-        return replace(bound, basis=E)
+        return bound.with_bound(basis=E)
 
     def coordinate_shape(self, horizon: int, hidden_size: int) -> tuple[int, ...]:
         """(r,) when shared, else (τ, r)."""
@@ -224,7 +285,7 @@ class Subspace(ControlSpace):
 
     def controls(self, theta: torch.Tensor) -> torch.Tensor:
         r"""V = θ E (per token) or :math:`1_\tau\otimes\theta E` (shared, an expanded view)."""
-        tau, d = self._require_bound()
+        tau, d = self.require_bound()
         if self.basis is None:
             raise ConfigError("Subspace is not bound: call .bind(horizon, dynamics)")
         v = theta @ self.basis.to(theta.dtype).to(theta.device)
@@ -242,27 +303,25 @@ class Subspace(ControlSpace):
     __hash__ = object.__hash__
 
 
-#: configuration name → space class
-SPACES: dict[str, type[ControlSpace]] = {"per-token": PerToken, "shared": Shared, "blocks": Blocks,
-                                         "subspace": Subspace}
+#: configuration name → space class (add one with :func:`register_space`)
+SPACES = Registry("control space", [PerToken, Shared, Blocks, Subspace])
 
 
-def make_space(name: str | ControlSpace, *, block_size: int | None = None, rank: int | None = None) -> ControlSpace:
+def register_space(cls: type[ControlSpace]) -> type[ControlSpace]:
+    """Make a space class available to configs and the command line under ``cls.name``
+    (usable as a class decorator). Its ``hyperparameters`` are validated at once."""
+    return SPACES.register(cls)
+
+
+def make_space(name: str | ControlSpace = "per-token", **options: Any) -> ControlSpace:
     """A space from its configuration name and options (a :class:`ControlSpace` passes through).
 
     Raises:
-        ConfigError: naming an unknown space or an option that does not apply to it.
+        ConfigError: naming an unknown space, an option that does not apply to it, or a value
+            its declaration refuses.
     """
     if isinstance(name, ControlSpace):
+        if options:
+            raise ConfigError(f"options {sorted(options)} configure a space given by name, not {name!r}")
         return name
-    if name not in SPACES:
-        raise ConfigError(f"unknown control space {name!r}; choose one of {', '.join(SPACES)}")
-    if block_size is not None and name != "blocks":
-        raise ConfigError(f"block_size applies to space 'blocks' only, not {name!r}")
-    if rank is not None and name != "subspace":
-        raise ConfigError(f"rank applies to space 'subspace' only, not {name!r}")
-    if name == "blocks":
-        return Blocks(block_size=4 if block_size is None else block_size)
-    if name == "subspace":
-        return Subspace(rank=8 if rank is None else rank)
-    return SPACES[name]()
+    return SPACES.build(name, options)

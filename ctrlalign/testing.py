@@ -13,8 +13,10 @@ n·k reward calls per prompt, plus the selection's final draws), and per-prompt 
     @pytest.mark.parametrize("space", SPACES)
     @pytest.mark.parametrize("name", ["mine"])
     class TestMyController(ControllerContract):
-        controllers = {"mine": lambda n, k, space: MyController(num_samples=n, num_iterations=k,
-                                                                sigma=0.7, space=space)}
+        controllers = {"mine": lambda n, k: MyController(num_samples=n, num_iterations=k, sigma=0.7)}
+
+Each test runs the controller in the space ``spaces[space]()`` (the space is given to
+:func:`~ctrlalign.align`, not to the controller).
 
 The toy systems have τ = 3 tokens of d = 2 dimensions and 4 prompts each.
 """
@@ -91,21 +93,17 @@ class CountingReward(Reward):
         return self.inner(prompts, outcomes)
 
 
-#: the built-in controllers as factories (n, k, space) → Controller
-CONTROLLERS: dict[str, Callable[[int, int, ControlSpace], Controller]] = {
-    "aisp": lambda n, k, s: AISP(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, alpha=0.5, space=s),
-    "aisp_alpha0": lambda n, k, s: AISP(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, alpha=0.0,
-                                        space=s),
-    "aisp_adaptive": lambda n, k, s: AISP(num_samples=n, num_iterations=k, sigma=0.7, target_ess=0.5, alpha=0.5,
-                                          space=s),
-    "mppi": lambda n, k, s: MPPI(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, step_size=0.5,
-                                 space=s),
-    "bon_prior": lambda n, k, s: BestOfN(num_samples=n, num_iterations=k, sigma=0.7, space=s),
-    "bon_plain": lambda n, k, s: BestOfN(num_samples=n, num_iterations=k, sigma=0.0, space=s),
-    "softmax": lambda n, k, s: SoftmaxSampling(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, space=s),
-    "cem": lambda n, k, s: CEM(num_samples=n, num_iterations=k, sigma=0.7, elite_fraction=0.3, space=s),
-    "cem_refit": lambda n, k, s: CEM(num_samples=n, num_iterations=k, sigma=0.7, refit_std=True, step_size=0.7,
-                                     space=s),
+#: the built-in controllers as factories (n, k) → Controller
+CONTROLLERS: dict[str, Callable[[int, int], Controller]] = {
+    "aisp": lambda n, k: AISP(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, alpha=0.5),
+    "aisp_alpha0": lambda n, k: AISP(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, alpha=0.0),
+    "aisp_adaptive": lambda n, k: AISP(num_samples=n, num_iterations=k, sigma=0.7, target_ess=0.5, alpha=0.5),
+    "mppi": lambda n, k: MPPI(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5, step_size=0.5),
+    "bon_prior": lambda n, k: BestOfN(num_samples=n, num_iterations=k, sigma=0.7),
+    "bon_plain": lambda n, k: BestOfN(num_samples=n, num_iterations=k, sigma=0.0),
+    "softmax": lambda n, k: SoftmaxSampling(num_samples=n, num_iterations=k, sigma=0.7, temperature=0.5),
+    "cem": lambda n, k: CEM(num_samples=n, num_iterations=k, sigma=0.7, elite_fraction=0.3),
+    "cem_refit": lambda n, k: CEM(num_samples=n, num_iterations=k, sigma=0.7, refit_std=True, step_size=0.7),
 }
 
 #: the control spaces the contract runs in (a subspace with explicit directions: toy systems
@@ -146,7 +144,7 @@ class ControllerContract:
     """
 
     n, k = 6, 3
-    #: name → factory (n, k, space) → Controller
+    #: name → factory (n, k) → Controller
     controllers = CONTROLLERS
     #: name → factory () → ControlSpace
     spaces = SPACES
@@ -159,8 +157,9 @@ class ControllerContract:
         (``options``: more keyword arguments of :func:`~ctrlalign.align`)."""
         dyn, reward, all_prompts = self.systems[system]()
         counting = CountingReward(reward)
-        ctrl = self.controllers[name](self.n, self.k, self.spaces[space]())
-        res = align(dyn, counting, ctrl, all_prompts if prompts is None else prompts, seed=seed, **options)
+        ctrl = self.controllers[name](self.n, self.k)
+        res = align(dyn, counting, ctrl, all_prompts if prompts is None else prompts, space=self.spaces[space](),
+                    seed=seed, **options)
         return res, counting, all_prompts
 
     def test_shapes_and_trace(self, name, space, system):
@@ -209,7 +208,7 @@ class ControllerContract:
     def test_budget_accounting(self, name, space, system):
         """Exactly n·k reward calls per prompt, plus the default selection's final draws."""
         res, counting, prompts = self.run(name, space, system)
-        extra = self.controllers[name](self.n, self.k, self.spaces[space]()).default_selection().final_samples
+        extra = self.controllers[name](self.n, self.k).default_selection().final_samples
         assert res.reward_calls.tolist() == [self.n * self.k + extra] * len(prompts)
         assert sorted(counting.calls.values()) == [self.n * self.k + extra] * len(prompts)
 
@@ -219,7 +218,7 @@ class ControllerContract:
         state alone carries what the next step needs); the trace reports the info's λ."""
         rounds: list[Iteration] = []
         res, _, prompts = self.run(name, space, system, callback=rounds.append)
-        ctrl = self.controllers[name](self.n, self.k, self.spaces[space]())
+        ctrl = self.controllers[name](self.n, self.k)
         D = len(prompts)
         for before, it in zip(rounds, rounds[1:]):
             mean = before.state.mean.clone()

@@ -93,8 +93,8 @@ class GreedyMean(ca.Controller):
         num_iterations: k.
         sigma: σ > 0.
         step_size: β in (0, 1].
-        horizon: τ (None: the dynamics' maximum).
-        space: the control space (what θ parameterises), e.g. "per-token" or "shared".
+
+    The control space is not the controller's: ``align(..., space=ca.Shared())`` chooses it.
     """
 
     name = "greedy"
@@ -103,9 +103,8 @@ class GreedyMean(ca.Controller):
                                       low_open=True),)
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
-                 step_size: float = 0.5, horizon: int | None = None, space: str | ca.ControlSpace = "per-token"):
-        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon,
-                         space=space)
+                 step_size: float = 0.5):
+        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma)
         self._set("step_size", step_size)  # validated against the declaration
 
     def step(self, state, theta, rewards):

@@ -49,22 +49,22 @@ def target_directions(lm: ca.CausalLM, text: str) -> torch.Tensor:
     return lm.head_weight().detach().double()[ids]
 
 
-def configurations(lm: ca.CausalLM, n: int, k: int) -> dict[str, tuple[ca.Controller, str]]:
-    """name → (controller, rollout mode: "greedy", "crn" (sampled, common random numbers) or "sampled")."""
+def configurations(lm: ca.CausalLM, n: int, k: int) -> dict[str, tuple[ca.Controller, ca.ControlSpace, str]]:
+    """name → (controller, control space, rollout mode: "greedy", "crn" (sampled, common random
+    numbers) or "sampled")."""
     E = target_directions(lm, TARGET)
-
-    def head() -> ca.AISP:
-        return ca.AISP(num_samples=n, num_iterations=k, sigma=1.0, target_ess=0.25, space="subspace", rank=32)
+    head = ca.AISP(num_samples=n, num_iterations=k, sigma=1.0, target_ess=0.25)
 
     # --8<-- [start:configs]
     return {
-        "steer": (ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, target_ess=0.5,
-                          space=ca.Subspace(rank=E.shape[0], directions=E, shared=True)), "greedy"),
-        "head-subspace": (head(), "greedy"),
-        "head-subspace-crn": (head(), "crn"),
-        "head-subspace-sampled": (head(), "sampled"),
-        "shared": (ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, target_ess=0.5, space="shared"), "greedy"),
-        "paper": (ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, temperature=0.3, alpha=0.999), "sampled"),
+        "steer": (ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, target_ess=0.5),
+                  ca.Subspace(rank=E.shape[0], directions=E, shared=True), "greedy"),
+        "head-subspace": (head, ca.Subspace(rank=32), "greedy"),
+        "head-subspace-crn": (head, ca.Subspace(rank=32), "crn"),
+        "head-subspace-sampled": (head, ca.Subspace(rank=32), "sampled"),
+        "shared": (ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, target_ess=0.5), ca.Shared(), "greedy"),
+        "paper": (ca.AISP(num_samples=n, num_iterations=k, sigma=0.3, temperature=0.3, alpha=0.999),
+                  ca.PerToken(), "sampled"),
     }
     # --8<-- [end:configs]
 
@@ -81,15 +81,15 @@ def main(out: Path | None = None, quick: bool = False, num_samples: int = 32, nu
                                             sampling=ca.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True))
     sampled_lm = ca.CausalLM(greedy_lm.model, greedy_lm.tokenizer, base_logprobs=False,  # same weights
                              sampling=ca.SamplingConfig(max_new_tokens=max_new_tokens))
-    for name, (ctrl, mode) in configurations(greedy_lm, num_samples, num_iterations).items():
+    for name, (ctrl, space, mode) in configurations(greedy_lm, num_samples, num_iterations).items():
         if only and name not in only:
             continue
         t0 = time.perf_counter()
-        res = ca.align(greedy_lm if mode == "greedy" else sampled_lm, reward, ctrl, prompts, seed=0,
+        res = ca.align(greedy_lm if mode == "greedy" else sampled_lm, reward, ctrl, prompts, space=space, seed=0,
                        common_random_numbers=mode == "crn")
         curve = [float(r.diagnostics.mean_reward.mean()) for r in res.trace]
         results[name] = {
-            "controller": repr(ctrl), "rollout": mode, "round_mean": curve,
+            "controller": repr(ctrl), "space": space.describe(), "rollout": mode, "round_mean": curve,
             "best_so_far": [float(r.kept_reward.mean()) for r in res.trace],
             "ess": [float(r.diagnostics.ess.mean()) for r in res.trace],
             "kl": [float(r.diagnostics.kl.mean()) for r in res.trace],

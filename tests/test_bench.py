@@ -379,7 +379,7 @@ def test_paper_regime_config_is_valid():
     for c in cfg.all_controllers():
         ctrl = c.build(max(cfg.budgets) // c.num_samples_used)
         assert ctrl.num_samples * ctrl.num_iterations == 512
-        assert c.name == "bon" or (ctrl.horizon or 0) < cfg.model.max_new_tokens  # τ < T
+        assert c.name == "bon" or (c.space.build().horizon or 0) < cfg.model.max_new_tokens  # τ < T
 
 
 @pytest.mark.parametrize("name", ["reference", "steering", "tradeoff", "gemma", "pilot", "gpu"])
@@ -394,7 +394,7 @@ def test_paper_regime_stage_configs_are_valid(name):
     for c in cfg.all_controllers():
         ctrl = c.build(max(cfg.budgets) // c.num_samples_used)
         assert ctrl.num_samples * ctrl.num_iterations == max(cfg.budgets)
-        assert c.sigma_used == 0 or (ctrl.horizon or 0) < cfg.model.max_new_tokens
+        assert c.sigma_used == 0 or (c.space.build().horizon or 0) < cfg.model.max_new_tokens
 
 
 def test_greedy_entries_and_new_spaces_run_in_the_bench(tmp_path):

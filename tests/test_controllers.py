@@ -29,8 +29,8 @@ from ctrlalign.testing import (
 )
 from ctrlalign.testing import same_sample as _same_sample
 
-#: the built-in controllers in the paper's per-token space, factories (n, k)
-CONTROLLERS = {name: (lambda n, k, _f=f: _f(n, k, ca.PerToken())) for name, f in FACTORIES.items()}
+#: the built-in controllers, factories (n, k); align's default space is the paper's per-token one
+CONTROLLERS = FACTORIES
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
@@ -166,7 +166,9 @@ def test_softmax_sampling_keeps_a_resampled_not_the_best_response():
         (lambda: ca.AISP(num_samples=0), "num_samples (n)"),
         (lambda: ca.AISP(num_iterations=-1), "num_iterations (k)"),
         (lambda: ca.AISP(num_iterations=0), "num_iterations (k)"),
-        (lambda: ca.AISP(horizon=0), "horizon (τ)"),
+        (lambda: ca.PerToken(horizon=0), "horizon (τ)"),
+        (lambda: ca.Blocks(block_size=0), "block_size (b)"),
+        (lambda: ca.Subspace(rank=0), "rank (r)"),
         (lambda: ca.AISP(alpha=1.5), "alpha (α)"),
         (lambda: ca.MPPI(step_size=0), "step_size (β)"),
         (lambda: ca.BestOfN(sigma=-0.1), "sigma (σ)"),
@@ -223,7 +225,7 @@ def test_raising_reward_names_prompt_and_sample():
 def test_horizon_mismatch_is_reported():
     dyn, reward, prompts = make_linear()
     with pytest.raises(ValueError, match=r"horizon \(τ\) = 5 exceeds"):
-        ca.align(dyn, reward, ca.AISP(horizon=5), prompts)
+        ca.align(dyn, reward, ca.AISP(), prompts, space=ca.PerToken(horizon=5))
 
 
 def test_budget_caps_iterations():

@@ -44,7 +44,7 @@ SUBMODULES = [
     "ctrlalign.selection",
     "ctrlalign.diagnostics",
     "ctrlalign.testing",
-    "ctrlalign.controllers.spec",
+    "ctrlalign.declare",
     "ctrlalign.build",
     "ctrlalign.solve",
     "ctrlalign.config",

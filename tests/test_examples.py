@@ -58,8 +58,8 @@ def _custom():
     return load("custom_components")
 
 
-def _greedy(n, k, space):
-    return _custom().GreedyMean(num_samples=n, num_iterations=k, sigma=0.7, step_size=0.5, space=space)
+def _greedy(n, k):
+    return _custom().GreedyMean(num_samples=n, num_iterations=k, sigma=0.7, step_size=0.5)
 
 
 @pytest.mark.parametrize("system", SYSTEMS)

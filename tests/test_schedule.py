@@ -25,9 +25,9 @@ def _seven(system: str):
 @pytest.mark.parametrize("name", ["aisp", "aisp_adaptive", "softmax", "cem_refit", "bon_plain"])
 def test_stream_equals_align_per_prompt(system, space, name):
     dyn, reward, prompts = _seven(system)
-    ctrl = CONTROLLERS[name](5, 3, ca.spaces.make_space(space))
-    ref = ca.align(dyn, reward, ctrl, prompts, seed=7)
-    out = align_stream(dyn, reward, ctrl, prompts, batch_prompts=3, seed=7)
+    ctrl = CONTROLLERS[name](5, 3)
+    ref = ca.align(dyn, reward, ctrl, prompts, space=ca.spaces.make_space(space), seed=7)
+    out = align_stream(dyn, reward, ctrl, prompts, batch_prompts=3, space=ca.spaces.make_space(space), seed=7)
     assert torch.equal(out.rewards, ref.rewards)
     assert torch.equal(out.state.mean, ref.state.mean)
     assert all(same_sample(a, b) for a, b in zip(out.responses, ref.responses))
@@ -42,8 +42,8 @@ def test_stream_equals_align_per_prompt(system, space, name):
 
 def test_stream_with_final_proposal_and_common_random_numbers():
     dyn, reward, prompts = _seven("softmax_head")
-    ctrl = ca.AISP(num_samples=4, num_iterations=2, sigma=0.7, target_ess=0.5, space="shared")
-    kw = {"seed": 3, "selection": FinalProposal(3), "common_random_numbers": True}
+    ctrl = ca.AISP(num_samples=4, num_iterations=2, sigma=0.7, target_ess=0.5)
+    kw = {"seed": 3, "selection": FinalProposal(3), "common_random_numbers": True, "space": ca.Shared()}
     ref = ca.align(dyn, reward, ctrl, prompts, **kw)
     out = align_stream(dyn, reward, ctrl, prompts, batch_prompts=2, **kw)
     assert torch.equal(out.rewards, ref.rewards)

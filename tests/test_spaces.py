@@ -18,6 +18,8 @@ the gap √τ times faster, and k rounds of the per-token space close at most �
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -27,8 +29,22 @@ from hypothesis import strategies as st
 
 import ctrlalign as ca
 from ctrlalign import theory
-from ctrlalign.spaces import Blocks, PerToken, Shared, Subspace, head_directions, make_space
-from ctrlalign.testing import same_sample
+from ctrlalign.bench.config import BenchConfig
+from ctrlalign.cli import _build_align_config, _parser
+from ctrlalign.config import RunConfig, validate_config
+from ctrlalign.declare import Hyperparameter
+from ctrlalign.spaces import (
+    SPACES,
+    Blocks,
+    ControlSpace,
+    PerToken,
+    Shared,
+    Subspace,
+    head_directions,
+    make_space,
+    register_space,
+)
+from ctrlalign.testing import SYSTEMS, ControllerContract, same_sample
 
 Z = 5.0  # standard errors allowed in Monte-Carlo checks
 
@@ -102,7 +118,7 @@ def test_space_shapes_and_dimensions():
         _ = PerToken().shape
     with pytest.raises(ca.ConfigError, match="unknown control space 'diagonal'"):
         make_space("diagonal")
-    with pytest.raises(ca.ConfigError, match="block_size applies to space 'blocks' only"):
+    with pytest.raises(ca.ConfigError, match=r"block_size does not apply to control space 'shared' \(it takes: horizon\)"):
         make_space("shared", block_size=2)
     with pytest.raises(ca.ConfigError, match=r"block_size \(b\) must be an integer >= 1, got 0"):
         Blocks(0)
@@ -176,8 +192,9 @@ def test_importance_sampling_reaches_the_closed_form_optimum_per_space(name):
     A, Q, target, xs = _lg_problem(0)
     Ap = A @ _matrix(space)
     sigma, lam, n = 1.0, 1.0, 4000
-    ctrl = ca.AISP(num_samples=n, num_iterations=3, sigma=sigma, temperature=lam, alpha=0.0, space=UNBOUND[name])
-    res = ca.align(ca.LinearGaussian(A, TAU, D_HID), ca.QuadraticReward(target, Q), ctrl, xs, seed=0)
+    ctrl = ca.AISP(num_samples=n, num_iterations=3, sigma=sigma, temperature=lam, alpha=0.0)
+    res = ca.align(ca.LinearGaussian(A, TAU, D_HID), ca.QuadraticReward(target, Q), ctrl, xs, space=UNBOUND[name],
+                   seed=0)
     for j, x in enumerate(xs):
         opt = theory.linear_gaussian_optimum(Ap, Q, target, x, sigma, lam)
         ess = float(res.trace[-1].diagnostics.ess[j])
@@ -194,10 +211,10 @@ def test_importance_sampling_reaches_the_closed_form_optimum_per_space(name):
 def test_bon_equals_aisp_with_zero_updates_per_space(name, n, seed):
     A, Q, target, xs = _lg_problem(2)
     dyn, reward = ca.LinearGaussian(A, TAU, D_HID), ca.QuadraticReward(target, Q)
-    space = make_space(name, block_size=2 if name == "blocks" else None)
-    bon = ca.align(dyn, reward, ca.BestOfN(num_samples=n, num_iterations=1, sigma=0.6, space=space), xs, seed=seed)
-    aisp = ca.align(dyn, reward, ca.AISP(num_samples=n, num_iterations=1, sigma=0.6, target_ess=0.5, space=space),
-                    xs, seed=seed)
+    space = make_space(name, **({"block_size": 2} if name == "blocks" else {}))
+    bon = ca.align(dyn, reward, ca.BestOfN(num_samples=n, num_iterations=1, sigma=0.6), xs, space=space, seed=seed)
+    aisp = ca.align(dyn, reward, ca.AISP(num_samples=n, num_iterations=1, sigma=0.6, target_ess=0.5), xs,
+                    space=space, seed=seed)
     assert torch.equal(bon.rewards, aisp.rewards)
     assert all(same_sample(a, b) for a, b in zip(bon.responses, aisp.responses))
 
@@ -223,11 +240,10 @@ def _learning_run(space: str, controller=None, gap: float = 8.0):
     dyn = ca.LinearGaussian(A, TAU_L, D_L)
     reward = ca.QuadraticReward(torch.tensor([gap], dtype=torch.float64))  # r = −(y − y*)²
     prompts = [torch.zeros(1, dtype=torch.float64) for _ in range(1)]
-    ctrl = controller or ca.AISP(num_samples=N_L, num_iterations=K_L, sigma=SIGMA_L, target_ess=F_L, alpha=1.0,
-                                 space=space)
+    ctrl = controller or ca.AISP(num_samples=N_L, num_iterations=K_L, sigma=SIGMA_L, target_ess=F_L, alpha=1.0)
     gaps = []
     for seed in range(6):
-        res = ca.align(dyn, reward, ctrl, prompts, seed=seed)
+        res = ca.align(dyn, reward, ctrl, prompts, space=make_space(space), seed=seed)
         V = res.space.controls(res.state.mean)  # the final proposal's mean controls
         y_bar = float((A @ V.reshape(1, -1).double().T).squeeze())
         gaps.append(gap - y_bar)
@@ -270,6 +286,85 @@ def test_broken_update_fails_the_learning_check():
         def weigh(self, state, theta, rewards):
             return super().weigh(state, theta, -rewards)
 
-    broken = WrongWay(num_samples=N_L, num_iterations=K_L, sigma=SIGMA_L, target_ess=F_L, alpha=1.0, space="shared")
+    broken = WrongWay(num_samples=N_L, num_iterations=K_L, sigma=SIGMA_L, target_ess=F_L, alpha=1.0)
     gap, _ = _learning_run("shared", controller=broken)
     assert not abs(gap) < 0.15 * 8.0
+
+
+# ----------------------------------------------------------------------------------------
+# a new space is one class and a registration: configs, flags, the bench and align take it
+# ----------------------------------------------------------------------------------------
+
+
+# --8<-- [start:EveryOther]
+@dataclass(frozen=True)
+class EveryOther(ControlSpace):
+    r"""Control every other token from φ: :math:`v_t = \theta_{(t-\varphi)/2}` for
+    t ≡ φ (mod 2), else 0; θ (⌈(τ−φ)/2⌉, d). Linear and injective."""
+
+    phase: int = 0
+    name: ClassVar[str] = "every-other"
+    hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = (
+        Hyperparameter("phase", int, "first controlled token", "φ", low=0, high=1),
+    )
+
+    def coordinate_shape(self, horizon: int, hidden_size: int) -> tuple[int, ...]:
+        """(⌈(τ−φ)/2⌉, d)."""
+        return ((horizon - self.phase + 1) // 2, hidden_size)
+
+    def controls(self, theta: torch.Tensor) -> torch.Tensor:
+        """V (..., τ, d), zero on the uncontrolled tokens."""
+        tau, d = self.require_bound()
+        V = theta.new_zeros(*theta.shape[:-2], tau, d)
+        V[..., self.phase::2, :] = theta
+        return V
+
+
+# --8<-- [end:EveryOther]
+
+
+@pytest.fixture
+def every_other():
+    register_space(EveryOther)
+    yield EveryOther
+    del SPACES[EveryOther.name]
+
+
+def test_a_new_space_from_a_config_dict(every_other):
+    cfg = RunConfig(prompts=["x"], space={"name": "every-other", "phase": 1, "horizon": 3})
+    assert cfg.space.build() == EveryOther(phase=1, horizon=3)
+    with pytest.raises(ca.ConfigError, match=r"space.phase: phase \(φ\) must be an integer in \[0, 1\], got 2"):
+        validate_config({"prompts": ["x"], "space": {"name": "every-other", "phase": 2}})
+    with pytest.raises(ca.ConfigError, match=r"space.rank does not apply to control space 'every-other' "
+                                             r"\(it takes: phase, horizon\)"):
+        validate_config({"prompts": ["x"], "space": {"name": "every-other", "rank": 2}})
+    bench = BenchConfig(reward="sentiment", budgets=[4], controllers=[
+        {"label": "eo", "name": "bon", "num_samples": 2, "space": {"name": "every-other", "phase": 1}}])
+    assert bench.controllers[0].space.build() == EveryOther(phase=1)
+
+
+def test_a_new_space_from_command_line_flags(every_other):
+    parser = _parser()
+    args = parser.parse_args(["align", "x", "--space", "every-other", "--phase", "1", "--horizon", "2"])
+    cfg = _build_align_config(args)
+    assert cfg.space.build() == EveryOther(phase=1, horizon=2)
+    align = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("align"))
+    assert any("--phase" in a.option_strings and "first controlled token" in a.help for a in align._actions)
+
+
+def test_a_new_space_runs_in_align_and_passes_the_contract(every_other):
+    A, Q, target, xs = _lg_problem(1)
+    res = ca.align(ca.LinearGaussian(A, TAU, D_HID), ca.QuadraticReward(target, Q),
+                   ca.AISP(num_samples=8, num_iterations=2, target_ess=0.5), xs, space=EveryOther(phase=1), seed=0)
+    assert res.state.mean.shape == (len(xs), 1, D_HID)
+    V = res.space.controls(res.state.mean)
+    assert torch.equal(V[:, 0::2], torch.zeros_like(V[:, 0::2])) and bool(V[:, 1].abs().sum() > 0)
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+@pytest.mark.parametrize("space", ["every-other"])
+@pytest.mark.parametrize("name", ["aisp", "cem"])
+class TestEveryOtherContract(ControllerContract):
+    """The controller contract holds in the new space as in the built-in ones."""
+
+    spaces = {"every-other": lambda: EveryOther(phase=1)}

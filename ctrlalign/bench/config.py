@@ -13,10 +13,11 @@ A YAML/JSON/TOML file for ``ctrlalign bench CONFIG``::
       - {name: judge}
     budgets: [8, 16, 32, 64]
     seeds: [0, 1, 2]
-    controllers:
+    controllers:                   # each entry: a controller section, plus an optional space section
       - {label: bon-plain, name: bon, sigma: 0}
-      - {label: bon-prior, name: bon, sigma: 0.55}
+      - {label: bon-prior, name: bon, sigma: 0.55, space: {name: per-token, horizon: 32}}
       - {label: aisp, name: aisp, sigma: 0.55, temperature: 0.1, alpha: 0.99}
+      - {label: aisp-subspace, name: aisp, sigma: 1.0, target_ess: 0.5, space: {name: subspace, rank: 16}}
     primary: aisp
     baselines: [bon-plain, bon-prior]
 
@@ -30,28 +31,30 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
 
 from ..build import FROM_PROMPTS
 from ..config import (
+    SPACE_KEYS_MOVED,
+    ControllerConfig,
     ModelConfig,
     RewardTerm,
-    _ControllerBase,
+    SpaceConfig,
     format_validation_error,
     read_config_file,
+    space_section,
 )
-from ..controllers import CONTROLLERS, Controller
-from ..controllers.spec import config_fields
+from ..controllers import Controller
 
 __all__ = ["FROM_PROMPTS", "BenchConfig", "BenchController", "SweepGrid", "load_bench_config"]
 
@@ -61,38 +64,45 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class _BenchControllerBase(_ControllerBase):
-    """One controller of the comparison (fields from the controllers' declarations, without
-    ``num_iterations``: k = N / n is set per budget N by the harness)."""
+class BenchController(ControllerConfig):
+    """One controller of the comparison: a controller section (without ``num_iterations``: k =
+    N / n is set per budget N by the harness) and its own control space section."""
+
+    moved: ClassVar[dict[str, str]] = {
+        **{key: f"it belongs to this entry's control space: space: {{name: ..., {key}: ...}}"
+           for key in SPACE_KEYS_MOVED if key != "space"}}
+    reserved: ClassVar[dict[str, str]] = {"num_iterations": "the bench sets k = N / n for each budget N; remove it"}
 
     label: str | None = Field(None, description="name in tables and plots (default: the controller name)")
-    name: str = Field(..., description="which controller: " + ", ".join(CONTROLLERS))
+    name: str = Field(..., description="which controller: aisp, mppi, bon, softmax, cem, or any added with "
+                      "register_controller")
+    space: SpaceConfig = Field(default_factory=SpaceConfig, description="this entry's control space and its "
+                               "options, horizon τ included (default per-token over all max_new_tokens)")
     greedy: bool = Field(False, description="decode this entry greedily (the response is a function of the "
                          "controls); the model's own sampling otherwise")
+
+    _space_name = field_validator("space", mode="before")(staticmethod(space_section))
 
     @property
     def key(self) -> str:
         """The name used in tables: ``label`` if set, else the controller name."""
         return self.label or self.name
 
-    def build(self, num_iterations: int = 1, **overrides: Any) -> Controller:  # type: ignore[override]
-        """The controller with k = ``num_iterations``."""
-        return super().build(num_iterations=num_iterations, **overrides)
+    def build(self, num_iterations: int | None = None, **overrides: Any) -> Controller:  # type: ignore[override]
+        """The controller, with k = ``num_iterations`` when given."""
+        if num_iterations is not None:
+            overrides["num_iterations"] = num_iterations
+        return super().build(**overrides)
 
     @property
     def num_samples_used(self) -> int:
         """n of the built controller (the config's value, else the controller's default)."""
-        return self.build().num_samples
+        return self.instance.num_samples
 
     @property
     def sigma_used(self) -> float:
         """σ of the built controller."""
-        return self.build().sigma
-
-
-#: one entry of ``controllers:`` in a bench config
-BenchController = create_model("BenchController", __base__=_BenchControllerBase, __module__=__name__,
-                               **config_fields((c.spec() for c in CONTROLLERS.values()), exclude=["num_iterations"]))
+        return self.instance.sigma
 
 
 class SweepGrid(_Strict):
@@ -102,7 +112,10 @@ class SweepGrid(_Strict):
     temperature: list[float] = Field([0.1, 0.3, 1.0], description="λ values")
     alpha: list[float] = Field([0.0, 0.99, 0.999], description="α values")
     num_samples: int = Field(8, ge=1, description="n for every grid point")
-    horizon: int | None = Field(None, ge=1, description="τ (None: max_new_tokens)")
+    space: SpaceConfig = Field(default_factory=SpaceConfig, description="the control space of every grid point, "
+                               "horizon τ included (default per-token over all max_new_tokens)")
+
+    _space_name = field_validator("space", mode="before")(staticmethod(space_section))
 
     @field_validator("sigma2", "temperature")
     @classmethod
@@ -118,13 +131,24 @@ class SweepGrid(_Strict):
             raise ValueError("needs at least one value, all in [0, 1]")
         return v
 
+    _entries: list[BenchController] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _forget_entries(self) -> SweepGrid:
+        """A changed grid builds its entries anew."""
+        self._entries = None
+        return self
+
     def controllers(self) -> list[BenchController]:
-        """One AISP entry per (σ², λ, α) of the grid."""
+        """One AISP entry per (σ², λ, α) of the grid (validated, and built, once)."""
+        if self._entries is not None:
+            return self._entries
         out = []
         for s2, lam, a in itertools.product(self.sigma2, self.temperature, self.alpha):
             out.append(BenchController(
                 label=f"aisp[s2={s2:g},lam={lam:g},a={a:g}]", name="aisp", num_samples=self.num_samples,
-                sigma=math.sqrt(s2), horizon=self.horizon, temperature=lam, alpha=a))
+                sigma=math.sqrt(s2), temperature=lam, alpha=a, space=self.space))
+        self._entries = out
         return out
 
 

@@ -272,7 +272,8 @@ def run_bench(
         "num_prompts": len(items),
         "prompt_ids": [_item_id(it, j) for j, it in enumerate(items)],
         "controllers": {
-            c.key: {"name": c.name, **c.hyperparameters(), "space": c.build().space.describe(),
+            c.key: {"name": c.name, **c.hyperparameters(), "space": c.space.build().describe(),
+                    "space_options": c.space.options(),
                     "selection": c.selection, "common_random_numbers": c.common_random_numbers, "greedy": c.greedy,
                     "sigma2": c.sigma_used**2, "logit_noise_scale": metrics.logit_noise_scale(c.sigma_used, row_norm)}
             for c in entries
@@ -512,8 +513,9 @@ def _run_one(result: BenchResult, dynamics: Dynamics, cost: Cost, counting: Coun
 
     if entry.greedy:
         dynamics = dynamics.with_sampling(greedy=True)
-    res = align(dynamics, cost, controller, texts, seed=seed, context=context, callback=callback,
-                selection=entry.build_selection(), common_random_numbers=entry.common_random_numbers)
+    res = align(dynamics, cost, controller, texts, space=entry.space.build(), seed=seed, context=context,
+                callback=callback, selection=entry.build_selection(),
+                common_random_numbers=entry.common_random_numbers)
     # the anytime read-out must agree with what align itself returns at k_max
     for d in range(Dn):
         if abs(float(res.rewards[d]) - snaps[-Dn + d]["reward"]) > 1e-9 or res.responses[d].text != kept[d].text:

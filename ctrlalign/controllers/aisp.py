@@ -15,9 +15,8 @@ p, draw for draw. AISP is :class:`~ctrlalign.controllers.mppi.MPPI` with γ = 1 
 
 from __future__ import annotations
 
-from ..spaces import ControlSpace
+from ..declare import Hyperparameter
 from .mppi import MPPI
-from .spec import Hyperparameter
 
 __all__ = ["AISP"]
 
@@ -32,11 +31,6 @@ class AISP(MPPI):
         temperature: λ > 0 (fixed); None with ``target_ess``.
         target_ess: adaptive λ so that the ESS is this fraction of n; None: fixed λ.
         alpha: α in [0, 1], how much of the likelihood-ratio term to drop.
-        horizon: τ, controlled tokens (None: the dynamics' maximum).
-        space: the control space, a name or a :class:`~ctrlalign.spaces.ControlSpace`
-            (see :class:`~ctrlalign.controllers.base.Controller`).
-        block_size: b for ``space="blocks"``.
-        rank: r for ``space="subspace"``.
     """
 
     name = "aisp"
@@ -46,10 +40,8 @@ class AISP(MPPI):
     )
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
-                 temperature: float | None = 0.3, target_ess: float | None = None, alpha: float = 0.999,
-                 horizon: int | None = None, space: str | ControlSpace = "per-token", block_size: int | None = None,
-                 rank: int | None = None):
+                 temperature: float | None = 0.3, target_ess: float | None = None, alpha: float = 0.999):
         self._set("alpha", alpha)
         super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma,
                          temperature=temperature, target_ess=target_ess, likelihood_ratio=1.0 - self.alpha,
-                         step_size=1.0, horizon=horizon, space=space, block_size=block_size, rank=rank)
+                         step_size=1.0)

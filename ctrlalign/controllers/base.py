@@ -21,7 +21,7 @@ separate pieces that :func:`~ctrlalign.align` composes.
 To write a controller, subclass :class:`Controller` and override exactly:
 
 * :meth:`Controller.step` — ``(state, theta (D, n, *θ), rewards (D, n)) -> (state, StepInfo)``;
-* ``hyperparameters`` — a tuple of :class:`~ctrlalign.controllers.spec.Hyperparameter` for the
+* ``hyperparameters`` — a tuple of :class:`~ctrlalign.declare.Hyperparameter` for the
   ``__init__`` arguments the base does not declare (set them with ``self._set(name, value)``);
 * ``name`` — the name used by configs and the command line.
 
@@ -44,9 +44,9 @@ import torch
 
 from .. import theory
 from .._checks import ConfigError
+from ..declare import Hyperparameter, Spec, declaration, spec_of
 from ..selection import BestSoFar, Selection
-from ..spaces import SPACES, ControlSpace, make_space
-from .spec import ControllerSpec, Hyperparameter, spec_of
+from ..spaces import ControlSpace
 
 __all__ = ["Controller", "Proposal", "StepInfo", "WeightedController"]
 
@@ -100,11 +100,6 @@ _BASE_HYPERPARAMETERS = (
     Hyperparameter("num_samples", int, "samples per prompt per iteration", "n", low=1),
     Hyperparameter("num_iterations", int, "iterations; budget n·k reward calls per prompt", "k", low=1),
     Hyperparameter("sigma", float, "control noise std, also the prior's (θ ~ N(0, σ² I))", "σ", low=0, low_open=True),
-    Hyperparameter("horizon", int, "controlled tokens (unset: all max_new_tokens)", "τ", low=1, nullable=True),
-    Hyperparameter("space", str, "control space: what the mean parameterises", choices=tuple(SPACES)),
-    Hyperparameter("block_size", int, "tokens per block (space 'blocks'; unset: 4)", "b", low=1, nullable=True),
-    Hyperparameter("rank", int, "directions of the head's top singular subspace (space 'subspace'; unset: 8)", "r",
-                   low=1, nullable=True),
 )
 
 
@@ -115,34 +110,22 @@ class Controller(ABC):
         num_samples: n >= 1, samples per prompt per iteration.
         num_iterations: k >= 1, iterations; the budget is n·k reward calls per prompt.
         sigma: σ > 0, the standard deviation of the control noise (and of the prior p).
-        horizon: τ >= 1, tokens that receive control; None: the dynamics' maximum.
-        space: the control space (:mod:`ctrlalign.spaces`): a name in
-            :data:`~ctrlalign.spaces.SPACES` or a :class:`~ctrlalign.spaces.ControlSpace`.
-        block_size: b for ``space="blocks"``.
-        rank: r for ``space="subspace"`` (the head's top-r singular directions).
+
+    The control space θ lives in (and its horizon τ) is not the controller's: it is a component
+    of its own (:mod:`ctrlalign.spaces`), given to :func:`~ctrlalign.align` and bound to the
+    run before :meth:`init` receives it.
     """
 
     name: ClassVar[str] = "controller"
     hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = _BASE_HYPERPARAMETERS
 
-    def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
-                 horizon: int | None = None, space: str | ControlSpace = "per-token",
-                 block_size: int | None = None, rank: int | None = None):
-        for key, value in (("num_samples", num_samples), ("num_iterations", num_iterations),
-                           ("sigma", sigma), ("horizon", horizon)):
+    def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3):
+        for key, value in (("num_samples", num_samples), ("num_iterations", num_iterations), ("sigma", sigma)):
             self._set(key, value)
-        if not isinstance(space, ControlSpace):
-            self._set("space", space)
-            for key, value in (("block_size", block_size), ("rank", rank)):
-                self._set(key, value)
-        elif block_size is not None or rank is not None:
-            raise ConfigError("block_size and rank configure a space given by name; "
-                              f"got a ControlSpace object {space!r} as well")
-        object.__setattr__(self, "space", make_space(space, block_size=block_size, rank=rank))
 
     # ------------------------------------------------------------------ declaration
     @classmethod
-    def spec(cls) -> ControllerSpec:
+    def spec(cls) -> Spec:
         """This controller's declaration (hyperparameters, defaults, ranges)."""
         return spec_of(cls)
 
@@ -150,12 +133,7 @@ class Controller(ABC):
         """Validate ``value`` against the hyperparameter ``name`` declared by this class or a
         base (the nearest declaration wins) and store it (constructors only: hyperparameters
         are immutable afterwards)."""
-        for klass in type(self).__mro__:
-            for h in klass.__dict__.get("hyperparameters", ()):
-                if h.name == name:
-                    object.__setattr__(self, name, h.check(value))
-                    return
-        raise TypeError(f"{type(self).__name__} declares no hyperparameter {name!r}")
+        object.__setattr__(self, name, declaration(type(self), name).check(value))
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Refuse to reassign a declared hyperparameter: it would bypass validation and change
@@ -177,10 +155,8 @@ class Controller(ABC):
         return type(self)(**{**current, **changes})
 
     def config(self) -> dict[str, Any]:
-        """The hyperparameters as plain values (a space object is shown by its label)."""
-        out = {k: getattr(self, k, None) for k in self.spec().names}
-        out["space"] = self.space.describe()
-        return out
+        """The hyperparameters as plain values."""
+        return {k: getattr(self, k, None) for k in self.spec().names}
 
     @property
     def budget(self) -> int:
@@ -188,7 +164,7 @@ class Controller(ABC):
         return self.num_samples * self.num_iterations
 
     def __repr__(self) -> str:
-        cfg = {k: v for k, v in self.config().items() if v is not None and k not in ("block_size", "rank")}
+        cfg = {k: v for k, v in self.config().items() if v is not None}
         return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")"
 
     def default_selection(self) -> Selection:
@@ -266,9 +242,9 @@ class Controller(ABC):
 
 _WEIGHT_HYPERPARAMETERS = (
     Hyperparameter("temperature", float, "fixed temperature λ of the weights softmax(r/λ) (unset with target_ess)",
-                   "λ", low=0, low_open=True, nullable=True),
+                   "λ", low=0, low_open=True, nullable=True, excludes=("target_ess",)),
     Hyperparameter("target_ess", float, "adaptive λ per prompt and round so that the ESS is this fraction of n",
-                   "ρ_ESS", low=0, high=1, low_open=True, nullable=True),
+                   "ρ_ESS", low=0, high=1, low_open=True, nullable=True, excludes=("temperature",)),
 )
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..spaces import ControlSpace
+from ..declare import Hyperparameter
 from .base import Controller, Proposal, StepInfo
-from .spec import Hyperparameter
 
 __all__ = ["BestOfN"]
 
@@ -24,11 +23,6 @@ class BestOfN(Controller):
         num_samples: n, samples per iteration.
         num_iterations: k, iterations (N = n·k).
         sigma: σ >= 0 (0: the plain model, no control).
-        horizon: τ, controlled tokens (None: the dynamics' maximum).
-        space: the control space, a name or a :class:`~ctrlalign.spaces.ControlSpace`
-            (see :class:`~ctrlalign.controllers.base.Controller`).
-        block_size: b for ``space="blocks"``.
-        rank: r for ``space="subspace"``.
     """
 
     name = "bon"
@@ -36,11 +30,8 @@ class BestOfN(Controller):
         Hyperparameter("sigma", float, "std of the prior's control noise (0: the plain model)", "σ", low=0),
     )
 
-    def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.0,
-                 horizon: int | None = None, space: str | ControlSpace = "per-token", block_size: int | None = None,
-                 rank: int | None = None):
-        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon,
-                         space=space, block_size=block_size, rank=rank)
+    def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.0):
+        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma)
 
     def kl(self, state: Proposal) -> torch.Tensor:
         """(D,) zeros: the proposal is the prior (or no control at all)."""

@@ -19,9 +19,8 @@ import math
 import torch
 
 from .._checks import ConfigError
-from ..spaces import ControlSpace
+from ..declare import Hyperparameter
 from .base import Controller, Proposal, StepInfo
-from .spec import Hyperparameter
 
 __all__ = ["CEM"]
 
@@ -37,11 +36,6 @@ class CEM(Controller):
         step_size: β in (0, 1].
         refit_std: also refit the scale s.
         min_std: lower clamp for s when refitting.
-        horizon: τ, controlled tokens (None: the dynamics' maximum).
-        space: the control space, a name or a :class:`~ctrlalign.spaces.ControlSpace`
-            (see :class:`~ctrlalign.controllers.base.Controller`).
-        block_size: b for ``space="blocks"``.
-        rank: r for ``space="subspace"``.
     """
 
     name = "cem"
@@ -54,10 +48,8 @@ class CEM(Controller):
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
                  elite_fraction: float = 0.25, step_size: float = 1.0, refit_std: bool = False,
-                 min_std: float = 1e-3, horizon: int | None = None, space: str | ControlSpace = "per-token",
-                 block_size: int | None = None, rank: int | None = None):
-        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon,
-                         space=space, block_size=block_size, rank=rank)
+                 min_std: float = 1e-3):
+        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma)
         for key, value in (("elite_fraction", elite_fraction), ("step_size", step_size),
                            ("refit_std", refit_std), ("min_std", min_std)):
             self._set(key, value)

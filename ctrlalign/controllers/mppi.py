@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 
 from .._checks import ConfigError
-from ..spaces import ControlSpace
+from ..declare import Hyperparameter
 from .base import Proposal, StepInfo, WeightedController
-from .spec import Hyperparameter
 
 __all__ = ["MPPI"]
 
@@ -38,11 +37,6 @@ class MPPI(WeightedController):
         target_ess: adaptive λ so that the ESS is this fraction of n; None: fixed λ.
         likelihood_ratio: γ in [0, 1], weight of the importance-sampling correction.
         step_size: β in (0, 1], mean smoothing.
-        horizon: τ, controlled tokens (None: the dynamics' maximum).
-        space: the control space, a name or a :class:`~ctrlalign.spaces.ControlSpace`
-            (see :class:`~ctrlalign.controllers.base.Controller`).
-        block_size: b for ``space="blocks"``.
-        rank: r for ``space="subspace"``.
     """
 
     name = "mppi"
@@ -53,10 +47,8 @@ class MPPI(WeightedController):
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
                  temperature: float | None = 0.3, target_ess: float | None = None,
-                 likelihood_ratio: float = 1.0, step_size: float = 1.0, horizon: int | None = None,
-                 space: str | ControlSpace = "per-token", block_size: int | None = None, rank: int | None = None):
-        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon,
-                         space=space, block_size=block_size, rank=rank)
+                 likelihood_ratio: float = 1.0, step_size: float = 1.0):
+        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma)
         self._set_temperature(temperature, target_ess)
         self._set("likelihood_ratio", likelihood_ratio)
         self._set("step_size", step_size)

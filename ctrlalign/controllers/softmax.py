@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 
 from ..selection import Reservoir, Selection
-from ..spaces import ControlSpace
 from .base import Proposal, StepInfo, WeightedController
 from .spec import Hyperparameter
 
@@ -31,11 +30,6 @@ class SoftmaxSampling(WeightedController):
         sigma: σ >= 0, the prior's noise scale (θ̂ stays 0; σ = 0 samples the plain model).
         temperature: λ > 0 (fixed); None with ``target_ess``.
         target_ess: adaptive λ per round so that the ESS is this fraction of n.
-        horizon: τ, controlled tokens (None: the dynamics' maximum).
-        space: the control space, a name or a :class:`~ctrlalign.spaces.ControlSpace`
-            (see :class:`~ctrlalign.controllers.base.Controller`).
-        block_size: b for ``space="blocks"``.
-        rank: r for ``space="subspace"``.
     """
 
     name = "softmax"
@@ -44,10 +38,8 @@ class SoftmaxSampling(WeightedController):
     )
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
-                 temperature: float | None = 0.3, target_ess: float | None = None, horizon: int | None = None,
-                 space: str | ControlSpace = "per-token", block_size: int | None = None, rank: int | None = None):
-        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma, horizon=horizon,
-                         space=space, block_size=block_size, rank=rank)
+                 temperature: float | None = 0.3, target_ess: float | None = None):
+        super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma)
         self._set_temperature(temperature, target_ess)
 
     def kl(self, state: Proposal) -> torch.Tensor:
