@@ -49,7 +49,14 @@ from ..random import make_generators
 from ..resampling import RESAMPLERS, resample
 from ..rewards.base import Reward, evaluate_reward, require_prefix_scores
 from ..selection import Reservoir
-from .base import Checkpoint, ClosedLoopResult, block_bounds, distinct_rows, require_stepwise, tokens_per_prompt
+from .base import (
+    Checkpoint,
+    ClosedLoopResult,
+    block_bounds,
+    distinct_rows,
+    require_stepwise,
+    tokens_per_prompt,
+)
 
 __all__ = ["SMC", "advance_block", "row_controls"]
 
@@ -154,6 +161,20 @@ class SMC:
             return torch.full(scores.shape[:1], lam, dtype=torch.float64)
         return theory.adaptive_temperature(scores, self.twist_target_ess, offsets=previous - log_weights)
 
+    @staticmethod
+    def reweight(log_weights: torch.Tensor, ratio: torch.Tensor, twist: torch.Tensor,
+                 previous: torch.Tensor) -> torch.Tensor:
+        r"""The checkpoint's update, all (D, n): :math:`\log w + [\log p - \log q]_	ext{block} + \psi_t - \psi_	ext{prev}`."""
+        return log_weights + ratio + (twist - previous)
+
+    @staticmethod
+    def renormalize(log_normalizer: torch.Tensor, log_weights: torch.Tensor,
+                    resampled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""After resampling the prompts flagged in ``resampled`` (D,): log Ẑ gains
+        :math:`\log\overline{w}` and their weights reset to equal (0). Returns (log Ẑ (D,), ℓ (D, n))."""
+        gained = torch.where(resampled, theory.log_mean_exp(log_weights, dim=-1), torch.zeros_like(log_normalizer))
+        return log_normalizer + gained, torch.where(resampled.unsqueeze(-1), torch.zeros_like(log_weights), log_weights)
+
     def run(self, dynamics: StepwiseDynamics, cost: Cost | Reward, prompts: Sequence[Any], *, seed: int = 0,
             context: Any = None, controls: torch.Tensor | None = None) -> ClosedLoopResult:
         """Run SMC on D prompts.
@@ -201,7 +222,7 @@ class SMC:
             state, parts = advance_block(dynamics, state, V, noise, t0, t1)
             for step, _ in parts:
                 tokens += tokens_per_prompt(step, D)
-            log_w = log_w + likelihood_ratio(parts, D, n)
+            ratio = likelihood_ratio(parts, D, n)
             outcomes = dynamics.outcomes(state)
             last = t1 == T or bool(state.finished.all())
             if last:
@@ -211,10 +232,10 @@ class SMC:
             else:
                 scores = evaluate_reward(cost.reward, prompts, outcomes, prefix=True).double().cpu()
                 prefix_calls += n
-                lam_t = self.twist_temperatures(scores, log_w, psi)
+                lam_t = self.twist_temperatures(scores, log_w + ratio, psi)
             new_psi = torch.where(torch.isinf(lam_t).unsqueeze(-1), torch.zeros_like(scores),
                                   scores / lam_t.unsqueeze(-1))
-            log_w = log_w + (new_psi - psi)
+            log_w = self.reweight(log_w, ratio, new_psi, psi)
             psi = new_psi
             ess = theory.effective_sample_size(torch.log_softmax(log_w, dim=-1))
             distinct = distinct_rows(outcomes)
@@ -227,8 +248,7 @@ class SMC:
                 ancestors = resample(log_w, select_gens, self.scheme)
                 resampled = ess < self.resample_threshold * n
                 rows = torch.where(resampled.unsqueeze(-1), ancestors, identity)
-                log_z = log_z + torch.where(resampled, theory.log_mean_exp(log_w, dim=-1), torch.zeros_like(log_z))
-                log_w = torch.where(resampled.unsqueeze(-1), torch.zeros_like(log_w), log_w)
+                log_z, log_w = self.renormalize(log_z, log_w, resampled)
                 psi = psi.gather(1, rows)
                 if V is not None:
                     V = V.gather(1, rows.to(V.device).view(D, n, 1, 1).expand(V.shape))
@@ -244,5 +264,6 @@ class SMC:
             rewards=scores.gather(1, chosen.view(D, 1)).squeeze(1), trace=trace, tokens=tokens,
             prefix_calls=prefix_calls, full_calls=full_calls, distinct=distinct, seconds=time.perf_counter() - t_start,
             controller=self.name, log_normalizer=log_z, final_rewards=scores,
-            meta={"log_weights": log_w},
+            meta={"log_weights": log_w,
+                  "final_tokens": None if outcomes.tokens is None else outcomes.tokens.tolist()},
         )

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from ..declare import Hyperparameter
 from ..selection import Reservoir, Selection
 from .base import Proposal, StepInfo, WeightedController
-from .spec import Hyperparameter
 
 __all__ = ["SoftmaxSampling"]
 
