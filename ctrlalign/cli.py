@@ -5,7 +5,7 @@
 * ``ctrlalign run CONFIG`` — a prompt set × model × reward × controller from a validated
   config file; resumable; shards over ``torchrun`` ranks.
 * ``ctrlalign bench CONFIG`` — matched-budget comparison of controllers (``ctrlalign.bench``):
-  results JSON, PNG figures and markdown tables.
+  results appended to a JSON Lines file, PNG figures and markdown tables.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from .config import PRESETS, RunConfig, load_config, validate_config
 from .controllers import CONTROLLERS
 from .data import PromptItem
 from .declare import add_arguments, arguments_to_kwargs, override
-from .runner import OutputError, RunError, RunInterrupted, check_output_path, run
+from .runner import run
 from .solve import CandidateRecorder, solve_batch
 from .spaces import SPACES
+from .store import OutputError, RunError, RunInterrupted, check_output_path
 
 __all__ = ["main"]
 
@@ -140,13 +141,14 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="matched-budget benchmark of several controllers (ctrlalign.bench)")
     b.add_argument("config", help="YAML/JSON/TOML bench config (see ctrlalign.bench.config.BenchConfig)")
-    b.add_argument("--output", default=None, help="override the results JSON path")
+    b.add_argument("--output", default=None, help="override the results file (config output)")
     b.add_argument("--limit", type=int, default=None, help="override limit (number of prompts)")
     b.add_argument("--report-only", action="store_true",
-                   help="do not run: rebuild figures and tables from the existing results JSON")
+                   help="do not run: rebuild figures and tables from the existing results file (a run "
+                   "stopped early is summarised first)")
     b.add_argument("--device", default=None, help="torch device (overrides model.device)")
     b.add_argument("--overwrite", action="store_true",
-                   help="replace an existing results JSON instead of resuming it (by default the runs it holds "
+                   help="replace an existing results file instead of resuming it (by default the runs it holds "
                    "are kept and only the missing ones run; a file of another configuration is refused)")
     _add_logging(b)
     return parser
@@ -289,7 +291,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """``ctrlalign bench``: run (or re-report) a matched-budget benchmark."""
     from pydantic import ValidationError
 
-    from .bench import BenchResult, load_bench_config, run_bench
+    from .bench import finish_saved, load_bench_config, run_bench
     from .bench.plots import write_figures
     from .bench.report import markdown_report
     from .config import format_validation_error
@@ -304,13 +306,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             cfg.model.device = args.device
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "options")) from None
-    if args.report_only:
-        result = BenchResult.load(cfg.output)
-        if not result.summary:  # a run stopped early: summarise the completed part
-            from .bench.harness import finish_bench
-
-            finish_bench(result, cfg, log=logger.info)
-            result.save(cfg.output)
+    if args.report_only:  # a run stopped early is summarised (what finished) and the summary saved
+        result = finish_saved(cfg, log=logger.info)
     else:
         result = run_bench(cfg, log=logger.info, overwrite=args.overwrite)
     figures = write_figures(result, cfg.figures, prefix=cfg.name, primary=cfg.primary) if cfg.figures else []
@@ -351,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ctrlalign``; returns the exit status.
 
     0 on success; 2 for a bad value, file, model or output (a :class:`ConfigError` /
-    ``ValueError`` or :class:`~ctrlalign.runner.RunError`; argparse also exits 2); 1 when a run
+    ``ValueError`` or :class:`~ctrlalign.store.RunError`; argparse also exits 2); 1 when a run
     fails on the way (a reward error, disk full, read-only output); 130 on Ctrl-C. Each prints
     one short ``error: ...`` message (with ``--verbose``, also the traceback).
     """

@@ -79,6 +79,7 @@ __all__ = [
     "format_validation_error",
     "load_config",
     "read_config_file",
+    "reward_terms",
     "space_section",
     "validate_config",
 ]
@@ -167,6 +168,17 @@ class RewardTerm(_Strict):
         if not math.isfinite(v):
             raise ValueError("must be a finite number (not NaN or inf)")
         return v
+
+
+def reward_terms(v: Any) -> Any:
+    """A reward section in any form it may take — a name (``"sentiment"``), one term (a dict), or
+    a list of names and terms — as a list of term dicts; anything else is returned unchanged, for
+    pydantic to reject naming the field."""
+    if isinstance(v, (dict, str)):
+        v = [v]
+    if not isinstance(v, list):
+        return v
+    return [{"name": x} if isinstance(x, str) else x for x in v]
 
 
 def _section_error(loc: tuple[str, ...], message: str, value: Any) -> InitErrorDetails:
@@ -387,12 +399,8 @@ class RunConfig(_Strict):
 
     @field_validator("reward", mode="before")
     @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        if isinstance(v, (dict, str)):
-            v = [v]
-        if not isinstance(v, list):
-            return v
-        return [{"name": x} if isinstance(x, str) else x for x in v]
+    def _reward_terms(cls, v: Any) -> Any:
+        return reward_terms(v)
 
     @field_validator("reward")
     @classmethod

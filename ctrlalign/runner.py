@@ -1,11 +1,13 @@
-"""Resumable, sharded output for runs over prompt sets (building lives in :mod:`ctrlalign.build`,
-solving in :mod:`ctrlalign.solve`).
+"""Resumable, sharded runs over prompt sets (building lives in :mod:`ctrlalign.build`, solving
+in :mod:`ctrlalign.solve`, the file rules in :mod:`ctrlalign.store`).
 
-Results are one JSON line per prompt, appended (and fsync'ed) as each prompt batch finishes.
-What keeps them from mixing or getting lost:
+Results go to a :class:`~ctrlalign.store.Store` of kind ``"run"``: a header line with the run's
+identity (:meth:`~ctrlalign.config.RunConfig.identity`) and config, then one JSON line per
+prompt, appended (and fsync'ed) as each prompt batch finishes. What keeps them from mixing or
+getting lost:
 
-* **One run per output.** A run holds an exclusive ``fcntl.flock`` on ``<output>.lock`` (its
-  PID, host and start time are written in it) until it ends; a second run on the same output
+* **One run per output.** A run holds an exclusive ``fcntl.flock`` on ``<output>.lock``
+  (:func:`~ctrlalign.store.output_lock`) until it ends; a second run on the same output
   refuses at once, naming the holder. The lock file stays behind (removing it would race);
   a stale one is harmless, since the lock dies with its process.
 * **Resume by prompt id and content.** A run started again with the same command skips the
@@ -17,15 +19,16 @@ What keeps them from mixing or getting lost:
   and nothing is deleted.
 * **Validate, then write.** Prompts, output location, model, reward, controller and the
   model-dependent checks (:func:`~ctrlalign.build.check_run_fits`) all pass before the
-  configuration is recorded in ``<output>.meta.json`` or ``overwrite`` deletes anything. A
-  changed configuration (:meth:`~ctrlalign.config.RunConfig.identity`) is refused only when the
-  output already holds results, so a failed start never blocks the corrected config.
-* **Disk full / read-only**: reported as :class:`OutputError`; what is written stays, and the
-  same command resumes once the cause is fixed. **Ctrl-C**: :class:`RunInterrupted` (a
+  header is written or ``overwrite`` deletes anything. A changed configuration is refused
+  (naming the changed fields) only when the output already holds results, so a failed start
+  never blocks the corrected config.
+* **Disk full / read-only**: reported as :class:`~ctrlalign.store.OutputError`; what is written stays, and the
+  same command resumes once the cause is fixed. **Ctrl-C**: :class:`~ctrlalign.store.RunInterrupted` (a
   ``KeyboardInterrupt``) says how many results are saved.
 
 With ``run.save_candidates``, every candidate of every iteration goes to
-``<output stem>.candidates.jsonl`` (rows of :class:`~ctrlalign.solve.CandidateRecorder`),
+``<output stem>.candidates.jsonl`` (a store of kind ``"candidates"``: rows of
+:class:`~ctrlalign.solve.CandidateRecorder`),
 written just before its prompt's result; on resume, candidate rows of prompts without a result
 are dropped first, so a prompt's candidates are never duplicated. When the run ends, rank 0
 writes ``<output>.summary.json`` (:func:`~ctrlalign.solve.summarize`) and logs it.
@@ -39,163 +42,48 @@ A failure on any rank before the run starts stops every rank.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
-import socket
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-from ._checks import ConfigError
 from .build import (
     build_controller,
+    build_dynamics,
     build_reward,
     build_selection,
     build_space,
     check_run_fits,
     versions,
 )
-from .build import build_dynamics as _build_dynamics
-from .config import RunConfig, config_hash
+from .config import RunConfig
 from .data import PromptItem, load_prompts
 from .solve import CandidateRecorder, solve_batch, summarize
+from .store import (
+    PromptChangedError,
+    RunError,
+    RunInterrupted,
+    Store,
+    StoreContents,
+    check_output_path,
+    output_lock,
+    read_results,
+    remove_files,
+    write_atomic,
+)
 
-__all__ = [
-    "ConfigChangedError",
-    "CorruptResultsError",
-    "OutputError",
-    "OutputLockedError",
-    "PromptChangedError",
-    "RunError",
-    "RunInterrupted",
-    "candidates_path",
-    "check_output_path",
-    "config_diff",
-    "output_lock",
-    "read_results",
-    "run",
-]
+__all__ = ["candidates_path", "run"]
 
 logger = logging.getLogger("ctrlalign")
 
 
-class RunError(RuntimeError):
-    """A run cannot start or continue; the message says why and what to do."""
-
-
-class ConfigChangedError(RunError):
-    """The output already holds results of a different configuration."""
-
-
-class OutputLockedError(RunError):
-    """Another run holds the output's lock."""
-
-
-class PromptChangedError(RunError):
-    """A prompt already answered in the output has a different text now."""
-
-
-class CorruptResultsError(RunError):
-    """A line of a results file (not a partial last line) cannot be read."""
-
-
-class OutputError(RunError):
-    """The output cannot be written (read-only, disk full, not a directory, ...)."""
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; ``str()`` says what is saved and how to resume."""
-
-
 # --------------------------------------------------------------------------------------------
 # files
-
-
-def _io_error(path: Path, exc: OSError, saved: str = "") -> OutputError:
-    """An OSError on ``path`` as a one-line :class:`OutputError`."""
-    reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied", errno.ENOTDIR: "a part of the path is a file, not a folder",
-               errno.EISDIR: "it is a directory"}
-    reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
-    return OutputError(f"cannot write {path}: {reason}{saved}")
-
-
-def check_output_path(out: Path) -> None:
-    """Refuse an output that is a directory or lies under a regular file.
-
-    Raises:
-        ConfigError: naming the output and the offending path.
-    """
-    if out.is_dir():
-        raise ConfigError(f"run.output {str(out)!r} is a directory; name a file, e.g. {str(out / 'results.jsonl')!r}")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"run.output {str(out)!r}: {str(parent)!r} is a file, not a folder")
-            break
-
-
-def read_results(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
-    """The records of a results (or candidates) file.
-
-    A partial last line (no final newline: a kill mid-write) is dropped, and truncated away if
-    ``repair``. Any other line that is not a JSON object with an ``id`` raises.
-
-    Raises:
-        CorruptResultsError: naming the file and line number; the file is left as it was.
-    """
-    p = Path(path)
-    if not p.exists():
-        return []
-    raw = p.read_bytes()
-    records: list[dict[str, Any]] = []
-    good_end = 0
-    for no, line in enumerate(raw.splitlines(keepends=True), 1):
-        if not line.endswith(b"\n"):
-            break  # partial last line
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CorruptResultsError(
-                f"{p}:{no}: corrupt line ({getattr(exc, 'msg', exc)}); nothing was changed. Fix or delete that "
-                "line (its prompt is then run again), or start over with --overwrite") from None
-        if not isinstance(rec, dict) or "id" not in rec:
-            raise CorruptResultsError(f"{p}:{no}: not a result record (a JSON object with an 'id'); nothing was "
-                                      "changed. Fix or delete that line, or start over with --overwrite")
-        records.append(rec)
-        good_end += len(line)
-    if repair and good_end < len(raw):
-        with open(p, "r+b") as fh:
-            fh.truncate(good_end)
-    return records
-
-
-def _append(path: Path, records: Iterable[dict[str, Any]], saved: Callable[[], str]) -> None:
-    """Append JSON lines and fsync; an OSError becomes an :class:`OutputError`."""
-    try:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        raise _io_error(path, exc, saved()) from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:
-        raise _io_error(path, exc) from None
 
 
 def _shard_path(out: Path, rank: int, world: int) -> Path:
@@ -208,53 +96,14 @@ def candidates_path(out: Path, rank: int = 0, world: int = 1) -> Path:
     return out.with_name(f"{out.stem}.candidates{tail}.jsonl")
 
 
-def _meta_path(out: Path) -> Path:
-    return out.with_name(out.name + ".meta.json")
-
-
 def _summary_path(out: Path) -> Path:
     return out.with_name(out.name + ".summary.json")
 
 
 def _owned_files(out: Path) -> list[Path]:
-    """Every file a run on ``out`` writes (but the locks)."""
-    return [out, _meta_path(out), _summary_path(out), candidates_path(out),
+    """Every file a run on ``out`` writes (but the locks), and the ``.meta.json`` of older versions."""
+    return [out, out.with_name(out.name + ".meta.json"), _summary_path(out), candidates_path(out),
             *out.parent.glob(f"{out.stem}.rank*-of-*.jsonl"), *out.parent.glob(f"{out.stem}.candidates.rank*-of-*.jsonl")]
-
-
-# --------------------------------------------------------------------------------------------
-# locking
-
-
-@contextmanager
-def output_lock(target: Path) -> Iterator[None]:
-    """Hold an exclusive, non-blocking ``flock`` on ``<target>.lock`` (holder info inside).
-
-    Raises:
-        OutputLockedError: another process holds it (named by the info it wrote).
-        OutputError: the lock file cannot be created (read-only, permission, ...).
-    """
-    lock = target.with_name(target.name + ".lock")
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fh: IO[str] = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
-    except OSError as exc:
-        raise _io_error(lock, exc) from None
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            raise OutputLockedError(f"{target} is in use by another run ({holder}); wait for it to finish, or "
-                                    "choose another run.output") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        fh.flush()
-        yield
-    finally:
-        fh.close()  # closing releases the flock
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,19 +156,18 @@ def _local_device(device: str, world: int, local_rank: int) -> str:
 # resuming
 
 
-def _done(paths: list[Path], items: list[PromptItem], overwrite: bool) -> dict[str, dict[str, Any]]:
+def _done(contents: dict[Path, StoreContents], items: list[PromptItem], overwrite: bool) -> dict[str, dict[str, Any]]:
     """Results already written for these items, by id (none with ``overwrite``).
 
     Raises:
         PromptChangedError: a written prompt's text differs from the item's (without overwrite).
-        CorruptResultsError: see :func:`read_results`.
     """
     if overwrite:
         return {}
     texts = {it.id: it.text for it in items}
     done: dict[str, dict[str, Any]] = {}
-    for i, path in enumerate(dict.fromkeys(paths)):
-        for rec in read_results(path, repair=i == 0):
+    for path, content in contents.items():
+        for rec in content.records:
             pid = rec["id"]
             if pid in texts and rec.get("prompt") != texts[pid]:
                 raise PromptChangedError(
@@ -329,54 +177,34 @@ def _done(paths: list[Path], items: list[PromptItem], overwrite: bool) -> dict[s
     return done
 
 
-def _check_meta(cfg: RunConfig, out: Path, has_results: bool, overwrite: bool) -> str:
-    """The config hash, after refusing a changed configuration when results exist."""
-    h = config_hash(cfg)
-    meta = _meta_path(out)
-    if overwrite or not has_results or not meta.exists():
-        return h
-    try:
-        old = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CorruptResultsError(f"{meta} cannot be read ({exc}); it records the configuration of the results "
-                                  f"in {out}. Restore it, or start over with --overwrite") from None
-    if old.get("hash") != h:
-        diffs = config_diff(old.get("identity", {}), cfg.identity())
-        raise ConfigChangedError(
-            f"{out} holds results of a different configuration (hash {old.get('hash')} != {h}; "
-            f"changed: {', '.join(diffs) or 'unknown'}). Use --overwrite to discard them, or choose "
-            f"another run.output")
-    return h
+def _read(stores: list[Store], identity: dict[str, Any], overwrite: bool) -> dict[Path, StoreContents]:
+    """What each store holds, after refusing records of another configuration (none read with
+    ``overwrite``: they are deleted before the run writes).
+
+    Raises:
+        CorruptResultsError, ConfigChangedError: see :class:`~ctrlalign.store.Store`.
+    """
+    contents = {}
+    for store in stores:
+        contents[store.path] = StoreContents() if overwrite else store.read()
+        store.check_identity(contents[store.path], identity)
+    return contents
 
 
-def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """The dotted paths at which two nested dicts differ (``[]``: equal), e.g. ``["model.name"]``."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
+def _start(stores: list[Store], contents: dict[Path, StoreContents], header: dict[str, Any]) -> None:
+    """Make each store ready for appending (:meth:`~ctrlalign.store.Store.start`)."""
+    for store in stores:
+        store.start(contents[store.path], header)
 
 
-def _prune_candidates(path: Path, done: set[str]) -> None:
+def _prune_candidates(store: Store, done: set[str], header: dict[str, Any]) -> None:
     """Drop candidate rows of prompts without a result (written before a kill)."""
-    rows = read_results(path, repair=True)
-    kept = [r for r in rows if r["id"] in done]
-    if len(kept) != len(rows):
-        _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-
-
-def _start_fresh(cfg: RunConfig, out: Path, h: str, overwrite: bool) -> None:
-    """Rank 0: with ``overwrite``, delete the run's files; then record the config."""
-    if overwrite:
-        for p in _owned_files(out):
-            try:
-                p.unlink(missing_ok=True)
-            except OSError as exc:
-                raise _io_error(p, exc) from None
-    _write_atomic(_meta_path(out), json.dumps(
-        {"hash": h, "identity": cfg.identity(), "config": cfg.model_dump(mode="json")}, indent=2))
+    contents = store.read()
+    kept = [r for r in contents.records if r["id"] in done]
+    if len(kept) != len(contents.records):
+        store.rewrite(header, kept)
+    else:
+        store.start(contents, header)
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,20 +220,21 @@ class _Built:
         self.space = build_space(cfg.space)
         self.reward = build_reward(cfg.reward, items)
         if dynamics is None:
-            dynamics = _build_dynamics(cfg.model.model_copy(update={"device": device}))
+            dynamics = build_dynamics(cfg.model.model_copy(update={"device": device}))
         self.dynamics = dynamics
         check_run_fits(dynamics, self.controller, items)
 
 
-def _merge(paths: list[Path], dest: Path, index: dict[str, int], key: Callable[[dict[str, Any]], Any]) -> int:
+def _merge(shards: list[Path], dest: Store, header: dict[str, Any], index: dict[str, int],
+           key: Callable[[dict[str, Any]], Any]) -> int:
     """Rank 0: the records of ``dest`` and the shards, deduplicated by ``key``, in prompt order."""
-    merged: dict[Any, dict[str, Any]] = {key(r): r for r in read_results(dest)}
-    for p in paths:
-        for rec in read_results(p):
+    merged: dict[Any, dict[str, Any]] = {key(r): r for r in read_results(dest.path)}
+    for shard in shards:
+        for rec in read_results(shard):
             merged.setdefault(key(rec), rec)
     ordered = sorted(merged.values(), key=lambda rec: (rec.get("index", index.get(rec["id"], 0)),
                                                       rec.get("iteration", 0), rec.get("sample", 0)))
-    _write_atomic(dest, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in ordered))
+    dest.rewrite(header, ordered)
     return len(ordered)
 
 
@@ -423,7 +252,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True,
     Raises:
         ConfigError: bad prompts, output location, model, device, σ, or long prompts.
         RunError: the output is locked, corrupt, holds another configuration or changed
-            prompts, or cannot be written (:class:`OutputError`).
+            prompts, or cannot be written (:class:`~ctrlalign.store.OutputError`); see :mod:`ctrlalign.store`.
         RunInterrupted: Ctrl-C; what is written stays and the same call resumes.
         RewardError: the reward failed on a prompt (finished prompts stay written).
     """
@@ -448,22 +277,25 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True,
 
         _together(world, lock)
         index = {it.id: i for i, it in enumerate(items)}
-        done = _together(world, lambda: _done([shard, out], items, overwrite))
-        h = _together(world, lambda: _check_meta(cfg, out, bool(done) or _has_results(out), overwrite))
+        identity = cfg.identity()
+        stores = [Store(p, "run", "run.output") for p in dict.fromkeys([shard, out])]
+        contents = _together(world, lambda: _read(stores, identity, overwrite))
+        done = _together(world, lambda: _done(contents, items, overwrite))
         mine = [it for i, it in enumerate(items) if i % world == rank and it.id not in done]
         total_mine = sum(1 for i in range(len(items)) if i % world == rank)
         say(f"[rank {rank}/{world}] {len(items)} prompts, {total_mine} mine, {total_mine - len(mine)} already done, "
             f"writing {shard}")
         device = _local_device(cfg.model.device, world, local_rank)
         built = _together(world, lambda: _Built(cfg, items, dynamics, device) if mine or overwrite else None)
-        if rank == 0:
-            _together(world, lambda: _start_fresh(cfg, out, h, overwrite))
-        else:
-            _together(world, lambda: None)
-        if cands is not None:
-            _prune_candidates(cands, set(done))
+        # validated: from here on the run writes (overwrite first deletes, on rank 0, then every rank starts)
+        _together(world, lambda: remove_files(_owned_files(out)) if overwrite and rank == 0 else None)
+        header = stores[0].header(identity, cfg.model_dump(mode="json"))
+        _together(world, lambda: _start([s for s in stores if s.path == shard or rank == 0], contents, header))
+        cand_store = None if cands is None else Store(cands, "candidates", "run.output")
+        if cand_store is not None:
+            _prune_candidates(cand_store, set(done), cand_store.header(identity, header["config"]))
         try:
-            _solve_all(cfg, built, mine, total_mine, shard, cands, index, h, rank, progress)
+            _solve_all(cfg, built, mine, total_mine, stores[0], cand_store, index, header["hash"], rank, progress)
         except KeyboardInterrupt:
             saved = len(read_results(shard))
             raise RunInterrupted(f"interrupted: {saved} of {total_mine} results are saved in {shard}; run the same "
@@ -471,10 +303,12 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True,
         if world > 1:
             _barrier(world)
             if rank == 0:
-                shards = [_shard_path(out, r, world) for r in range(world)]
-                n = _merge(shards, out, index, lambda r: r["id"])
-                if cfg.run.save_candidates:
-                    _merge([candidates_path(out, r, world) for r in range(world)], candidates_path(out), index,
+                n = _merge([_shard_path(out, r, world) for r in range(world)], stores[-1], header, index,
+                           lambda r: r["id"])
+                if cand_store is not None:
+                    cand_shards = [candidates_path(out, r, world) for r in range(world)]
+                    cand_dest = Store(candidates_path(out), "candidates")
+                    _merge(cand_shards, cand_dest, cand_dest.header(identity, header["config"]), index,
                            lambda r: (r["id"], r["iteration"], r["sample"]))
                 say(f"merged {n} results from {world} ranks into {out}")
             _barrier(world)
@@ -483,13 +317,8 @@ def run(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True,
     return out
 
 
-def _has_results(out: Path) -> bool:
-    return out.exists() and out.stat().st_size > 0 or any(
-        p.stat().st_size > 0 for p in out.parent.glob(f"{out.stem}.rank*-of-*.jsonl"))
-
-
-def _solve_all(cfg: RunConfig, built: _Built | None, mine: list[PromptItem], total_mine: int, shard: Path,
-               cands: Path | None, index: dict[str, int], h: str, rank: int, progress: bool) -> None:
+def _solve_all(cfg: RunConfig, built: _Built | None, mine: list[PromptItem], total_mine: int, shard: Store,
+               cands: Store | None, index: dict[str, int], h: str, rank: int, progress: bool) -> None:
     """Solve this rank's remaining prompts batch by batch, appending as each batch finishes."""
     if not mine or built is None:
         return
@@ -502,7 +331,7 @@ def _solve_all(cfg: RunConfig, built: _Built | None, mine: list[PromptItem], tot
         bar = tqdm(total=total_mine, initial=total_mine - len(mine), desc=f"rank {rank} prompts", unit="prompt")
 
     def saved() -> str:
-        return (f"; {len(read_results(shard))} results are saved in {shard} (a partial last line is repaired on "
+        return (f"; {len(read_results(shard.path))} results are saved in {shard.path} (a partial last line is repaired on "
                 "the next run); fix the cause and run the same command to resume")
 
     try:
@@ -517,8 +346,8 @@ def _solve_all(cfg: RunConfig, built: _Built | None, mine: list[PromptItem], tot
                 rec["config_hash"] = h
                 rec["versions"] = vers
             if recorder is not None and cands is not None:
-                _append(cands, recorder.rows, saved)
-            _append(shard, records, saved)
+                cands.append(recorder.rows, saved)
+            shard.append(records, saved)
             if bar is not None:
                 bar.update(len(batch))
     finally:
@@ -531,12 +360,6 @@ def _write_summary(out: Path, items: list[PromptItem], say: Callable[[str], None
     ids = {it.id for it in items}
     records = [r for r in read_results(out) if r["id"] in ids]
     summary = summarize(records)
-    _write_atomic(_summary_path(out), json.dumps(summary, indent=2))
+    write_atomic(_summary_path(out), json.dumps(summary, indent=2))
     for line in summary["lines"]:
         say(line)
-
-
-def build_dynamics(cfg: RunConfig) -> Any:
-    """Deprecated: use :func:`ctrlalign.build.build_dynamics` with ``cfg.model``. Kept only
-    until the bench harness calls ``ctrlalign.build.build_dynamics(cfg.model)`` directly."""
-    return _build_dynamics(cfg.model)

@@ -34,8 +34,8 @@ from .align import AlignmentResult, Iteration, align
 from .controllers import AISP, CEM, MPPI, BestOfN, Controller, SoftmaxSampling, StepInfo
 from .dynamics.base import Dynamics, Outcomes, Sample
 from .dynamics.toy import LinearGaussian, SoftmaxHead
-from .random import prompt_key
 from .rewards.base import Reward
+from .rewards.counting import CountingReward
 from .rewards.toy import QuadraticReward, TableReward
 from .spaces import Blocks, ControlSpace, PerToken, Shared, Subspace
 
@@ -75,22 +75,6 @@ def make_softmax_head(seed: int = 0) -> tuple[Dynamics, Reward, list[torch.Tenso
     table = {s: float(torch.randn((), generator=g)) for s in itertools.product(range(K), repeat=TAU)}
     prompts = [torch.randn(TAU, DIM, generator=g, dtype=torch.float64) for _ in range(4)]
     return SoftmaxHead(W, b, TAU, embeddings=E), TableReward(table), prompts
-
-
-class CountingReward(Reward):
-    """Wraps a reward; counts the responses scored per prompt (by content) in ``calls``."""
-
-    name = "counting"
-
-    def __init__(self, inner: Reward):
-        self.inner = inner
-        self.calls: dict[bytes, int] = {}
-
-    def __call__(self, prompts, outcomes):
-        for p in prompts:
-            key = prompt_key(p)
-            self.calls[key] = self.calls.get(key, 0) + outcomes.num_samples
-        return self.inner(prompts, outcomes)
 
 
 #: the built-in controllers as factories (n, k) → Controller

@@ -258,6 +258,8 @@ def test_config_validation(tmp_path):
         toy_config(tmp_path, budgets=[6])
     with pytest.raises(ValueError, match="extra|Extra"):
         toy_config(tmp_path, bogus=1)
+    with pytest.raises(ValueError, match=r"judge\n.*valid list"):  # the field named, not a TypeError
+        toy_config(tmp_path, judge=3)
     with pytest.raises(ValueError, match="not a controller label"):
         toy_config(tmp_path, primary="nope")
     with pytest.raises(ValueError, match=r"sigma \(σ\) must be a number > 0"):
@@ -294,9 +296,7 @@ def test_budget_mismatch_is_caught(tmp_path):
     counting = CountingReward(Sneaky())
     cfg = toy_config(tmp_path, sweep=None, controllers=[{"label": "aisp", "name": "aisp", "sigma": 0.7, "num_samples": 4}],
                      primary=None, baselines=[])
-    import ctrlalign.bench.harness as H
-
-    orig = H.CountingReward.__call__
+    orig = CountingReward.__call__  # the class the harness counts with
 
     def double_count(self, ps, outcomes):
         out = orig(self, ps, outcomes)
@@ -304,12 +304,12 @@ def test_budget_mismatch_is_caught(tmp_path):
             self.calls[self.key(p)] += 1
         return out
 
-    H.CountingReward.__call__ = double_count
+    CountingReward.__call__ = double_count
     try:
         with pytest.raises(AssertionError, match="budget mismatch"):
             run_bench(cfg, dynamics=dyn, reward=counting, judge=False, prompts=prompts, log=None, save=False)
     finally:
-        H.CountingReward.__call__ = orig
+        CountingReward.__call__ = orig
 
 
 # ------------------------------------------------------------------------------------ tiny random language model

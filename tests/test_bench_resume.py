@@ -14,7 +14,7 @@ from test_bench import toy_config, toy_system
 import ctrlalign as ca
 from ctrlalign.bench import BenchResult, run_bench
 from ctrlalign.cli import main
-from ctrlalign.runner import (
+from ctrlalign.store import (
     ConfigChangedError,
     CorruptResultsError,
     OutputLockedError,
@@ -78,6 +78,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(clean, tmp_path, st
     key = [(r["controller"], r["budget"], r["reward"], r["judge"]) for r in res.summary]
     assert key == [(r["controller"], r["budget"], r["reward"], r["judge"]) for r in clean.summary]
     assert len(res.runs) == 8 and bool(res.meta.get("resumed")) == (n_saved > 0)
+    # the file holds exactly what the resumed run returned (order, scores, summary)
+    assert BenchResult.load(cfg.output).to_dict() == json.loads(json.dumps(res.to_dict()))
 
 
 def test_finished_run_is_not_rerun_and_new_controllers_or_prompts_only_add(clean, tmp_path):
@@ -160,3 +162,91 @@ def test_an_added_seed_runs_only_its_runs(clean, tmp_path):
     res = run_bench(_small(tmp_path), dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=lines.append)
     assert any("4 of 8 runs to do" in s for s in lines)
     assert _results(res) == _results(clean)
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
+def test_results_are_appended_one_line_per_finished_run(tmp_path):
+    dyn, reward, judge, prompts = toy_system()
+    cfg = _small(tmp_path)
+    with pytest.raises(RunInterrupted):
+        run_bench(cfg, dynamics=dyn, reward=StopAfter(reward, 5), judge=judge, prompts=prompts, log=None)
+    before = Path(cfg.output).read_bytes()
+    first = _lines(cfg.output)
+    assert first[0]["ctrlalign_store"] == 1 and first[0]["kind"] == "bench"
+    assert [x["id"] for x in first[1:]] == [json.dumps(["bon-plain", 0, ["p0", "p1"]]),
+                                            json.dumps(["aisp", 0, ["p0", "p1"]])]  # 2 runs of 4 calls each
+    assert all(len(x["records"]) == 2 * 2 and len(x["traces"]) == 2 for x in first[1:])
+    run_bench(cfg, dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=None)
+    assert Path(cfg.output).read_bytes().startswith(before)  # appended, never rewritten
+    ids = [x["id"] for x in _lines(cfg.output)[len(first):]]
+    assert ids[0] == "start" and ids[-1] == "finished" and len(ids) == 1 + 6 + 1
+
+
+def test_a_results_file_of_the_old_format_is_resumed_and_rewritten_as_a_store(clean, tmp_path):
+    dyn, reward, judge, prompts = toy_system()
+    part = run_bench(_small(tmp_path, seeds=[0]), dynamics=dyn, reward=reward, judge=judge, prompts=prompts,
+                     log=None, save=False)
+    cfg = _small(tmp_path)
+    old = {**part.to_dict(), "config": _small(tmp_path, seeds=[0]).model_dump(mode="json")}
+    Path(cfg.output).write_text(json.dumps(old, indent=1))  # how results were written before the store
+    assert _results(BenchResult.load(cfg.output)) == _results(part)
+    lines: list[str] = []
+    res = run_bench(cfg, dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=lines.append)
+    assert any("4 of 8 runs to do" in s for s in lines)
+    assert _results(res) == _results(clean)
+    assert _lines(cfg.output)[0]["ctrlalign_store"] == 1
+    assert _results(BenchResult.load(cfg.output)) == _results(clean)
+
+
+def test_a_corrupt_line_of_a_store_is_named_and_the_file_kept(clean, tmp_path):
+    dyn, reward, judge, prompts = toy_system()
+    cfg = _small(tmp_path)
+    run_bench(_small(tmp_path, seeds=[0]), dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=None)
+    text = Path(cfg.output).read_text().splitlines(keepends=True)
+    text[2] = text[2][:40] + "\n"
+    Path(cfg.output).write_text("".join(text))
+    with pytest.raises(CorruptResultsError, match=re.escape(f"{cfg.output}:3: corrupt line")):
+        run_bench(cfg, dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=None)
+    assert Path(cfg.output).read_text() == "".join(text)
+
+
+def test_a_kill_mid_write_loses_only_the_run_in_flight(clean, tmp_path):
+    """A partial last line (SIGKILL while appending) is dropped, truncated, and its run made again."""
+    dyn, reward, judge, prompts = toy_system()
+    cfg = _small(tmp_path)
+    with pytest.raises(RunInterrupted):
+        run_bench(cfg, dynamics=dyn, reward=StopAfter(reward, 7), judge=judge, prompts=prompts, log=None)
+    whole = Path(cfg.output).read_text()
+    last = whole.splitlines(keepends=True)[-1]
+    Path(cfg.output).write_text(whole[: -len(last)] + last[: len(last) // 2])  # the third run, half written
+    assert len(BenchResult.load(cfg.output).runs) == 2
+    lines: list[str] = []
+    res = run_bench(cfg, dynamics=dyn, reward=reward, judge=judge, prompts=prompts, log=lines.append)
+    assert any("6 of 8 runs to do" in s for s in lines)
+    assert _results(res) == _results(clean)
+    assert Path(cfg.output).read_text().startswith(whole[: -len(last)] + '{"id": "start"')
+
+
+def test_report_only_summarises_a_stopped_run_and_appends_the_summary(tmp_path, capsys):
+    dyn, reward, judge, prompts = toy_system()
+    cfg = _small(tmp_path, figures=None, tables=str(tmp_path / "t.md"))
+    with pytest.raises(RunInterrupted):
+        run_bench(cfg, dynamics=dyn, reward=StopAfter(reward, 5), judge=False, prompts=prompts, log=None)
+    before = Path(cfg.output).read_bytes()
+    assert not BenchResult.load(cfg.output).summary
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["bench", str(path), "--report-only"]) == 0
+    assert "reward [95% CI]" in capsys.readouterr().out
+    assert Path(cfg.output).read_bytes().startswith(before)  # the summary appended
+    assert _lines(cfg.output)[-1]["id"] == "finished"
+    done = BenchResult.load(cfg.output)
+    assert {r["controller"] for r in done.summary} == {"bon-plain", "aisp"} and len(done.runs) == 2
+    (tmp_path / "missing").mkdir()
+    cfg2 = _small(tmp_path / "missing", figures=None)
+    path.write_text(yaml.safe_dump(cfg2.model_dump(mode="json")))
+    assert main(["bench", str(path), "--report-only"]) == 1
+    assert "no bench results here" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 from ctrlalign.build import build_reward
 from ctrlalign.config import RunConfig, config_hash, load_config
 from ctrlalign.data import load_prompts, mt_bench
-from ctrlalign.runner import read_results
+from ctrlalign.store import read_results
 
 
 def write(tmp_path, name, text):

@@ -49,11 +49,18 @@ SUBMODULES = [
     "ctrlalign.solve",
     "ctrlalign.config",
     "ctrlalign.runner",
+    "ctrlalign.store",
     "ctrlalign.cli",
     "ctrlalign.data",
     "ctrlalign.models",
     "ctrlalign.random",
     "ctrlalign.bench",
+    "ctrlalign.bench.result",
+    "ctrlalign.bench.plan",
+    "ctrlalign.bench.execute",
+    "ctrlalign.bench.score",
+    "ctrlalign.bench.summary",
+    "ctrlalign.bench.verdict",
 ]
 
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import make_model, make_tokenizer
 
 from ctrlalign.cli import main
-from ctrlalign.runner import read_results
+from ctrlalign.store import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -341,7 +341,7 @@ def test_bad_run_flags(tmp_path, capsys, tiny, case, extra, fragments):
 def test_unwritable_output_ends_in_one_line(tmp_path, capsys, tiny, monkeypatch, code, reason):
     """A read-only file system, a full disk or no permission: exit 1, one line naming the
     file and the cause, results written so far kept."""
-    from ctrlalign import runner
+    from ctrlalign import store
 
     cfg = write_json(tmp_path, good_config(tmp_path, tiny))
     calls = {"n": 0}
@@ -353,14 +353,14 @@ def test_unwritable_output_ends_in_one_line(tmp_path, capsys, tiny, monkeypatch,
             raise OSError(code, os.strerror(code))
         real(fd)
 
-    monkeypatch.setattr(runner.os, "fsync", failing_fsync)
+    monkeypatch.setattr(store.os, "fsync", failing_fsync)
     rc, err = run_main(["run", cfg, "--no-progress", "-q"], capsys)
     assert rc == 1 and "Traceback" not in err
     assert f"cannot write {tmp_path / 'out.jsonl'}: " in err and reason in err
     assert "run the same command to resume" in err
     kept = read_results(tmp_path / "out.jsonl")
     assert [r["id"] for r in kept][:1] == ["p0"]  # the line whose fsync failed may be there too
-    monkeypatch.setattr(runner.os, "fsync", real)
+    monkeypatch.setattr(store.os, "fsync", real)
     rc, err = run_main(["run", cfg, "--no-progress", "-q"], capsys)
     assert rc == 0, err
     assert [r["id"] for r in read_results(tmp_path / "out.jsonl")] == ["p0", "p1"]
@@ -455,7 +455,7 @@ def test_failed_start_does_not_block_the_corrected_config(tmp_path, capsys, tiny
     bad = write_json(tmp_path, good_config(tmp_path, tiny, model={"name": str(tmp_path / "typo")}))
     rc, err = run_main(["run", bad, "-q"], capsys)
     assert rc == 2 and "typo" in err
-    assert not (tmp_path / "out.jsonl.meta.json").exists()
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.meta.json").exists()
     good = write_json(tmp_path, good_config(tmp_path, tiny), name="good.json")
     rc, err = run_main(["run", good, "-q", "--no-progress"], capsys)
     assert rc == 0, err

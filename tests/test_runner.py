@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import make_model, make_tokenizer
 
-from ctrlalign.runner import read_results
+from ctrlalign.store import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["happy good love", "sad bad hate", "the sea", "a big dog", "the small cat", "the sun and the moon",

@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctrlalign.bench import metrics
-from ctrlalign.bench.verdict import frontier_points, reference_frontier, regime_goal
+from ctrlalign.bench.verdict import (
+    baseline_checks,
+    frontier_points,
+    goal_status,
+    reference_frontier,
+    regime_goal,
+)
 
 
 def _trace(ctrl, seed, pid, rounds, with_pools=True):
@@ -118,3 +124,22 @@ def test_bon_reference_is_bon_kl():
     res = {"traces": [_trace("plain", 0, "p", [[1.0, 3.0], [2.0, 0.0]])], "records": []}
     Ns, _ = reference_frontier(res, "plain")
     assert metrics.bon_kl(Ns).tolist() == pytest.approx([0.0, math.log(2) - 0.5, math.log(4) - 0.75])
+
+
+def test_goal_status_and_regime_goal_share_one_reward_check():
+    """Both goals read the reward part from baseline_checks: a reward CI above 0 passes, one
+    touching 0 fails, a worse judge fails goal_status only, and a missing comparison fails both."""
+    res = _result(primary_reward=0.9)
+    assert [(c["baseline"], c["budget"], c["reward_better"]) for c in baseline_checks(res, "mine", ["plain", "prior"], 8)] \
+        == [("plain", 8, True), ("prior", 8, True)]
+    assert goal_status(res, "mine", ["plain", "prior"], min_budget=8)["met"]
+    assert not goal_status(_result(primary_reward=0.4), "mine", ["plain", "prior"], min_budget=8)["met"]
+    res["comparisons"][1]["judge_diff"] = {"mean": -1.0, "low": -1.5, "high": -0.5}
+    g = goal_status(res, "mine", ["plain", "prior"], min_budget=8)
+    assert not g["met"] and [c["judge_not_worse"] for c in g["checks"]] == [True, False]
+    missing = _result(primary_reward=0.9)
+    missing["comparisons"].pop()
+    assert not goal_status(missing, "mine", ["plain", "prior"], min_budget=8)["met"]
+    g = regime_goal(missing, "mine", ["plain", "prior"], min_budget=8)
+    assert "reward vs prior at N=8" in g["failing"]
+    assert not goal_status(res, "mine", ["plain", "prior"], min_budget=128)["met"]  # nothing checked: not met

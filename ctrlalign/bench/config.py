@@ -52,11 +52,13 @@ from ..config import (
     SpaceConfig,
     format_validation_error,
     read_config_file,
+    reward_terms,
     space_section,
 )
 from ..controllers import Controller
 
-__all__ = ["FROM_PROMPTS", "BenchConfig", "BenchController", "SweepGrid", "load_bench_config"]
+__all__ = ["FROM_PROMPTS", "NOT_IDENTITY", "BenchConfig", "BenchController", "SweepGrid", "bench_identity",
+           "load_bench_config"]
 
 
 
@@ -178,16 +180,16 @@ class BenchConfig(_Strict):
     primary: str | None = Field(None, description="label of the controller compared against the baselines")
     baselines: list[str] = Field(default_factory=list, description="labels of the baselines for paired differences")
     ci_method: Literal["t", "bootstrap"] = Field("bootstrap", description="CI: cluster bootstrap over prompts, or t over prompt means")
-    output: str = Field("benchmarks/results/bench.json", description="results JSON (written after every prompt batch)")
+    output: str = Field("benchmarks/results/bench.jsonl", description="results file: a JSON Lines store, one line "
+                        "appended per finished (controller, seed, prompt batch) run (a file of the older one-object "
+                        "JSON format is still read, and rewritten as a store when a run resumes it)")
     figures: str | None = Field("docs/img", description="folder for PNG figures (None: none)")
     tables: str | None = Field(None, description="markdown file for the tables (None: <output>.md)")
 
     @field_validator("reward", "judge", mode="before")
     @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        if isinstance(v, (dict, str)):
-            v = [v]
-        return [{"name": x} if isinstance(x, str) else x for x in v]
+    def _reward_terms(cls, v: Any) -> Any:
+        return reward_terms(v)
 
     @field_validator("budgets")
     @classmethod
@@ -238,3 +240,15 @@ def load_bench_config(path: str | Path) -> BenchConfig:
         return BenchConfig.model_validate(data)
     except ValidationError as exc:
         raise ValueError(format_validation_error(exc, f"bench config {p}")) from None
+
+
+#: config fields that change no result: results written under other values are resumed (the
+#: controllers are compared run by run, by label, with the settings each run was made with)
+NOT_IDENTITY = ("name", "output", "figures", "tables", "limit", "seeds", "primary", "baselines", "controllers",
+                "sweep")
+
+
+def bench_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a bench config (a :class:`BenchConfig` dumped to JSON) that determine its
+    results: every field but :data:`NOT_IDENTITY`."""
+    return {k: v for k, v in config.items() if k not in NOT_IDENTITY}

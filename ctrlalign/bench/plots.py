@@ -1,4 +1,4 @@
-"""Figures of a :class:`~ctrlalign.bench.harness.BenchResult` (matplotlib, Agg backend, PNG).
+"""Figures of a :class:`~ctrlalign.bench.result.BenchResult` (matplotlib, Agg backend, PNG).
 
 * :func:`plot_reward_vs_budget`: mean optimised reward vs N per controller, 95% CI bands.
 * :func:`plot_iterations`: for one controller (AISP), mean reward per iteration (round mean,

@@ -1,4 +1,4 @@
-"""Markdown tables of a :class:`~ctrlalign.bench.harness.BenchResult`, for docs and BENCHMARKS.md.
+"""Markdown tables of a :class:`~ctrlalign.bench.result.BenchResult`, for docs and BENCHMARKS.md.
 
 * :func:`results_table`: one row per (controller, N) — reward [95% CI], judge [95% CI],
   KL(q_U‖p), ‖U‖, token log-ratio, diversity, coherence, time, tokens/s, reward calls.
@@ -284,8 +284,6 @@ def goal_table(results: dict[str, Any], min_budget: int = 128) -> str:
 
 def markdown_report(result, primary: str | None = None, baselines: Sequence[str] | None = None) -> str:
     """All tables, the scale of the model and (if ``primary``) the goal check."""
-    from .harness import goal_status
-
     meta = _get(result, "meta")
     cfg = _get(result, "config")
     primary = primary or cfg.get("primary")
@@ -317,7 +315,7 @@ def markdown_report(result, primary: str | None = None, baselines: Sequence[str]
     if sw.count("\n") > 1:
         parts += ["", sw]
     if primary and baselines and hasattr(result, "comparisons"):
-        g = goal_status(result, primary, baselines)
+        g = verdict.goal_status(result, primary, baselines)
         bad = [c for c in g["checks"] if not (c["reward_better"] and c["judge_not_worse"])]
         parts += ["", f"Goal ({primary} reward above {', '.join(baselines)} at every N ≥ 32 with the CI of the "
                       f"paired difference excluding 0, judge not significantly worse): "

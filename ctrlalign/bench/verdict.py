@@ -1,4 +1,4 @@
-r"""The reward–KL frontier of a benchmark result, and the paper-regime goal check.
+r"""The reward–KL frontier of a benchmark result, and the goal checks.
 
 **Reference frontier.** Best-of-N over the base policy at size :math:`N_j` is the point
 :math:`(\mathrm{KL}_j, \bar R_j)` with :math:`\mathrm{KL}_j = \log N_j - (N_j-1)/N_j`
@@ -32,7 +32,8 @@ the gap to that last reward (an upper bound on its true gap, ≤ 0); one above i
 reward beats every baseline with the paired 95% cluster-bootstrap CI excluding 0; its held-out
 fluency is no worse than plain Best-of-N's by more than the half-width of the 95% CI of Best-of-N's
 own seed-to-seed fluency difference; and at least one of its points is above the frontier on the
-charged footing.
+charged footing. The simpler :func:`goal_status` (reward above every baseline at every
+N ≥ 32, judge not significantly worse) shares the reward part, :func:`baseline_checks`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ import numpy as np
 
 from . import metrics
 
-__all__ = ["frontier_points", "reference_frontier", "regime_goal"]
+__all__ = ["baseline_checks", "frontier_points", "goal_status", "reference_frontier", "regime_goal"]
+
+
+def _comparisons(result) -> list[dict[str, Any]]:
+    return result.comparisons if hasattr(result, "comparisons") else result["comparisons"]
 
 
 def _records(result) -> list[dict[str, Any]]:
@@ -136,6 +141,49 @@ def _fluency_tolerance(recs: list[dict[str, Any]]) -> tuple[float, str]:
     return (float("nan") if ci is None else (ci.high - ci.low) / 2), "one seed: CI of the mean"
 
 
+def _budgets(result, primary: str, min_budget: int) -> list[int]:
+    """The budgets N ≥ ``min_budget`` at which ``primary`` has records, ascending."""
+    return sorted({int(r["budget"]) for r in _records(result) if r["controller"] == primary
+                   and r["budget"] >= min_budget})
+
+
+def baseline_checks(result, primary: str, baselines: Sequence[str], min_budget: int) -> list[dict[str, Any]]:
+    """The check of ``primary`` against each baseline at each budget N ≥ ``min_budget`` it ran at,
+    from the paired differences (primary − baseline) of the result's comparisons.
+
+    Returns:
+        One dict per (baseline, N), baseline-major: ``baseline``, ``budget``, ``reward_diff`` and
+        ``judge_diff`` (the CIs, None when absent), ``reward_better`` (the reward CI's lower bound
+        above 0; a missing comparison fails) and ``judge_not_worse`` (no judge, or the judge CI's
+        upper bound ≥ 0).
+    """
+    comps = _comparisons(result)
+    checks = []
+    for b in baselines:
+        for N in _budgets(result, primary, min_budget):
+            row = next((c for c in comps if c["controller"] == primary and c["baseline"] == b
+                        and c["budget"] == N), None)
+            rd = None if row is None else row.get("reward_diff")
+            jd = None if row is None else row.get("judge_diff")
+            checks.append({"baseline": b, "budget": N, "reward_diff": rd, "judge_diff": jd,
+                           "reward_better": bool(rd and rd["low"] > 0),
+                           "judge_not_worse": bool(jd is None or jd["high"] >= 0)})
+    return checks
+
+
+def goal_status(result, primary: str, baselines: Sequence[str], min_budget: int = 32) -> dict[str, Any]:
+    """Is ``primary``'s reward above every baseline's at every N ≥ ``min_budget`` (CI of the
+    paired difference above 0), with a judge score not significantly worse (CI upper bound ≥ 0)?
+
+    Returns:
+        ``{"met", "checks"}``: ``checks`` from :func:`baseline_checks`; ``met`` needs at least
+        one check and every check passing.
+    """
+    checks = baseline_checks(result, primary, baselines, min_budget)
+    met = bool(checks) and all(c["reward_better"] and c["judge_not_worse"] for c in checks)
+    return {"met": met, "checks": checks}
+
+
 def regime_goal(result, primary: str, baselines: Sequence[str], plain: str | None = None,
                 min_budget: int = 128) -> dict[str, Any]:
     """The paper-regime goal for one controller (module docstring).
@@ -154,20 +202,15 @@ def regime_goal(result, primary: str, baselines: Sequence[str], plain: str | Non
         ≥ ``min_budget``) fails: an absent check is not a pass.
     """
     plain = plain or baselines[0]
-    comps = result.comparisons if hasattr(result, "comparisons") else result["comparisons"]
     recs = _records(result)
-    budgets = sorted({int(r["budget"]) for r in recs if r["controller"] == primary and r["budget"] >= min_budget})
+    budgets = _budgets(result, primary, min_budget)
     failing = []
     reward = []
-    for b in baselines:
-        for N in budgets:
-            row = next((c for c in comps if c["controller"] == primary and c["baseline"] == b
-                        and c["budget"] == N), None)
-            ci = None if row is None else row.get("reward_diff")
-            ok = bool(ci and ci["low"] > 0)
-            reward.append({"baseline": b, "budget": N, "diff": ci, "ok": ok})
-            if not ok:
-                failing.append(f"reward vs {b} at N={N}")
+    for c in baseline_checks(result, primary, baselines, min_budget):
+        reward.append({"baseline": c["baseline"], "budget": c["budget"], "diff": c["reward_diff"],
+                       "ok": c["reward_better"]})
+        if not c["reward_better"]:
+            failing.append(f"reward vs {c['baseline']} at N={c['budget']}")
     fluency = []
     for N in budgets:
         mine = [r["fluency"] for r in recs if r["controller"] == primary and r["budget"] == N

@@ -14,6 +14,7 @@ from .base import (
     select_outcomes,
 )
 from .classifier import SequenceClassifierReward
+from .counting import CountingReward
 from .embedding import EmbeddingSimilarity, embed
 from .judge import DEFAULT_JUDGE_TEMPLATE, LMJudge
 from .registry import REWARDS, get_reward, register_reward
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_JUDGE_TEMPLATE",
     "REWARDS",
     "CallableReward",
+    "CountingReward",
     "EmbeddingSimilarity",
     "LMJudge",
     "LexiconSentiment",
