@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 import torch
 
 from .._checks import ConfigError
-from ..dynamics.base import Outcomes, Sample, Step, StepwiseDynamics
+from ..dynamics.base import Outcomes, Sample, StepwiseDynamics
 
-__all__ = ["Checkpoint", "ClosedLoopResult", "block_bounds", "distinct_rows", "require_stepwise", "tokens_per_prompt"]
+__all__ = ["Checkpoint", "ClosedLoopResult", "block_bounds", "distinct_rows", "require_stepwise"]
 
 
 def require_stepwise(dynamics: Any, who: str) -> StepwiseDynamics:
@@ -40,13 +40,6 @@ def block_bounds(horizon: int, block_size: int) -> list[tuple[int, int]]:
     """Checkpoints of a response of T = ``horizon`` steps every b = ``block_size``: the blocks
     [t0, t1) that end at them, the last ending at T."""
     return [(t0, min(t0 + block_size, horizon)) for t0 in range(0, horizon, block_size)]
-
-
-def tokens_per_prompt(step: Step, num_prompts: int) -> torch.Tensor:
-    """(D,) tokens decoded by a :class:`~ctrlalign.dynamics.base.Step` per prompt: the rows'
-    steps while alive (B = D·n rows, row ``j*n + i``)."""
-    alive = step.alive if step.alive is not None else torch.ones(step.logprobs.shape, dtype=torch.bool)
-    return alive.reshape(num_prompts, -1).sum(-1).cpu()
 
 
 def distinct_rows(outcomes: Outcomes) -> torch.Tensor:

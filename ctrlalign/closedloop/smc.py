@@ -47,65 +47,14 @@ from ..cost import Cost
 from ..dynamics.base import StepwiseDynamics
 from ..random import make_generators
 from ..resampling import RESAMPLERS, resample
-from ..rewards.base import Reward, evaluate_reward, require_prefix_scores
+from ..rewards.base import Reward, require_prefix_scores
 from ..selection import Reservoir
-from .base import (
-    Checkpoint,
-    ClosedLoopResult,
-    block_bounds,
-    distinct_rows,
-    require_stepwise,
-    tokens_per_prompt,
-)
+from .base import Checkpoint, ClosedLoopResult, block_bounds, distinct_rows, require_stepwise
+from .particles import Particles
 
-__all__ = ["SMC", "advance_block", "row_controls"]
+__all__ = ["SMC"]
 
 READOUTS = ("argmax", "weight")
-
-
-def row_controls(controls: torch.Tensor | None, num_prompts: int, num_samples: int) -> torch.Tensor | None:
-    """V as (D, n, τ, d): a shared (D, τ, d) control is expanded (a view), (D, n, τ, d) passes."""
-    if controls is None:
-        return None
-    if controls.dim() == 3 and controls.shape[0] == num_prompts:
-        return controls.unsqueeze(1).expand(num_prompts, num_samples, *controls.shape[1:])
-    if controls.dim() == 4 and tuple(controls.shape[:2]) == (num_prompts, num_samples):
-        return controls
-    raise ConfigError(f"controls must be (D={num_prompts}, τ, d) or (D, n={num_samples}, τ, d), "
-                      f"got {tuple(controls.shape)}")
-
-
-def advance_block(dynamics: StepwiseDynamics, state: Any, controls: torch.Tensor | None, noise: torch.Tensor,
-                  t0: int, t1: int) -> tuple[Any, list[tuple[Any, bool]]]:
-    """Advance steps [t0, t1): the controlled ones (t < τ = ``controls.shape[2]``) with V, the
-    rest without. Returns the state and the block's (Step, controlled) parts."""
-    tau = 0 if controls is None else controls.shape[2]
-    parts = []
-    if t0 < tau:
-        cut = min(t1, tau)
-        state, step = dynamics.advance(state, controls[:, :, t0:cut], noise[:, :, t0:cut])
-        parts.append((step, True))
-    if max(t0, tau) < t1:
-        state, step = dynamics.advance(state, None, noise[:, :, max(t0, tau):t1])
-        parts.append((step, False))
-    return state, parts
-
-
-def likelihood_ratio(parts: list[tuple[Any, bool]], num_prompts: int, num_samples: int) -> torch.Tensor:
-    r"""(D, n) float64 :math:`\sum_s [\log p - \log q]` over a block's controlled steps of alive rows
-    (0 where uncontrolled: q = p there)."""
-    total = torch.zeros(num_prompts, num_samples, dtype=torch.float64)
-    for step, controlled in parts:
-        if not controlled:
-            continue
-        if step.base_logprobs is None:
-            raise ConfigError("SMC with a control needs the base model's log-probabilities log p for the p/q "
-                              "correction; build the dynamics with base_logprobs=True")
-        diff = (step.base_logprobs.double() - step.logprobs.double()).cpu()
-        if step.alive is not None:
-            diff = torch.where(step.alive.cpu(), diff, torch.zeros_like(diff))
-        total += diff.reshape(num_prompts, num_samples, -1).sum(-1)
-    return total
 
 
 class SMC:
@@ -202,36 +151,20 @@ class SMC:
         gens = make_generators(seed, prompts, device=dynamics.device)
         select_gens = [g.select for g in gens]
         context = dynamics.prepare(prompts) if context is None else context
-        noise = dynamics.draw_noise([g.rollout for g in gens], n)
-        T = noise.shape[2]
-        V = row_controls(controls, D, n)
-        if V is not None:
-            V = V.to(device=dynamics.device, dtype=dynamics.dtype)
-            if V.shape[2] > T:
-                raise ConfigError(f"controls: horizon τ={V.shape[2]} exceeds the dynamics' T={T}")
-        state = dynamics.start(context, n)
+        particles = Particles(dynamics, context, prompts, cost, n, gens, controls)
         log_w = torch.zeros(D, n, dtype=torch.float64)
         psi = torch.zeros(D, n, dtype=torch.float64)
         log_z = torch.zeros(D, dtype=torch.float64)
-        tokens = torch.zeros(D, dtype=torch.long)
-        prefix_calls = torch.zeros(D, dtype=torch.long)
-        full_calls = torch.zeros(D, dtype=torch.long)
         identity = torch.arange(n).expand(D, n)
         trace: list[Checkpoint] = []
-        for t0, t1 in block_bounds(T, self.block_size):
-            state, parts = advance_block(dynamics, state, V, noise, t0, t1)
-            for step, _ in parts:
-                tokens += tokens_per_prompt(step, D)
-            ratio = likelihood_ratio(parts, D, n)
-            outcomes = dynamics.outcomes(state)
-            last = t1 == T or bool(state.finished.all())
+        for t0, t1 in block_bounds(particles.horizon, self.block_size):
+            ratio = particles.log_ratio(particles.advance(t0, t1))
+            outcomes = particles.outcomes()
+            last = t1 == particles.horizon or particles.finished
+            scores = particles.score(outcomes, prefix=not last)
             if last:
-                scores = cost.rewards(prompts, outcomes).double().cpu()
-                full_calls += n
                 lam_t = torch.full((D,), lam, dtype=torch.float64)
             else:
-                scores = evaluate_reward(cost.reward, prompts, outcomes, prefix=True).double().cpu()
-                prefix_calls += n
                 lam_t = self.twist_temperatures(scores, log_w + ratio, psi)
             new_psi = torch.where(torch.isinf(lam_t).unsqueeze(-1), torch.zeros_like(scores),
                                   scores / lam_t.unsqueeze(-1))
@@ -239,21 +172,17 @@ class SMC:
             psi = new_psi
             ess = theory.effective_sample_size(torch.log_softmax(log_w, dim=-1))
             distinct = distinct_rows(outcomes)
-            if last:
-                trace.append(Checkpoint(t1, torch.full((D,), n), ess, lam_t, scores.mean(-1),
-                                        torch.zeros(D, dtype=torch.bool), distinct))
-                break
             resampled = torch.zeros(D, dtype=torch.bool)
-            if self.resample_threshold > 0:
+            if not last and self.resample_threshold > 0:
                 ancestors = resample(log_w, select_gens, self.scheme)
                 resampled = ess < self.resample_threshold * n
                 rows = torch.where(resampled.unsqueeze(-1), ancestors, identity)
                 log_z, log_w = self.renormalize(log_z, log_w, resampled)
                 psi = psi.gather(1, rows)
-                if V is not None:
-                    V = V.gather(1, rows.to(V.device).view(D, n, 1, 1).expand(V.shape))
-                state = dynamics.select(state, rows.to(dynamics.device))
+                particles.select(rows, carry_noise=False)
             trace.append(Checkpoint(t1, torch.full((D,), n), ess, lam_t, scores.mean(-1), resampled, distinct))
+            if last:
+                break
         log_z = log_z + theory.log_mean_exp(log_w, dim=-1)
         if self.readout == "argmax":
             chosen = scores.argmax(-1)
@@ -261,8 +190,8 @@ class SMC:
             _, chosen, _ = Reservoir().update(Reservoir().init(D), scores, log_w, select_gens)
         return ClosedLoopResult(
             prompts=prompts, responses=[outcomes.sample(j, int(chosen[j])) for j in range(D)],
-            rewards=scores.gather(1, chosen.view(D, 1)).squeeze(1), trace=trace, tokens=tokens,
-            prefix_calls=prefix_calls, full_calls=full_calls, distinct=distinct, seconds=time.perf_counter() - t_start,
+            rewards=scores.gather(1, chosen.view(D, 1)).squeeze(1), trace=trace, tokens=particles.tokens,
+            prefix_calls=particles.prefix_calls, full_calls=particles.full_calls, distinct=distinct, seconds=time.perf_counter() - t_start,
             controller=self.name, log_normalizer=log_z, final_rewards=scores,
             meta={"log_weights": log_w,
                   "final_tokens": None if outcomes.tokens is None else outcomes.tokens.tolist()},
