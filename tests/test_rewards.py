@@ -536,3 +536,56 @@ def test_import_is_light():
 def test_reward_is_abstract():
     with pytest.raises(TypeError):
         Reward()  # type: ignore[abstract]
+
+
+# ---------------------------------------------------------------------------------------------
+# prefix scores (partial responses, for closed-loop controllers)
+
+
+class _PrefixAware(Reward):
+    """A reward whose prefix score differs from its full score: length of the text so far."""
+
+    name = "prefix-aware"
+
+    def __call__(self, prompts, outcomes):
+        return torch.tensor([[float(len(t)) for t in row] for row in outcomes.texts])
+
+    def prefix(self, prompts, outcomes):
+        return -self(prompts, outcomes)
+
+
+def test_prefix_defaults_to_the_reward_of_the_text_so_far():
+    r = CallableReward(lambda p, t: float(len(t)), texts=True, name="len")
+    o = outcomes_of([["ab", "abcd"]])
+    assert torch.equal(r.evaluate(["x"], o, prefix=True), r.evaluate(["x"], o))
+
+
+def test_a_weighted_sum_scores_prefixes_term_by_term():
+    """Each term's own prefix score enters the sum, not its full score."""
+    s = 2.0 * _PrefixAware() + CallableReward(lambda p, t: 1.0, texts=True, name="one")
+    o = outcomes_of([["ab", "abcd"]])
+    assert s.evaluate(["x"], o).tolist() == [[5.0, 9.0]]
+    assert s.evaluate(["x"], o, prefix=True).tolist() == [[-3.0, -7.0]]
+
+
+def test_a_reward_without_prefix_scores_is_refused_by_name():
+    no = CallableReward(lambda p, t: 1.0, texts=True, name="final-only", scores_prefixes=False)
+    o = outcomes_of([["ab"]])
+    assert no.evaluate(["x"], o).tolist() == [[1.0]]  # full scores still work
+    for reward in (no, no + CallableReward(lambda p, t: 0.0, texts=True, name="zero")):
+        assert reward.scores_prefixes is False
+        with pytest.raises(ConfigError, match="'final-only'.*scores_prefixes=False"):
+            reward.evaluate(["x"], o, prefix=True)
+    with pytest.raises(ConfigError, match="scores_prefixes must be True or False"):
+        CallableReward(lambda p, t: 1.0, scores_prefixes="no")
+
+
+def test_a_failing_prefix_score_names_the_prompt_and_sample():
+    class Picky(_PrefixAware):
+        def prefix(self, prompts, outcomes):
+            if any("!" in t for row in outcomes.texts for t in row):
+                raise ValueError("no shouting")
+            return super().prefix(prompts, outcomes)
+
+    with pytest.raises(RewardError, match="on prefixes raised ValueError: no shouting at prompt 1 .*sample 0"):
+        Picky().evaluate(["a", "b"], outcomes_of([["ok", "fine"], ["hey!", "ok"]]), prefix=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..declare import Hyperparameter
 from ..selection import Reservoir, Selection
 from .base import Proposal, StepInfo, WeightedController
 
@@ -26,17 +27,24 @@ class SoftmaxSampling(WeightedController):
     Args:
         num_samples: n, samples per iteration.
         num_iterations: k, iterations (pool N = n·k).
-        sigma: σ > 0, the prior's noise scale (θ̂ stays 0).
+        sigma: σ >= 0, the prior's noise scale (θ̂ stays 0; σ = 0 samples the plain model).
         temperature: λ > 0 (fixed); None with ``target_ess``.
         target_ess: adaptive λ per round so that the ESS is this fraction of n.
     """
 
     name = "softmax"
+    hyperparameters = (
+        Hyperparameter("sigma", float, "std of the prior's control noise (0: SIR from the plain model)", "σ", low=0),
+    )
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
                  temperature: float | None = 0.3, target_ess: float | None = None):
         super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma)
         self._set_temperature(temperature, target_ess)
+
+    def kl(self, state: Proposal) -> torch.Tensor:
+        """(D,) zeros: the proposal is the prior (or, at σ = 0, no control at all)."""
+        return torch.zeros(state.num_prompts, dtype=torch.float64, device=state.mean.device)
 
     def default_selection(self) -> Selection:
         """The weighted reservoir (exact softmax(r/λ) over all N samples)."""

@@ -1,4 +1,13 @@
-"""Rewards: batched scores of outcomes, shape (D, n)."""
+r"""Rewards: batched scores of outcomes, shape (D, n), of whole responses and of partial ones.
+
+A reward scores finished responses (:meth:`Reward.__call__`) and, for closed-loop controllers
+that act on partial responses (SMC, speculative rejection), *prefixes*
+(:meth:`Reward.prefix`): outcomes whose texts and tokens are the responses so far,
+:math:`r(x, y_{1:t})`. By default a prefix is scored like a finished response — the reward of
+the text so far. A reward that cannot score prefixes says so with ``scores_prefixes = False``;
+closed-loop controllers then refuse it (:func:`require_prefix_scores`) instead of silently
+scoring nonsense.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .._checks import RewardError, check_rewards
+from .._checks import ConfigError, RewardError, check_rewards
 from ..dynamics.base import Outcomes
 
 __all__ = [
@@ -18,6 +27,7 @@ __all__ = [
     "WeightedSum",
     "evaluate_reward",
     "prompt_text",
+    "require_prefix_scores",
     "response_texts",
     "safe_call",
     "select_outcomes",
@@ -34,6 +44,8 @@ class Reward(ABC):
 
     #: short name used in traces and result files.
     name: str = "reward"
+    #: whether :meth:`prefix` scores partial responses (closed-loop controllers need it)
+    scores_prefixes: bool = True
 
     @abstractmethod
     def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
@@ -47,9 +59,25 @@ class Reward(ABC):
             (D, n) float tensor of finite rewards.
         """
 
-    def evaluate(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
+    def prefix(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
+        r"""Score D prompts × n *partial* responses :math:`r(x, y_{1:t})` (texts and tokens so far).
+
+        Override when a prefix needs other treatment than a finished response (a process
+        reward, a value model); the default is the reward of the text so far,
+        ``self(prompts, outcomes)``.
+
+        Returns:
+            (D, n) float tensor of finite scores.
+
+        Raises:
+            ConfigError: this reward declares ``scores_prefixes = False``.
+        """
+        require_prefix_scores(self, "Reward.prefix")
+        return self(prompts, outcomes)
+
+    def evaluate(self, prompts: Sequence[Any], outcomes: Outcomes, *, prefix: bool = False) -> torch.Tensor:
         """Checked call: :func:`evaluate_reward` (errors name the prompt and sample index)."""
-        return evaluate_reward(self, prompts, outcomes)
+        return evaluate_reward(self, prompts, outcomes, prefix=prefix)
 
     def __add__(self, other: Reward) -> WeightedSum:
         return WeightedSum([(1.0, self), (1.0, other)])
@@ -85,12 +113,21 @@ class WeightedSum(Reward):
             raise ValueError("WeightedSum needs at least one term")
         self.terms = flat
         self.name = " + ".join(f"{c:g}*{r.name}" for c, r in flat)
+        self.scores_prefixes = all(r.scores_prefixes for _, r in flat)
 
     def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
+        return self._sum(prompts, outcomes, prefix=False)
+
+    def prefix(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
+        """Σ_j c_j r_j(prefix): each term scores the prefix its own way."""
+        require_prefix_scores(self, "WeightedSum.prefix")
+        return self._sum(prompts, outcomes, prefix=True)
+
+    def _sum(self, prompts: Sequence[Any], outcomes: Outcomes, *, prefix: bool) -> torch.Tensor:
         # Each term is checked on its own, so a failure names the term, the prompt and the sample.
         total = None
         for c, r in self.terms:
-            v = evaluate_reward(r, prompts, outcomes).to(torch.float32)
+            v = evaluate_reward(r, prompts, outcomes, prefix=prefix).to(torch.float32)
             total = c * v if total is None else total + c * v
         return total
 
@@ -105,10 +142,13 @@ class CallableReward(Reward):
       for language models, ``sample.value`` for toy systems). If ``fn`` takes a ``str``
       annotation or is called ``text_fn=True``, it receives ``(prompt, text)`` instead.
     * ``batched=True``: ``fn(prompts, outcomes) -> (D, n)``.
+
+    ``scores_prefixes=False`` declares that ``fn`` cannot score partial responses (closed-loop
+    controllers then refuse it); by default a prefix is scored by ``fn`` like a response.
     """
 
     def __init__(self, fn: Callable[..., Any], *, batched: bool = False, texts: bool | None = None,
-                 name: str | None = None):
+                 name: str | None = None, scores_prefixes: bool = True):
         if not callable(fn):
             raise TypeError(f"CallableReward needs a callable, got {type(fn).__name__}")
         self.fn = fn
@@ -123,6 +163,9 @@ class CallableReward(Reward):
                 pass
         self.texts = texts
         self.name = name or getattr(fn, "__name__", "callable")
+        if not isinstance(scores_prefixes, bool):
+            raise ConfigError(f"scores_prefixes must be True or False, got {scores_prefixes!r}")
+        self.scores_prefixes = scores_prefixes
 
     def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
         if self.batched:
@@ -147,6 +190,21 @@ class CallableReward(Reward):
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by the reward plug-ins
 # ---------------------------------------------------------------------------------------------
+
+
+def require_prefix_scores(reward: Any, who: str) -> None:
+    """Refuse a reward that declares it cannot score partial responses.
+
+    Raises:
+        ConfigError: naming the reward and ``who`` needed prefix scores.
+    """
+    if not getattr(reward, "scores_prefixes", True):
+        name = getattr(reward, "name", type(reward).__name__)
+        unable = [r.name for _, r in getattr(reward, "terms", ()) if not r.scores_prefixes]
+        which = f" (its terms {unable} cannot)" if unable else ""
+        raise ConfigError(f"{who} needs scores of partial responses, but reward {name!r}{which} declares "
+                          "scores_prefixes=False; use an open-loop controller, or a reward that scores "
+                          "prefixes (override Reward.prefix)")
 
 
 def prompt_text(prompt: Any) -> str:
@@ -223,7 +281,7 @@ def _short(x: Any, limit: int = 60) -> str:
     return repr(s if len(s) <= limit else s[: limit - 3] + "...")
 
 
-def _fails(reward: Reward, prompts: Sequence[Any], outcomes: Outcomes, pi: list[int], si: list[int]) -> bool:
+def _fails(reward: Callable[..., Any], prompts: Sequence[Any], outcomes: Outcomes, pi: list[int], si: list[int]) -> bool:
     try:
         reward([prompts[d] for d in pi], select_outcomes(outcomes, pi, si))
     except Exception:  # noqa: BLE001 - any failure counts while bisecting
@@ -231,7 +289,7 @@ def _fails(reward: Reward, prompts: Sequence[Any], outcomes: Outcomes, pi: list[
     return False
 
 
-def _locate_failure(reward: Reward, prompts: Sequence[Any], outcomes: Outcomes) -> tuple[int, int] | None:
+def _locate_failure(reward: Callable[..., Any], prompts: Sequence[Any], outcomes: Outcomes) -> tuple[int, int] | None:
     """Bisect over prompts, then over samples, for the first (d, i) on which ``reward`` raises.
 
     Costs O(log D + log n) reward calls on shrinking grids. Returns None if no single
@@ -267,8 +325,10 @@ def evaluate_reward(
     outcomes: Outcomes,
     *,
     locate: bool = True,
+    prefix: bool = False,
 ) -> torch.Tensor:
-    """Call ``reward(prompts, outcomes)`` and check the result: the one safe way to score.
+    """Call ``reward(prompts, outcomes)`` (``reward.prefix(...)`` with ``prefix=True``: partial
+    responses) and check the result: the one safe way to score.
 
     Returns the (D, n) float tensor of finite rewards. Every failure is a
     :class:`~ctrlalign.RewardError` whose message names the reward and, where it can be known,
@@ -282,17 +342,20 @@ def evaluate_reward(
     """
     D, n = outcomes.num_prompts, outcomes.num_samples
     name = getattr(reward, "name", None) or getattr(reward, "__name__", type(reward).__name__)
-    source = f"reward {name!r}"
+    source = f"reward {name!r}" + (" on prefixes" if prefix else "")
     if len(prompts) != D:
         raise RewardError(f"{source} got {len(prompts)} prompts but outcomes for num_prompts={D}")
+    if prefix:
+        require_prefix_scores(reward, "evaluate_reward(prefix=True)")
+    score = getattr(reward, "prefix", reward) if prefix else reward
     try:
-        out = reward(prompts, outcomes)
-    except RewardError:
+        out = score(prompts, outcomes)
+    except (RewardError, ConfigError):
         raise
     except Exception as exc:
         where = None
         if locate and isinstance(reward, Reward) and D * n > 1:
-            where = _locate_failure(reward, prompts, outcomes)
+            where = _locate_failure(score, prompts, outcomes)
         elif D * n == 1:
             where = (0, 0)
         if where is not None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..dynamics.base import Outcomes
-from .base import Reward
+from .base import Reward, require_prefix_scores
 
 __all__ = ["QuadraticReward", "TableReward"]
 
@@ -40,13 +40,27 @@ class TableReward(Reward):
 
     Args:
         table: mapping from token-sequence tuples to rewards (must cover every outcome).
+        prefix_table: the same for partial sequences (the prefix score
+            :meth:`~ctrlalign.rewards.base.Reward.prefix`); None: this reward scores no prefixes.
     """
 
     name = "table"
 
-    def __init__(self, table: Mapping[tuple[int, ...], float]):
+    def __init__(self, table: Mapping[tuple[int, ...], float],
+                 prefix_table: Mapping[tuple[int, ...], float] | None = None):
         self.table = {tuple(k): float(v) for k, v in table.items()}
+        self.prefix_table = None if prefix_table is None else {tuple(k): float(v) for k, v in prefix_table.items()}
+        self.scores_prefixes = prefix_table is not None
+
+    @staticmethod
+    def _look_up(table: Mapping[tuple[int, ...], float], outcomes: Outcomes) -> torch.Tensor:
+        toks = outcomes.tokens.tolist()
+        return torch.tensor([[table[tuple(s)] for s in row] for row in toks], dtype=torch.float64)
 
     def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
-        toks = outcomes.tokens.tolist()
-        return torch.tensor([[self.table[tuple(s)] for s in row] for row in toks], dtype=torch.float64)
+        return self._look_up(self.table, outcomes)
+
+    def prefix(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
+        """``prefix_table[tuple(tokens so far)]``."""
+        require_prefix_scores(self, "TableReward.prefix")
+        return self._look_up(self.prefix_table, outcomes)

@@ -1,0 +1,141 @@
+r"""What every closed-loop controller shares: the result, the checkpoint record and the budget.
+
+A *closed-loop* controller acts on partial responses: it advances n rows per prompt by blocks of
+b tokens on a :class:`~ctrlalign.dynamics.base.StepwiseDynamics` (``start`` / ``advance`` /
+``select``), looks at the prefixes :math:`y_{1:t}` through the reward's prefix score
+:math:`r(x, y_{1:t})` (:meth:`~ctrlalign.rewards.base.Reward.prefix`) at each checkpoint t, and
+forks, reweights or stops rows there. Open-loop controllers (:mod:`ctrlalign.controllers`)
+instead commit a response-long control and weigh whole responses.
+
+Budgets are counted per prompt, so that controllers can be compared at matched tokens as well
+as matched reward calls: decoded tokens (every row's tokens while it was alive, including rows
+later stopped or resampled away), prefix reward calls, full reward calls, and distinct finished
+responses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+from .._checks import ConfigError
+from ..dynamics.base import Outcomes, Sample, StepwiseDynamics
+
+__all__ = ["Checkpoint", "ClosedLoopResult", "block_bounds", "distinct_rows", "require_stepwise"]
+
+
+def require_stepwise(dynamics: Any, who: str) -> StepwiseDynamics:
+    """``dynamics`` if it can be run step by step, else a :class:`~ctrlalign.ConfigError`."""
+    if not isinstance(dynamics, StepwiseDynamics):
+        raise ConfigError(f"{who} acts on partial responses and needs a StepwiseDynamics (start/advance/select); "
+                          f"{type(dynamics).__name__} only rolls out whole responses")
+    return dynamics
+
+
+def block_bounds(horizon: int, block_size: int) -> list[tuple[int, int]]:
+    """Checkpoints of a response of T = ``horizon`` steps every b = ``block_size``: the blocks
+    [t0, t1) that end at them, the last ending at T."""
+    return [(t0, min(t0 + block_size, horizon)) for t0 in range(0, horizon, block_size)]
+
+
+def distinct_rows(outcomes: Outcomes) -> torch.Tensor:
+    """(D,) distinct rows (token prefixes, or numeric states) per prompt."""
+    data = outcomes.tokens if outcomes.tokens is not None else outcomes.values
+    D = outcomes.num_prompts
+    rows = data.reshape(D, outcomes.num_samples, -1)
+    return torch.tensor([len({tuple(r) for r in rows[j].tolist()}) for j in range(D)], dtype=torch.long)
+
+
+class Checkpoint(NamedTuple):
+    """One checkpoint of a closed-loop run, every tensor (D,).
+
+    Attributes:
+        position: t, steps decoded so far.
+        rows: rows alive per prompt after the checkpoint's decision.
+        ess: effective sample size of the weights at the checkpoint (before any resampling;
+            rows for controllers without weights).
+        temperature: λ_t of the checkpoint's twist (NaN without one).
+        mean_score: mean prefix score (the full reward at the last checkpoint).
+        resampled: bool, whether the prompt's rows were resampled or pruned here.
+        distinct: distinct prefixes among the rows, before the decision.
+    """
+
+    position: int
+    rows: torch.Tensor
+    ess: torch.Tensor
+    temperature: torch.Tensor
+    mean_score: torch.Tensor
+    resampled: torch.Tensor
+    distinct: torch.Tensor
+
+    def summary(self, d: int) -> dict[str, float | int | bool | None]:
+        """Plain numbers for prompt d (non-finite values are None)."""
+        def num(x: torch.Tensor) -> float | None:
+            v = float(x[d])
+            return v if math.isfinite(v) else None
+        return {"position": self.position, "rows": int(self.rows[d]), "ess": num(self.ess),
+                "temperature": num(self.temperature), "mean_score": num(self.mean_score),
+                "resampled": bool(self.resampled[d]), "distinct": int(self.distinct[d])}
+
+
+@dataclass
+class ClosedLoopResult:
+    """What a closed-loop controller returns for D prompts.
+
+    Attributes:
+        prompts: the D prompts.
+        responses: D kept :class:`~ctrlalign.dynamics.base.Sample` s.
+        rewards: (D,) float64 full rewards of the kept responses.
+        trace: one :class:`Checkpoint` per checkpoint.
+        tokens: (D,) decoded tokens per prompt (stopped and resampled-away rows included).
+        prefix_calls: (D,) prefixes scored per prompt.
+        full_calls: (D,) finished responses scored per prompt.
+        distinct: (D,) distinct finished responses per prompt.
+        seconds: wall-clock time.
+        controller: the controller's name.
+        log_normalizer: (D,) float64 estimate of log Z (SMC), or None.
+        final_rewards: (D, n') full rewards of the final rows.
+        meta: free-form extras.
+    """
+
+    prompts: list[Any]
+    responses: list[Sample]
+    rewards: torch.Tensor
+    trace: list[Checkpoint]
+    tokens: torch.Tensor
+    prefix_calls: torch.Tensor
+    full_calls: torch.Tensor
+    distinct: torch.Tensor
+    seconds: float
+    controller: str
+    log_normalizer: torch.Tensor | None = None
+    final_rewards: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def texts(self) -> list[str | None]:
+        """The kept responses' texts (language models)."""
+        return [s.text for s in self.responses]
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One JSON-serialisable dict per prompt."""
+        out = []
+        for d, p in enumerate(self.prompts):
+            logz = None if self.log_normalizer is None else float(self.log_normalizer[d])
+            out.append({
+                "prompt": p if isinstance(p, (str, list)) else torch.as_tensor(p).tolist(),
+                "response": self.responses[d].to_dict(), "reward": float(self.rewards[d]),
+                "controller": self.controller, "tokens": int(self.tokens[d]),
+                "prefix_calls": int(self.prefix_calls[d]), "full_calls": int(self.full_calls[d]),
+                "distinct": int(self.distinct[d]), "log_normalizer": logz,
+                "trace": [c.summary(d) for c in self.trace],
+            })
+        return out
+
+    def to_json(self) -> str:
+        """:meth:`to_records` as a JSON string."""
+        return json.dumps(self.to_records())

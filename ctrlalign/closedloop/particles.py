@@ -1,0 +1,164 @@
+r"""The rows in flight of a closed-loop run: a dynamics state, its pre-drawn noise, its controls
+and the per-prompt budget, advanced, scored and re-selected together.
+
+:class:`Particles` is what every closed-loop controller composes: it owns the bookkeeping that
+must be the same everywhere (which noise a row uses next, which control, what is counted), so a
+controller only decides *which rows continue*.
+
+Noise. The dynamics' noise for T steps is drawn once per run, (D, n, T, ...), from each prompt's
+``rollout`` generator exactly as an open-loop rollout draws it, so a run that never re-selects
+decodes bit for bit what Best-of-n decodes. On :meth:`Particles.select`, a row either keeps
+*its own column's* future noise (``carry_noise=False``: resampling, where two children of one
+ancestor must continue differently) or takes its ancestor's column (``carry_noise=True``:
+pruning, where each survivor continues exactly as it would have without the pruning).
+
+Budget, per prompt: decoded tokens (rows' steps while alive, rows later stopped or resampled
+away included), prefix reward calls and full reward calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .._checks import ConfigError
+from ..cost import Cost
+from ..dynamics.base import Outcomes, Step, StepwiseDynamics
+from ..rewards.base import evaluate_reward
+
+__all__ = ["Particles", "row_controls"]
+
+
+def row_controls(controls: torch.Tensor | None, num_prompts: int, num_samples: int) -> torch.Tensor | None:
+    """V as (D, n, τ, d): a shared (D, τ, d) control is expanded (a view), (D, n, τ, d) passes."""
+    if controls is None:
+        return None
+    if controls.dim() == 3 and controls.shape[0] == num_prompts:
+        return controls.unsqueeze(1).expand(num_prompts, num_samples, *controls.shape[1:])
+    if controls.dim() == 4 and tuple(controls.shape[:2]) == (num_prompts, num_samples):
+        return controls
+    raise ConfigError(f"controls must be (D={num_prompts}, τ, d) or (D, n={num_samples}, τ, d), "
+                      f"got {tuple(controls.shape)}")
+
+
+def _gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x (D, n, ...) → (D, n', ...) with row (j, i) = x[j, rows[j, i]]."""
+    idx = rows.to(x.device).view(*rows.shape, *([1] * (x.dim() - 2))).expand(*rows.shape, *x.shape[2:])
+    return x.gather(1, idx)
+
+
+class Particles:
+    """n rows per prompt of a :class:`~ctrlalign.dynamics.base.StepwiseDynamics`, in flight.
+
+    Args:
+        dynamics: the system.
+        context: ``dynamics.prepare(prompts)``.
+        prompts: the D prompts (for the reward).
+        cost: the reward (a :class:`~ctrlalign.cost.Cost`).
+        num_samples: n, rows per prompt at the start.
+        generators: the D prompts' :class:`~ctrlalign.random.PromptGenerators` (``rollout``
+            supplies the noise).
+        controls: the proposal's fixed pre-logit control, (D, τ, d) or (D, n, τ, d), or None.
+
+    Attributes:
+        state: the dynamics state (D × n' rows).
+        noise: (D, n', T, ...) the rows' noise.
+        controls: (D, n', τ, d) or None.
+        tokens, prefix_calls, full_calls: (D,) long, the budget so far.
+        horizon: T.
+    """
+
+    def __init__(self, dynamics: StepwiseDynamics, context: Any, prompts: Sequence[Any], cost: Cost,
+                 num_samples: int, generators: Sequence[Any], controls: torch.Tensor | None = None) -> None:
+        self.dynamics, self.prompts, self.cost = dynamics, list(prompts), cost
+        D = len(self.prompts)
+        self.noise = dynamics.draw_noise([g.rollout for g in generators], num_samples)
+        self.horizon = self.noise.shape[2]
+        V = row_controls(controls, D, num_samples)
+        if V is not None:
+            V = V.to(device=dynamics.device, dtype=dynamics.dtype)
+            if V.shape[2] > self.horizon:
+                raise ConfigError(f"controls: horizon τ={V.shape[2]} exceeds the dynamics' T={self.horizon}")
+        self.controls = V
+        self.state = dynamics.start(context, num_samples)
+        self.tokens = torch.zeros(D, dtype=torch.long)
+        self.prefix_calls = torch.zeros(D, dtype=torch.long)
+        self.full_calls = torch.zeros(D, dtype=torch.long)
+
+    @property
+    def num_prompts(self) -> int:
+        """D."""
+        return len(self.prompts)
+
+    @property
+    def num_rows(self) -> int:
+        """n', rows per prompt now."""
+        return self.noise.shape[1]
+
+    @property
+    def finished(self) -> bool:
+        """Whether every row has finished (EOS or T)."""
+        return bool(torch.as_tensor(self.state.finished).all())
+
+    def advance(self, t0: int, t1: int) -> list[tuple[Step, bool]]:
+        """Decode steps [t0, t1) of every row: the controlled ones (t < τ) with V, the rest
+        without. Returns the block's (Step, controlled) parts; counts the tokens."""
+        V, tau = self.controls, 0 if self.controls is None else self.controls.shape[2]
+        parts: list[tuple[Step, bool]] = []
+        if t0 < tau:
+            cut = min(t1, tau)
+            self.state, step = self.dynamics.advance(self.state, V[:, :, t0:cut], self.noise[:, :, t0:cut])
+            parts.append((step, True))
+        if max(t0, tau) < t1:
+            self.state, step = self.dynamics.advance(self.state, None, self.noise[:, :, max(t0, tau):t1])
+            parts.append((step, False))
+        for step, _ in parts:
+            alive = step.alive if step.alive is not None else torch.ones(step.logprobs.shape, dtype=torch.bool)
+            self.tokens += alive.reshape(self.num_prompts, -1).sum(-1).cpu()
+        return parts
+
+    def log_ratio(self, parts: list[tuple[Step, bool]]) -> torch.Tensor:
+        r"""(D, n') float64 :math:`\sum_s [\log p - \log q]` over a block's controlled steps of alive
+        rows (0 on uncontrolled steps, where q = p)."""
+        D, n = self.num_prompts, self.num_rows
+        total = torch.zeros(D, n, dtype=torch.float64)
+        for step, controlled in parts:
+            if not controlled:
+                continue
+            if step.base_logprobs is None:
+                raise ConfigError("a control proposal needs the base model's log-probabilities log p for the p/q "
+                                  "correction; build the dynamics with base_logprobs=True")
+            diff = (step.base_logprobs.double() - step.logprobs.double()).cpu()
+            if step.alive is not None:
+                diff = torch.where(step.alive.cpu(), diff, torch.zeros_like(diff))
+            total += diff.reshape(D, n, -1).sum(-1)
+        return total
+
+    def outcomes(self) -> Outcomes:
+        """The rows so far (partial responses) as :class:`~ctrlalign.dynamics.base.Outcomes`."""
+        return self.dynamics.outcomes(self.state)
+
+    def score(self, outcomes: Outcomes, *, prefix: bool) -> torch.Tensor:
+        """(D, n') float64 scores of the rows: the reward's prefix score or the full reward; counted."""
+        if prefix:
+            scores = evaluate_reward(self.cost.reward, self.prompts, outcomes, prefix=True)
+            self.prefix_calls += outcomes.num_samples
+        else:
+            scores = self.cost.rewards(self.prompts, outcomes)
+            self.full_calls += outcomes.num_samples
+        return scores.double().cpu()
+
+    def select(self, rows: torch.Tensor, *, carry_noise: bool) -> None:
+        """Continue row (j, i) from old row (j, rows[j, i]) for rows (D, n'): the dynamics state and
+        the control follow the ancestor; the noise follows it only with ``carry_noise`` (see the
+        module docstring)."""
+        self.state = self.dynamics.select(self.state, rows.to(self.dynamics.device))
+        if self.controls is not None:
+            self.controls = _gather_rows(self.controls, rows)
+        if carry_noise:
+            self.noise = _gather_rows(self.noise, rows)
+        elif rows.shape[1] != self.num_rows:
+            raise ValueError(f"rows keep their own noise only when their number stays {self.num_rows}, "
+                             f"got {rows.shape[1]}")
