@@ -75,6 +75,34 @@ class TestGreedyMeanContract(ControllerContract):
     controllers = {"greedy": _greedy}
 
 
+@pytest.fixture
+def greedy_registered():
+    from ctrlalign.controllers import CONTROLLERS, register_controller
+
+    cls = register_controller(_custom().GreedyMean)
+    yield cls
+    del CONTROLLERS[cls.name]
+
+
+def test_a_new_controller_is_one_file_plus_one_registration(greedy_registered):
+    """After ``register_controller(GreedyMean)`` (and no other change) the run config, the bench
+    config and the command line take it, with its declared option checked."""
+    from ctrlalign.bench.config import BenchConfig
+    from ctrlalign.cli import _build_align_config, _parser
+    from ctrlalign.config import RunConfig
+
+    cfg = RunConfig(prompts=["x"], controller={"name": "greedy", "step_size": 0.25, "num_samples": 4})
+    built = cfg.controller.build()
+    assert isinstance(built, greedy_registered) and (built.step_size, built.num_samples) == (0.25, 4)
+    args = _parser().parse_args(["align", "x", "--controller", "greedy", "--step-size", "0.75"])
+    assert _build_align_config(args).controller.build().step_size == 0.75
+    with pytest.raises(ValueError, match=r"step_size \(β\) must be a number in \(0, 1\], got 0"):
+        RunConfig(prompts=["x"], controller={"name": "greedy", "step_size": 0})
+    bench = BenchConfig(reward="sentiment", budgets=[4], controllers=[
+        {"label": "g", "name": "greedy", "num_samples": 2, "step_size": 0.5}])
+    assert isinstance(bench.controllers[0].build(), greedy_registered)
+
+
 @pytest.mark.parametrize("system", ["squashed"])
 @pytest.mark.parametrize("space", ["per-token", "shared"])
 @pytest.mark.parametrize("name", ["greedy", "aisp", "bon_prior", "softmax", "cem"])
