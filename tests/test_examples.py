@@ -137,12 +137,15 @@ def _kept_is_last_rounds_best(selection) -> bool:
     return torch.equal(res.rewards, res.trace[-1].diagnostics.max_reward)
 
 
-def test_custom_selection_keeps_the_last_rounds_best():
+def test_custom_selection_keeps_the_last_rounds_best(capsys):
     mod = load("custom_selection")
     assert _kept_is_last_rounds_best(mod.LastRoundBest())
     assert not _kept_is_last_rounds_best(ca.BestSoFar())  # power: best-so-far differs on this system
-    rows = mod.main(num_samples=8, num_iterations=3)
+    capsys.readouterr()
+    rows = mod.main()
     assert rows["last-round"]["rewards"] == rows["last-round"]["last_round_max"]
+    # the Extending page shows this run's output (python scripts/docs_outputs.py custom_selection)
+    assert capsys.readouterr().out == (ROOT / "docs" / "snippets" / "custom_selection_output.txt").read_text()
 
 
 # --- the Extending page's engine: registered by name, the engine checks, exact decode counts ----
