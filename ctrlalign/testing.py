@@ -49,6 +49,7 @@ __all__ = [
     "CountingReward",
     "make_linear",
     "make_softmax_head",
+    "make_token_chain",
     "same_sample",
 ]
 
@@ -75,6 +76,25 @@ def make_softmax_head(seed: int = 0) -> tuple[Dynamics, Reward, list[torch.Tenso
     table = {s: float(torch.randn((), generator=g)) for s in itertools.product(range(K), repeat=TAU)}
     prompts = [torch.randn(TAU, DIM, generator=g, dtype=torch.float64) for _ in range(4)]
     return SoftmaxHead(W, b, TAU, embeddings=E), TableReward(table), prompts
+
+
+def make_token_chain(seed: int = 0, *, twist_scale: float = 0.5) -> tuple[SoftmaxHead, TableReward, list, list[dict]]:
+    """An enumerable token system for closed-loop controllers: a softmax-head Markov chain over
+    K = 3 tokens and T = τ = 3 steps, a table reward on the 27 sequences with a random prefix
+    table (scale ``twist_scale``; any prefix score is a valid twist), 2 prompts, and each
+    prompt's exact law p(y) under the plain system (dict sequence → probability)."""
+    g = torch.Generator().manual_seed(seed)
+    K = 3
+    W = torch.randn(K, DIM, generator=g, dtype=torch.float64)
+    b = torch.randn(K, generator=g, dtype=torch.float64)
+    E = torch.randn(K + 1, DIM, generator=g, dtype=torch.float64)
+    seqs = list(itertools.product(range(K), repeat=TAU))
+    table = {s: float(torch.randn((), generator=g)) for s in seqs}
+    prefixes = {s[:t]: twist_scale * float(torch.randn((), generator=g)) for s in seqs for t in range(1, TAU)}
+    prompts = [torch.randn(TAU, DIM, generator=g, dtype=torch.float64) for _ in range(2)]
+    dyn = SoftmaxHead(W, b, TAU, embeddings=E)
+    return dyn, TableReward(table, prefix_table=prefixes), prompts, [dyn.outcome_distribution(p, sigma=0.0)
+                                                                      for p in prompts]
 
 
 #: the built-in controllers as factories (n, k) → Controller

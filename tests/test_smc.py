@@ -3,7 +3,6 @@ power checks (a missing untwist, lost weight mass, a missing p/q correction each
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
@@ -14,27 +13,16 @@ from hypothesis import strategies as st
 import ctrlalign as ca
 from ctrlalign._checks import ConfigError
 from ctrlalign.closedloop import SMC
-from ctrlalign.dynamics.toy import SoftmaxHead, tilted_distribution
+from ctrlalign.dynamics.toy import tilted_distribution
 from ctrlalign.rewards.toy import TableReward
-from ctrlalign.testing import make_linear, make_softmax_head
+from ctrlalign.testing import make_linear, make_softmax_head, make_token_chain
 
 K, TAU, DIM = 3, 3, 2
 
 
 def problem(seed: int = 0, twist_scale: float = 0.5):
-    """A softmax-head token system (K = 3, T = 3), a table reward with a random prefix table
-    (any twist is valid), 2 prompts, and each prompt's exact p(y) over the 27 sequences."""
-    g = torch.Generator().manual_seed(seed)
-    W = torch.randn(K, DIM, generator=g, dtype=torch.float64)
-    b = torch.randn(K, generator=g, dtype=torch.float64)
-    E = torch.randn(K + 1, DIM, generator=g, dtype=torch.float64)
-    seqs = list(itertools.product(range(K), repeat=TAU))
-    table = {s: float(torch.randn((), generator=g)) for s in seqs}
-    prefixes = {s[:t]: twist_scale * float(torch.randn((), generator=g)) for s in seqs for t in range(1, TAU)}
-    prompts = [torch.randn(TAU, DIM, generator=g, dtype=torch.float64) for _ in range(2)]
-    dyn = SoftmaxHead(W, b, TAU, embeddings=E)
-    base = [dyn.outcome_distribution(p, sigma=0.0) for p in prompts]
-    return dyn, TableReward(table, prefix_table=prefixes), prompts, base
+    """:func:`ctrlalign.testing.make_token_chain` (K = 3, T = 3, 2 prompts, exact laws)."""
+    return make_token_chain(seed, twist_scale=twist_scale)
 
 
 def exact_log_z(base: dict, table: dict, lam: float) -> float:
