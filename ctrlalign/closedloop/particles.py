@@ -107,11 +107,6 @@ class Particles:
         """n', rows per prompt now."""
         return self.noise.shape[1]
 
-    @property
-    def finished(self) -> bool:
-        """Whether every row has finished (EOS or T)."""
-        return bool(torch.as_tensor(self.state.finished).all())
-
     def advance(self, t0: int, t1: int) -> list[tuple[Step, bool]]:
         """Decode steps [t0, t1) of every row: the controlled ones (t < τ) with V, the rest
         without. Returns the block's (Step, controlled) parts; counts the tokens."""

@@ -160,7 +160,7 @@ class SMC:
         for t0, t1 in block_bounds(particles.horizon, self.block_size):
             ratio = particles.log_ratio(particles.advance(t0, t1))
             outcomes = particles.outcomes()
-            last = t1 == particles.horizon or particles.finished
+            last = t1 == particles.horizon  # not earlier when rows finish: a prompt's run must not depend on others
             scores = particles.score(outcomes, prefix=not last)
             if last:
                 lam_t = torch.full((D,), lam, dtype=torch.float64)

@@ -111,8 +111,6 @@ class SpeculativeRejection:
         for t, m in checkpoints:
             particles.advance(t0, t)
             t0 = t
-            if particles.finished:
-                break
             if m == particles.num_rows:  # nothing to stop: no prefix score needed
                 continue
             outcomes = particles.outcomes()
@@ -121,7 +119,7 @@ class SpeculativeRejection:
             particles.select(keep_best(scores, m), carry_noise=True)
             trace.append(Checkpoint(t, torch.full((D,), m), torch.full((D,), float(particles.num_rows)), nan,
                                     scores.mean(-1), torch.ones(D, dtype=torch.bool), distinct))
-        if t0 < T and not particles.finished:
+        if t0 < T:
             particles.advance(t0, T)
         outcomes = particles.outcomes()
         rewards = particles.score(outcomes, prefix=False)
