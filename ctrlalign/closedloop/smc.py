@@ -194,5 +194,6 @@ class SMC:
             prefix_calls=particles.prefix_calls, full_calls=particles.full_calls, distinct=distinct, seconds=time.perf_counter() - t_start,
             controller=self.name, log_normalizer=log_z, final_rewards=scores,
             meta={"log_weights": log_w,
-                  "final_tokens": None if outcomes.tokens is None else outcomes.tokens.tolist()},
+                  "final_tokens": None if outcomes.tokens is None else outcomes.tokens.tolist(),
+                  "final_values": None if outcomes.values is None else outcomes.values.tolist()},
         )
