@@ -253,6 +253,7 @@ class ClosedLoopContract:
         assert res.prefix_calls.tolist() == [counting.prefix_calls.get(k, 0) for k in keys]
 
     def test_determinism(self, name, system):
+        """Same seed, same responses and rewards."""
         a, _, _, _ = self.run(name, system, seed=3)
         b, _, _, _ = self.run(name, system, seed=3)
         assert torch.equal(a.rewards, b.rewards)

@@ -30,6 +30,7 @@ from ._checks import check_interval, check_positive
 
 __all__ = [
     "LinearGaussianOptimum",
+    "TiltedGaussian",
     "adaptive_temperature",
     "effective_sample_size",
     "free_energy",

@@ -34,7 +34,7 @@ from ..rewards.base import Reward, require_prefix_scores
 from .base import Checkpoint, ClosedLoopResult, distinct_rows, require_stepwise
 from .particles import Particles
 
-__all__ = ["SpeculativeRejection"]
+__all__ = ["SpeculativeRejection", "keep_best"]
 
 
 def keep_best(scores: torch.Tensor, keep: int) -> torch.Tensor:
