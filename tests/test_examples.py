@@ -211,3 +211,12 @@ def test_fast_rollouts_static_engine_on_default_model(tmp_path):
     assert res["static"]["tokens_per_s"] > 0 and res["eager"]["tokens_per_s"] > 0
     assert len(res["aisp_rewards"]) == 2 and all(-1 <= r <= 1 for r in res["aisp_rewards"])
     assert (tmp_path / "fast_rollouts.png").stat().st_size > 1000
+
+
+def test_closing_the_loop():
+    """The tutorial's toy: every controller reports its budget; with 4 particles SMC decodes
+    exactly Best-of-4's tokens (a fixed checkpoint grid, no early stop)."""
+    rows = load("closing_the_loop").main(sizes=(2, 4), seeds=2, num_prompts=6)
+    assert rows["SMC n=4"]["tokens"] == rows["Best-of-4"]["tokens"] == 24
+    assert rows["Best-of-4"]["prefix_calls"] == 0 and rows["SMC n=4"]["prefix_calls"] > 0
+    assert rows["SR n0=8"]["full_calls"] == 2

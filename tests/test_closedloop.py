@@ -1,0 +1,46 @@
+"""The closed-loop contract (ctrlalign.testing.ClosedLoopContract) over every closed-loop
+controller, on the enumerable token chain and end to end on a tiny random causal LM (eager
+engine, batch-invariant so that a prompt's rows are the same alone and in a batch)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from conftest import PROMPTS, make_model, make_tokenizer
+
+import ctrlalign as ca
+from ctrlalign.dynamics import CausalLM, SamplingConfig
+from ctrlalign.testing import CLOSED_LOOP, ClosedLoopContract, make_token_chain
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@functools.cache
+def _tiny_lm() -> CausalLM:
+    return CausalLM(make_model("llama"), make_tokenizer(), sampling=SamplingConfig(max_new_tokens=4),
+                    engine_options={"batch_invariant": True})
+
+
+def tiny_lm_system():
+    """The tiny Llama (T = 4), a text reward (distinct characters so far; its prefix score is the
+    same function of the text so far), 2 prompts."""
+    reward = ca.CallableReward(lambda p, text: float(len(set(text))) - 0.1 * len(text), texts=True, name="chars")
+    return _tiny_lm(), reward, list(PROMPTS[:2])
+
+
+@pytest.mark.parametrize("system", ["token_chain", "tiny_lm"])
+@pytest.mark.parametrize("name", CLOSED_LOOP)
+class TestClosedLoopContract(ClosedLoopContract):
+    systems = {"token_chain": lambda: make_token_chain()[:3], "tiny_lm": tiny_lm_system}
+
+
+def test_smc_with_a_control_proposal_runs_on_the_tiny_lm():
+    """A fixed pre-logit control as SMC's proposal on a language model: the p/q correction uses
+    the engine's base log-probabilities; the budget and log Ẑ are reported."""
+    lm, reward, prompts = tiny_lm_system()
+    V = 0.5 * torch.randn(2, 4, lm.hidden_size, generator=torch.Generator().manual_seed(0))
+    res = ca.closedloop.SMC(num_particles=4, block_size=2, temperature=0.5).run(lm, reward, prompts, controls=V)
+    assert torch.isfinite(res.log_normalizer).all() and res.tokens.le(4 * 4).all()
+    assert all(isinstance(t, str) for t in res.texts)
