@@ -17,12 +17,13 @@ from ctrlalign.testing import TAU
 from ctrlalign.testing import make_token_chain as problem
 
 
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 8), stop_nothing=st.sampled_from(["empty", "full"]))
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 8), stop_nothing=st.sampled_from(["rate", "full"]))
 @settings(max_examples=15, deadline=None)
 def test_stopping_nothing_is_best_of_n(seed, n, stop_nothing):
     dyn, reward, prompts, _ = problem()
-    schedule = [] if stop_nothing == "empty" else [(1, n), (2, n)]
-    a = SpeculativeRejection(num_samples=n, schedule=schedule).run(dyn, reward, prompts, seed=seed)
+    sr = (SpeculativeRejection(num_samples=n, schedule=[(1, n), (2, n)]) if stop_nothing == "full"
+          else SpeculativeRejection(num_samples=n, keep_fraction=1.0, block_size=1))
+    a = sr.run(dyn, reward, prompts, seed=seed)
     b = ca.align(dyn, reward, ca.BestOfN(num_samples=n, num_iterations=1, sigma=0.0), prompts, seed=seed)
     assert torch.equal(a.rewards, b.rewards.double())
     assert [s.tokens for s in a.responses] == [s.tokens for s in b.responses]
@@ -72,10 +73,11 @@ def test_keep_best_keeps_the_top_m_ties_to_the_earlier_row(scores, data):
 
 
 def test_the_constant_rate_schedule():
-    sr = SpeculativeRejection.every(num_samples=128, block_size=8, keep_fraction=0.5, horizon=32)
-    assert sr.schedule == ((8, 64), (16, 32), (24, 16))
-    assert SpeculativeRejection.every(num_samples=3, block_size=1, keep_fraction=0.1, horizon=4).schedule == (
+    sr = SpeculativeRejection(num_samples=128, block_size=8, keep_fraction=0.5)
+    assert sr.schedule_for(32) == ((8, 64), (16, 32), (24, 16))
+    assert SpeculativeRejection(num_samples=3, block_size=1, keep_fraction=0.1).schedule_for(4) == (
         (1, 1), (2, 1), (3, 1))
+    assert SpeculativeRejection(num_samples=8, schedule=[(2, 4), (9, 2)]).schedule_for(6) == ((2, 4),)
 
 
 def test_bad_schedules_and_rewards_are_refused_naming_them():
@@ -87,6 +89,8 @@ def test_bad_schedules_and_rewards_are_refused_naming_them():
         SpeculativeRejection(num_samples=8, schedule=[4])
     with pytest.raises(ConfigError, match="rows kept"):
         SpeculativeRejection(num_samples=8, schedule=[(2, 0)])
+    with pytest.raises(ConfigError, match="keep_fraction"):
+        SpeculativeRejection(keep_fraction=0.0)
     dyn, reward, prompts, _ = problem()
     with pytest.raises(ConfigError, match="scores_prefixes=False"):
         SpeculativeRejection(num_samples=4, schedule=[(1, 2)]).run(dyn, TableReward(reward.table), prompts)

@@ -8,9 +8,9 @@ others; decode the survivors to the end and return the one with the highest full
 finishes exactly as it would have in Best-of-:math:`n_0`: the kept response is one of
 Best-of-:math:`n_0`'s, chosen among fewer finished candidates at a fraction of the tokens.
 
-Special cases: a schedule that stops nothing (every :math:`m_c = n_0`, or no checkpoint) is
-Best-of-:math:`n_0`, bit for bit. :meth:`SpeculativeRejection.every` is the constant-rate variant
-(a checkpoint every b tokens keeping a fraction ρ of the rows).
+Special cases: a schedule that stops nothing (every :math:`m_c = n_0`, ρ = 1, or no checkpoint)
+is Best-of-:math:`n_0`, bit for bit. The default schedule is the constant-rate one (a checkpoint
+every b tokens keeping a fraction ρ of the rows); an explicit one replaces it.
 
 Known failure mode: a prefix reward that predicts the final one poorly stops good responses;
 compare at matched tokens against Best-of-N (the result counts tokens per prompt).
@@ -47,16 +47,34 @@ def keep_best(scores: torch.Tensor, keep: int) -> torch.Tensor:
 class SpeculativeRejection:
     """Speculative rejection with a schedule of checkpoints.
 
+    Either an explicit ``schedule`` or the constant-rate one: a checkpoint every b =
+    ``block_size`` tokens before the end T, each keeping ⌈ρ·m⌉ of the m rows alive (ρ =
+    ``keep_fraction``, at least ``min_rows``), built when T is known (:meth:`schedule_for`).
+
     Args:
         num_samples: n₀ >= 1, rows started per prompt.
+        block_size: b >= 1, tokens between checkpoints of the constant-rate schedule.
+        keep_fraction: ρ in (0, 1], rows kept at each checkpoint of the constant-rate schedule
+            (1: stop nothing, Best-of-n₀).
+        min_rows: rows never pruned below this many.
         schedule: ``[(t, m), ...]``: at position t (tokens decoded, increasing) keep the m best
-            rows (non-increasing, >= 1). Checkpoints at or past the end of a response are ignored.
+            rows (non-increasing, >= 1); replaces the constant-rate schedule. Checkpoints at or
+            past the end of a response are ignored.
     """
 
     name = "speculative"
 
-    def __init__(self, *, num_samples: int = 32, schedule: Sequence[tuple[int, int]] = ((8, 16),)) -> None:
+    def __init__(self, *, num_samples: int = 32, block_size: int = 8, keep_fraction: float = 0.5,
+                 min_rows: int = 1, schedule: Sequence[tuple[int, int]] | None = None) -> None:
         self.num_samples = check_int("num_samples", num_samples, minimum=1, symbol="n₀")
+        self.block_size = check_int("block_size", block_size, minimum=1, symbol="b")
+        self.keep_fraction = check_interval("keep_fraction", keep_fraction, 0.0, 1.0)
+        if self.keep_fraction == 0.0:
+            raise ConfigError("keep_fraction (ρ) must be in (0, 1], got 0")
+        self.min_rows = check_int("min_rows", min_rows, minimum=1)
+        self.schedule = None if schedule is None else self._check_schedule(schedule)
+
+    def _check_schedule(self, schedule: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
         steps = []
         previous_t, previous_m = 0, self.num_samples
         for i, item in enumerate(schedule):
@@ -69,24 +87,25 @@ class SpeculativeRejection:
                                   "the rows kept must not increase")
             steps.append((t, m))
             previous_t, previous_m = t, m
-        self.schedule: tuple[tuple[int, int], ...] = tuple(steps)
+        return tuple(steps)
 
-    @classmethod
-    def every(cls, *, num_samples: int, block_size: int, keep_fraction: float, horizon: int,
-              min_rows: int = 1) -> SpeculativeRejection:
-        """The constant-rate schedule: a checkpoint every b = ``block_size`` tokens before T =
-        ``horizon``, each keeping ⌈ρ·m⌉ of the m rows alive (at least ``min_rows``)."""
-        b = check_int("block_size", block_size, minimum=1, symbol="b")
-        rho = check_interval("keep_fraction", keep_fraction, 0.0, 1.0)
+    def schedule_for(self, horizon: int) -> tuple[tuple[int, int], ...]:
+        """The checkpoints used for responses of T = ``horizon`` tokens: the explicit schedule's
+        before T, or the constant-rate one."""
         T = check_int("horizon", horizon, minimum=1, symbol="T")
-        m, schedule = check_int("num_samples", num_samples, minimum=1, symbol="n₀"), []
-        for t in range(b, T, b):
-            m = max(min_rows, min(m, math.ceil(rho * m)))
-            schedule.append((t, m))
-        return cls(num_samples=num_samples, schedule=schedule)
+        if self.schedule is not None:
+            return tuple((t, m) for t, m in self.schedule if t < T)
+        m, out = self.num_samples, []
+        for t in range(self.block_size, T, self.block_size):
+            m = max(self.min_rows, min(m, math.ceil(self.keep_fraction * m)))
+            out.append((t, m))
+        return tuple(out)
 
     def __repr__(self) -> str:
-        return f"SpeculativeRejection(num_samples={self.num_samples}, schedule={list(self.schedule)})"
+        if self.schedule is not None:
+            return f"SpeculativeRejection(num_samples={self.num_samples}, schedule={list(self.schedule)})"
+        return (f"SpeculativeRejection(num_samples={self.num_samples}, block_size={self.block_size}, "
+                f"keep_fraction={self.keep_fraction})")
 
     def run(self, dynamics: StepwiseDynamics, cost: Cost | Reward, prompts: Sequence[Any], *, seed: int = 0,
             context: Any = None, controls: torch.Tensor | None = None) -> ClosedLoopResult:
@@ -102,7 +121,7 @@ class SpeculativeRejection:
         context = dynamics.prepare(prompts) if context is None else context
         particles = Particles(dynamics, context, prompts, cost, self.num_samples, gens, controls)
         T = particles.horizon
-        checkpoints = [(t, m) for t, m in self.schedule if t < T]
+        checkpoints = self.schedule_for(T)
         if any(m < self.num_samples for _, m in checkpoints):
             require_prefix_scores(cost.reward, "SpeculativeRejection")
         trace: list[Checkpoint] = []
