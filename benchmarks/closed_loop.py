@@ -136,7 +136,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_title("Reward at matched decoded tokens (SmolLM2-135M, steering reward)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=200)
 
 
 def main() -> None:

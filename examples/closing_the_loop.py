@@ -87,7 +87,7 @@ def main(out: Path | None = None, sizes: tuple[int, ...] = (2, 4, 8, 16), seeds:
         ax.legend()
         fig.tight_layout()
         Path(out).mkdir(parents=True, exist_ok=True)
-        fig.savefig(Path(out) / "closing_the_loop.png", dpi=120)
+        fig.savefig(Path(out) / "closing_the_loop.png", dpi=200)
         plt.close(fig)
     return rows
 
