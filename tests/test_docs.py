@@ -61,6 +61,10 @@ SUBMODULES = [
     "ctrlalign.bench.score",
     "ctrlalign.bench.summary",
     "ctrlalign.bench.verdict",
+    "ctrlalign.bench.stats",
+    "ctrlalign.bench.diversity",
+    "ctrlalign.bench.frontier",
+    "ctrlalign.bench.scales",
 ]
 
 

@@ -32,7 +32,7 @@ import matplotlib
 import matplotlib.ticker
 import numpy as np
 
-from . import metrics, verdict
+from . import frontier, verdict
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -253,9 +253,9 @@ def plot_reward_kl_frontier(
     r"""The reward–KL frontier with Best-of-N's analytic KL as the reference curve; saved as a PNG.
 
     Best-of-N at :math:`N_j` sits at :math:`(\log N_j - (N_j-1)/N_j,\ \bar R_{N_j})`
-    (:func:`~ctrlalign.bench.metrics.bon_kl`); a controller's runs are points (KL, reward). A
+    (:func:`~ctrlalign.bench.frontier.bon_kl`); a controller's runs are points (KL, reward). A
     point above the curve reaches more reward than Best-of-N for the same divergence from the
-    base policy (:func:`~ctrlalign.bench.metrics.above_frontier`). The points' KL must be on
+    base policy (:func:`~ctrlalign.bench.frontier.above_frontier`). The points' KL must be on
     the footing the caller states (:mod:`ctrlalign.bench.verdict` gives two).
 
     Args:
@@ -286,16 +286,16 @@ def _frontier_on(ax, points, ref_n, ref_reward, title, ylabel) -> None:
     """Draw the reference curve and the points on ``ax`` (no legend)."""
     n = np.asarray(ref_n, dtype=np.float64)
     R = np.asarray(ref_reward, dtype=np.float64)
-    kl = metrics.bon_kl(n)
+    kl = frontier.bon_kl(n)
     dense = np.exp(np.linspace(np.log(n[0]), np.log(n[-1]), 200))
-    ax.plot(metrics.bon_kl(dense), np.interp(np.log(dense), np.log(n), R), color="0.3", lw=1.5,
+    ax.plot(frontier.bon_kl(dense), np.interp(np.log(dense), np.log(n), R), color="0.3", lw=1.5,
             label="Best-of-N: KL = log N − (N−1)/N")
     ax.scatter(kl, R, color="0.3", s=14, zorder=3)
     for kj, rj, nj in zip(kl, R, n):
         ax.annotate(f"{nj:g}", (kj, rj), textcoords="offset points", xytext=(3, -12), fontsize=10, color="0.3")
     for label, (x, y) in points.items():
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        gap = metrics.frontier_gap(x, y, R, ref_n=n)
+        gap = frontier.frontier_gap(x, y, R, ref_n=n)
         inside = int(np.isfinite(gap).sum())
         above = int((np.nan_to_num(gap, nan=-np.inf) > 0).sum())
         ax.plot(x, y, marker="o", ls="--", lw=0.8, label=f"{label} ({above}/{inside} above)")
