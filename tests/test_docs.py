@@ -48,6 +48,7 @@ SUBMODULES = [
     "ctrlalign.build",
     "ctrlalign.solve",
     "ctrlalign.config",
+    "ctrlalign.sections",
     "ctrlalign.runner",
     "ctrlalign.store",
     "ctrlalign.cli",
