@@ -33,6 +33,7 @@ SUBMODULES = [
     "ctrlalign.dynamics",
     "ctrlalign.dynamics.toy",
     "ctrlalign.dynamics.engines.static",
+    "ctrlalign.dynamics.engines.llama",
     "ctrlalign.dynamics.engines.protocol",
     "ctrlalign.dynamics.head",
     "ctrlalign.rewards",
