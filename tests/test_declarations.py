@@ -69,7 +69,7 @@ def test_registered_controller_reaches_the_run_config():
 
             def __init__(self, *, num_samples=8, num_iterations=4, sigma=0.0, kick=0.5):
                 super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma)
-                self._set("kick", kick)
+                self.set_hyperparameter("kick", kick)
 
         from ctrlalign.config import RunConfig
         cfg = RunConfig(prompts=["x"], controller={"name": "nudge", "kick": 2.0})

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..models import find_package_dirs
 from ..rewards.embedding import mean_pooled_embeddings
 
 __all__ = ["MPNET_DIM", "MPNET_PARTS", "coherence", "embed", "mpnet_model_path"]
@@ -51,12 +52,10 @@ def _is_complete(folder: Path) -> bool:
 
 
 def _part_paths() -> list[Path]:
-    from ..models import _find_package_dirs
-
     paths = []
     for dist, filename in MPNET_PARTS:
         module = dist.replace("-", "_")
-        hits = [p for d in _find_package_dirs(module, dist, filename)
+        hits = [p for d in find_package_dirs(module, dist, filename)
                 for p in (d / filename, d / "input" / filename) if p.is_file()]
         if not hits:
             raise FileNotFoundError(

@@ -48,6 +48,7 @@ __all__ = [
     "plot_runs_overview",
     "plot_reward_kl_frontier",
     "plot_reward_vs_budget",
+    "plain_baseline",
     "plot_sweep",
     "save_figure",
     "write_figures",
@@ -354,7 +355,7 @@ def plot_runs_overview(results: Mapping[str, Any], path: str | Path, max_kl: flo
         top.set_xlabel("iteration")
         top.set_ylabel("round-mean reward" if j == 0 else "")
         top.grid(alpha=0.3)
-        plain = _plain_baseline(res)
+        plain = plain_baseline(res)
         if plain is None:
             bottom.axis("off")
             continue
@@ -403,7 +404,7 @@ def write_figures(result, folder: str | Path, prefix: str = "bench", primary: st
                 it_ctrl = max((r for r in sweep_rows if r["budget"] == N), key=lambda r: r["reward"])["controller"]
         if it_ctrl is not None:
             paths.append(plot_iterations(result, folder / f"{prefix}-iterations.png", controller=it_ctrl))
-    plain = _plain_baseline(result)
+    plain = plain_baseline(result)
     if plain is not None:
         paths.append(plot_result_frontier(result, folder / f"{prefix}-frontier.png", plain))
     sweep = plot_sweep(result, folder / f"{prefix}-sweep.png")
@@ -414,7 +415,7 @@ def write_figures(result, folder: str | Path, prefix: str = "bench", primary: st
     return paths
 
 
-def _plain_baseline(result) -> str | None:
+def plain_baseline(result) -> str | None:
     """The first configured baseline with σ = 0 (samples of the base policy), if it ran."""
     cfg = result.config if hasattr(result, "config") else result["config"]
     meta = result.meta if hasattr(result, "meta") else result["meta"]
