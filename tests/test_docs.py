@@ -194,7 +194,7 @@ def test_cli_reference_lists_every_command_and_flag():
             elif not isinstance(action, argparse._HelpAction):
                 yield from action.option_strings or [action.dest]
 
-    flags = list(walk(cli._parser()))
+    flags = list(walk(cli.build_parser()))
     assert len(flags) > 20
     for flag in flags:
         assert f"`{flag}`" in page, f"{flag} missing from the generated CLI reference"
