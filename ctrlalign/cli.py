@@ -90,6 +90,8 @@ def _controller_options() -> set[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (``align``, ``run``, ``bench``); the docs' command-line
+    page is generated from it."""
     parser = argparse.ArgumentParser(prog="ctrlalign", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
