@@ -304,8 +304,12 @@ class DecoderWeights:
         """Run D left-padded prompts, ``chunk`` prompts per forward.
 
         Args:
-            ids: (D, P) token ids; mask: (D, P) bool, True at real tokens (left padding).
-            cos, sin: (max_length, hd) tables (:meth:`rope_table`).
+            ids: (D, P) token ids.
+            mask: (D, P) bool, True at real tokens (left padding).
+            cos: (max_length, hd) cosine table (:meth:`rope_table`).
+            sin: (max_length, hd) sine table.
+            chunk: prompts per forward (bounds activation memory).
+            dtype: the compute dtype.
 
         Returns:
             k, v (L, D, Hkv, P, hd) after RoPE, and z (D, d), the final-norm hidden state at
@@ -352,11 +356,19 @@ class DecoderWeights:
 
         Args:
             kn: the elementwise kernels.
-            tok: (B,) the tokens; cos, sin: (B, 1, hd) at each row's position.
+            tok: (B,) the tokens.
+            cos: (B, 1, hd) RoPE cosines at each row's position.
+            sin: (B, 1, hd) RoPE sines.
             amask: (B, 1, 1, P + Tb) bool, the prefix key mask then the decode slots attended.
             slot: (1,) long, the decode slot the step's K/V are written to.
-            pk, pv: (L, D, Hkv, P, hd) the prompts' K/V; dk, dv: (L, B, Hkv, T, hd) the decode
-                cache (written at ``slot``; only its first ``Tb`` slots are read).
+            pk: (L, D, Hkv, P, hd) the prompts' keys.
+            pv: (L, D, Hkv, P, hd) the prompts' values.
+            dk: (L, B, Hkv, T, hd) the decode cache's keys (written at ``slot``; only its first
+                ``Tb`` slots are read).
+            dv: (L, B, Hkv, T, hd) the decode cache's values, likewise.
+            D: prompts.
+            n: rows per prompt.
+            Tb: decode slots attended.
             dtype: the compute dtype.
 
         Returns:
