@@ -12,7 +12,7 @@ or ``torch``.
 * :func:`build_reward` — Σ weight·reward from reward terms; an option whose value is
   ``from_prompts`` is replaced by the prompt set's reference answers ({prompt text: reference}).
 * :func:`build_controller`, :func:`build_selection`, :func:`build_space` — from the
-  ``controller`` and ``space`` sections (:class:`~ctrlalign.config.ComponentSection`), which
+  ``controller`` and ``space`` sections (:class:`~ctrlalign.sections.ComponentSection`), which
   construct their component once, from its declaration (:mod:`ctrlalign.declare`), when the
   config is validated; these return that object rather than building (and checking) again.
 * :func:`check_run_fits` — what can only be checked once the model is loaded: every prompt

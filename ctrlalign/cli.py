@@ -39,7 +39,7 @@ from .solve import CandidateRecorder, solve_batch
 from .spaces import SPACES
 from .store import OutputError, RunError, RunInterrupted, check_output_path
 
-__all__ = ["main"]
+__all__ = ["align_config", "build_parser", "main"]
 
 logger = logging.getLogger("ctrlalign")
 
@@ -89,7 +89,9 @@ def _controller_options() -> set[str]:
     return {n for sp in CONTROLLERS.specs() for n in sp.names}
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (``align``, ``run``, ``bench``); the docs' command-line
+    page is generated from it."""
     parser = argparse.ArgumentParser(prog="ctrlalign", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
@@ -171,7 +173,7 @@ def _reward_term(text: str) -> dict[str, Any]:
         raise ConfigError(f"--reward {text!r}: the weight after ':' must be a number, got {weight!r}") from None
 
 
-def _build_align_config(args: argparse.Namespace) -> RunConfig:
+def align_config(args: argparse.Namespace) -> RunConfig:
     """The run config of ``align``'s flags: the preset, then every flag the user set."""
     preset = PRESETS[args.preset]
     ctrl: dict[str, Any] = dict(preset["controller"])
@@ -230,7 +232,7 @@ def _write_file(path: str, text: str) -> None:
 
 def cmd_align(args: argparse.Namespace) -> int:
     """``ctrlalign align``: build, check, solve one prompt, print (and optionally save) it."""
-    cfg = _build_align_config(args)
+    cfg = align_config(args)
     for path in (args.output, args.save_candidates):
         if path is not None:
             check_output_path(Path(path))
@@ -352,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fails on the way (a reward error, disk full, read-only output); 130 on Ctrl-C. Each prints
     one short ``error: ...`` message (with ``--verbose``, also the traceback).
     """
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     _configure_logging(args)
     commands = {"align": cmd_align, "run": cmd_run, "bench": cmd_bench}
     try:

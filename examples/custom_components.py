@@ -105,7 +105,7 @@ class GreedyMean(ca.Controller):
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
                  step_size: float = 0.5):
         super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma)
-        self._set("step_size", step_size)  # validated against the declaration
+        self.set_hyperparameter("step_size", step_size)  # validated against the declaration
 
     def step(self, state, theta, rewards):
         """θ (D, n, *θ), rewards (D, n) → (new state, StepInfo); inputs are not modified."""

@@ -156,7 +156,7 @@ def on_page_markdown(markdown, page, config, files):
 
 
 # --- the command-line reference, generated from the parser ---------------------------------
-# `cli.md` is written at build time from `ctrlalign.cli._parser()`: every command, sub-command
+# `cli.md` is written at build time from `ctrlalign.cli.build_parser()`: every command, sub-command
 # and flag, with its default and choices, so the page cannot fall behind the code.
 
 def _cell(text) -> str:
@@ -212,7 +212,7 @@ def _cli_page() -> str:
     columns = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "80"  # usage lines wrap the same on every machine, inside the page
     try:
-        parser = cli._parser()
+        parser = cli.build_parser()
         body = _cli_section(parser, 2)
     finally:
         if columns is None:

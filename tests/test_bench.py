@@ -10,11 +10,19 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from scipy import stats as sps
 
 import ctrlalign as ca
-from ctrlalign.bench import BenchConfig, BenchResult, CountingReward, load_bench_config, run_bench
-from ctrlalign.bench import metrics as M
+from ctrlalign.bench import (
+    BenchConfig,
+    BenchResult,
+    CountingReward,
+    diversity,
+    load_bench_config,
+    run_bench,
+    scales,
+    stats,
+)
 from ctrlalign.bench.plots import parse_sweep_label, write_figures
 from ctrlalign.bench.report import comparison_table, markdown_report, results_table, sweep_table
 from ctrlalign.bench.verdict import regime_goal
@@ -24,30 +32,30 @@ from ctrlalign.bench.verdict import regime_goal
 
 def test_distinct_n_hand_computed():
     # "a b a b": bigrams ab, ba, ab -> 2 unique of 3; trigrams aba, bab -> 2/2; 4-gram abab -> 1/1
-    assert M.distinct_n("a b a b", 2) == pytest.approx(2 / 3)
-    assert M.distinct_n("a b a b", 3) == 1.0
-    assert M.distinct_n("a b a b", 4) == 1.0
-    assert M.diversity("a b a b") == pytest.approx(2 / 3)
+    assert diversity.distinct_n("a b a b", 2) == pytest.approx(2 / 3)
+    assert diversity.distinct_n("a b a b", 3) == 1.0
+    assert diversity.distinct_n("a b a b", 4) == 1.0
+    assert diversity.diversity("a b a b") == pytest.approx(2 / 3)
     # pooled over texts: ab, bc, ab, bd -> 3 unique of 4
-    assert M.distinct_n(["a b c", "A B d"], 2) == pytest.approx(3 / 4)  # lower-cased
+    assert diversity.distinct_n(["a b c", "A B d"], 2) == pytest.approx(3 / 4)  # lower-cased
     # "x x x x x": bigrams 4 (1 unique), trigrams 3 (1), 4-grams 2 (1) -> 1/4 * 1/3 * 1/2
-    assert M.diversity("x x x x x") == pytest.approx(1 / 24)
+    assert diversity.diversity("x x x x x") == pytest.approx(1 / 24)
     # too short for any bigram
-    assert M.distinct_n("word", 2) == 0.0
-    assert M.diversity("one two") == 0.0  # no trigrams
-    assert M.ngrams(["a", "b", "c"], 2) == [("a", "b"), ("b", "c")]
+    assert diversity.distinct_n("word", 2) == 0.0
+    assert diversity.diversity("one two") == 0.0  # no trigrams
+    assert diversity.ngrams(["a", "b", "c"], 2) == [("a", "b"), ("b", "c")]
     with pytest.raises(ValueError):
-        M.ngrams(["a"], 0)
+        diversity.ngrams(["a"], 0)
 
 
 def test_t_interval_matches_scipy():
     x = np.array([0.3, 0.5, 0.1, 0.9, 0.4, 0.45, 0.62])
-    ci = M.mean_ci(x, method="t")
-    lo, hi = stats.t.interval(0.95, df=len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    ci = stats.mean_ci(x, method="t")
+    lo, hi = sps.t.interval(0.95, df=len(x) - 1, loc=x.mean(), scale=sps.sem(x))
     assert ci.mean == pytest.approx(x.mean())
     assert (ci.low, ci.high) == (pytest.approx(lo), pytest.approx(hi))
     assert ci.n == 7 and ci.method == "t"
-    one = M.mean_ci([2.0])
+    one = stats.mean_ci([2.0])
     assert one.low == one.high == 2.0
 
 
@@ -55,8 +63,8 @@ def test_cluster_t_interval_is_over_cluster_means():
     x = [1.0, 2.0, 3.0, 5.0, 4.0, 8.0]
     clusters = ["a", "a", "b", "b", "c", "c"]
     means = np.array([1.5, 4.0, 6.0])
-    ci = M.mean_ci(x, method="t", clusters=clusters)
-    lo, hi = stats.t.interval(0.95, df=2, loc=means.mean(), scale=stats.sem(means))
+    ci = stats.mean_ci(x, method="t", clusters=clusters)
+    lo, hi = sps.t.interval(0.95, df=2, loc=means.mean(), scale=sps.sem(means))
     assert (ci.low, ci.high) == (pytest.approx(lo), pytest.approx(hi))
     assert ci.mean == pytest.approx(np.mean(x))
 
@@ -64,58 +72,58 @@ def test_cluster_t_interval_is_over_cluster_means():
 def test_bootstrap_close_to_t_and_deterministic():
     rng = np.random.default_rng(1)
     x = rng.normal(0.4, 1.0, size=400)
-    b = M.mean_ci(x, method="bootstrap", seed=3)
-    t = M.mean_ci(x, method="t")
-    assert b == M.mean_ci(x, method="bootstrap", seed=3)
+    b = stats.mean_ci(x, method="bootstrap", seed=3)
+    t = stats.mean_ci(x, method="t")
+    assert b == stats.mean_ci(x, method="bootstrap", seed=3)
     assert b.low == pytest.approx(t.low, abs=0.03) and b.high == pytest.approx(t.high, abs=0.03)
     # clusters of identical values: the cluster bootstrap is as wide as over the cluster means
     xc = np.repeat(rng.normal(size=50), 3)
     cl = np.repeat(np.arange(50), 3)
-    wide = M.mean_ci(xc, method="bootstrap", clusters=cl)
-    naive = M.mean_ci(xc, method="bootstrap")
+    wide = stats.mean_ci(xc, method="bootstrap", clusters=cl)
+    naive = stats.mean_ci(xc, method="bootstrap")
     assert (wide.high - wide.low) > 1.4 * (naive.high - naive.low)
     with pytest.raises(ValueError):
-        M.mean_ci([1.0, float("nan")])
+        stats.mean_ci([1.0, float("nan")])
 
 
 def test_paired_difference_ci():
     a = [1.0, 2.0, 3.0, 4.5]
     b = [0.5, 2.0, 2.0, 4.0]
-    ci = M.paired_diff_ci(a, b, method="t")
+    ci = stats.paired_diff_ci(a, b, method="t")
     d = np.subtract(a, b)
-    lo, hi = stats.t.interval(0.95, df=3, loc=d.mean(), scale=stats.sem(d))
+    lo, hi = sps.t.interval(0.95, df=3, loc=d.mean(), scale=sps.sem(d))
     assert ci.mean == pytest.approx(0.5) and (ci.low, ci.high) == (pytest.approx(lo), pytest.approx(hi))
     assert not ci.excludes_zero
-    assert M.paired_diff_ci([1.0, 2.0, 3.0], [0.0, 1.1, 1.9]).excludes_zero
+    assert stats.paired_diff_ci([1.0, 2.0, 3.0], [0.0, 1.1, 1.9]).excludes_zero
     with pytest.raises(ValueError):
-        M.paired_diff_ci([1.0], [1.0, 2.0])
+        stats.paired_diff_ci([1.0], [1.0, 2.0])
 
 
 def test_token_kl_and_control_kl():
     lp = [-1.0, -2.0, -3.0]
     blp = [-1.5, -1.0, -3.0]
-    assert M.token_kl(lp, blp) == pytest.approx(0.5 - 1.0 + 0.0)
-    assert M.token_kl(lp, blp, length=1) == pytest.approx(0.5)
-    assert M.token_kl(torch.tensor(lp), torch.tensor(lp)) == 0.0
+    assert scales.token_kl(lp, blp) == pytest.approx(0.5 - 1.0 + 0.0)
+    assert scales.token_kl(lp, blp, length=1) == pytest.approx(0.5)
+    assert scales.token_kl(torch.tensor(lp), torch.tensor(lp)) == 0.0
     with pytest.raises(ValueError):
-        M.token_kl([0.0], [0.0, 1.0])
+        scales.token_kl([0.0], [0.0, 1.0])
     U = torch.tensor([[1.0, 2.0], [0.0, 2.0]])  # Σ‖u_t‖² = 9
-    assert M.control_kl(U, 0.5) == pytest.approx(9 / (2 * 0.25))
-    assert M.control_kl(U, 0.0) == 0.0
+    assert scales.control_kl(U, 0.5) == pytest.approx(9 / (2 * 0.25))
+    assert scales.control_kl(U, 0.0) == 0.0
 
 
 def test_head_row_norm_and_logit_noise_scale():
     W = torch.tensor([[3.0, 4.0], [0.0, 1.0], [0.0, 2.0]])  # row norms 5, 1, 2
-    assert M.head_row_norm(W) == pytest.approx(2.0)
-    assert M.head_row_norm(W, "mean") == pytest.approx(8 / 3)
-    assert M.logit_noise_scale(0.5, 2.0) == pytest.approx(1.0)
-    assert M.logit_noise_scale(0.5, None) is None
+    assert scales.head_row_norm(W) == pytest.approx(2.0)
+    assert scales.head_row_norm(W, "mean") == pytest.approx(8 / 3)
+    assert scales.logit_noise_scale(0.5, 2.0) == pytest.approx(1.0)
+    assert scales.logit_noise_scale(0.5, None) is None
     # σ·‖w‖ is the std of w·v for v ~ N(0, σ² I)
     g = torch.Generator().manual_seed(0)
     v = 0.5 * torch.randn(20000, 2, generator=g)
-    assert float((v @ W[2]).std()) == pytest.approx(M.logit_noise_scale(0.5, 2.0), rel=0.03)
+    assert float((v @ W[2]).std()) == pytest.approx(scales.logit_noise_scale(0.5, 2.0), rel=0.03)
     head = ca.SoftmaxHead(W.double(), torch.zeros(3, dtype=torch.float64), 2)
-    assert M.dynamics_row_norm(head) == pytest.approx(2.0)
+    assert scales.dynamics_row_norm(head) == pytest.approx(2.0)
 
 
 # ------------------------------------------------------------------------------------ harness on a toy system
@@ -351,7 +359,7 @@ def test_tiny_language_model_bench(tmp_path):
     for p in prompts:
         assert counting.calls[CountingReward.key(p)] == 3 * 2 * 8  # controllers × seeds × N_max
     assert all(r["reward_calls"] == r["budget"] for r in res.records)
-    assert res.meta["head_row_norm"] == pytest.approx(M.head_row_norm(lm.head.weight))
+    assert res.meta["head_row_norm"] == pytest.approx(scales.head_row_norm(lm.head.weight))
     for r in res.records:
         assert isinstance(r["text"], str) and r["judge"] is not None and -1 <= r["coherence"] <= 1
         assert 0 <= r["diversity"] <= 1

@@ -261,6 +261,11 @@ def test_hyperparameters_are_immutable_after_construction(name):
         ctrl.replace(num_samples=0)
     with pytest.raises(ConfigError, match="no hyperparameters \\['nope'\\]"):
         ctrl.replace(nope=1)
+    for h in ctrl.spec().hyperparameters:  # the constructors' setter is closed once constructed
+        before = getattr(ctrl, h.name)
+        with pytest.raises(AttributeError, match=f"{h.name}.*after construction.*replace"):
+            ctrl.set_hyperparameter(h.name, before)
+        assert getattr(ctrl, h.name) == before
 
 
 def test_round_callback_names_the_prompts_in_flight_and_their_iteration():

@@ -24,7 +24,7 @@ def test_every_init_argument_is_declared_with_its_default(name):
 
 
 def test_config_sections_and_cli_flags_are_the_union_of_declarations():
-    from ctrlalign.cli import _parser
+    from ctrlalign.cli import build_parser
     from ctrlalign.config import RunConfig
 
     for c in CONTROLLERS.values():  # every declared hyperparameter is accepted by the section
@@ -32,7 +32,7 @@ def test_config_sections_and_cli_flags_are_the_union_of_declarations():
         cfg = RunConfig(prompts=["x"], controller={"name": spec.name, **spec.defaults})
         assert cfg.controller.hyperparameters() == {k: getattr(cfg.controller.instance, k) for k in spec.names}
     names = {h.name for c in CONTROLLERS.values() for h in c.spec().hyperparameters}
-    align = next(a for a in _parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("align"))
+    align = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("align"))
     flags = {o for a in align._actions for o in a.option_strings}
     assert {"--" + n.replace("_", "-") for n in names} <= flags
 
@@ -69,13 +69,13 @@ def test_registered_controller_reaches_the_run_config():
 
             def __init__(self, *, num_samples=8, num_iterations=4, sigma=0.0, kick=0.5):
                 super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma)
-                self._set("kick", kick)
+                self.set_hyperparameter("kick", kick)
 
         from ctrlalign.config import RunConfig
         cfg = RunConfig(prompts=["x"], controller={"name": "nudge", "kick": 2.0})
         print(cfg.controller.build().kick)
-        args = ctrlalign.cli._parser().parse_args(["align", "x", "--controller", "nudge", "--kick", "4"])
-        print(ctrlalign.cli._build_align_config(args).controller.build().kick)
+        args = ctrlalign.cli.build_parser().parse_args(["align", "x", "--controller", "nudge", "--kick", "4"])
+        print(ctrlalign.cli.align_config(args).controller.build().kick)
         try:
             RunConfig(prompts=["x"], controller={"name": "nudge", "kick": -1})
         except ValueError as exc:
@@ -129,11 +129,11 @@ def counted():
 
 def test_each_value_is_checked_once_from_flag_to_controller(counted):
     from ctrlalign.build import build_controller
-    from ctrlalign.cli import _build_align_config, _parser
+    from ctrlalign.cli import align_config, build_parser
 
-    args = _parser().parse_args(["align", "x", "--controller", "counted", "--temperature", "0.2", "--alpha", "0.5",
+    args = build_parser().parse_args(["align", "x", "--controller", "counted", "--temperature", "0.2", "--alpha", "0.5",
                                  "-n", "4"])
-    cfg = _build_align_config(args)
+    cfg = align_config(args)
     ctrl = build_controller(cfg.controller)
     assert ctrl is cfg.controller.instance  # built once, when the config was validated
     assert (ctrl.temperature, ctrl.alpha, ctrl.num_samples) == (0.2, 0.5, 4)

@@ -33,6 +33,7 @@ SUBMODULES = [
     "ctrlalign.dynamics",
     "ctrlalign.dynamics.toy",
     "ctrlalign.dynamics.engines.static",
+    "ctrlalign.dynamics.engines.llama",
     "ctrlalign.dynamics.engines.protocol",
     "ctrlalign.dynamics.head",
     "ctrlalign.rewards",
@@ -55,6 +56,7 @@ SUBMODULES = [
     "ctrlalign.build",
     "ctrlalign.solve",
     "ctrlalign.config",
+    "ctrlalign.sections",
     "ctrlalign.runner",
     "ctrlalign.store",
     "ctrlalign.cli",
@@ -68,6 +70,10 @@ SUBMODULES = [
     "ctrlalign.bench.score",
     "ctrlalign.bench.summary",
     "ctrlalign.bench.verdict",
+    "ctrlalign.bench.stats",
+    "ctrlalign.bench.diversity",
+    "ctrlalign.bench.frontier",
+    "ctrlalign.bench.scales",
 ]
 
 
@@ -195,7 +201,7 @@ def test_cli_reference_lists_every_command_and_flag():
             elif not isinstance(action, argparse._HelpAction):
                 yield from action.option_strings or [action.dest]
 
-    flags = list(walk(cli._parser()))
+    flags = list(walk(cli.build_parser()))
     assert len(flags) > 20
     for flag in flags:
         assert f"`{flag}`" in page, f"{flag} missing from the generated CLI reference"

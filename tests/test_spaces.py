@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 import ctrlalign as ca
 from ctrlalign import theory
 from ctrlalign.bench.config import BenchConfig
-from ctrlalign.cli import _build_align_config, _parser
+from ctrlalign.cli import align_config, build_parser
 from ctrlalign.config import RunConfig, validate_config
 from ctrlalign.declare import Hyperparameter
 from ctrlalign.spaces import (
@@ -344,9 +344,9 @@ def test_a_new_space_from_a_config_dict(every_other):
 
 
 def test_a_new_space_from_command_line_flags(every_other):
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(["align", "x", "--space", "every-other", "--phase", "1", "--horizon", "2"])
-    cfg = _build_align_config(args)
+    cfg = align_config(args)
     assert cfg.space.build() == EveryOther(phase=1, horizon=2)
     align = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("align"))
     assert any("--phase" in a.option_strings and "first controlled token" in a.help for a in align._actions)

@@ -436,12 +436,12 @@ def test_compiled_kernels_match_eager_on_cpu():
     """The torch.compile'd step pieces (what compile="cudagraph" fuses on a GPU) compile with
     fullgraph=True — no graph break, no silent fallback — and compute what the plain ones do.
     Inductor's CPU backend stands in for the GPU one here."""
-    from ctrlalign.dynamics.engines.static import _Kernels
+    from ctrlalign.dynamics.engines.llama import Kernels
 
     model = tiny_model()
     eng = StaticEngine(model, max_batch=16, max_length=32, dtype=torch.float32, compile="none", kv_block=2)
     ref, plain = run_both(model, eng, T=5, tau=2)
-    eng._k = _Kernels(compiled=True)
+    eng.kernels = Kernels(compiled=True)
     _, comp = run_both(model, eng, T=5, tau=2)
     assert_same(ref, plain)
     assert_same(ref, comp)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctrlalign.bench import metrics
+from ctrlalign.bench import frontier
 from ctrlalign.bench.verdict import (
     baseline_checks,
     frontier_points,
@@ -123,7 +123,7 @@ def test_regime_goal_met_and_each_part_can_fail():
 def test_bon_reference_is_bon_kl():
     res = {"traces": [_trace("plain", 0, "p", [[1.0, 3.0], [2.0, 0.0]])], "records": []}
     Ns, _ = reference_frontier(res, "plain")
-    assert metrics.bon_kl(Ns).tolist() == pytest.approx([0.0, math.log(2) - 0.5, math.log(4) - 0.75])
+    assert frontier.bon_kl(Ns).tolist() == pytest.approx([0.0, math.log(2) - 0.5, math.log(4) - 0.75])
 
 
 def test_goal_status_and_regime_goal_share_one_reward_check():

@@ -4,7 +4,8 @@
 and resuming (:mod:`~ctrlalign.bench.plan`), one run (:mod:`~ctrlalign.bench.execute`), the
 results and their file (:mod:`~ctrlalign.bench.result`, a :mod:`ctrlalign.store`), held-out
 scores (:mod:`~ctrlalign.bench.score`), aggregates (:mod:`~ctrlalign.bench.summary`), goal
-checks (:mod:`~ctrlalign.bench.verdict`); metrics (:mod:`~ctrlalign.bench.metrics`), figures
+checks (:mod:`~ctrlalign.bench.verdict`); metrics (:mod:`~ctrlalign.bench.stats`,
+:mod:`~ctrlalign.bench.diversity`, :mod:`~ctrlalign.bench.frontier`, :mod:`~ctrlalign.bench.scales`), figures
 (:mod:`~ctrlalign.bench.plots`) and markdown tables (:mod:`~ctrlalign.bench.report`); from the
 shell, ``ctrlalign bench CONFIG``.
 """

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from .. import models
 from ..rewards.embedding import mean_pooled_embeddings
 
 __all__ = ["MPNET_DIM", "MPNET_PARTS", "coherence", "embed", "mpnet_model_path"]
@@ -51,12 +52,10 @@ def _is_complete(folder: Path) -> bool:
 
 
 def _part_paths() -> list[Path]:
-    from ..models import _find_package_dirs
-
     paths = []
     for dist, filename in MPNET_PARTS:
         module = dist.replace("-", "_")
-        hits = [p for d in _find_package_dirs(module, dist, filename)
+        hits = [p for d in models.find_package_dirs(module, dist, filename)
                 for p in (d / filename, d / "input" / filename) if p.is_file()]
         if not hits:
             raise FileNotFoundError(
@@ -73,9 +72,7 @@ def mpnet_model_path() -> Path:
     Raises:
         FileNotFoundError: a part package is missing; the message says how to install them.
     """
-    from ..models import cache_dir
-
-    target = cache_dir() / _FOLDER
+    target = models.cache_dir() / _FOLDER
     if _is_complete(target):
         return target
     parts = _part_paths()

@@ -29,7 +29,7 @@ from ..align import Iteration, align
 from ..cost import Cost
 from ..dynamics.base import Dynamics, Sample
 from ..rewards.counting import CountingReward
-from . import metrics
+from . import diversity
 from .config import BenchController
 
 __all__ = ["BenchRun", "peak_rss_mb", "run_one"]
@@ -121,7 +121,7 @@ def run_one(dynamics: Dynamics, cost: Cost, counting: CountingReward, entry: Ben
                 "reward_calls": calls,
                 "seconds_per_prompt": (totals["seconds"] + prefill_s) / Dn,
                 "tokens": totals["tokens"] / Dn,
-                "diversity": None if s.text is None else metrics.diversity(s.text),
+                "diversity": None if s.text is None else diversity.diversity(s.text),
             })
 
     if entry.greedy:

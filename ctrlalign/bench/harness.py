@@ -29,7 +29,7 @@ from ..dynamics.base import Dynamics
 from ..rewards.base import Reward
 from ..rewards.counting import CountingReward
 from ..store import RunInterrupted, Store, output_lock
-from . import metrics
+from . import scales
 from .config import BenchConfig, bench_identity
 from .execute import peak_rss_mb, run_one
 from .plan import (
@@ -72,7 +72,7 @@ def _machine() -> dict[str, Any]:
 def _meta(cfg: BenchConfig, items: Sequence[Any], dynamics: Dynamics, reward: Reward,
           judge: Reward | None) -> dict[str, Any]:
     """The run's metadata: machine, model scale ‖w‖, rewards, prompts, each controller's σ."""
-    row_norm = metrics.dynamics_row_norm(dynamics)
+    row_norm = scales.dynamics_row_norm(dynamics)
     return {
         "machine": _machine(),
         "head_row_norm": row_norm,
@@ -84,7 +84,7 @@ def _meta(cfg: BenchConfig, items: Sequence[Any], dynamics: Dynamics, reward: Re
             c.key: {"name": c.name, **c.hyperparameters(), "space": c.space.build().describe(),
                     "space_options": c.space.options(),
                     "selection": c.selection, "common_random_numbers": c.common_random_numbers, "greedy": c.greedy,
-                    "sigma2": c.sigma_used**2, "logit_noise_scale": metrics.logit_noise_scale(c.sigma_used, row_norm)}
+                    "sigma2": c.sigma_used**2, "logit_noise_scale": scales.logit_noise_scale(c.sigma_used, row_norm)}
             for c in cfg.all_controllers()
         },
         "anytime": "results at N = n·i are read off a k_max = N_max/n run after i iterations (exact)",

@@ -9,7 +9,7 @@ For m kept (prompt, response) pairs — e.g. every record of a benchmark result,
 * ``coherence_mpnet``: :math:`\cos(e(x), e(y))` with all-mpnet-base-v2
   (:func:`ctrlalign.bench.coherence.coherence`), not the reward's MiniLM;
 * ``paper_diversity``: the published per-response diversity
-  (:func:`ctrlalign.bench.metrics.paper_diversity_one`); the mean over a controller's responses
+  (:func:`ctrlalign.bench.diversity.paper_diversity_one`); the mean over a controller's responses
   is the protocol's number.
 
 Each distinct (prompt, response) pair is scored once. Loaded scorers are kept for the process.
@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import metrics
+from . import diversity
 
 __all__ = ["heldout_scores"]
 
@@ -79,7 +79,7 @@ def heldout_scores(
     first_prompt = {}
     for p, pt in zip(prompts, ptext):
         first_prompt.setdefault(pt, p)
-    out: dict[str, Any] = {"paper_diversity": [metrics.paper_diversity_one(t) for t in texts]}
+    out: dict[str, Any] = {"paper_diversity": [diversity.paper_diversity_one(t) for t in texts]}
     if fluency and texts:
         from ..models import fluency_model_for
 

@@ -32,7 +32,7 @@ import matplotlib
 import matplotlib.ticker
 import numpy as np
 
-from . import metrics, verdict
+from . import frontier, verdict
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -48,6 +48,7 @@ __all__ = [
     "plot_runs_overview",
     "plot_reward_kl_frontier",
     "plot_reward_vs_budget",
+    "plain_baseline",
     "plot_sweep",
     "save_figure",
     "write_figures",
@@ -253,9 +254,9 @@ def plot_reward_kl_frontier(
     r"""The reward–KL frontier with Best-of-N's analytic KL as the reference curve; saved as a PNG.
 
     Best-of-N at :math:`N_j` sits at :math:`(\log N_j - (N_j-1)/N_j,\ \bar R_{N_j})`
-    (:func:`~ctrlalign.bench.metrics.bon_kl`); a controller's runs are points (KL, reward). A
+    (:func:`~ctrlalign.bench.frontier.bon_kl`); a controller's runs are points (KL, reward). A
     point above the curve reaches more reward than Best-of-N for the same divergence from the
-    base policy (:func:`~ctrlalign.bench.metrics.above_frontier`). The points' KL must be on
+    base policy (:func:`~ctrlalign.bench.frontier.above_frontier`). The points' KL must be on
     the footing the caller states (:mod:`ctrlalign.bench.verdict` gives two).
 
     Args:
@@ -286,16 +287,16 @@ def _frontier_on(ax, points, ref_n, ref_reward, title, ylabel) -> None:
     """Draw the reference curve and the points on ``ax`` (no legend)."""
     n = np.asarray(ref_n, dtype=np.float64)
     R = np.asarray(ref_reward, dtype=np.float64)
-    kl = metrics.bon_kl(n)
+    kl = frontier.bon_kl(n)
     dense = np.exp(np.linspace(np.log(n[0]), np.log(n[-1]), 200))
-    ax.plot(metrics.bon_kl(dense), np.interp(np.log(dense), np.log(n), R), color="0.3", lw=1.5,
+    ax.plot(frontier.bon_kl(dense), np.interp(np.log(dense), np.log(n), R), color="0.3", lw=1.5,
             label="Best-of-N: KL = log N − (N−1)/N")
     ax.scatter(kl, R, color="0.3", s=14, zorder=3)
     for kj, rj, nj in zip(kl, R, n):
         ax.annotate(f"{nj:g}", (kj, rj), textcoords="offset points", xytext=(3, -12), fontsize=10, color="0.3")
     for label, (x, y) in points.items():
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        gap = metrics.frontier_gap(x, y, R, ref_n=n)
+        gap = frontier.frontier_gap(x, y, R, ref_n=n)
         inside = int(np.isfinite(gap).sum())
         above = int((np.nan_to_num(gap, nan=-np.inf) > 0).sum())
         ax.plot(x, y, marker="o", ls="--", lw=0.8, label=f"{label} ({above}/{inside} above)")
@@ -354,7 +355,7 @@ def plot_runs_overview(results: Mapping[str, Any], path: str | Path, max_kl: flo
         top.set_xlabel("iteration")
         top.set_ylabel("round-mean reward" if j == 0 else "")
         top.grid(alpha=0.3)
-        plain = _plain_baseline(res)
+        plain = plain_baseline(res)
         if plain is None:
             bottom.axis("off")
             continue
@@ -403,7 +404,7 @@ def write_figures(result, folder: str | Path, prefix: str = "bench", primary: st
                 it_ctrl = max((r for r in sweep_rows if r["budget"] == N), key=lambda r: r["reward"])["controller"]
         if it_ctrl is not None:
             paths.append(plot_iterations(result, folder / f"{prefix}-iterations.png", controller=it_ctrl))
-    plain = _plain_baseline(result)
+    plain = plain_baseline(result)
     if plain is not None:
         paths.append(plot_result_frontier(result, folder / f"{prefix}-frontier.png", plain))
     sweep = plot_sweep(result, folder / f"{prefix}-sweep.png")
@@ -414,7 +415,7 @@ def write_figures(result, folder: str | Path, prefix: str = "bench", primary: st
     return paths
 
 
-def _plain_baseline(result) -> str | None:
+def plain_baseline(result) -> str | None:
     """The first configured baseline with σ = 0 (samples of the base policy), if it ran."""
     cfg = result.config if hasattr(result, "config") else result["config"]
     meta = result.meta if hasattr(result, "meta") else result["meta"]

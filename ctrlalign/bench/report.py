@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import verdict
-from .plots import _plain_baseline, parse_sweep_label
+from .plots import parse_sweep_label, plain_baseline
 
 __all__ = [
     "comparison_table",
@@ -232,7 +232,7 @@ def verdict_table(results: dict[str, Any], budget: int = 128) -> str:
     for name, res in results.items():
         cfg = _get(res, "config")
         baselines = list(cfg.get("baselines") or [])
-        plain = _plain_baseline(res)
+        plain = plain_baseline(res)
         gaps = {(p["controller"], p["budget"]): p for p in verdict.frontier_points(res, plain)} if plain else {}
         summ = {(r["controller"], r["budget"]): r for r in _get(res, "summary")}
         comps = {(c["controller"], c["baseline"], c["budget"]): c for c in _get(res, "comparisons")}
@@ -272,7 +272,7 @@ def goal_table(results: dict[str, Any], min_budget: int = 128) -> str:
     for name, res in results.items():
         cfg = _get(res, "config")
         primary, baselines = cfg.get("primary"), list(cfg.get("baselines") or [])
-        plain = _plain_baseline(res)
+        plain = plain_baseline(res)
         if not (primary and baselines and plain):
             continue
         g = verdict.regime_goal(res, primary, baselines, plain=plain, min_budget=min_budget)
@@ -308,7 +308,7 @@ def markdown_report(result, primary: str | None = None, baselines: Sequence[str]
         it = iteration_table(result, primary)
         if it:
             parts += ["", f"Per-iteration diagnostics of `{primary}` (means over prompts × seeds):", "", it]
-    plain = _plain_baseline(result)
+    plain = plain_baseline(result)
     if plain is not None and len(result_controllers(result)) > 1:
         parts += ["", frontier_table(result, plain)]
     sw = sweep_table(result)

@@ -20,7 +20,7 @@ from ..build import build_reward
 from ..dynamics.base import Outcomes
 from ..rewards.base import Reward, evaluate_reward, prompt_text
 from ..rewards.embedding import embed
-from . import metrics
+from . import diversity
 from .config import BenchConfig
 from .heldout import heldout_scores
 from .plan import item_id, load_items, prompt_of
@@ -128,6 +128,6 @@ def _add_diversity_across_seeds(result: BenchResult) -> None:
         if r.get("text") is not None:
             groups.setdefault((r["controller"], r["budget"], r["prompt_id"]), []).append(r)
     for recs in groups.values():
-        div = metrics.diversity([r["text"] for r in recs]) if len(recs) > 1 else None
+        div = diversity.diversity([r["text"] for r in recs]) if len(recs) > 1 else None
         for r in recs:
             r["diversity_across_seeds"] = div

@@ -2,7 +2,7 @@
 differences against the baselines.
 
 Confidence intervals are over prompts × seeds with prompts as clusters
-(:func:`~ctrlalign.bench.metrics.mean_ci`, :func:`~ctrlalign.bench.metrics.paired_diff_ci`).
+(:func:`~ctrlalign.bench.stats.mean_ci`, :func:`~ctrlalign.bench.stats.paired_diff_ci`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from . import metrics
+from . import stats
 from .result import BenchResult
 
 __all__ = ["compare", "summarize"]
@@ -47,12 +47,12 @@ def summarize(result: BenchResult, method: str = "bootstrap") -> list[dict[str, 
             for key in ("reward", "judge"):
                 sel = [r for r in recs if r.get(key) is not None]
                 if sel:
-                    row[f"{key}_ci"] = metrics.mean_ci([r[key] for r in sel], method=method,
+                    row[f"{key}_ci"] = stats.mean_ci([r[key] for r in sel], method=method,
                                                        clusters=[r["prompt_id"] for r in sel]).to_dict()
             calls = {r["reward_calls"] for r in recs}
             sel = [r for r in recs if r.get("fluency") is not None]
             if sel:
-                row["fluency_ci"] = metrics.mean_ci([r["fluency"] for r in sel], method=method,
+                row["fluency_ci"] = stats.mean_ci([r["fluency"] for r in sel], method=method,
                                                     clusters=[r["prompt_id"] for r in sel]).to_dict()
             row["reward_calls_per_prompt"] = calls.pop() if len(calls) == 1 else sorted(calls)
             runs = runs_by_ctrl.get(c, [])
@@ -85,7 +85,7 @@ def compare(result: BenchResult, baselines: Sequence[str], method: str = "bootst
                     pk = [(x[key], y[key]) for x, y in pairs if x.get(key) is not None and y.get(key) is not None]
                     if pk:
                         clusters = [x["prompt_id"] for x, y in pairs if x.get(key) is not None and y.get(key) is not None]
-                        ci = metrics.paired_diff_ci([a for a, _ in pk], [bb for _, bb in pk], method=method,
+                        ci = stats.paired_diff_ci([a for a, _ in pk], [bb for _, bb in pk], method=method,
                                                     clusters=clusters)
                         row[f"{key}_diff"] = ci.to_dict()
                         row[f"{key}_win_rate"] = sum(a > bb for a, bb in pk) / len(pk)

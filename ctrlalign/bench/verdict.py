@@ -2,11 +2,11 @@ r"""The reward–KL frontier of a benchmark result, and the goal checks.
 
 **Reference frontier.** Best-of-N over the base policy at size :math:`N_j` is the point
 :math:`(\mathrm{KL}_j, \bar R_j)` with :math:`\mathrm{KL}_j = \log N_j - (N_j-1)/N_j`
-(:func:`~ctrlalign.bench.metrics.bon_kl`). :math:`\bar R_j` comes from the plain Best-of-N
+(:func:`~ctrlalign.bench.frontier.bon_kl`). :math:`\bar R_j` comes from the plain Best-of-N
 baseline's own samples: each (prompt, seed) cluster holds a pool of m = N_max base rewards
 (the per-round ``"rewards"`` of its traces), and :math:`\bar R_j` is the mean over the P
 clusters of the unbiased best-of-:math:`N_j` estimate from its pool
-(:func:`~ctrlalign.bench.metrics.bon_reference_curve`), for :math:`N_j = 1, 2, 4, \dots, m`.
+(:func:`~ctrlalign.bench.frontier.bon_reference_curve`), for :math:`N_j = 1, 2, 4, \dots, m`.
 Results written before the pools were stored fall back to N = 1 (the mean reward of all base
 samples, which is :math:`\mathbb E_p[r]`) and the budgets' kept rewards.
 
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
+from . import frontier, stats
 
 __all__ = ["baseline_checks", "frontier_points", "goal_status", "reference_frontier", "regime_goal"]
 
@@ -81,7 +81,7 @@ def reference_frontier(result, baseline: str) -> tuple[np.ndarray, np.ndarray]:
         pools = [[r for row in t["trace"] for r in row["rewards"]] for t in traces]
         m = min(len(p) for p in pools)
         Ns = sorted({1 << j for j in range(int(np.log2(m)) + 1)} | {m})
-        _, R, _ = metrics.bon_reference_curve([p[:m] for p in pools], Ns)
+        _, R, _ = frontier.bon_reference_curve([p[:m] for p in pools], Ns)
         return np.asarray(Ns, dtype=np.float64), R
     # results without pools: E_p[r] from the round means, then the budgets' kept rewards
     first = float(np.mean([np.mean([row["mean_reward"] for row in t["trace"]]) for t in traces]))
@@ -114,9 +114,9 @@ def frontier_points(result, baseline: str, controllers: Sequence[str] | None = N
             sel = [r for r in recs if r["controller"] == c and r["budget"] == N]
             reward = float(np.mean([r["reward"] for r in sel]))
             kl_paper = float(np.mean([r["control_kl"] or 0.0 for r in sel]))
-            kl_charged = kl_paper + float(metrics.bon_kl(N))
-            gaps = metrics.frontier_gap([kl_paper, kl_charged], [reward, reward], ref_r, ref_n=ref_n)
-            beyond = np.isnan(gaps) & (np.array([kl_paper, kl_charged]) > metrics.bon_kl(ref_n[-1]))
+            kl_charged = kl_paper + float(frontier.bon_kl(N))
+            gaps = frontier.frontier_gap([kl_paper, kl_charged], [reward, reward], ref_r, ref_n=ref_n)
+            beyond = np.isnan(gaps) & (np.array([kl_paper, kl_charged]) > frontier.bon_kl(ref_n[-1]))
             gaps = np.where(beyond & (reward <= ref_r[-1]), reward - ref_r[-1], gaps)
             out.append({"controller": c, "budget": N, "reward": reward, "kl_paper": kl_paper,
                         "kl_charged": kl_charged, "gap_paper": float(gaps[0]), "gap_charged": float(gaps[1])})
@@ -134,10 +134,10 @@ def _fluency_tolerance(recs: list[dict[str, Any]]) -> tuple[float, str]:
     diffs = [by_prompt[p][a] - by_prompt[p][b] for p, (a, b) in zip(
         [p for p, v in by_prompt.items() if len(v) >= 2], pairs)]
     if len(diffs) >= 2:
-        ci = metrics.mean_ci(diffs, method="t")
+        ci = stats.mean_ci(diffs, method="t")
         return (ci.high - ci.low) / 2, "seed-to-seed"
     vals = [v for d in by_prompt.values() for v in d.values()]
-    ci = metrics.mean_ci(vals, method="t") if len(vals) >= 2 else None
+    ci = stats.mean_ci(vals, method="t") if len(vals) >= 2 else None
     return (float("nan") if ci is None else (ci.high - ci.low) / 2), "one seed: CI of the mean"
 
 

@@ -41,7 +41,7 @@ class AISP(MPPI):
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
                  temperature: float | None = 0.3, target_ess: float | None = None, alpha: float = 0.999):
-        self._set("alpha", alpha)
+        self.set_hyperparameter("alpha", alpha)
         super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma,
                          temperature=temperature, target_ess=target_ess, likelihood_ratio=1.0 - self.alpha,
                          step_size=1.0)

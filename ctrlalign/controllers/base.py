@@ -22,7 +22,7 @@ To write a controller, subclass :class:`Controller` and override exactly:
 
 * :meth:`Controller.step` — ``(state, theta (D, n, *θ), rewards (D, n)) -> (state, StepInfo)``;
 * ``hyperparameters`` — a tuple of :class:`~ctrlalign.declare.Hyperparameter` for the
-  ``__init__`` arguments the base does not declare (set them with ``self._set(name, value)``);
+  ``__init__`` arguments the base does not declare (set them with ``self.set_hyperparameter(name, value)``);
 * ``name`` — the name used by configs and the command line.
 
 Optionally override :meth:`Controller.init` (to return a state type of your own; it must keep
@@ -35,7 +35,7 @@ order, so under the same seed all controllers see identical noise:
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC, ABCMeta, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, NamedTuple
@@ -103,7 +103,17 @@ _BASE_HYPERPARAMETERS = (
 )
 
 
-class Controller(ABC):
+class _Constructed(ABCMeta):
+    """Marks an instance as constructed once its outermost ``__init__`` has returned, so that
+    :meth:`Controller.set_hyperparameter` works in constructors only."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        obj = super().__call__(*args, **kwargs)
+        object.__setattr__(obj, "_constructed", True)
+        return obj
+
+
+class Controller(ABC, metaclass=_Constructed):
     r"""Base class of all controllers.
 
     Args:
@@ -121,7 +131,7 @@ class Controller(ABC):
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3):
         for key, value in (("num_samples", num_samples), ("num_iterations", num_iterations), ("sigma", sigma)):
-            self._set(key, value)
+            self.set_hyperparameter(key, value)
 
     # ------------------------------------------------------------------ declaration
     @classmethod
@@ -129,10 +139,22 @@ class Controller(ABC):
         """This controller's declaration (hyperparameters, defaults, ranges)."""
         return spec_of(cls)
 
-    def _set(self, name: str, value: Any) -> None:
+    def set_hyperparameter(self, name: str, value: Any) -> None:
         """Validate ``value`` against the hyperparameter ``name`` declared by this class or a
-        base (the nearest declaration wins) and store it (constructors only: hyperparameters
-        are immutable afterwards)."""
+        base (the nearest declaration wins) and store it.
+
+        For constructors: a subclass's ``__init__`` stores each hyperparameter it declares this
+        way. Once the object is constructed, hyperparameters are immutable and this raises
+        ``AttributeError`` (use :meth:`replace` for a validated copy).
+
+        Raises:
+            HyperparameterError: (a ``ConfigError``) ``value`` is outside the declaration.
+            AttributeError: called after construction.
+        """
+        if self.__dict__.get("_constructed", False):
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is a hyperparameter and cannot be set after construction; "
+                f"use controller.replace({name}=...) for a validated copy")
         object.__setattr__(self, name, declaration(type(self), name).check(value))
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -257,13 +279,13 @@ class WeightedController(Controller):
 
     hyperparameters = _WEIGHT_HYPERPARAMETERS
 
-    def _set_temperature(self, temperature: float | None, target_ess: float | None) -> None:
+    def set_temperature(self, temperature: float | None, target_ess: float | None) -> None:
         """Store λ's setting: fixed ``temperature`` or adaptive ``target_ess``; a ``target_ess``
         replaces the declared default temperature (so ``AISP(target_ess=0.5)`` is adaptive)."""
         if target_ess is not None and temperature == self.spec().defaults.get("temperature"):
             temperature = None
-        self._set("temperature", temperature)
-        self._set("target_ess", target_ess)
+        self.set_hyperparameter("temperature", temperature)
+        self.set_hyperparameter("target_ess", target_ess)
         if (self.temperature is None) == (self.target_ess is None):
             raise ConfigError(
                 f"{type(self).__name__}: set exactly one of temperature (λ, fixed) and target_ess (adaptive λ); "

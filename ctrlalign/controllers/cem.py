@@ -52,7 +52,7 @@ class CEM(Controller):
         super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma)
         for key, value in (("elite_fraction", elite_fraction), ("step_size", step_size),
                            ("refit_std", refit_std), ("min_std", min_std)):
-            self._set(key, value)
+            self.set_hyperparameter(key, value)
 
     @property
     def num_elites(self) -> int:

@@ -49,9 +49,9 @@ class MPPI(WeightedController):
                  temperature: float | None = 0.3, target_ess: float | None = None,
                  likelihood_ratio: float = 1.0, step_size: float = 1.0):
         super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma)
-        self._set_temperature(temperature, target_ess)
-        self._set("likelihood_ratio", likelihood_ratio)
-        self._set("step_size", step_size)
+        self.set_temperature(temperature, target_ess)
+        self.set_hyperparameter("likelihood_ratio", likelihood_ratio)
+        self.set_hyperparameter("step_size", step_size)
 
     def offsets(self, state: Proposal, theta: torch.Tensor | None) -> torch.Tensor | None:
         r"""(D, n) :math:`\frac{\gamma}{\sigma^2}\langle\hat\theta,\theta^{(i)}\rangle`, or None when γ = 0."""

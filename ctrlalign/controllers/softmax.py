@@ -40,7 +40,7 @@ class SoftmaxSampling(WeightedController):
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3,
                  temperature: float | None = 0.3, target_ess: float | None = None):
         super().__init__(num_samples=num_samples, num_iterations=num_iterations, sigma=sigma)
-        self._set_temperature(temperature, target_ess)
+        self.set_temperature(temperature, target_ess)
 
     def kl(self, state: Proposal) -> torch.Tensor:
         """(D,) zeros: the proposal is the prior (or, at σ = 0, no control at all)."""

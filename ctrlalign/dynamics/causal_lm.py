@@ -51,7 +51,7 @@ from .._checks import ConfigError, check_int
 from ..models import load_model
 from .base import Outcomes, Step, StepwiseDynamics
 from .decoding import SamplingConfig
-from .engines.protocol import Engine, EngineState
+from .engines.protocol import Engine, EngineState, eos_list
 from .engines.registry import make_engine
 from .head import OutputHead, verify_head
 
@@ -128,16 +128,6 @@ class CausalLMState:
         """(D, n, t) long, the tokens so far (pad after a row's end)."""
         dec = self.engine_state.decoded
         return dec.tokens.reshape(self.num_prompts, self.num_samples, -1)
-
-
-def _as_list(x: Any) -> list[int]:
-    if x is None:
-        return []
-    if isinstance(x, (list, tuple)):
-        return [int(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return [int(v) for v in x.flatten().tolist()]
-    return [int(x)]
 
 
 class CausalLM(StepwiseDynamics):
@@ -238,8 +228,8 @@ class CausalLM(StepwiseDynamics):
             verify_head(model, self.head)
 
         gen_cfg = getattr(model, "generation_config", None)
-        eos = _as_list(getattr(tokenizer, "eos_token_id", None))
-        for e in _as_list(getattr(gen_cfg, "eos_token_id", None)) + _as_list(
+        eos = eos_list(getattr(tokenizer, "eos_token_id", None))
+        for e in eos_list(getattr(gen_cfg, "eos_token_id", None)) + eos_list(
             getattr(model.config, "eos_token_id", None)
         ):
             if e not in eos:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -351,10 +351,13 @@ def check_rows(rows: torch.Tensor, num_prompts: int, num_samples: int) -> torch.
     return (rows.long() + offsets).flatten()
 
 
-def eos_list(eos_token_ids: int | Sequence[int] | None) -> list[int]:
-    """EOS ids as a list: one id, several, or None (none)."""
+def eos_list(eos_token_ids: int | Sequence[int] | torch.Tensor | None) -> list[int]:
+    """Token ids as a list of ints: one id, several (a sequence or a tensor of any shape), or
+    None (none)."""
     if eos_token_ids is None:
         return []
-    if isinstance(eos_token_ids, int):
-        return [int(eos_token_ids)]
-    return [int(e) for e in eos_token_ids]
+    if isinstance(eos_token_ids, torch.Tensor):
+        return [int(e) for e in eos_token_ids.flatten().tolist()]
+    if isinstance(eos_token_ids, Iterable):
+        return [int(e) for e in eos_token_ids]
+    return [int(eos_token_ids)]

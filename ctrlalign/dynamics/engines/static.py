@@ -4,7 +4,10 @@ r"""A static-cache rollout engine for Llama-family causal LMs, with CUDA-graph d
 ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` / ``MistralForCausalLM`` (RMSNorm, RoPE — any
 ``rope_scaling`` the HF module implements, llama3 included, since the cos/sin table is taken
 from the module's own rotary embedding —, GQA attention, SwiGLU MLP) with preallocated buffers,
-so that one decode step can be captured once in a ``torch.cuda.CUDAGraph`` and replayed.
+so that one decode step can be captured once in a ``torch.cuda.CUDAGraph`` and replayed. The
+forward pass itself (the weights, read in place, and the model math) is
+:mod:`ctrlalign.dynamics.engines.llama`; this module is the engine around it: the prefix and
+decode caches, the per-shape sessions, the CUDA graphs, and start / advance / select.
 
 It implements the stepwise protocol of :mod:`ctrlalign.dynamics.engines.protocol` and the
 contract of :mod:`ctrlalign.dynamics.decoding` exactly:
@@ -53,11 +56,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..base import Step
-from ..decoding import SamplingConfig, sample_with_logprobs
+from ..decoding import SamplingConfig
 from ..head import OutputHead
+from .llama import DecoderWeights, Kernels, check_supported
 from .protocol import (
     Decoded,
     Engine,
@@ -68,10 +71,7 @@ from .protocol import (
     eos_list,
 )
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "Prefix", "StaticEngine", "StaticState"]
-
-#: ``config.model_type`` values the engine's own forward pass reproduces.
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+__all__ = ["Prefix", "StaticEngine", "StaticState"]
 
 
 @dataclass
@@ -116,182 +116,6 @@ class StaticState(EngineState):
 
     prefix: Any = None
     session: Any = None
-
-
-class _Layer:
-    """References to one decoder layer's weights.
-
-    With ``fuse=True`` the Q/K/V projections are one (H·hd + 2·Hkv·hd, d) weight and gate/up
-    one (2·I, d) weight (see :func:`_fuse_linears`): a decode step then makes 2 GEMMs instead of
-    5 for them. With ``fuse=False`` they are the module's own weights, used separately.
-    """
-
-    def __init__(self, layer: torch.nn.Module, fuse: bool) -> None:
-        a, m = layer.self_attn, layer.mlp
-        self.ln1_w, self.ln1_eps = layer.input_layernorm.weight, _eps(layer.input_layernorm)
-        self.ln2_w, self.ln2_eps = layer.post_attention_layernorm.weight, _eps(layer.post_attention_layernorm)
-        self.fused = fuse
-        if fuse:
-            self.qkv = _fuse_linears(a, "_ctrlalign_qkv", (a.q_proj, a.k_proj, a.v_proj))
-            self.gate_up = _fuse_linears(m, "_ctrlalign_gate_up", (m.gate_proj, m.up_proj))
-        else:
-            self.q = (a.q_proj.weight, a.q_proj.bias)
-            self.k = (a.k_proj.weight, a.k_proj.bias)
-            self.v = (a.v_proj.weight, a.v_proj.bias)
-            self.gate = (m.gate_proj.weight, m.gate_proj.bias)
-            self.up = (m.up_proj.weight, m.up_proj.bias)
-        self.o = (a.o_proj.weight, a.o_proj.bias)
-        self.down = (m.down_proj.weight, m.down_proj.bias)
-
-    def project_qkv(self, h: torch.Tensor, nq: int, nkv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(…, d) → q (…, nq), k (…, nkv), v (…, nkv) (views of one GEMM's output when fused)."""
-        if self.fused:
-            qkv = _lin(h, self.qkv)
-            return qkv[..., :nq], qkv[..., nq:nq + nkv], qkv[..., nq + nkv:]
-        return _lin(h, self.q), _lin(h, self.k), _lin(h, self.v)
-
-    def project_gate_up(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(…, d) → gate (…, I), up (…, I) (views of one GEMM's output when fused)."""
-        if self.fused:
-            return _lin(h, self.gate_up).chunk(2, dim=-1)
-        return _lin(h, self.gate), _lin(h, self.up)
-
-
-def _fuse_linears(owner: torch.nn.Module, attr: str, linears: Sequence[torch.nn.Module]):
-    """One weight (and bias) whose row blocks are ``linears``' weights, without extra memory.
-
-    The rows of the linears are concatenated into one tensor W = [W_1; W_2; …] (and b likewise;
-    a missing bias is a zero block), and each linear's parameters are re-pointed to the
-    matching row-block *view* of W, so the HF module keeps computing exactly what it did while
-    the old storage is freed. The result is cached on ``owner`` under ``attr`` and reused as long
-    as the parameters still point into it (a second engine on the same model fuses nothing).
-    """
-    ws = [l.weight for l in linears]
-    bs = [getattr(l, "bias", None) for l in linears]
-    cached = getattr(owner, attr, None)
-    if cached is not None:
-        W, b = cached
-        off, ok = 0, True
-        for w, bias in zip(ws, bs):
-            r = w.shape[0]
-            ok &= w.data_ptr() == W[off].data_ptr() and w.shape == W[off:off + r].shape
-            if bias is not None:
-                ok &= b is not None and bias.data_ptr() == b[off].data_ptr()
-            off += r
-        if ok and off == W.shape[0]:
-            return W, b
-    with torch.no_grad():
-        W = torch.cat([w.detach() for w in ws], dim=0)
-        b = None
-        if any(x is not None for x in bs):
-            b = torch.cat([x.detach() if x is not None else w.new_zeros(w.shape[0]) for x, w in zip(bs, ws)])
-        off = 0
-        for l, w, bias in zip(linears, ws, bs):
-            r = w.shape[0]
-            w.data = W[off:off + r]
-            if bias is not None:
-                bias.data = b[off:off + r]
-            off += r
-    setattr(owner, attr, (W, b))
-    return W, b
-
-
-def _eps(norm: torch.nn.Module) -> float:
-    for name in ("variance_epsilon", "eps"):
-        if hasattr(norm, name):
-            return float(getattr(norm, name))
-    raise NotImplementedError(f"cannot read epsilon of {type(norm).__name__}")
-
-
-def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    # identical to LlamaRMSNorm / Qwen2RMSNorm
-    dt = x.dtype
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return w * h.to(dt)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-
-
-def _rope2(q, k, cos, sin):
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _swiglu(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    return F.silu(g) * u
-
-
-def _qkv_rope(q, k, v, cos, sin, D: int, n: int, Hkv: int, g: int, hd: int):
-    """Rotate q, k and lay the B = D·n queries out for both attention parts.
-
-    q (B, H·hd), k, v (B, Hkv·hd), cos/sin (B, 1, hd) →
-    qp (D, Hkv, n·g, hd) for the prefix part (the n·g queries of prompt j per KV head),
-    qd (B, Hkv, g, hd) for the decode part, k, v (B, Hkv, hd).
-    """
-    B = D * n
-    q = q.reshape(B, Hkv * g, hd)
-    k = k.reshape(B, Hkv, hd)
-    q, k = _rope2(q, k, cos, sin)
-    qp = q.view(D, n, Hkv, g, hd).permute(0, 2, 1, 3, 4).reshape(D, Hkv, n * g, hd)
-    return qp, q.view(B, Hkv, g, hd), k, v.reshape(B, Hkv, hd)
-
-
-def _attn_probs(sp, sd, mask, scale: float, dtype: torch.dtype, D: int, n: int):
-    """One softmax over the prefix and decode scores.
-
-    sp (D, Hkv, n·g, P) prefix scores, sd (B, Hkv, g, Tb) decode scores, mask (B, 1, 1, P+Tb)
-    → pp (D, Hkv, n·g, P), pd (B, Hkv, g, Tb) probabilities in ``dtype``.
-    """
-    _, Hkv, ng, P = sp.shape
-    g = ng // n
-    sp = sp.view(D, Hkv, n, g, P).permute(0, 2, 1, 3, 4).reshape(D * n, Hkv, g, P)
-    pr = _masked_softmax(torch.cat([sp, sd], dim=-1), mask, scale, dtype)
-    pp = pr[..., :P].reshape(D, n, Hkv, g, P).permute(0, 2, 1, 3, 4).reshape(D, Hkv, n * g, P)
-    return pp, pr[..., P:]
-
-
-def _attn_merge(op, od, n: int):
-    """op (D, Hkv, n·g, hd) prefix part + od (B, Hkv, g, hd) decode part → (B, H·hd)."""
-    D, Hkv, ng, hd = op.shape
-    g = ng // n
-    return op.view(D, Hkv, n, g, hd).permute(0, 2, 1, 3, 4).reshape(D * n, Hkv * g * hd) + od.reshape(D * n, Hkv * g * hd)
-
-
-def _masked_softmax(sc: torch.Tensor, mask: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    return torch.softmax((sc * scale).float().masked_fill(~mask, float("-inf")), dim=-1).to(dtype)
-
-
-def _add_norm(x: torch.Tensor, o: torch.Tensor, w: torch.Tensor, eps: float):
-    x = x + o
-    return x, _rms_norm(x, w, eps)
-
-
-class _Kernels:
-    """The elementwise pieces of a decode step; torch.compile'd (fused) in 'cudagraph' mode."""
-
-    def __init__(self, compiled: bool) -> None:
-        self.compiled = compiled
-        if compiled:  # one compiled variant per decode shape (B, P, T): allow many
-            import torch._dynamo
-
-            for name in ("recompile_limit", "cache_size_limit"):
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
-        wrap = (lambda f: torch.compile(f, fullgraph=True, dynamic=False)) if compiled else (lambda f: f)
-        self.rms_norm = wrap(_rms_norm)
-        self.qkv_rope = wrap(_qkv_rope)
-        self.attn_probs = wrap(_attn_probs)
-        self.attn_merge = wrap(_attn_merge)
-        self.swiglu = wrap(_swiglu)
-        self.add_norm = wrap(_add_norm)
-        self.sample = wrap(sample_with_logprobs)
-
-
-def _lin(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-    return F.linear(x, wb[0], wb[1])
 
 
 class _Session:
@@ -365,7 +189,7 @@ class StaticEngine(Engine):
             64) and drop the captured graphs, instead of raising ``ValueError``.
 
     Raises:
-        NotImplementedError: the architecture is not one of :data:`SUPPORTED_MODEL_TYPES`, or it
+        NotImplementedError: the architecture is not one of :data:`~ctrlalign.dynamics.engines.llama.SUPPORTED_MODEL_TYPES`, or it
             uses a feature this forward pass does not reproduce (sliding window, QK-norm, ...).
     """
 
@@ -382,16 +206,7 @@ class StaticEngine(Engine):
         kv_block: int | None = 16,
         grow: bool = False,
     ) -> None:
-        cfg = model.config
-        mt = getattr(cfg, "model_type", type(model).__name__)
-        if mt not in SUPPORTED_MODEL_TYPES:
-            raise NotImplementedError(
-                f"StaticEngine supports model types {SUPPORTED_MODEL_TYPES}; got {mt!r} "
-                f"({type(model).__name__}). Use the eager CausalLM engine for this architecture."
-            )
-        sw = getattr(cfg, "sliding_window", None)
-        if mt != "llama" and sw is not None and getattr(cfg, "use_sliding_window", mt == "mistral") and sw < max_length:
-            raise NotImplementedError(f"{type(model).__name__} with sliding_window={sw} < max_length is not supported")
+        check_supported(model, max_length)
         inner = model.model
         if dtype is None:
             dtype = inner.embed_tokens.weight.dtype
@@ -407,7 +222,7 @@ class StaticEngine(Engine):
         self.device = inner.embed_tokens.weight.device
         if compile != "none" and self.device.type != "cuda":
             raise ValueError(f"compile={compile!r} (CUDA graphs) needs the model on a CUDA device; use compile='none'")
-        self._k = _Kernels(compiled=compile == "cudagraph")
+        self.kernels = Kernels(compiled=compile == "cudagraph")
         for p in model.parameters():
             if p.dtype != dtype:
                 raise ValueError(f"model parameters are {p.dtype}; convert the model to {dtype} first")
@@ -420,22 +235,12 @@ class StaticEngine(Engine):
         self.kv_block = kv_block
         self.grow = bool(grow)
         self.fuse_weights = bool(fuse_weights)
-        self.num_layers = len(inner.layers)
-        self.hidden_size = cfg.hidden_size
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
-        a0 = inner.layers[0].self_attn
-        self.head_dim = getattr(a0, "head_dim", None) or cfg.hidden_size // self.num_heads
-        if hasattr(a0, "q_norm"):
-            raise NotImplementedError(f"{type(model).__name__}: QK-norm attention is not supported")
-        self.scale = self.head_dim ** -0.5
-        self.group = self.num_heads // self.num_kv_heads
-        self.embed = inner.embed_tokens.weight
-        self.layers = [_Layer(l, fuse=self.fuse_weights) for l in inner.layers]
-        self.norm_w, self.norm_eps = inner.norm.weight, _eps(inner.norm)
+        self.weights = weights = DecoderWeights(model, fuse=bool(fuse_weights), max_length=max_length)
+        self.num_layers, self.hidden_size = weights.num_layers, weights.hidden_size
+        self.num_heads, self.num_kv_heads, self.head_dim = weights.num_heads, weights.num_kv_heads, weights.head_dim
+        self.scale, self.group = weights.scale, weights.group
         self.head = OutputHead.from_model(model)
         self.vocab_size = self.head.vocab_size
-        self._rotary = inner.rotary_emb
         self._sessions: dict[tuple[int, int, int, int], _Session] = {}
         self._allocate()
         self._pfx_k = torch.zeros(self.num_layers, 0, self.num_kv_heads, 0, self.head_dim, dtype=dtype, device=self.device)
@@ -448,11 +253,7 @@ class StaticEngine(Engine):
         the module's own rotary embedding, and the decode cache (L, max_batch, Hkv,
         max_length, hd) ×2. Drops the sessions and their graphs (they point into the old
         buffers)."""
-        with torch.no_grad():
-            pos = torch.arange(self.max_length, device=self.device)[None]
-            dummy = torch.zeros(1, dtype=self.dtype, device=self.device)
-            cos, sin = self._rotary(dummy, pos)
-        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # (max_length, hd)
+        self.cos, self.sin = self.weights.rope_table(self.max_length, self.dtype, self.device)  # (max_length, hd)
         L, Hkv, hd = self.num_layers, self.num_kv_heads, self.head_dim
         self._sessions = {}
         self._dec_k = self._dec_v = None  # free the old cache before allocating the new one
@@ -498,40 +299,8 @@ class StaticEngine(Engine):
         expect = torch.arange(P, device=self.device)[None] >= (P - lengths)[:, None]
         if not torch.equal(expect, mask):
             raise ValueError("attention_mask must be left padding (real tokens at the end of each row)")
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        L, Hkv, hd = self.num_layers, self.num_kv_heads, self.head_dim
-        K = torch.empty(L, D, Hkv, P, hd, dtype=self.dtype, device=self.device)
-        Vv = torch.empty_like(K)
-        z = torch.empty(D, self.hidden_size, dtype=self.dtype, device=self.device)
-        causal = torch.ones(P, P, dtype=torch.bool, device=self.device).tril()
-        eye = torch.eye(P, dtype=torch.bool, device=self.device)
-        for a in range(0, D, self.prefill_chunk):
-            b = min(D, a + self.prefill_chunk)
-            m = (causal[None] & mask[a:b, None, :]) | eye[None]  # (c, P, P); pads see themselves
-            x = F.embedding(ids[a:b], self.embed)
-            cos, sin = self.cos[pos[a:b]][:, None], self.sin[pos[a:b]][:, None]  # (c,1,P,hd)
-            c = b - a
-            for li, ly in enumerate(self.layers):
-                h = _rms_norm(x, ly.ln1_w, ly.ln1_eps)
-                q, k, v = ly.project_qkv(h, self.num_heads * hd, Hkv * hd)
-                q = q.reshape(c, P, self.num_heads, hd).transpose(1, 2)
-                k = k.reshape(c, P, Hkv, hd).transpose(1, 2)
-                v = v.reshape(c, P, Hkv, hd).transpose(1, 2)
-                q, k = _rope2(q, k, cos, sin)
-                K[li, a:b] = k
-                Vv[li, a:b] = v
-                qg = q.reshape(c, Hkv, self.group * P, hd)
-                s = torch.matmul(qg, k.transpose(-1, -2)) * self.scale  # (c,Hkv,g*P,P)
-                s = s.view(c, Hkv, self.group, P, P).float().masked_fill(~m[:, None, None], float("-inf"))
-                pr = torch.softmax(s, dim=-1).to(self.dtype).view(c, Hkv, self.group * P, P)
-                o = torch.matmul(pr, v).view(c, self.num_heads, P, hd).transpose(1, 2).reshape(c, P, -1)
-                x = x + _lin(o, ly.o)
-                x = x + self._mlp(_rms_norm(x, ly.ln2_w, ly.ln2_eps), ly)
-            z[a:b] = _rms_norm(x[:, -1], self.norm_w, self.norm_eps)
+        K, Vv, z = self.weights.prefill(ids, mask, self.cos, self.sin, self.prefill_chunk, self.dtype)
         return Prefix(k=K, v=Vv, key_mask=mask, lengths=lengths, z=z)
-
-    def _mlp(self, h: torch.Tensor, ly: _Layer) -> torch.Tensor:
-        return _lin(_swiglu(*ly.project_gate_up(h)), ly.down)
 
     # ------------------------------------------------------------------ decode pieces
     def _body(self, s: _Session, Tb: int) -> None:
@@ -539,36 +308,13 @@ class StaticEngine(Engine):
 
         Attention reads only the first ``Tb`` decode slots (Tb > s.step; later slots are masked).
         """
-        B, D, n, P = s.B, s.D, s.n, s.P
-        Hkv, hd, g = self.num_kv_heads, self.head_dim, self.group
+        B, P = s.B, s.P
         pos = s.base_pos + s.step
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (B,1,hd)
         dmask = (s.slots[:Tb] <= s.step).view(1, 1, 1, Tb)
         amask = torch.cat([s.pmask.expand(B, 1, 1, P), dmask.expand(B, 1, 1, Tb)], dim=-1)
-        slot = s.step.view(1)
-        kn = self._k
-        x = F.embedding(s.tok, self.embed)
-        ly0 = self.layers[0]
-        h = kn.rms_norm(x, ly0.ln1_w, ly0.ln1_eps)
-        nq, nkv = self.num_heads * hd, Hkv * hd
-        for li, ly in enumerate(self.layers):
-            qp, qd, k, v = kn.qkv_rope(*ly.project_qkv(h, nq, nkv), cos, sin, D, n, Hkv, g, hd)
-            dk, dv = s.dk[li], s.dv[li]  # (B,Hkv,T,hd) views
-            dk.index_copy_(2, slot, k.unsqueeze(2))
-            dv.index_copy_(2, slot, v.unsqueeze(2))
-            dk, dv = dk[:, :, :Tb], dv[:, :, :Tb]
-            # prefix part: the n*g queries of prompt j against prompt j's keys, no copy of K/V
-            sp = torch.matmul(qp, s.pk[li].transpose(-1, -2))  # (D,Hkv,n*g,P)
-            sd = torch.matmul(qd, dk.transpose(-1, -2))  # (B,Hkv,g,Tb)
-            pp, pd = kn.attn_probs(sp, sd, amask, self.scale, self.dtype, D, n)
-            o = kn.attn_merge(torch.matmul(pp, s.pv[li]), torch.matmul(pd, dv), n)  # (B,H*hd)
-            x, h = kn.add_norm(x, _lin(o, ly.o), ly.ln2_w, ly.ln2_eps)
-            m = _lin(kn.swiglu(*ly.project_gate_up(h)), ly.down)
-            nxt = self.layers[li + 1] if li + 1 < len(self.layers) else None
-            if nxt is None:
-                x, h = kn.add_norm(x, m, self.norm_w, self.norm_eps)
-            else:
-                x, h = kn.add_norm(x, m, nxt.ln1_w, nxt.ln1_eps)
+        h = self.weights.decode_step(self.kernels, s.tok, cos, sin, amask, s.step.view(1), s.pk, s.pv, s.dk, s.dv,
+                                     s.D, s.n, Tb, self.dtype)
         s.z.copy_(h)
         s.step.add_(1)
 
@@ -599,7 +345,7 @@ class StaticEngine(Engine):
                 logits = self.head(zc)
                 base = None
         u = s.uniforms.index_select(1, slot).squeeze(1)
-        tok, lp, blp = self._k.sample(logits, u, config, base)
+        tok, lp, blp = self.kernels.sample(logits, u, config, base)
         if blp is None:  # no base head computed: base = controlled
             blp = lp
         if eos is not None:
@@ -751,14 +497,14 @@ class StaticEngine(Engine):
             try:
                 g = self._capture(s, fn)
             except Exception as e:  # torch.compile unavailable/failing: plain ops in the graph
-                if not self._k.compiled:
+                if not self.kernels.compiled:
                     raise
                 import warnings
 
                 warnings.warn(f"StaticEngine: torch.compile failed ({type(e).__name__}: {e}); "
                               "falling back to compile='cudagraph_eager'")
                 torch.cuda.synchronize()
-                self._k = _Kernels(compiled=False)
+                self.kernels = Kernels(compiled=False)
                 self.compile = "cudagraph_eager"
                 for ss in self._sessions.values():
                     ss.graphs.clear()
