@@ -15,6 +15,9 @@ import pytest
 import torch
 
 import ctrlalign as ca
+from ctrlalign.bench.config import BenchConfig
+from ctrlalign.cli import align_config, build_parser
+from ctrlalign.config import RunConfig
 from ctrlalign.dynamics.base import Outcomes
 from ctrlalign.testing import CONTROLLERS, SPACES, SYSTEMS, ControllerContract, make_linear
 
@@ -87,15 +90,11 @@ def greedy_registered():
 def test_a_new_controller_is_one_file_plus_one_registration(greedy_registered):
     """After ``register_controller(GreedyMean)`` (and no other change) the run config, the bench
     config and the command line take it, with its declared option checked."""
-    from ctrlalign.bench.config import BenchConfig
-    from ctrlalign.cli import _build_align_config, _parser
-    from ctrlalign.config import RunConfig
-
     cfg = RunConfig(prompts=["x"], controller={"name": "greedy", "step_size": 0.25, "num_samples": 4})
     built = cfg.controller.build()
     assert isinstance(built, greedy_registered) and (built.step_size, built.num_samples) == (0.25, 4)
-    args = _parser().parse_args(["align", "x", "--controller", "greedy", "--step-size", "0.75"])
-    assert _build_align_config(args).controller.build().step_size == 0.75
+    args = build_parser().parse_args(["align", "x", "--controller", "greedy", "--step-size", "0.75"])
+    assert align_config(args).controller.build().step_size == 0.75
     with pytest.raises(ValueError, match=r"step_size \(β\) must be a number in \(0, 1\], got 0"):
         RunConfig(prompts=["x"], controller={"name": "greedy", "step_size": 0})
     bench = BenchConfig(reward="sentiment", budgets=[4], controllers=[
