@@ -1,0 +1,115 @@
+"""Reliability of the Python API: every entry point as careful as the command line.
+
+Each row of a table is one bad input given to the Python API; the test asserts the exception
+type and that the message names the offending value (and where it is: the reward, the prompt,
+the file). Companion of tests/test_reliability.py, which drives the command line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ctrlalign as ca
+from ctrlalign import RewardError
+from ctrlalign.dynamics.base import Outcomes
+
+
+def outcomes_of(texts: list[list[str]]) -> Outcomes:
+    return Outcomes(num_prompts=len(texts), num_samples=len(texts[0]), texts=texts)
+
+
+PROMPTS = ["first prompt", "second prompt"]
+OUT = outcomes_of([["a", "b"], ["c", "BAD"]])
+
+
+def per_sample(value):
+    """A per-sample reward returning ``value`` on the response "BAD" (prompt 1, sample 1)."""
+    return ca.CallableReward(lambda p, t: value if t == "BAD" else 0.5, texts=True, name="mine")
+
+
+def batched(value):
+    """A batched reward returning ``value`` as the whole (D, n) grid."""
+    return ca.CallableReward(lambda ps, o: value, batched=True, name="mine")
+
+
+class ListReward(ca.Reward):
+    """A subclass returning nested lists instead of a tensor."""
+
+    name = "listy"
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, prompts, outcomes):
+        return [[0.0, 0.0], [0.0, self.value]]
+
+
+# --------------------------------------------------------------------------------------------
+# 1. rewards whose output is not real numbers: (id, reward, fragments). All raise RewardError
+# naming the reward, the prompt (index and text), the sample and the value's type.
+
+BAD_REWARDS = [
+    ("str", per_sample("0.5"), ["'mine'", "returned str", "'0.5'", "prompt 1 ('second prompt')", "sample 1"]),
+    ("complex", per_sample(1 + 2j), ["'mine'", "returned complex", "prompt 1 ('second prompt')", "sample 1"]),
+    ("complex-zero-imag", per_sample(0.5 + 0j), ["'mine'", "returned complex", "prompt 1"]),
+    ("none", per_sample(None), ["'mine'", "returned NoneType", "prompt 1", "sample 1"]),
+    ("list", per_sample([0.5]), ["'mine'", "returned list", "prompt 1"]),
+    ("complex-tensor-scalar", per_sample(torch.tensor(1 + 1j)), ["'mine'", "complex64", "prompt 1"]),
+    ("vector-tensor", per_sample(torch.ones(2)), ["'mine'", "shape (2,)", "prompt 1"]),
+    ("numpy-str", per_sample(np.str_("0.5")), ["'mine'", "returned str_", "prompt 1"]),
+    ("batched-strings", batched([["0.1", "0.2"], ["0.3", "0.4"]]), ["'mine'", "returned str", "'0.1'",
+                                                                     "prompt 0 ('first prompt')", "sample 0"]),
+    ("batched-complex-list", batched([[0.0, 0.0], [0.0, 1j]]), ["'mine'", "returned complex",
+                                                                "prompt 1 ('second prompt')", "sample 1"]),
+    ("batched-complex-tensor", batched(torch.tensor([[0, 0], [0, 1 + 2j]])), ["'mine'", "complex64",
+                                                                              "prompt 1 ('second prompt')", "sample 1"]),
+    ("batched-complex-real-valued", batched(torch.zeros(2, 2, dtype=torch.complex128)), ["'mine'", "complex128",
+                                                                                        "prompt 0"]),
+    ("batched-complex-array", batched(np.zeros((2, 2), dtype=complex)), ["'mine'", "complex128", "real numbers"]),
+    ("batched-object-array", batched(np.array([["a", "b"], ["c", "d"]])), ["'mine'", "<U1", "real numbers"]),
+    ("batched-ragged", batched([[0.0, 0.0], [0.0]]), ["'mine'", "lengths [2, 1]", "num_samples=2"]),
+    ("batched-string", batched("0.5"), ["'mine'", "returned str"]),
+    ("subclass-list-of-strings", ListReward("1"), ["'listy'", "returned str", "prompt 1 ('second prompt')",
+                                                   "sample 1"]),
+]
+
+
+@pytest.mark.parametrize("case, reward, fragments", BAD_REWARDS, ids=[c[0] for c in BAD_REWARDS])
+def test_rewards_must_be_real_numbers(case, reward, fragments):
+    with pytest.raises(RewardError) as exc:
+        ca.evaluate_reward(reward, PROMPTS, OUT)
+    for f in fragments:
+        assert f in str(exc.value), (f, str(exc.value))
+
+
+GOOD_REWARDS = [
+    ("float", per_sample(0.25), 0.25),
+    ("int", per_sample(3), 3.0),
+    ("bool", per_sample(True), 1.0),
+    ("numpy-float", per_sample(np.float32(0.25)), 0.25),
+    ("numpy-int", per_sample(np.int64(2)), 2.0),
+    ("numpy-0d", per_sample(np.array(0.25)), 0.25),
+    ("tensor-0d", per_sample(torch.tensor(0.25, dtype=torch.float64)), 0.25),
+    ("batched-list", batched([[0.5, 0.5], [0.5, 0.25]]), 0.25),
+    ("batched-int-tensor", batched(torch.tensor([[1, 1], [1, 2]])), 2.0),
+    ("batched-bool-tensor", batched(torch.tensor([[True, True], [True, False]])), 0.0),
+    ("batched-numpy", batched(np.array([[0.5, 0.5], [0.5, 0.25]])), 0.25),
+    ("subclass-list", ListReward(0.25), 0.25),
+]
+
+
+@pytest.mark.parametrize("case, reward, expected", GOOD_REWARDS, ids=[c[0] for c in GOOD_REWARDS])
+def test_real_rewards_are_accepted(case, reward, expected):
+    r = ca.evaluate_reward(reward, PROMPTS, OUT)
+    assert r.shape == (2, 2) and r.is_floating_point() and float(r[1, 1]) == expected
+
+
+def test_string_reward_stops_align():
+    """Through :func:`ctrlalign.align` the refusal is the same (it used to score "0.5" as 0.5)."""
+    dyn = ca.LinearGaussian(torch.eye(2), horizon=1, hidden_size=2)
+    for value, kind in (("0.5", "str"), (1j, "complex")):
+        with pytest.raises(RewardError, match=rf"'const' returned {kind} .* at prompt 0 .*sample 0"):
+            ca.align(dyn, ca.CallableReward(lambda p, s, v=value: v, name="const"),
+                     ca.AISP(num_samples=2, num_iterations=1), [torch.zeros(2)])
