@@ -35,7 +35,7 @@ import torch
 
 from ._checks import ConfigError, first_line
 from .data import PromptItem
-from .models import is_offline, load_model
+from .models import check_device, is_offline, load_model
 
 if TYPE_CHECKING:
     from .config import ControllerConfig, ModelConfig, RewardTerm, SpaceConfig
@@ -79,33 +79,6 @@ def versions() -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------
 # dynamics
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device`` after checking it exists on this machine.
-
-    Raises:
-        ConfigError: not a device name; CUDA asked of a torch built without it (or no GPU);
-            a CUDA index past the GPUs present; MPS where it is unavailable.
-    """
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"device {device!r} is not a torch device; use e.g. 'cpu', 'cuda', 'cuda:1'") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ConfigError(f"device {str(device)!r}: {why} (torch {torch.__version__}); use --device cpu "
-                              "(config: model.device: cpu)")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ConfigError(f"device {str(device)!r}: only {count} CUDA device(s) here (cuda:0 … cuda:{count - 1})")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError(f"device {str(device)!r}: MPS is not available here; use --device cpu")
-    elif dev.type != "cpu":
-        raise ConfigError(f"device {str(device)!r}: device type {dev.type!r} is not supported; use cpu, cuda or mps")
-    return dev
 
 
 def build_dynamics(model: ModelConfig) -> CausalLM:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_reliability
 import torch
 
 import ctrlalign as ca
@@ -113,3 +114,110 @@ def test_string_reward_stops_align():
         with pytest.raises(RewardError, match=rf"'const' returned {kind} .* at prompt 0 .*sample 0"):
             ca.align(dyn, ca.CallableReward(lambda p, s, v=value: v, name="const"),
                      ca.AISP(num_samples=2, num_iterations=1), [torch.zeros(2)])
+
+
+# --------------------------------------------------------------------------------------------
+# 2. API entry points as careful as the command line: devices, prompts, model folders
+
+
+#: the tiny random Llama saved as a model folder (the module-scoped fixture of test_reliability)
+tiny = test_reliability.tiny
+
+
+@pytest.fixture(scope="module")
+def lm(tiny):
+    return ca.CausalLM.from_pretrained(str(tiny), sampling=ca.SamplingConfig(max_new_tokens=3))
+
+
+def corrupt(tiny, tmp_path, **values):
+    """A copy of the tiny model folder whose config.json has ``values`` set."""
+    import json
+    import shutil
+
+    folder = tmp_path / "corrupt"
+    shutil.copytree(tiny, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **values}))
+    return folder
+
+
+NO_CUDA = not torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda", 1)])
+def test_from_pretrained_on_a_device_that_is_absent(tiny, device):
+    with pytest.raises(ca.ConfigError) as exc:
+        ca.CausalLM.from_pretrained(str(tiny), device=device)
+    msg = str(exc.value)
+    assert f"device {str(device)!r}" in msg and "available here: cpu" in msg, msg
+
+
+@pytest.mark.parametrize("device, fragment", [("tpu", "'tpu'"), ("gpu0", "'gpu0'")])
+def test_from_pretrained_on_a_device_that_does_not_exist(tiny, device, fragment):
+    with pytest.raises(ca.ConfigError, match="available here: cpu") as exc:
+        ca.CausalLM.from_pretrained(str(tiny), device=device)
+    assert fragment in str(exc.value)
+
+
+BAD_PROMPTS = [
+    ("empty", "", ["prompt 1", "empty"]),
+    ("blank", " \n\t", ["prompt 1", "whitespace-only"]),
+    ("lone-surrogate", "bad \ud800", ["prompt 1", "lone surrogate", "character 4"]),
+    ("chat-lone-surrogate", [{"role": "user", "content": "a\udc00"}], ["prompt 1, message 0 ('user')", "surrogate"]),
+    ("chat-empty-user", [{"role": "system", "content": ""}, {"role": "user", "content": ""}],
+     ["prompt 1, message 1 ('user')", "empty"]),
+]
+
+
+@pytest.mark.parametrize("case, prompt, fragments", BAD_PROMPTS, ids=[c[0] for c in BAD_PROMPTS])
+def test_align_refuses_prompts_the_cli_refuses(lm, case, prompt, fragments):
+    """``align`` (and the dynamics' own ``prepare``) refuse what ``ctrlalign align`` refuses,
+    naming the prompt's index, before any prompt is run (it used to reach the tokenizer)."""
+    reward = ca.CallableReward(lambda p, t: float(len(t)), texts=True)
+    with pytest.raises(ca.ConfigError) as exc:
+        ca.align(lm, reward, ca.AISP(num_samples=2, num_iterations=1), ["fine", prompt], batch_prompts=1)
+    for f in fragments:
+        assert f in str(exc.value), (f, str(exc.value))
+    with pytest.raises(ca.ConfigError, match="prompt 1"):
+        lm.prepare(["fine", prompt])
+
+
+def test_system_prompt_is_checked(tiny):
+    with pytest.raises(ca.ConfigError, match="system_prompt .*surrogate"):
+        ca.CausalLM.from_pretrained(str(tiny), system_prompt="x\udcff")
+
+
+CORRUPT_CONFIGS = [
+    ("wrong-type", {"hidden_size": "abc"}, ["hidden_size", "'abc'"]),
+    ("not-an-integer", {"num_hidden_layers": 1.5}, ["num_hidden_layers", "1.5"]),
+    ("heads-zero", {"num_attention_heads": 0}, ["ZeroDivisionError"]),
+    ("not-divisible", {"hidden_size": 30}, ["hidden size (30)"]),
+    ("rope-not-a-dict", {"rope_parameters": "x"}, ["rope_parameters"]),
+    ("vocab-negative", {"vocab_size": -5}, ["-5"]),
+    ("activation-unknown", {"hidden_act": "nope"}, ["'nope'"]),
+]
+
+
+@pytest.mark.parametrize("case, values, fragments", CORRUPT_CONFIGS, ids=[c[0] for c in CORRUPT_CONFIGS])
+def test_invalid_config_value_names_the_folder(tiny, tmp_path, case, values, fragments):
+    """A local model folder whose config.json holds a value transformers refuses: a
+    ConfigError naming the folder and config.json, not a huggingface_hub traceback."""
+    folder = corrupt(tiny, tmp_path, **values)
+    with pytest.raises(ca.ConfigError) as exc:
+        ca.CausalLM.from_pretrained(str(folder))
+    msg = str(exc.value)
+    assert str(folder) in msg and "config.json" in msg, msg
+    for f in fragments:
+        assert f in msg, (f, msg)
+
+
+def test_cli_names_the_folder_of_an_invalid_config_value(tiny, tmp_path, capsys):
+    """The command line says the same: exit 2, one line naming the folder and config.json."""
+    from ctrlalign.cli import main
+
+    folder = corrupt(tiny, tmp_path, hidden_size="abc")
+    rc = main(["align", "hello", "--model", str(folder), "-n", "2", "-k", "1", "--max-new-tokens", "2", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert str(folder) in err and "config.json" in err and "'abc'" in err, err
