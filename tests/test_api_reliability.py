@@ -7,6 +7,8 @@ the file). Companion of tests/test_reliability.py, which drives the command line
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import test_reliability
@@ -221,3 +223,88 @@ def test_cli_names_the_folder_of_an_invalid_config_value(tiny, tmp_path, capsys)
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert str(folder) in err and "config.json" in err and "'abc'" in err, err
+
+
+# --------------------------------------------------------------------------------------------
+# 3. config values of the wrong type: (id, config fragment, the field and value named). Run and
+# bench configs are strict about numbers and booleans: true is not an integer, 1 is not a
+# boolean, "3" is not a number, 2.0 is not an integer; an integer is a number.
+
+WRONG_TYPES = [
+    ("bool-for-int-run", {"run": {"batch_prompts": True}}, ["run.batch_prompts", "True"]),
+    ("bool-for-int-model", {"model": {"max_new_tokens": True}}, ["model.max_new_tokens", "True"]),
+    ("bool-for-int-limit", {"limit": True}, ["limit", "True"]),
+    ("string-for-int", {"run": {"seed": "3"}}, ["run.seed", "'3'"]),
+    ("int-for-bool", {"model": {"greedy": 1}}, ["model.greedy", "1"]),
+    ("string-for-bool", {"run": {"base": "yes"}}, ["run.base", "'yes'"]),
+    ("bool-for-float", {"reward": [{"name": "sentiment", "weight": True}]}, ["reward.0.weight", "True"]),
+    ("bool-for-hyperparameter-int", {"controller": {"num_samples": True}}, ["controller.num_samples", "got True"]),
+    ("bool-for-hyperparameter-float", {"controller": {"sigma": True}}, ["controller.sigma", "got True"]),
+    ("float-for-hyperparameter-int", {"controller": {"num_iterations": 2.0}}, ["controller.num_iterations", "got 2.0"]),
+    ("string-for-hyperparameter", {"controller": {"temperature": "0.3"}}, ["controller.temperature", "'0.3'"]),
+    ("bool-for-section-int", {"controller": {"final_samples": True}}, ["controller.final_samples", "True"]),
+    ("int-for-section-bool", {"controller": {"common_random_numbers": 1}}, ["controller.common_random_numbers", "1"]),
+    ("bool-for-space-option", {"space": {"name": "subspace", "rank": True}}, ["space.rank", "got True"]),
+]
+
+
+@pytest.mark.parametrize("case, fragment, names", WRONG_TYPES, ids=[c[0] for c in WRONG_TYPES])
+def test_run_config_types_are_strict(case, fragment, names):
+    from ctrlalign.config import validate_config
+
+    with pytest.raises(ca.ConfigError) as exc:
+        validate_config({"prompts": ["a"], **fragment})
+    for f in names:
+        assert f in str(exc.value), (f, str(exc.value))
+
+
+def test_integers_are_numbers_in_configs():
+    from ctrlalign.config import validate_config
+
+    cfg = validate_config({"prompts": ["a"], "model": {"temperature": 1}, "controller": {"sigma": 1, "temperature": 2}})
+    assert cfg.model.temperature == 1.0 and cfg.controller.build().sigma == 1.0
+
+
+BENCH_WRONG_TYPES = [
+    ("bool-budget", {"budgets": [8, True]}, ["budgets.1", "True"]),
+    ("bool-seed", {"seeds": [True]}, ["seeds.0", "True"]),
+    ("int-for-bool", {"coherence": 1}, ["coherence", "1"]),
+    ("bool-for-int", {"batch_prompts": True}, ["batch_prompts", "True"]),
+    ("entry-hyperparameter", {"controllers": [{"name": "aisp", "num_samples": True}]},
+     ["controllers.0.num_samples", "got True"]),
+    ("entry-greedy", {"controllers": [{"name": "aisp", "greedy": 1}]}, ["controllers.0.greedy", "1"]),
+    ("sweep-n", {"sweep": {"num_samples": True}}, ["sweep.num_samples", "True"]),
+]
+
+
+@pytest.mark.parametrize("case, fragment, names", BENCH_WRONG_TYPES, ids=[c[0] for c in BENCH_WRONG_TYPES])
+def test_bench_config_types_are_strict(tmp_path, case, fragment, names):
+    import json
+
+    from ctrlalign.bench.config import load_bench_config
+
+    p = tmp_path / "bench.json"
+    p.write_text(json.dumps({"reward": [{"name": "sentiment"}], **fragment}))
+    with pytest.raises(ca.ConfigError) as exc:
+        load_bench_config(p)
+    for f in names:
+        assert f in str(exc.value), (f, str(exc.value))
+
+
+@pytest.mark.parametrize("kind, value", [("int", True), ("int", 4.0), ("int", "4"), ("float", True), ("float", "0.5"),
+                                         ("float", 1 + 0j), ("bool", 1), ("bool", "true")])
+def test_hyperparameter_check_is_strict(kind, value):
+    from ctrlalign.declare import Hyperparameter, HyperparameterError
+
+    h = Hyperparameter("x", {"int": int, "float": float, "bool": bool}[kind], "a test value")
+    with pytest.raises(HyperparameterError, match=r"x must be .*got " + re.escape(repr(value))):
+        h.check(value)
+
+
+def test_hyperparameter_check_accepts_numpy_and_int_for_float():
+    from ctrlalign.declare import Hyperparameter
+
+    assert Hyperparameter("x", int, "").check(np.int64(3)) == 3
+    assert Hyperparameter("x", float, "").check(2) == 2.0 and isinstance(Hyperparameter("x", float, "").check(2), float)
+    assert Hyperparameter("x", float, "").check(np.float32(0.5)) == 0.5
+    assert ca.AISP(num_samples=np.int64(4)).num_samples == 4
