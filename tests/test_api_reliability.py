@@ -308,3 +308,60 @@ def test_hyperparameter_check_accepts_numpy_and_int_for_float():
     assert Hyperparameter("x", float, "").check(2) == 2.0 and isinstance(Hyperparameter("x", float, "").check(2), float)
     assert Hyperparameter("x", float, "").check(np.float32(0.5)) == 0.5
     assert ca.AISP(num_samples=np.int64(4)).num_samples == 4
+
+
+# --------------------------------------------------------------------------------------------
+# 4. `ctrlalign bench --report-only` on a results file that is not one: exit 2, one line naming
+# the file (and, in a store, the line). (id, file content, fragments after the file name)
+
+def _store_header() -> str:
+    import json
+
+    from ctrlalign.store import FORMAT, HEADER_KEY
+
+    return json.dumps({HEADER_KEY: FORMAT, "kind": "bench", "hash": "x", "identity": {}, "config": {}}) + "\n"
+
+
+def _run_line(**changes) -> str:
+    import json
+
+    line = {"id": "r1", "run": {"controller": "bon", "seed": 0, "prompt_ids": ["p0"]},
+            "records": [{"controller": "bon", "budget": 4, "seed": 0, "prompt_id": "p0", "reward": 0.5}], "traces": []}
+    return json.dumps({**line, **changes}) + "\n"
+
+
+CORRUPT_RESULTS = [
+    ("not-json", "not json at all\n", [" cannot be read as a bench result"]),
+    ("empty", "", [" cannot be read as a bench result"]),
+    ("not-utf8", b"\xff\xfe\x00", [" cannot be read as a bench result ('utf-8' codec"]),
+    ("old-format-list", "[1, 2]", [" cannot be read as a bench result"]),
+    ("old-format-records-not-a-list", '{"config": {}, "records": 3}', [": field 'records' is of type int"]),
+    ("store-corrupt-line", _store_header() + '{"id": "a"\n', [":2: corrupt line"]),
+    ("store-run-without-run", _store_header() + '{"id": "r1"}\n', [":2: field 'run' is missing"]),
+    ("store-records-not-a-list", _store_header() + _run_line(records=5), [":2: field 'records' is of type int"]),
+    ("store-record-without-keys", _store_header() + _run_line(records=[{"controller": "bon"}]),
+     [":2: records[0] has no 'budget', 'seed', 'prompt_id', 'reward'"]),
+    ("store-finished-without-order", _store_header() + _run_line() + '{"id": "finished", "config": {}, "meta": {}}\n',
+     [":3: field 'order' is missing"]),
+]
+
+
+@pytest.mark.parametrize("case, content, fragments", CORRUPT_RESULTS, ids=[c[0] for c in CORRUPT_RESULTS])
+def test_report_only_on_a_corrupt_results_file_names_it(tmp_path, capsys, case, content, fragments):
+    import json
+
+    from ctrlalign.cli import main
+
+    out = tmp_path / "res.jsonl"
+    if isinstance(content, bytes):
+        out.write_bytes(content)
+    else:
+        out.write_text(content)
+    cfg = tmp_path / "bench.json"
+    cfg.write_text(json.dumps({"reward": [{"name": "sentiment"}], "controllers": [{"name": "bon", "num_samples": 4}],
+                               "budgets": [4], "output": str(out), "figures": None, "coherence": False}))
+    rc = main(["bench", str(cfg), "--report-only"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    for f in fragments:
+        assert str(out) + f in err, (f, err)
