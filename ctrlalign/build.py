@@ -141,15 +141,20 @@ def check_prompts_fit(dynamics: Any, items: Sequence[PromptItem]) -> None:
                 "drop it from the set")
 
 
-def check_sigma_fits(controller: Controller, dynamics: Any) -> None:
-    """Refuse a σ whose controls could overflow the logits' dtype.
+def check_sigma_fits(controller: Controller, dynamics: Any, space: ControlSpace | None = None) -> None:
+    """Refuse a σ whose controls could overflow the logits' dtype, in the control space used.
 
-    A control v = σ·ε (ε ~ N(0, I_d)) moves logit v by W_v·v, of size up to ≈ σ·√d·‖W_v‖; with a
-    margin of 10 standard deviations and room for its square (weights, ‖θ‖²/σ²), the check is
-    ``(10·σ·√d·max(1, max_v ‖W_v‖))² < finfo(dtype).max``.
+    A token's control v_t = (Aθ)_t with θ ~ N(0, σ² I) has ‖v_t‖ ≈ σ·√m_t, where m_t is the
+    number of pre-logit directions it spans (:meth:`~ctrlalign.spaces.ControlSpace.token_dimension`:
+    d per token, shared or in blocks; r in a rank-r subspace); it moves logit v by W_v·v_t, of
+    size up to ≈ σ·√m_t·‖W_v‖. With a margin of 10 standard deviations and room for its square
+    (weights, ‖θ‖²/σ²), the check is ``(10·σ·√m_t·max(1, max_v ‖W_v‖))² < finfo(dtype).max``.
+
+    Args:
+        space: the run's control space (None: per-token, m_t = d).
 
     Raises:
-        ConfigError: naming σ, the dtype and the largest σ allowed.
+        ConfigError: naming σ, the dtype, the space and the largest σ allowed.
     """
     sigma = getattr(controller, "sigma", None)
     head = getattr(dynamics, "head_weight", None)
@@ -157,17 +162,21 @@ def check_sigma_fits(controller: Controller, dynamics: Any) -> None:
         return
     W = head()
     d = W.shape[-1]
+    m = d if space is None else space.token_dimension(d)
     row = max(1.0, float(W.detach().float().norm(dim=-1).max()))
     top = math.sqrt(torch.finfo(dynamics.dtype).max)
-    allowed = top / (10.0 * math.sqrt(d) * row)
+    allowed = top / (10.0 * math.sqrt(m) * row)
     if sigma > allowed:
+        where = "per-token" if space is None else space.describe()
         raise ConfigError(f"sigma (σ) = {sigma:g} would overflow the model's {str(dynamics.dtype).removeprefix('torch.')} "
-                          f"logits (d = {d}, max row norm of W = {row:.3g}); use σ <= {allowed:.3g}")
+                          f"logits ({where} controls span {m} of d = {d} directions per token, max row norm of W = "
+                          f"{row:.3g}); use σ <= {allowed:.3g}")
 
 
-def check_run_fits(dynamics: Any, controller: Controller, items: Sequence[PromptItem]) -> None:
-    """:func:`check_prompts_fit` and :func:`check_sigma_fits`."""
-    check_sigma_fits(controller, dynamics)
+def check_run_fits(dynamics: Any, controller: Controller, items: Sequence[PromptItem],
+                   space: ControlSpace | None = None) -> None:
+    """:func:`check_prompts_fit` and :func:`check_sigma_fits` (in ``space``; None: per-token)."""
+    check_sigma_fits(controller, dynamics, space)
     check_prompts_fit(dynamics, items)
 
 

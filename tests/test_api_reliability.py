@@ -7,6 +7,7 @@ the file). Companion of tests/test_reliability.py, which drives the command line
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -365,3 +366,53 @@ def test_report_only_on_a_corrupt_results_file_names_it(tmp_path, capsys, case, 
     assert rc == 2 and "Traceback" not in err, err
     for f in fragments:
         assert str(out) + f in err, (f, err)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. the float16 overflow bound follows the control space used
+
+
+def test_sigma_bound_follows_the_control_space():
+    """A token's control spans d directions per token but only r in a rank-r subspace: the
+    largest σ allowed grows by √(d/r) (the learning preset, σ = 1 in a 32-dim head subspace,
+    was refused in float16 by the per-token bound)."""
+    from types import SimpleNamespace
+
+    from ctrlalign.build import check_sigma_fits
+    from ctrlalign.spaces import Blocks, PerToken, Shared, Subspace
+
+    torch.manual_seed(0)
+    d = 576
+    W = torch.randn(1000, d) * 0.05  # max row norm ≈ 1.3
+    lm16 = SimpleNamespace(head_weight=lambda: W, dtype=torch.float16)
+    row = float(W.norm(dim=-1).max())
+    per_token = math.sqrt(65504.0) / (10 * math.sqrt(d) * row)
+    subspace32 = math.sqrt(65504.0) / (10 * math.sqrt(32) * row)
+    assert per_token < 1.0 < subspace32  # the issue's case: σ = 1 fits the subspace, not per-token
+    aisp = ca.AISP(sigma=1.0)
+    check_sigma_fits(aisp, lm16, Subspace(rank=32))
+    for space in (None, PerToken(), Shared(), Blocks(block_size=4)):
+        with pytest.raises(ca.ConfigError, match=rf"sigma \(σ\) = 1 would overflow the model's float16 .*span {d} of "
+                                                 rf"d = {d} .*σ <= {per_token:.3g}"):
+            check_sigma_fits(aisp, lm16, space)
+    with pytest.raises(ca.ConfigError, match=rf"subspace\(32\) controls span 32 of d = {d}.*σ <= {subspace32:.3g}"):
+        check_sigma_fits(ca.AISP(sigma=2 * subspace32), lm16, Subspace(rank=32))
+    # power: the bound is exactly at the limit in each space
+    check_sigma_fits(ca.AISP(sigma=0.999 * subspace32), lm16, Subspace(rank=32))
+    check_sigma_fits(ca.AISP(sigma=0.999 * per_token), lm16, PerToken())
+
+
+def test_cli_checks_sigma_in_the_space_it_runs(tiny, capsys):
+    """``ctrlalign align --dtype float16``: a σ refused per-token passes in a rank-2 subspace."""
+    from ctrlalign.cli import main
+
+    lm = ca.CausalLM.from_pretrained(str(tiny))
+    d, row = lm.hidden_size, max(1.0, float(lm.head_weight().detach().norm(dim=-1).max()))
+    sigma = 2 * math.sqrt(65504.0) / (10 * math.sqrt(d) * row)  # 2× the per-token bound, < the rank-2 one
+    assert sigma < math.sqrt(65504.0) / (10 * math.sqrt(2) * row)
+    argv = ["align", "hello", "--model", str(tiny), "-n", "2", "-k", "1", "--max-new-tokens", "2", "-q",
+            "--dtype", "float16", "--sigma", f"{sigma:.6g}", "--space"]
+    assert main([*argv, "per-token"]) == 2
+    assert "would overflow the model's float16" in capsys.readouterr().err
+    assert main([*argv, "subspace", "--rank", "2"]) != 2
+    assert "overflow" not in capsys.readouterr().err
