@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ def outcomes_of(texts: list[list[str]]) -> Outcomes:
     return Outcomes(num_prompts=len(texts), num_samples=len(texts[0]), texts=texts)
 
 
+ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["first prompt", "second prompt"]
 OUT = outcomes_of([["a", "b"], ["c", "BAD"]])
 
@@ -416,3 +418,47 @@ def test_cli_checks_sigma_in_the_space_it_runs(tiny, capsys):
     assert "would overflow the model's float16" in capsys.readouterr().err
     assert main([*argv, "subspace", "--rank", "2"]) != 2
     assert "overflow" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# 6. the errors page: every error importable from ctrlalign, every example on the page true
+
+ERRORS_PAGE = ROOT / "docs" / "api" / "errors.md"
+
+
+def error_examples() -> list[tuple[str, str, str]]:
+    """(error name, code, message start) of each ```python block of docs/api/errors.md; the
+    block's last line is ``# ErrorName: start of the message``."""
+    out = []
+    for block in re.findall(r"```python\n(.*?)```", ERRORS_PAGE.read_text(), re.DOTALL):
+        *code, last = block.rstrip("\n").split("\n")
+        name, _, message = last.removeprefix("# ").partition(": ")
+        out.append((name, "\n".join(code), message))
+    return out
+
+
+def test_every_error_is_importable_from_ctrlalign_and_on_the_errors_page():
+    import inspect
+
+    errors = {name for name, obj in vars(ca).items()
+              if inspect.isclass(obj) and issubclass(obj, BaseException) and name in ca.__all__}
+    assert {"ConfigError", "HyperparameterError", "RewardError", "UnsupportedModelError", "RunError",
+            "ConfigChangedError", "PromptChangedError", "CorruptResultsError", "OutputLockedError", "OutputError",
+            "RunInterrupted"} <= errors
+    page = ERRORS_PAGE.read_text()
+    for name in errors:
+        assert f"## {name}" in page or f"### {name}" in page or name == "RunError", f"{name} has no section"
+        assert f"::: {getattr(ca, name).__module__}.{name}" in page, f"{name} is not rendered on the errors page"
+    assert {name for name, *_ in error_examples()} >= errors - {"RunError", "PromptChangedError", "RunInterrupted"}
+
+
+@pytest.mark.parametrize("name, code, message", error_examples(), ids=[e[0] for e in error_examples()])
+def test_errors_page_examples_raise_what_they_say(tmp_path, monkeypatch, name, code, message):
+    import runpy
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "example.py").write_text(code)
+    with pytest.raises(getattr(ca, name)) as exc:
+        runpy.run_path(str(tmp_path / "example.py"))
+    assert type(exc.value) is getattr(ca, name)
+    assert str(exc.value).startswith(message), (message, str(exc.value))
