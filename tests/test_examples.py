@@ -1,5 +1,6 @@
-"""Every example in ``examples/`` runs (the tutorials' code), and the Extending example's
-components pass the controller contract.
+"""Every example in ``examples/`` runs (the tutorials' code), and the Extending examples'
+components pass their contracts: the custom controller the controller contract, the custom
+selection keeps what it says, the custom engine the engine checks of ``test_stepwise.py``.
 
 The toy examples run here with small settings (a few seconds each); the ones that load the
 real default model (SmolLM2) are marked slow.
@@ -13,11 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctrlalign.testing import CONTROLLERS, SPACES, SYSTEMS, ControllerContract
+import ctrlalign as ca
+from ctrlalign.dynamics.base import Outcomes
+from ctrlalign.testing import CONTROLLERS, SPACES, SYSTEMS, ControllerContract, make_linear
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.py"))
-SLOW = {"align_smollm2", "choose_parameters", "learning_controllers"}  # fast_rollouts has its own slow test below
+SLOW = {"align_smollm2", "choose_parameters", "learning_controllers", "custom_engine"}  # fast_rollouts has its own slow test below
 
 
 def load(name: str):
@@ -29,7 +32,8 @@ def test_every_example_has_main_and_out_option():
     for name in EXAMPLES:
         src = (ROOT / "examples" / f"{name}.py").read_text()
         assert "def main(" in src and "--out" in src and '__name__ == "__main__"' in src, name
-    assert set(EXAMPLES) >= SLOW | {"toy_gaussian", "swap_controllers", "custom_components", "fast_rollouts"}
+    assert set(EXAMPLES) >= SLOW | {"toy_gaussian", "swap_controllers", "custom_components", "fast_rollouts",
+                                    "custom_selection"}
 
 
 def test_toy_gaussian(tmp_path):
@@ -71,6 +75,34 @@ class TestGreedyMeanContract(ControllerContract):
     controllers = {"greedy": _greedy}
 
 
+@pytest.fixture
+def greedy_registered():
+    from ctrlalign.controllers import CONTROLLERS, register_controller
+
+    cls = register_controller(_custom().GreedyMean)
+    yield cls
+    del CONTROLLERS[cls.name]
+
+
+def test_a_new_controller_is_one_file_plus_one_registration(greedy_registered):
+    """After ``register_controller(GreedyMean)`` (and no other change) the run config, the bench
+    config and the command line take it, with its declared option checked."""
+    from ctrlalign.bench.config import BenchConfig
+    from ctrlalign.cli import _build_align_config, _parser
+    from ctrlalign.config import RunConfig
+
+    cfg = RunConfig(prompts=["x"], controller={"name": "greedy", "step_size": 0.25, "num_samples": 4})
+    built = cfg.controller.build()
+    assert isinstance(built, greedy_registered) and (built.step_size, built.num_samples) == (0.25, 4)
+    args = _parser().parse_args(["align", "x", "--controller", "greedy", "--step-size", "0.75"])
+    assert _build_align_config(args).controller.build().step_size == 0.75
+    with pytest.raises(ValueError, match=r"step_size \(β\) must be a number in \(0, 1\], got 0"):
+        RunConfig(prompts=["x"], controller={"name": "greedy", "step_size": 0})
+    bench = BenchConfig(reward="sentiment", budgets=[4], controllers=[
+        {"label": "g", "name": "greedy", "num_samples": 2, "step_size": 0.5}])
+    assert isinstance(bench.controllers[0].build(), greedy_registered)
+
+
 @pytest.mark.parametrize("system", ["squashed"])
 @pytest.mark.parametrize("space", ["per-token", "shared"])
 @pytest.mark.parametrize("name", ["greedy", "aisp", "bon_prior", "softmax", "cem"])
@@ -92,6 +124,76 @@ def test_custom_dynamics_uncontrolled_and_shape_errors():
     assert reward(prompts, out).shape == (len(prompts), 3)
 
 
+# --- the Extending page's selection: the last round's best, and the response really kept ------
+def _kept_is_last_rounds_best(selection) -> bool:
+    """Whether align with ``selection`` returns, per prompt, the last round's maximum reward,
+    and that reward is the kept response's own (rescored)."""
+    dynamics, reward, prompts = make_linear(0)
+    ctrl = ca.AISP(num_samples=8, num_iterations=4, sigma=0.7, target_ess=0.5)
+    res = ca.align(dynamics, reward, ctrl, prompts, space=ca.Shared(), selection=selection, seed=0)
+    for d, sample in enumerate(res.responses):
+        rescored = reward([prompts[d]], Outcomes(num_prompts=1, num_samples=1, values=sample.value.view(1, 1, -1)))
+        assert float(rescored) == float(res.rewards[d])  # the reported reward is the kept response's
+    return torch.equal(res.rewards, res.trace[-1].diagnostics.max_reward)
+
+
+def test_custom_selection_keeps_the_last_rounds_best(capsys):
+    mod = load("custom_selection")
+    assert _kept_is_last_rounds_best(mod.LastRoundBest())
+    assert not _kept_is_last_rounds_best(ca.BestSoFar())  # power: best-so-far differs on this system
+    capsys.readouterr()
+    rows = mod.main()
+    assert rows["last-round"]["rewards"] == rows["last-round"]["last_round_max"]
+    # the Extending page shows this run's output (python scripts/docs_outputs.py custom_selection)
+    assert capsys.readouterr().out == (ROOT / "docs" / "snippets" / "custom_selection_output.txt").read_text()
+
+
+# --- the Extending page's engine: registered by name, the engine checks, exact decode counts ----
+@pytest.fixture(scope="module")
+def counting_lms():
+    from conftest import make_model, make_tokenizer
+
+    load("custom_engine")  # registers "counting"
+    model, tok = make_model("llama"), make_tokenizer()
+    cfg = ca.SamplingConfig(max_new_tokens=6)
+    return {"counting": ca.CausalLM(model, tok, sampling=cfg, engine="counting"),
+            "eager": ca.CausalLM(model, tok, sampling=cfg, engine="eager")}
+
+
+def test_custom_engine_passes_the_engine_checks(counting_lms):
+    """The engine properties of ``test_stepwise.py`` (each with its power check there), run on
+    the counting engine."""
+    import test_stepwise as stepwise
+
+    lms = counting_lms
+    assert type(lms["counting"].engine).__name__ == "CountingEngine"
+    assert stepwise.T == lms["counting"].max_horizon
+    stepwise.test_advance_in_blocks_is_the_rollout_bitwise(lms, "counting")
+    stepwise.test_select_identity_changes_nothing(lms, "counting")
+    for broken in (False, True):
+        stepwise.test_a_forked_row_continues_like_its_source(lms, "counting", broken)
+    stepwise.test_finished_rows_stay_finished(lms, "counting")
+    for zero in (False, True):
+        stepwise.test_log_q_is_log_p_without_control(lms, "counting", zero)
+
+
+def test_custom_engine_counts_k_T_decode_steps_and_equals_eager(counting_lms):
+    from conftest import PROMPTS
+
+    lm, eager = counting_lms["counting"], counting_lms["eager"]
+    D, n, k, T = 3, 4, 3, lm.max_horizon
+    reward = ca.LexiconSentiment()
+    ctrl = ca.AISP(num_samples=n, num_iterations=k, sigma=0.5, target_ess=0.5)
+    steps, tokens = lm.engine.decode_steps, lm.engine.row_tokens
+    res = ca.align(lm, reward, ctrl, PROMPTS[:D], space=ca.Shared(), seed=0)
+    assert lm.engine.decode_steps - steps == k * T  # one rollout of T tokens per round
+    assert lm.engine.row_tokens - tokens == k * T * D * n
+    ref = ca.align(eager, reward, ctrl, PROMPTS[:D], space=ca.Shared(), seed=0)
+    assert res.texts == ref.texts and torch.equal(res.rewards, ref.rewards)
+    out = load("custom_engine").main(model=lm.model, tokenizer=lm.tokenizer, quick=True)
+    assert all(r["decode_steps"] == out["k"] * out["T"] for r in out["runs"].values())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SLOW))
 def test_slow_examples_on_default_model(name, tmp_path):
@@ -109,3 +211,12 @@ def test_fast_rollouts_static_engine_on_default_model(tmp_path):
     assert res["static"]["tokens_per_s"] > 0 and res["eager"]["tokens_per_s"] > 0
     assert len(res["aisp_rewards"]) == 2 and all(-1 <= r <= 1 for r in res["aisp_rewards"])
     assert (tmp_path / "fast_rollouts.png").stat().st_size > 1000
+
+
+def test_closing_the_loop():
+    """The tutorial's toy: every controller reports its budget; with 4 particles SMC decodes
+    exactly Best-of-4's tokens (a fixed checkpoint grid, no early stop)."""
+    rows = load("closing_the_loop").main(sizes=(2, 4), seeds=2, num_prompts=6)
+    assert rows["SMC n=4"]["tokens"] == rows["Best-of-4"]["tokens"] == 24
+    assert rows["Best-of-4"]["prefix_calls"] == 0 and rows["SMC n=4"]["prefix_calls"] > 0
+    assert rows["SR n0=8"]["full_calls"] == 2

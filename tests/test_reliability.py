@@ -515,11 +515,15 @@ def test_ctrl_c_says_what_is_saved_and_the_same_command_resumes(tmp_path, tiny):
     prompts = [f"hello {i}" for i in range(40)]
     cfg = write_json(tmp_path, good_config(tmp_path, tiny, prompts=prompts, model={"max_new_tokens": 16}))
     out = tmp_path / "out.jsonl"
-    # a shell's background job inherits SIGINT ignored, and Python then installs no
-    # KeyboardInterrupt handler: restore the default so the test means the same everywhere
-    proc = subprocess.Popen([sys.executable, "-m", "ctrlalign.cli", "run", str(cfg), "--no-progress", "-q"],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # a shell's background job runs with SIGINT ignored, which a child inherits (Python then
+    # installs no KeyboardInterrupt handler): while starting the child, catch SIGINT here, so
+    # that the child starts with the default disposition wherever the suite runs
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "ctrlalign.cli", "run", str(cfg), "--no-progress", "-q"],
+                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 240
     while time.time() < deadline and len(read_results(out)) < 2:
         time.sleep(0.05)

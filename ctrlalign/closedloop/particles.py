@@ -28,7 +28,17 @@ from ..cost import Cost
 from ..dynamics.base import Outcomes, Step, StepwiseDynamics
 from ..rewards.base import evaluate_reward
 
-__all__ = ["Particles", "row_controls"]
+__all__ = ["Particles", "decoded_tokens", "row_controls"]
+
+
+def decoded_tokens(step: Step, num_prompts: int, steps: int) -> torch.Tensor:
+    """(D,) steps decoded per prompt by a :class:`~ctrlalign.dynamics.base.Step` of ``steps``
+    steps: the rows' steps while alive (every row's, for a system that does not report
+    ``alive``)."""
+    if step.alive is not None:
+        return step.alive.reshape(num_prompts, -1).sum(-1).cpu()
+    rows = next(x for x in (step.tokens, step.logprobs, step.values) if x is not None).shape[0]
+    return torch.full((num_prompts,), rows // num_prompts * steps, dtype=torch.long)
 
 
 def row_controls(controls: torch.Tensor | None, num_prompts: int, num_samples: int) -> torch.Tensor | None:
@@ -97,26 +107,17 @@ class Particles:
         """n', rows per prompt now."""
         return self.noise.shape[1]
 
-    @property
-    def finished(self) -> bool:
-        """Whether every row has finished (EOS or T)."""
-        return bool(torch.as_tensor(self.state.finished).all())
-
     def advance(self, t0: int, t1: int) -> list[tuple[Step, bool]]:
         """Decode steps [t0, t1) of every row: the controlled ones (t < τ) with V, the rest
         without. Returns the block's (Step, controlled) parts; counts the tokens."""
         V, tau = self.controls, 0 if self.controls is None else self.controls.shape[2]
         parts: list[tuple[Step, bool]] = []
-        if t0 < tau:
-            cut = min(t1, tau)
-            self.state, step = self.dynamics.advance(self.state, V[:, :, t0:cut], self.noise[:, :, t0:cut])
-            parts.append((step, True))
-        if max(t0, tau) < t1:
-            self.state, step = self.dynamics.advance(self.state, None, self.noise[:, :, max(t0, tau):t1])
-            parts.append((step, False))
-        for step, _ in parts:
-            alive = step.alive if step.alive is not None else torch.ones(step.logprobs.shape, dtype=torch.bool)
-            self.tokens += alive.reshape(self.num_prompts, -1).sum(-1).cpu()
+        for a, b, controlled in ((t0, min(t1, tau), True), (max(t0, tau), t1, False)):
+            if a < b:
+                self.state, step = self.dynamics.advance(self.state, V[:, :, a:b] if controlled else None,
+                                                         self.noise[:, :, a:b])
+                self.tokens += decoded_tokens(step, self.num_prompts, b - a)
+                parts.append((step, controlled))
         return parts
 
     def log_ratio(self, parts: list[tuple[Step, bool]]) -> torch.Tensor:

@@ -160,7 +160,7 @@ class SMC:
         for t0, t1 in block_bounds(particles.horizon, self.block_size):
             ratio = particles.log_ratio(particles.advance(t0, t1))
             outcomes = particles.outcomes()
-            last = t1 == particles.horizon or particles.finished
+            last = t1 == particles.horizon  # not earlier when rows finish: a prompt's run must not depend on others
             scores = particles.score(outcomes, prefix=not last)
             if last:
                 lam_t = torch.full((D,), lam, dtype=torch.float64)
@@ -194,5 +194,6 @@ class SMC:
             prefix_calls=particles.prefix_calls, full_calls=particles.full_calls, distinct=distinct, seconds=time.perf_counter() - t_start,
             controller=self.name, log_normalizer=log_z, final_rewards=scores,
             meta={"log_weights": log_w,
-                  "final_tokens": None if outcomes.tokens is None else outcomes.tokens.tolist()},
+                  "final_tokens": None if outcomes.tokens is None else outcomes.tokens.tolist(),
+                  "final_values": None if outcomes.values is None else outcomes.values.tolist()},
         )

@@ -59,9 +59,21 @@ class CountingReward(Reward):
             k = self.key(p)
             counts[k] = counts.get(k, 0) + num_samples
 
+    @property
+    def scores_prefixes(self) -> bool:
+        """Whether the wrapped reward scores prefixes."""
+        return getattr(self.inner, "scores_prefixes", True)
+
     def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
         """Score (D, n) finished responses with ``inner`` (checked by
         :func:`~ctrlalign.rewards.evaluate_reward`) and count them."""
         r = evaluate_reward(self.inner, prompts, outcomes)
         self.count(prompts, outcomes.num_samples)
+        return r
+
+    def prefix(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
+        """Score (D, n) partial responses with ``inner``'s prefix score and count them in
+        ``prefix_calls``."""
+        r = evaluate_reward(self.inner, prompts, outcomes, prefix=True)
+        self.count(prompts, outcomes.num_samples, prefix=True)
         return r

@@ -1,0 +1,158 @@
+r"""Receding-horizon control (model predictive control) with any open-loop controller.
+
+From the committed prefix :math:`y_{1:t}` (t = 0 at the start), run an open-loop controller
+(:mod:`ctrlalign.controllers`: AISP, CEM, Best-of-N, ...) for its k iterations of n rollouts
+over a lookahead window of L tokens, :math:`y_{t+1:t+L}` under controls V (n, L, d) in its
+control space bound to τ = L, each rollout scored by the reward's prefix score
+:math:`r(x, y_{1:t+L})` (the full reward once the window reaches the end T). Keep the best
+rollout seen (Best-of-N's rule), **commit its first b tokens** — the very tokens it decoded,
+by replaying its controls and noise — and repeat from :math:`y_{1:t+b}` until T; the last
+window reaches T, and its best rollout is the response:
+
+.. math:: t \leftarrow t + b,\qquad y_{1:t} \text{ fixed};\quad \text{window } [t, \min(t+L, T)).
+
+Each window's rollouts start from the committed prefix by replaying its history (the
+committed controls and noise of each block) on n fresh rows: exact on any deterministic
+system, and it costs t extra tokens per rollout, which the budget counts. With one block
+(b >= T, L = T) receding-horizon control *is* the inner controller: its result equals
+:func:`ctrlalign.align`'s, bit for bit, on the same seed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .._checks import check_int
+from ..align import check_prompts
+from ..controllers.base import Controller
+from ..cost import Cost
+from ..dynamics.base import StepwiseDynamics
+from ..random import make_generators
+from ..rewards.base import Reward, evaluate_reward, require_prefix_scores
+from ..spaces import ControlSpace, PerToken
+from .base import Checkpoint, ClosedLoopResult, require_stepwise
+from .particles import decoded_tokens
+
+__all__ = ["RecedingHorizon"]
+
+
+class RecedingHorizon:
+    """Model predictive control over partial responses with an open-loop ``controller``.
+
+    Args:
+        controller: the open-loop controller run in every window (its n and k).
+        block_size: b >= 1, tokens committed per window (at most the window's L).
+        lookahead: L >= 1, tokens in a window (None: to the end of the response).
+        space: the control space of the window (bound to τ = L each window; its own
+            ``horizon`` is ignored); None: per-token.
+    """
+
+    name = "receding"
+
+    def __init__(self, controller: Controller, *, block_size: int = 8, lookahead: int | None = None,
+                 space: ControlSpace | None = None) -> None:
+        if not isinstance(controller, Controller):
+            raise TypeError(f"controller must be a ctrlalign Controller, got {type(controller).__name__}")
+        self.controller = controller
+        self.block_size = check_int("block_size", block_size, minimum=1, symbol="b")
+        self.lookahead = None if lookahead is None else check_int("lookahead", lookahead, minimum=1, symbol="L")
+        self.space = PerToken() if space is None else space
+
+    def __repr__(self) -> str:
+        return (f"RecedingHorizon({self.controller!r}, block_size={self.block_size}, lookahead={self.lookahead}, "
+                f"space={self.space.describe()})")
+
+    def run(self, dynamics: StepwiseDynamics, cost: Cost | Reward, prompts: Sequence[Any], *, seed: int = 0,
+            context: Any = None) -> ClosedLoopResult:
+        """Run on D prompts; returns a :class:`~ctrlalign.closedloop.base.ClosedLoopResult`
+        (``meta["windows"]``: where each window's commitment ends; ``meta["committed"]``: per
+        window and prompt, the tokens committed)."""
+        t_start = time.perf_counter()
+        dynamics = require_stepwise(dynamics, "RecedingHorizon")
+        cost = cost if isinstance(cost, Cost) else Cost(cost)
+        prompts = check_prompts(prompts)
+        D, ctrl = len(prompts), self.controller
+        n, k = ctrl.num_samples, ctrl.num_iterations
+        T = dynamics.max_horizon
+        L_max = T if self.lookahead is None else min(self.lookahead, T)
+        if self.block_size < T or L_max < T:
+            require_prefix_scores(cost.reward, "RecedingHorizon with windows before the end")
+        gens = make_generators(seed, prompts, device=dynamics.device)
+        context = dynamics.prepare(prompts) if context is None else context
+        history: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # committed (V (D, 1, b, d), noise (D, 1, b, ...))
+        tokens = torch.zeros(D, dtype=torch.long)
+        prefix_calls = torch.zeros(D, dtype=torch.long)
+        full_calls = torch.zeros(D, dtype=torch.long)
+        trace: list[Checkpoint] = []
+        committed: list[list[list[int] | None]] = []  # per window, per prompt: the tokens committed
+        t = 0
+        while t < T:
+            L = min(L_max, T - t)
+            b = min(self.block_size, L)  # a block longer than the window commits the window
+            final = t + L >= T
+            space = self.space.bind(L, dynamics)
+            state = ctrl.init(D, space, device=dynamics.device, dtype=dynamics.dtype)
+            best = torch.full((D,), float("-inf"), dtype=torch.float64)
+            best_v: list[torch.Tensor | None] = [None] * D
+            best_noise: list[torch.Tensor | None] = [None] * D
+            kept: list[Any] = [None] * D
+            for _ in range(k):
+                theta = ctrl.sample(state, [g.control for g in gens])
+                V = None if theta is None else space.controls(theta).to(device=dynamics.device, dtype=dynamics.dtype)
+                noise = dynamics.draw_noise([g.rollout for g in gens], n, steps=L)
+                rows = self._replay(dynamics, context, history, n)
+                rows, step = dynamics.advance(rows, V, noise)
+                tokens += decoded_tokens(step, D, L) + n * t
+                outcomes = dynamics.outcomes(rows)
+                if final:
+                    scores = cost.rewards(prompts, outcomes)
+                    full_calls += n
+                else:
+                    scores = evaluate_reward(cost.reward, prompts, outcomes, prefix=True)
+                    prefix_calls += n
+                state, _ = ctrl.step(state, theta, scores.to(state.mean.device))
+                value, idx = scores.double().cpu().max(-1)
+                for j in range(D):
+                    if float(value[j]) > float(best[j]):
+                        best[j] = value[j]
+                        i = int(idx[j])
+                        best_v[j] = None if V is None else V[j, i:i + 1, :b]
+                        best_noise[j] = noise[j, i:i + 1, :b]
+                        kept[j] = outcomes.sample(j, i)
+            history.append(self._stack(best_v, best_noise, dynamics))
+            committed.append([None if s.tokens is None else s.tokens[t:t + b] for s in kept])
+            trace.append(Checkpoint(t + b, torch.ones(D, dtype=torch.long), torch.full((D,), float("nan")),
+                                    torch.full((D,), float("nan")), best, torch.zeros(D, dtype=torch.bool),
+                                    torch.ones(D, dtype=torch.long)))
+            t += b
+        # the last window reaches T and commits all of its best rollout: that rollout is the
+        # response, already decoded and fully scored
+        return ClosedLoopResult(
+            prompts=prompts, responses=kept, rewards=best, trace=trace, tokens=tokens, prefix_calls=prefix_calls,
+            full_calls=full_calls, distinct=torch.ones(D, dtype=torch.long), seconds=time.perf_counter() - t_start,
+            controller=self.name, meta={"windows": [c.position for c in trace], "committed": committed},
+        )
+
+    @staticmethod
+    def _stack(controls: list[torch.Tensor | None], noise: list[torch.Tensor], dynamics: Any):
+        """One committed block for D prompts: (V (D, 1, b, d) or None, noise (D, 1, b, ...))."""
+        if all(v is None for v in controls):
+            V = None
+        else:
+            like = next(v for v in controls if v is not None)
+            V = torch.cat([torch.zeros_like(like) if v is None else v for v in controls]).unsqueeze(1)
+        return V, torch.cat(noise).unsqueeze(1)
+
+    @staticmethod
+    def _replay(dynamics: StepwiseDynamics, context: Any, history, num_rows: int) -> Any:
+        """n rows at the committed prefix: start, then every committed block again."""
+        rows = dynamics.start(context, num_rows)
+        for V, noise in history:
+            D = noise.shape[0]
+            V = None if V is None else V.expand(D, num_rows, *V.shape[2:])
+            rows, _ = dynamics.advance(rows, V, noise.expand(D, num_rows, *noise.shape[2:]))
+        return rows

@@ -1,0 +1,156 @@
+r"""Speculative rejection: start many responses, stop the unpromising ones early, finish the rest.
+
+Start :math:`n_0` rows per prompt; at each checkpoint :math:`t_c` of the schedule
+:math:`[(t_1, m_1), (t_2, m_2), \dots]` (:math:`n_0 \ge m_1 \ge m_2 \ge \dots \ge 1`) score the
+prefixes :math:`r(x, y_{1:t_c})` and keep the :math:`m_c` best (ties: the earlier row), stopping the
+others; decode the survivors to the end and return the one with the highest full reward
+(after Sun et al., arXiv 2410.20290). Each survivor keeps its own pre-drawn noise, so it
+finishes exactly as it would have in Best-of-:math:`n_0`: the kept response is one of
+Best-of-:math:`n_0`'s, chosen among fewer finished candidates at a fraction of the tokens.
+
+Special cases: a schedule that stops nothing (every :math:`m_c = n_0`, ρ = 1, or no checkpoint)
+is Best-of-:math:`n_0`, bit for bit. The default schedule is the constant-rate one (a checkpoint
+every b tokens keeping a fraction ρ of the rows); an explicit one replaces it.
+
+Known failure mode: a prefix reward that predicts the final one poorly stops good responses;
+compare at matched tokens against Best-of-N (the result counts tokens per prompt).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .._checks import ConfigError, check_int, check_interval
+from ..align import check_prompts
+from ..cost import Cost
+from ..dynamics.base import StepwiseDynamics
+from ..random import make_generators
+from ..rewards.base import Reward, require_prefix_scores
+from .base import Checkpoint, ClosedLoopResult, distinct_rows, require_stepwise
+from .particles import Particles
+
+__all__ = ["SpeculativeRejection", "keep_best"]
+
+
+def keep_best(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """(D, m) the rows kept: the ``keep`` highest scores of each row of (D, n), ties to the
+    earlier row, returned in their original order."""
+    order = torch.sort(-scores, dim=-1, stable=True).indices[:, :keep]
+    return order.sort(dim=-1).values
+
+
+class SpeculativeRejection:
+    """Speculative rejection with a schedule of checkpoints.
+
+    Either an explicit ``schedule`` or the constant-rate one: a checkpoint every b =
+    ``block_size`` tokens before the end T, each keeping ⌈ρ·m⌉ of the m rows alive (ρ =
+    ``keep_fraction``, at least ``min_rows``), built when T is known (:meth:`schedule_for`).
+
+    Args:
+        num_samples: n₀ >= 1, rows started per prompt.
+        block_size: b >= 1, tokens between checkpoints of the constant-rate schedule.
+        keep_fraction: ρ in (0, 1], rows kept at each checkpoint of the constant-rate schedule
+            (1: stop nothing, Best-of-n₀).
+        min_rows: rows never pruned below this many.
+        schedule: ``[(t, m), ...]``: at position t (tokens decoded, increasing) keep the m best
+            rows (non-increasing, >= 1); replaces the constant-rate schedule. Checkpoints at or
+            past the end of a response are ignored.
+    """
+
+    name = "speculative"
+
+    def __init__(self, *, num_samples: int = 32, block_size: int = 8, keep_fraction: float = 0.5,
+                 min_rows: int = 1, schedule: Sequence[tuple[int, int]] | None = None) -> None:
+        self.num_samples = check_int("num_samples", num_samples, minimum=1, symbol="n₀")
+        self.block_size = check_int("block_size", block_size, minimum=1, symbol="b")
+        self.keep_fraction = check_interval("keep_fraction", keep_fraction, 0.0, 1.0)
+        if self.keep_fraction == 0.0:
+            raise ConfigError("keep_fraction (ρ) must be in (0, 1], got 0")
+        self.min_rows = check_int("min_rows", min_rows, minimum=1)
+        self.schedule = None if schedule is None else self._check_schedule(schedule)
+
+    def _check_schedule(self, schedule: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+        steps = []
+        previous_t, previous_m = 0, self.num_samples
+        for i, item in enumerate(schedule):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise ConfigError(f"schedule[{i}] must be a pair (position t, rows kept m), got {item!r}")
+            t = check_int(f"schedule[{i}] position", item[0], minimum=previous_t + 1, symbol="t")
+            m = check_int(f"schedule[{i}] rows kept", item[1], minimum=1, symbol="m")
+            if m > previous_m:
+                raise ConfigError(f"schedule[{i}] keeps m={m} rows, more than the {previous_m} alive before it; "
+                                  "the rows kept must not increase")
+            steps.append((t, m))
+            previous_t, previous_m = t, m
+        return tuple(steps)
+
+    def schedule_for(self, horizon: int) -> tuple[tuple[int, int], ...]:
+        """The checkpoints used for responses of T = ``horizon`` tokens: the explicit schedule's
+        before T, or the constant-rate one."""
+        T = check_int("horizon", horizon, minimum=1, symbol="T")
+        if self.schedule is not None:
+            return tuple((t, m) for t, m in self.schedule if t < T)
+        m, out = self.num_samples, []
+        for t in range(self.block_size, T, self.block_size):
+            m = max(self.min_rows, min(m, math.ceil(self.keep_fraction * m)))
+            out.append((t, m))
+        return tuple(out)
+
+    def __repr__(self) -> str:
+        if self.schedule is not None:
+            return f"SpeculativeRejection(num_samples={self.num_samples}, schedule={list(self.schedule)})"
+        return (f"SpeculativeRejection(num_samples={self.num_samples}, block_size={self.block_size}, "
+                f"keep_fraction={self.keep_fraction})")
+
+    def run(self, dynamics: StepwiseDynamics, cost: Cost | Reward, prompts: Sequence[Any], *, seed: int = 0,
+            context: Any = None, controls: torch.Tensor | None = None) -> ClosedLoopResult:
+        """Run on D prompts (arguments as :meth:`~ctrlalign.closedloop.smc.SMC.run`; ``controls``
+        is an optional fixed pre-logit control of every row). Returns a
+        :class:`~ctrlalign.closedloop.base.ClosedLoopResult`; ``final_rewards`` are the survivors'."""
+        t_start = time.perf_counter()
+        dynamics = require_stepwise(dynamics, "SpeculativeRejection")
+        cost = cost if isinstance(cost, Cost) else Cost(cost)
+        prompts = check_prompts(prompts)
+        D = len(prompts)
+        gens = make_generators(seed, prompts, device=dynamics.device)
+        context = dynamics.prepare(prompts) if context is None else context
+        particles = Particles(dynamics, context, prompts, cost, self.num_samples, gens, controls)
+        T = particles.horizon
+        checkpoints = self.schedule_for(T)
+        if any(m < self.num_samples for _, m in checkpoints):
+            require_prefix_scores(cost.reward, "SpeculativeRejection")
+        trace: list[Checkpoint] = []
+        nan = torch.full((D,), float("nan"), dtype=torch.float64)
+        t0 = 0
+        for t, m in checkpoints:
+            particles.advance(t0, t)
+            t0 = t
+            if m == particles.num_rows:  # nothing to stop: no prefix score needed
+                continue
+            outcomes = particles.outcomes()
+            scores = particles.score(outcomes, prefix=True)
+            distinct = distinct_rows(outcomes)
+            particles.select(keep_best(scores, m), carry_noise=True)
+            trace.append(Checkpoint(t, torch.full((D,), m), torch.full((D,), float(particles.num_rows)), nan,
+                                    scores.mean(-1), torch.ones(D, dtype=torch.bool), distinct))
+        if t0 < T:
+            particles.advance(t0, T)
+        outcomes = particles.outcomes()
+        rewards = particles.score(outcomes, prefix=False)
+        distinct = distinct_rows(outcomes)
+        trace.append(Checkpoint(int(particles.state.position), torch.full((D,), particles.num_rows),
+                                torch.full((D,), float(particles.num_rows)), nan, rewards.mean(-1),
+                                torch.zeros(D, dtype=torch.bool), distinct))
+        chosen = rewards.argmax(-1)
+        return ClosedLoopResult(
+            prompts=prompts, responses=[outcomes.sample(j, int(chosen[j])) for j in range(D)],
+            rewards=rewards.gather(1, chosen.view(D, 1)).squeeze(1), trace=trace, tokens=particles.tokens,
+            prefix_calls=particles.prefix_calls, full_calls=particles.full_calls, distinct=distinct,
+            seconds=time.perf_counter() - t_start, controller=self.name, final_rewards=rewards,
+            meta={"final_tokens": None if outcomes.tokens is None else outcomes.tokens.tolist()},
+        )

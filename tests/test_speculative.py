@@ -1,0 +1,117 @@
+"""Speculative rejection: stopping nothing is Best-of-n₀ bit for bit; survivors finish exactly as
+in Best-of-n₀; the budget counts what was decoded and scored; the schedule is validated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ctrlalign as ca
+from ctrlalign._checks import ConfigError
+from ctrlalign.closedloop import SpeculativeRejection
+from ctrlalign.closedloop.speculative import keep_best
+from ctrlalign.rewards.toy import TableReward
+from ctrlalign.testing import TAU
+from ctrlalign.testing import make_token_chain as problem
+
+
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 8), stop_nothing=st.sampled_from(["rate", "full"]))
+@settings(max_examples=15, deadline=None)
+def test_stopping_nothing_is_best_of_n(seed, n, stop_nothing):
+    dyn, reward, prompts, _ = problem()
+    sr = (SpeculativeRejection(num_samples=n, schedule=[(1, n), (2, n)]) if stop_nothing == "full"
+          else SpeculativeRejection(num_samples=n, keep_fraction=1.0, block_size=1))
+    a = sr.run(dyn, reward, prompts, seed=seed)
+    b = ca.align(dyn, reward, ca.BestOfN(num_samples=n, num_iterations=1, sigma=0.0), prompts, seed=seed)
+    assert torch.equal(a.rewards, b.rewards.double())
+    assert [s.tokens for s in a.responses] == [s.tokens for s in b.responses]
+    assert a.tokens.tolist() == [n * TAU] * len(prompts) and a.prefix_calls.tolist() == [0] * len(prompts)
+
+
+
+@given(seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=15, deadline=None)
+def test_survivors_finish_exactly_as_in_best_of_n0(seed):
+    """Every finished survivor is one of Best-of-n₀'s responses, row for row, so the kept
+    reward never beats Best-of-n₀'s; the budget is n₀·t₁ + m₁·(t₂ − t₁) + m₂·(T − t₂) tokens."""
+    dyn, reward, prompts, _ = problem()
+    n0, schedule = 8, [(1, 4), (2, 2)]
+    sr = SpeculativeRejection(num_samples=n0, schedule=schedule).run(dyn, reward, prompts, seed=seed)
+    context = dyn.prepare(prompts)
+    full = dyn.rollout(context, None, [g.rollout for g in ca.make_generators(seed, prompts)], n0)
+    for j in range(len(prompts)):
+        pool = [tuple(t) for t in full.tokens[j].tolist()]
+        assert all(tuple(t) in pool for t in sr.meta["final_tokens"][j])
+    bon = ca.align(dyn, reward, ca.BestOfN(num_samples=n0, num_iterations=1, sigma=0.0), prompts, seed=seed)
+    assert (sr.rewards <= bon.rewards.double()).all()
+    assert sr.tokens.tolist() == [8 * 1 + 4 * 1 + 2 * 1] * len(prompts)
+    assert sr.prefix_calls.tolist() == [8 + 4] * len(prompts) and sr.full_calls.tolist() == [2] * len(prompts)
+    assert [c.position for c in sr.trace] == [1, 2, TAU]
+
+
+def test_the_kept_rows_have_the_best_prefix_scores():
+    """At the checkpoint the survivors are exactly the m best prefixes (by the prefix table)."""
+    dyn, reward, prompts, _ = problem()
+    sr = SpeculativeRejection(num_samples=6, schedule=[(2, 2)]).run(dyn, reward, prompts, seed=4)
+    full = dyn.rollout(dyn.prepare(prompts), None, [g.rollout for g in ca.make_generators(4, prompts)], 6)
+    for j in range(len(prompts)):
+        prefixes = [tuple(t[:2]) for t in full.tokens[j].tolist()]
+        scores = torch.tensor([reward.prefix_table[p] for p in prefixes])
+        kept = keep_best(scores.unsqueeze(0), 2)[0].tolist()
+        assert [tuple(t) for t in sr.meta["final_tokens"][j]] == [tuple(full.tokens[j, i].tolist()) for i in kept]
+
+
+@given(scores=st.lists(st.integers(-3, 3), min_size=1, max_size=9), data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_keep_best_keeps_the_top_m_ties_to_the_earlier_row(scores, data):
+    m = data.draw(st.integers(1, len(scores)))
+    kept = keep_best(torch.tensor([scores], dtype=torch.float64), m)[0].tolist()
+    expected = sorted(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:m])
+    assert kept == expected
+
+
+def test_the_constant_rate_schedule():
+    sr = SpeculativeRejection(num_samples=128, block_size=8, keep_fraction=0.5)
+    assert sr.schedule_for(32) == ((8, 64), (16, 32), (24, 16))
+    assert SpeculativeRejection(num_samples=3, block_size=1, keep_fraction=0.1).schedule_for(4) == (
+        (1, 1), (2, 1), (3, 1))
+    assert SpeculativeRejection(num_samples=8, schedule=[(2, 4), (9, 2)]).schedule_for(6) == ((2, 4),)
+
+
+def test_bad_schedules_and_rewards_are_refused_naming_them():
+    with pytest.raises(ConfigError, match="must not increase"):
+        SpeculativeRejection(num_samples=8, schedule=[(2, 4), (4, 6)])
+    with pytest.raises(ConfigError, match="schedule\\[1\\] position"):
+        SpeculativeRejection(num_samples=8, schedule=[(4, 4), (4, 2)])
+    with pytest.raises(ConfigError, match="schedule\\[0\\] must be a pair"):
+        SpeculativeRejection(num_samples=8, schedule=[4])
+    with pytest.raises(ConfigError, match="rows kept"):
+        SpeculativeRejection(num_samples=8, schedule=[(2, 0)])
+    with pytest.raises(ConfigError, match="keep_fraction"):
+        SpeculativeRejection(keep_fraction=0.0)
+    dyn, reward, prompts, _ = problem()
+    with pytest.raises(ConfigError, match="scores_prefixes=False"):
+        SpeculativeRejection(num_samples=4, schedule=[(1, 2)]).run(dyn, TableReward(reward.table), prompts)
+
+
+def test_the_survivor_check_has_power(monkeypatch):
+    """If survivors took the noise of the row index they land on (not their own), some would
+    finish differently from Best-of-n₀: the check above sees it."""
+    from ctrlalign.closedloop.particles import Particles
+
+    def wrong(self, rows, *, carry_noise):
+        self.state = self.dynamics.select(self.state, rows)
+        self.noise = self.noise[:, :rows.shape[1]]
+
+    monkeypatch.setattr(Particles, "select", wrong)
+    dyn, reward, prompts, _ = problem()
+    n0, missing = 8, 0
+    for seed in range(5):
+        sr = SpeculativeRejection(num_samples=n0, schedule=[(1, 4), (2, 2)]).run(dyn, reward, prompts, seed=seed)
+        full = dyn.rollout(dyn.prepare(prompts), None, [g.rollout for g in ca.make_generators(seed, prompts)], n0)
+        for j in range(len(prompts)):
+            pool = [tuple(t) for t in full.tokens[j].tolist()]
+            missing += sum(tuple(t) not in pool for t in sr.meta["final_tokens"][j])
+    assert missing > 0
