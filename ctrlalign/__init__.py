@@ -9,8 +9,10 @@ from .align import AlignmentResult, Iteration, IterationRecord, align, align_str
 from .closedloop import SMC, ClosedLoopResult, RecedingHorizon, SpeculativeRejection
 from .controllers import AISP, CEM, MPPI, BestOfN, Controller, Proposal, SoftmaxSampling, StepInfo
 from .cost import Cost, CostTerms
+from .declare import HyperparameterError
 from .diagnostics import Diagnostics
 from .dynamics import CausalLM, Dynamics, Outcomes, Sample, SamplingConfig
+from .dynamics.head import UnsupportedModelError
 from .dynamics.toy import LinearGaussian, SoftmaxHead
 from .models import default_model_path, load_default
 from .random import make_generators, prompt_seed
@@ -29,6 +31,15 @@ from .rewards import (
 from .rewards.toy import QuadraticReward, TableReward
 from .selection import BestSoFar, FinalProposal, Reservoir, Selection
 from .spaces import Blocks, ControlSpace, PerToken, Shared, Subspace
+from .store import (
+    ConfigChangedError,
+    CorruptResultsError,
+    OutputError,
+    OutputLockedError,
+    PromptChangedError,
+    RunError,
+    RunInterrupted,
+)
 
 __all__ = [
     "__version__",
@@ -40,9 +51,18 @@ __all__ = [
     "SpeculativeRejection",
     "RecedingHorizon",
     "ClosedLoopResult",
-    # errors
+    # errors (docs/api/errors.md)
     "ConfigError",
+    "HyperparameterError",
     "RewardError",
+    "UnsupportedModelError",
+    "RunError",
+    "ConfigChangedError",
+    "CorruptResultsError",
+    "OutputError",
+    "OutputLockedError",
+    "PromptChangedError",
+    "RunInterrupted",
     # dynamics
     "Dynamics",
     "Outcomes",

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from ._checks import ConfigError, check_int
 from .controllers.base import Controller, Proposal, StepInfo
 from .cost import Cost, CostTerms
+from .data import check_prompt
 from .diagnostics import Diagnostics, diagnose
 from .dynamics.base import Dynamics, Outcomes, Sample
 from .random import make_generators
@@ -221,13 +222,16 @@ def bind_space(space: ControlSpace | None, dynamics: Dynamics) -> ControlSpace:
 
 def check_prompts(prompts: Any) -> list[Any]:
     """The D prompts as a list, after refusing a single prompt (a string, bytes or dict) and
-    an empty sequence with a :class:`~ctrlalign.ConfigError` that says what to pass instead."""
+    an empty sequence with a :class:`~ctrlalign.ConfigError` that says what to pass instead,
+    and every text prompt as the command line does (:func:`ctrlalign.data.check_prompt`: empty,
+    whitespace-only or a lone surrogate is refused naming the prompt's index), before any
+    prompt is run."""
     if isinstance(prompts, (str, bytes, dict)):
         raise ConfigError(f"prompts must be a list of prompts, got a single {type(prompts).__name__} "
                           f"{str(prompts)[:60]!r}; wrap it in a list: [prompt]")
     prompts = list(prompts)
     check_int("number of prompts", len(prompts), minimum=1, symbol="D")
-    return prompts
+    return [check_prompt(d, p) for d, p in enumerate(prompts)]
 
 
 def align(

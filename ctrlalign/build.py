@@ -35,7 +35,7 @@ import torch
 
 from ._checks import ConfigError, first_line
 from .data import PromptItem
-from .models import is_offline, load_model
+from .models import check_device, is_offline, load_model
 
 if TYPE_CHECKING:
     from .config import ControllerConfig, ModelConfig, RewardTerm, SpaceConfig
@@ -79,33 +79,6 @@ def versions() -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------
 # dynamics
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device`` after checking it exists on this machine.
-
-    Raises:
-        ConfigError: not a device name; CUDA asked of a torch built without it (or no GPU);
-            a CUDA index past the GPUs present; MPS where it is unavailable.
-    """
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"device {device!r} is not a torch device; use e.g. 'cpu', 'cuda', 'cuda:1'") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ConfigError(f"device {str(device)!r}: {why} (torch {torch.__version__}); use --device cpu "
-                              "(config: model.device: cpu)")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ConfigError(f"device {str(device)!r}: only {count} CUDA device(s) here (cuda:0 … cuda:{count - 1})")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError(f"device {str(device)!r}: MPS is not available here; use --device cpu")
-    elif dev.type != "cpu":
-        raise ConfigError(f"device {str(device)!r}: device type {dev.type!r} is not supported; use cpu, cuda or mps")
-    return dev
 
 
 def build_dynamics(model: ModelConfig) -> CausalLM:
@@ -168,15 +141,20 @@ def check_prompts_fit(dynamics: Any, items: Sequence[PromptItem]) -> None:
                 "drop it from the set")
 
 
-def check_sigma_fits(controller: Controller, dynamics: Any) -> None:
-    """Refuse a σ whose controls could overflow the logits' dtype.
+def check_sigma_fits(controller: Controller, dynamics: Any, space: ControlSpace | None = None) -> None:
+    """Refuse a σ whose controls could overflow the logits' dtype, in the control space used.
 
-    A control v = σ·ε (ε ~ N(0, I_d)) moves logit v by W_v·v, of size up to ≈ σ·√d·‖W_v‖; with a
-    margin of 10 standard deviations and room for its square (weights, ‖θ‖²/σ²), the check is
-    ``(10·σ·√d·max(1, max_v ‖W_v‖))² < finfo(dtype).max``.
+    A token's control v_t = (Aθ)_t with θ ~ N(0, σ² I) has ‖v_t‖ ≈ σ·√m_t, where m_t is the
+    number of pre-logit directions it spans (:meth:`~ctrlalign.spaces.ControlSpace.token_dimension`:
+    d per token, shared or in blocks; r in a rank-r subspace); it moves logit v by W_v·v_t, of
+    size up to ≈ σ·√m_t·‖W_v‖. With a margin of 10 standard deviations and room for its square
+    (weights, ‖θ‖²/σ²), the check is ``(10·σ·√m_t·max(1, max_v ‖W_v‖))² < finfo(dtype).max``.
+
+    Args:
+        space: the run's control space (None: per-token, m_t = d).
 
     Raises:
-        ConfigError: naming σ, the dtype and the largest σ allowed.
+        ConfigError: naming σ, the dtype, the space and the largest σ allowed.
     """
     sigma = getattr(controller, "sigma", None)
     head = getattr(dynamics, "head_weight", None)
@@ -184,17 +162,21 @@ def check_sigma_fits(controller: Controller, dynamics: Any) -> None:
         return
     W = head()
     d = W.shape[-1]
+    m = d if space is None else space.token_dimension(d)
     row = max(1.0, float(W.detach().float().norm(dim=-1).max()))
     top = math.sqrt(torch.finfo(dynamics.dtype).max)
-    allowed = top / (10.0 * math.sqrt(d) * row)
+    allowed = top / (10.0 * math.sqrt(m) * row)
     if sigma > allowed:
+        where = "per-token" if space is None else space.describe()
         raise ConfigError(f"sigma (σ) = {sigma:g} would overflow the model's {str(dynamics.dtype).removeprefix('torch.')} "
-                          f"logits (d = {d}, max row norm of W = {row:.3g}); use σ <= {allowed:.3g}")
+                          f"logits ({where} controls span {m} of d = {d} directions per token, max row norm of W = "
+                          f"{row:.3g}); use σ <= {allowed:.3g}")
 
 
-def check_run_fits(dynamics: Any, controller: Controller, items: Sequence[PromptItem]) -> None:
-    """:func:`check_prompts_fit` and :func:`check_sigma_fits`."""
-    check_sigma_fits(controller, dynamics)
+def check_run_fits(dynamics: Any, controller: Controller, items: Sequence[PromptItem],
+                   space: ControlSpace | None = None) -> None:
+    """:func:`check_prompts_fit` and :func:`check_sigma_fits` (in ``space``; None: per-token)."""
+    check_sigma_fits(controller, dynamics, space)
     check_prompts_fit(dynamics, items)
 
 

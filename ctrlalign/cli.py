@@ -243,7 +243,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     reward = build_reward(cfg.reward, [item])
     logger.info("loading model %r on %s ...", cfg.model.name, cfg.model.device)
     dyn = build_dynamics(cfg.model)
-    check_run_fits(dyn, ctrl, [item])
+    check_run_fits(dyn, ctrl, [item], space)
     logger.info("model ready in %.1fs; %r in %s; reward %s", time.perf_counter() - t0, ctrl, space.describe(),
                 reward.name)
     recorder = CandidateRecorder([item.id]) if args.save_candidates else None

@@ -85,7 +85,10 @@ __all__ = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys refused; numbers and booleans strict: ``true`` is not an integer, ``1`` is
+    not a boolean, ``"3"`` is not a number, ``2.0`` is not an integer (an integer is a float)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class ModelConfig(_Strict):
@@ -214,6 +217,10 @@ def space_section(value: Any) -> Any:
 class ControllerConfig(ComponentSection):
     """The controller, its hyperparameters (those that do not apply to it are refused; the
     unset ones take the controller's defaults), and how ``align`` keeps a response."""
+
+    # numbers and booleans strict, as in _Strict (the hyperparameters are checked strictly by
+    # their declarations)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, strict=True)
 
     registry: ClassVar[Registry] = CONTROLLERS
     section: ClassVar[str] = "controller"

@@ -41,6 +41,7 @@ __all__ = [
     "PACKAGED_SETS",
     "PromptItem",
     "PromptSource",
+    "check_prompt",
     "check_text",
     "load_prompts",
     "mt_bench",
@@ -104,6 +105,26 @@ def check_text(name: str, text: Any, *, nonempty: bool = False) -> str:
         raise ConfigError(f"{name} is not valid text: {text[exc.start]!r} at character {exc.start} is a lone "
                           "surrogate (half of a UTF-16 pair)") from None
     return text
+
+
+def check_prompt(index: int, prompt: Any) -> Any:
+    """Prompt ``index`` of a list handed to the Python API, checked as the command line checks
+    its prompts: a string must be non-empty, non-blank, valid Unicode text; so must the content
+    of each message of a chat prompt (a list of ``{"role", "content"}`` dicts; a system
+    message may be empty). Other prompts (tensors of the toy systems) pass unchanged.
+
+    Raises:
+        ConfigError: naming ``prompt <index>`` (and the message) and the problem.
+    """
+    if isinstance(prompt, str):
+        return check_text(f"prompt {index}", prompt, nonempty=True)
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
+        for k, message in enumerate(prompt):
+            content = message.get("content")
+            if isinstance(content, str):
+                check_text(f"prompt {index}, message {k} ({message.get('role')!r})", content,
+                           nonempty=message.get("role") != "system")
+    return prompt
 
 
 def read_text_file(path: str | Path, what: str) -> str:

@@ -21,9 +21,12 @@ import argparse
 import functools
 import inspect
 import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ._checks import ConfigError
 
@@ -109,7 +112,11 @@ class Hyperparameter:
         return text + (" (or unset)" if self.nullable else "")
 
     def check(self, value: Any) -> Any:
-        """``value`` converted to ``kind`` after checking its range.
+        """``value`` converted to ``kind`` after checking its type and range.
+
+        Types are strict, as in the config files: a bool is neither an integer nor a number, a
+        float (even 2.0) is not an integer, an integer is a number (NumPy scalars count as the
+        Python ones), a string is never converted.
 
         Raises:
             HyperparameterError: (a :class:`~ctrlalign.ConfigError`) naming the hyperparameter,
@@ -130,10 +137,12 @@ class Hyperparameter:
             if not isinstance(value, str) or (self.choices is not None and value not in self.choices):
                 raise bad
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # strict, as the config files are: a bool is not a number, a float (even 2.0) is not an
+        # integer; an integer is a float. NumPy integers and floats count as ints and floats.
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise bad
         if self.kind is int:
-            if isinstance(value, float) and not value.is_integer():
+            if not isinstance(value, numbers.Integral):
                 raise bad
             x: float = int(value)
         else:

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from ._checks import ConfigError, first_line
+from ._checks import ConfigError, first_line, one_line
 from .data import parse_json, read_text_file
 
 __all__ = [
@@ -46,7 +46,9 @@ __all__ = [
     "DEFAULT_MODEL_PACKAGE",
     "PACKAGED_MODELS",
     "PackagedModel",
+    "available_devices",
     "cache_dir",
+    "check_device",
     "converted_model_path",
     "default_model_path",
     "find_package_dirs",
@@ -366,6 +368,7 @@ def load_packaged(name: str, device: str | torch.device = "cpu", dtype: torch.dt
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = check_device(device)
     target = _ensure_converted(resolve_packaged(name))
     model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(target)
@@ -387,6 +390,51 @@ def load_default(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
         ``(model, tokenizer)``, the model in eval mode.
     """
     return load_packaged("smollm2-135m", device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# devices
+
+
+def available_devices() -> list[str]:
+    """The devices this torch can use here: ``cpu``, then ``cuda:0`` … and ``mps`` when present."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` after checking it exists on this machine.
+
+    Raises:
+        ConfigError: naming the device and the devices available here: not a device name;
+            CUDA asked of a torch built without it (or no GPU); a CUDA index past the GPUs
+            present; MPS where it is unavailable.
+    """
+    here = f"available here: {', '.join(available_devices())}"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"device {device!r} is not a torch device; use e.g. 'cpu', 'cuda', 'cuda:1' "
+                          f"({here})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"device {str(device)!r}: {why} (torch {torch.__version__}); {here}. Use device 'cpu' "
+                              "(CLI: --device cpu; config: model.device: cpu)")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {str(device)!r}: only {count} CUDA device(s) here ({here})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device {str(device)!r}: MPS is not available here ({here}); use --device cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {str(device)!r}: device type {dev.type!r} is not supported; use cpu, cuda or mps "
+                          f"({here})")
+    return dev
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,6 +486,8 @@ def _load_config(name: str, local: bool, trust_remote_code: bool) -> Any:
             raise ConfigError(f"model {name!r} defines its architecture in code in its repository; if you trust "
                               "that code, set model.trust_remote_code: true (CLI: --trust-remote-code)") from None
         raise ConfigError(f"model {name!r}: {msg}") from None
+    except Exception as exc:  # transformers/huggingface_hub validating the config values
+        raise ConfigError(f"model {name!r}: its config.json holds an invalid value: {one_line(exc)}") from exc
 
 
 def _check_causal(config: Any, name: str, trust_remote_code: bool) -> None:
@@ -476,10 +526,13 @@ def load_model(name: str | None = "default", device: str | torch.device = "cpu",
             (refused for a packaged model).
 
     Raises:
-        ConfigError: naming the model: missing path or package, broken ``config.json``, not in
-            the cache while offline, not a causal LM, needs ``trust_remote_code``, or failed to load.
+        ConfigError: naming the device and the devices available (:func:`check_device`), or
+            naming the model: missing path or package, broken ``config.json`` (bad JSON, or a
+            value transformers refuses or cannot build a model from), not in the cache while
+            offline, not a causal LM, needs ``trust_remote_code``, or failed to load.
     """
     name = "default" if name is None else name
+    device = check_device(device)
     if is_packaged(name):
         if model_kwargs:
             raise ConfigError(f"unexpected keyword arguments for a packaged model: {sorted(model_kwargs)}")
@@ -502,7 +555,9 @@ def load_model(name: str | None = "default", device: str | torch.device = "cpu",
     try:
         model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, **kw, **model_kwargs)
         tok = AutoTokenizer.from_pretrained(source, **kw)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"model {name!r} could not be loaded: {first_line(exc)}") from None
+    except Exception as exc:  # a config value the model cannot be built from
+        raise ConfigError(f"model {name!r} could not be built from its config.json: {one_line(exc)}") from exc
     model.to(device)
     return model.eval(), tok

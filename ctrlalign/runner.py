@@ -222,7 +222,7 @@ class _Built:
         if dynamics is None:
             dynamics = build_dynamics(cfg.model.model_copy(update={"device": device}))
         self.dynamics = dynamics
-        check_run_fits(dynamics, self.controller, items)
+        check_run_fits(dynamics, self.controller, items, self.space)
 
 
 def _merge(shards: list[Path], dest: Store, header: dict[str, Any], index: dict[str, int],

@@ -103,11 +103,21 @@ class Reservoir(Selection):
     name = "reservoir"
 
     def update(self, kept, rewards, log_weights, generators):
-        """Resample a candidate and update the weighted reservoir."""
+        """Resample a candidate and update the weighted reservoir.
+
+        Raises:
+            ConfigError: a log-weight is NaN or +inf (naming the prompt and sample); a round
+                whose weights are all −inf keeps nothing.
+        """
         D = rewards.shape[0]
         if len(generators) != D:
             raise ValueError(f"Reservoir needs one generator per prompt ({D}), got {len(generators)}")
         ell = log_weights.double().to(kept.reward.device)
+        bad = torch.isnan(ell) | (ell == math.inf)
+        if bool(bad.any()):
+            d, i = (int(x) for x in torch.nonzero(bad)[0])
+            raise ConfigError(f"Reservoir: the log-weight of prompt {d}, sample {i} is {float(ell[d, i])}; "
+                              "log-weights must be finite or -inf (a weight of 0)")
         r = rewards.double().to(kept.reward.device)
         round_mass = torch.logsumexp(ell, dim=-1)
         new_mass = torch.logaddexp(kept.log_mass, round_mass)

@@ -155,6 +155,13 @@ class ControlSpace(ABC):
         """Short label, e.g. ``blocks(4)``."""
         return self.name
 
+    def token_dimension(self, hidden_size: int) -> int:
+        r"""How many pre-logit directions one token's control spans: :math:`\mathbb E\|v_t\|^2/\sigma^2`
+        for θ ~ N(0, σ² I) (d for per-token, shared and block controls). Overflow checks size a
+        token's control :math:`\|v_t\| pprox \sigma\sqrt{\cdot}` from it; override it in a space
+        whose controls span fewer directions (as :class:`Subspace` does) or are scaled."""
+        return hidden_size
+
 
 @dataclass(frozen=True)
 class PerToken(ControlSpace):
@@ -292,6 +299,10 @@ class Subspace(ControlSpace):
         if self.shared:
             return v.unsqueeze(-2).expand(*v.shape[:-1], tau, d)
         return v
+
+    def token_dimension(self, hidden_size: int) -> int:
+        """r: a token's control v_t = E^T θ lies in the span of E's r orthonormal rows."""
+        return min(self.rank, hidden_size)
 
     def describe(self) -> str:
         """``subspace(r)`` or ``subspace(r, per-token)``."""

@@ -15,8 +15,9 @@ Notation (see ``docs/concepts.md``): for a prompt :math:`x`, controls
   self-normalised.
 
 Shapes use the project's letters: D prompts, n samples, τ horizon, d hidden size.
-Everything is computed in log space: rewards of magnitude 1e6 with λ down to 1e-6 give
-finite results and weights that are exactly one-hot rather than NaN.
+Everything is computed in log space, in float64: rewards of magnitude 1e12 with λ down to
+1e-296 give finite results and weights that are exactly one-hot rather than NaN; a λ so small
+that r/λ overflows float64 is refused naming λ and the reward scale (:func:`tempered_logits`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import check_interval, check_positive
+from ._checks import ConfigError, check_interval, check_positive
 
 __all__ = [
     "LinearGaussianOptimum",
@@ -45,6 +46,7 @@ __all__ = [
     "linear_gaussian_state_space_optimum",
     "log_mean_exp",
     "log_weights",
+    "tempered_logits",
     "weight_entropy",
 ]
 
@@ -53,6 +55,55 @@ def log_mean_exp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     r""":math:`\log \frac1n\sum_i e^{x_i}` along ``dim``, computed stably (log-sum-exp)."""
     n = x.shape[dim]
     return torch.logsumexp(x, dim=dim) - math.log(n)
+
+
+def tempered_logits(
+    rewards: torch.Tensor, temperature: float | torch.Tensor, offsets: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""The unnormalised log-weights :math:`\ell_i = r_i/\lambda - c_i` in float64, refusing overflow.
+
+    Their logsumexp is a round's log-mass (the reservoir compares it across rounds), so they are
+    not shifted: :math:`r/\lambda` must be a float64 number. With :math:`|r| \le 10^{12}` that
+    holds for every λ ≥ 1e-296; a smaller λ for the same rewards cannot be represented and is
+    refused (nothing becomes NaN further on). Use a larger λ (its weights are already one-hot at
+    the argmax) or an adaptive one (``target_ess``).
+
+    Args:
+        rewards: (D, n) rewards (any leading shape (..., n)).
+        temperature: λ > 0, a float or a (D,) tensor; λ = +inf gives :math:`\ell = -c`.
+        offsets: (D, n) the terms c_i, or None (zero).
+
+    Returns:
+        (D, n) float64 log-weights, finite.
+
+    Raises:
+        ConfigError: r/λ − c is not a finite float64 number for some sample; the message names
+            λ, the reward scale max|r| of the prompt and the smallest λ that scale allows.
+    """
+    r = rewards.double()
+    lam = torch.as_tensor(temperature, dtype=torch.float64, device=r.device)
+    lam_b = lam.unsqueeze(-1) if lam.dim() else lam
+    logits = torch.where(torch.isinf(lam_b), torch.zeros_like(r), r / lam_b)
+    if offsets is not None:
+        logits = logits - offsets.double()
+    bad = ~torch.isfinite(logits)
+    if bool(bad.any()):
+        where = torch.nonzero(bad)[0]
+        row = tuple(int(x) for x in where[:-1])
+        value = float(lam[row]) if lam.dim() else float(lam)
+        scale = float(r[row].abs().max())
+        prompt = f" (prompt {row[0]})" if row else ""
+        floor = scale / torch.finfo(torch.float64).max
+        if offsets is not None and math.isfinite(float((r[row] / value).abs().max())):
+            raise ConfigError(
+                f"the log-weights r/λ − c overflow float64{prompt}: temperature (λ) = {value:g}, rewards up to "
+                f"|r| = {scale:g}, offsets c up to {float(offsets.double()[row].abs().max()):g}; "
+                "raise λ or sigma (σ)")
+        raise ConfigError(
+            f"temperature (λ) = {value:g} is too small for rewards of scale |r| = {scale:g}{prompt}: r/λ "
+            f"overflows float64; λ must exceed |r|/1.8e308 = {floor:.3g} (weights are one-hot at the argmax "
+            "long before that), or use an adaptive λ (target_ess)")
+    return logits
 
 
 def free_energy(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -67,7 +118,7 @@ def free_energy(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
         :math:`F=\log\mathbb E_p[e^{r/\lambda}]` (biased low for finite n, by Jensen).
     """
     lam = check_positive("temperature", temperature, symbol="λ")
-    return log_mean_exp(rewards / lam, dim=-1)
+    return log_mean_exp(tempered_logits(rewards, lam), dim=-1).to(rewards.dtype)
 
 
 def log_weights(
@@ -103,15 +154,15 @@ def log_weights(
     """
     lam = check_positive("temperature", temperature, symbol="λ")
     a = check_interval("alpha", alpha, 0.0, 1.0, symbol="α")
-    logits = rewards / lam
+    offsets = None
     if a < 1.0:
         if controls is None or mean is None or sigma is None:
             raise ValueError("log_weights with alpha < 1 needs controls, mean and sigma")
         s = check_positive("sigma", sigma, symbol="σ")
         # Σ_t û_tᵀ v_t for each sample: (D, n)
-        inner = torch.einsum("...ntd,...td->...n", controls.to(logits.dtype), mean.to(logits.dtype))
-        logits = logits - (1.0 - a) / (s * s) * inner
-    return torch.log_softmax(logits, dim=-1)
+        inner = torch.einsum("...ntd,...td->...n", controls.double(), mean.double())
+        offsets = (1.0 - a) / (s * s) * inner
+    return torch.log_softmax(tempered_logits(rewards, lam, offsets), dim=-1).to(rewards.dtype)
 
 
 def importance_weights(rewards: torch.Tensor, temperature: float, **kwargs) -> torch.Tensor:

@@ -43,6 +43,7 @@ from pydantic import (
     model_validator,
 )
 
+from .._checks import ConfigError
 from ..build import FROM_PROMPTS
 from ..config import (
     SPACE_KEYS_MOVED,
@@ -63,7 +64,10 @@ __all__ = ["FROM_PROMPTS", "NOT_IDENTITY", "BenchConfig", "BenchController", "Sw
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys refused; numbers and booleans strict: ``true`` is not an integer, ``1`` is
+    not a boolean, ``"3"`` is not a number, ``2.0`` is not an integer (an integer is a float)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class BenchController(ControllerConfig):
@@ -233,13 +237,17 @@ class BenchConfig(_Strict):
 
 
 def load_bench_config(path: str | Path) -> BenchConfig:
-    """Read and validate a YAML/JSON/TOML bench config; errors name the bad field."""
+    """Read and validate a YAML/JSON/TOML bench config.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or one line per bad field, naming it.
+    """
     p = Path(path)
     data = read_config_file(p)
     try:
         return BenchConfig.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(format_validation_error(exc, f"bench config {p}")) from None
+        raise ConfigError(format_validation_error(exc, f"bench config {p}")) from None
 
 
 #: config fields that change no result: results written under other values are resumed (the

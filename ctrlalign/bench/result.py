@@ -171,12 +171,46 @@ class StoredBench:
         return self.contents is None
 
 
-def _from_lines(contents: StoreContents) -> StoredBench:
+#: the fields of each kind of store line, and their JSON types (checked when a file is read)
+_LINE_FIELDS: dict[str, dict[str, type]] = {
+    START: {"config": dict, "meta": dict},
+    FINISHED: {"config": dict, "meta": dict, "order": list, "scores": list, "summary": list, "comparisons": list},
+    "run": {"run": dict, "records": list, "traces": list},
+}
+_LIST_OF_DICTS = ("records", "traces", "runs", "scores", "summary", "comparisons")
+#: the keys every record, trace and run must have (what results are grouped and paired by)
+_KEYS = {"records": ("controller", "budget", "seed", "prompt_id", "reward"),
+         "traces": ("controller", "seed", "prompt_id"), "runs": ("controller", "seed", "prompt_ids"),
+         "run": ("controller", "seed", "prompt_ids")}
+
+
+def _check_fields(obj: dict[str, Any], fields: dict[str, type], where: str) -> None:
+    """Refuse ``obj`` unless it has each field of ``fields`` with its JSON type (lists of records
+    holding objects), naming ``where`` (the file and line) and the field."""
+    for key, kind in fields.items():
+        value = obj.get(key)
+        if not isinstance(value, kind) or (kind is list and key in _LIST_OF_DICTS
+                                           and not all(isinstance(x, dict) for x in value)):
+            what = "missing" if key not in obj else f"of type {type(value).__name__}"
+            want = "a list of objects" if kind is list and key in _LIST_OF_DICTS else f"an object of type {kind.__name__}"
+            raise CorruptResultsError(f"{where}: field {key!r} is {what}, expected {want}: not a bench result. "
+                                      "Move the file away, or rerun with --overwrite to replace it")
+        items = value if isinstance(value, list) else [value]
+        for j, item in enumerate(items):
+            missing = [k for k in _KEYS.get(key, ()) if k not in item]
+            if missing:
+                at = f"{key}[{j}]" if isinstance(value, list) else key
+                raise CorruptResultsError(f"{where}: {at} has no {', '.join(map(repr, missing))}: not a bench result. "
+                                          "Move the file away, or rerun with --overwrite to replace it")
+
+
+def _from_lines(contents: StoreContents, path: Path) -> StoredBench:
     header = contents.header or {}
     config, meta = header.get("config", {}), header.get("meta", {})
     runs: dict[str, dict[str, Any]] = {}
     finished = None
-    for line in contents.records:
+    for no, line in enumerate(contents.records, 2 if contents.headed else 1):
+        _check_fields(line, _LINE_FIELDS.get(line["id"], _LINE_FIELDS["run"]), f"{path}:{no}")
         if line["id"] in (START, FINISHED):
             config, meta = line["config"], line["meta"]
             finished = line if line["id"] == FINISHED else None
@@ -210,14 +244,14 @@ def read_bench(path: str | Path) -> StoredBench | None:
     if not p.exists():
         return None
     if is_store(p):
-        return _from_lines(Store(p, "bench").read())
+        return _from_lines(Store(p, "bench").read(), p)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
         result = BenchResult(**data)
-        if not isinstance(result.config, dict):
-            raise TypeError("its config is not a mapping")
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CorruptResultsError(f"{p} cannot be read as a bench result ({str(exc).splitlines()[0]}); "
                                   "move it away, or rerun with --overwrite to replace it") from None
+    _check_fields(vars(result), {"config": dict, "meta": dict, "records": list, "traces": list, "runs": list,
+                                 "summary": list, "comparisons": list}, str(p))
     return StoredBench(result)
 

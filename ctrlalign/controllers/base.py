@@ -204,9 +204,15 @@ class Controller(ABC, metaclass=_Constructed):
 
         Returns:
             :class:`Proposal` with mean (D, *θ).
+
+        Raises:
+            ConfigError: σ > 0 rounds to 0 in ``dtype`` (e.g. σ = 1e-50 in float32).
         """
-        return Proposal(mean=self._zeros(num_prompts, space, device, dtype),
-                        std=torch.full((num_prompts,), float(self.sigma), device=device, dtype=dtype))
+        std = torch.full((num_prompts,), float(self.sigma), device=device, dtype=dtype)
+        if self.sigma > 0 and bool((std == 0).any()):
+            raise ConfigError(f"sigma (σ) = {self.sigma:g} is 0 in {dtype} (its smallest normal number is "
+                              f"{torch.finfo(dtype).smallest_normal:g}); use a larger σ")
+        return Proposal(mean=self._zeros(num_prompts, space, device, dtype), std=std)
 
     @staticmethod
     def _zeros(num_prompts: int, space: ControlSpace, device: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -297,12 +303,16 @@ class WeightedController(Controller):
 
     def weigh(self, state: Proposal, theta: torch.Tensor | None, rewards: torch.Tensor) -> StepInfo:
         """:class:`StepInfo` of r/λ − c: log-weights (D, n) unnormalised, with λ (D,) fixed or
-        adaptive."""
+        adaptive.
+
+        Raises:
+            ConfigError: r/λ overflows float64 (a fixed λ far too small for the rewards' scale),
+                naming λ and the scale (:func:`ctrlalign.theory.tempered_logits`).
+        """
         r = rewards.double()
         c = self.offsets(state, theta)
         if self.target_ess is not None:
             lam = theory.adaptive_temperature(r, self.target_ess, offsets=c)
         else:
             lam = torch.full(r.shape[:1], self.temperature, dtype=torch.float64, device=r.device)
-        logits = torch.where(torch.isinf(lam).unsqueeze(-1), torch.zeros_like(r), r / lam.unsqueeze(-1))
-        return StepInfo(log_weights=logits if c is None else logits - c, temperature=lam)
+        return StepInfo(log_weights=theory.tempered_logits(r, lam, c), temperature=lam)

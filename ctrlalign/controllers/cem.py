@@ -35,7 +35,11 @@ class CEM(Controller):
         elite_fraction: ρ in (0, 1]; m = ⌈ρ n⌉ elites.
         step_size: β in (0, 1].
         refit_std: also refit the scale s.
-        min_std: lower clamp for s when refitting.
+        min_std: lower clamp for s when refitting; with ``refit_std`` it must be in (0, σ].
+
+    Raises:
+        ConfigError: ``refit_std`` with ``min_std`` = 0 (the scale could collapse to 0 and
+            draw no controls) or ``min_std`` > σ.
     """
 
     name = "cem"
@@ -53,6 +57,10 @@ class CEM(Controller):
         for key, value in (("elite_fraction", elite_fraction), ("step_size", step_size),
                            ("refit_std", refit_std), ("min_std", min_std)):
             self.set_hyperparameter(key, value)
+        if self.refit_std and not 0 < self.min_std <= self.sigma:
+            raise ConfigError(
+                f"CEM with refit_std=True needs 0 < min_std <= sigma (σ = {self.sigma:g}), got min_std={min_std!r}: "
+                "the refit scale s is clamped to [min_std, σ], and s = 0 would draw no controls")
 
     @property
     def num_elites(self) -> int:
@@ -66,7 +74,8 @@ class CEM(Controller):
         """
         self.check_step_inputs(state, theta, rewards)
         if theta is None:
-            raise ConfigError("CEM needs controls (sigma > 0)")
+            raise ConfigError(f"CEM needs controls, but its proposal scale s is 0 for every prompt "
+                              f"(sigma (σ) = {self.sigma:g}, min_std = {self.min_std:g} in {state.std.dtype})")
         r = rewards.double()
         D, n = r.shape
         m = self.num_elites

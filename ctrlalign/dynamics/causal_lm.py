@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from .._checks import ConfigError, check_int
+from ..data import check_prompt, check_text
 from ..models import load_model
 from .base import Outcomes, Step, StepwiseDynamics
 from .decoding import SamplingConfig
@@ -219,7 +220,7 @@ class CausalLM(StepwiseDynamics):
         self.sampling = sampling
         self.chat_template = has_template if chat_template is None else bool(chat_template)
         self.base_logprobs = bool(base_logprobs)
-        self.system_prompt = system_prompt
+        self.system_prompt = None if system_prompt is None else check_text("system_prompt", system_prompt)
         head = getattr(self.engine, "head", None)  # the engine's own head, not a second one
         self.head = head if isinstance(head, OutputHead) else OutputHead.from_model(model)
         self.hidden_size = self.head.hidden_size
@@ -341,6 +342,10 @@ class CausalLM(StepwiseDynamics):
 
         Returns:
             ``(texts, input_ids (D, L), attention_mask (D, L))``.
+
+        Raises:
+            ConfigError: naming prompt j: empty, whitespace-only, a lone surrogate
+                (:func:`ctrlalign.data.check_prompt`), not a string or chat, or no tokens.
         """
         if isinstance(prompts, (str, dict)) or len(prompts) == 0:
             raise ConfigError(
@@ -348,7 +353,7 @@ class CausalLM(StepwiseDynamics):
             )
         texts, rows = [], []
         for j, p in enumerate(prompts):
-            text, special = self.format_prompt(p)
+            text, special = self.format_prompt(check_prompt(j, p))
             ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
             if len(ids) == 0:
                 raise ConfigError(f"prompt {j} ({p!r:.60}) is empty after tokenisation")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .._checks import ConfigError, RewardError, check_rewards
+from .._checks import ConfigError, RewardError, check_rewards, real_number_type
 from ..dynamics.base import Outcomes
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Reward",
     "WeightedSum",
     "evaluate_reward",
+    "prompt_label",
     "prompt_text",
     "require_prefix_scores",
     "response_texts",
@@ -168,22 +169,35 @@ class CallableReward(Reward):
         self.scores_prefixes = scores_prefixes
 
     def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
-        if self.batched:
-            return torch.as_tensor(self.fn(prompts, outcomes), dtype=torch.float32)
+        """(D, n) float32 scores; every value ``fn`` returns must be a real number.
+
+        Raises:
+            RewardError: ``fn`` raised, or returned something other than a real number (a
+                string such as ``"0.5"``, a complex number, ``None``...): the message names the
+                reward, the prompt, the sample and the value's type. Nothing is coerced.
+        """
         D, n = outcomes.num_prompts, outcomes.num_samples
+        source = f"reward {self.name!r}"
+        if self.batched:
+            return check_rewards(self.fn(prompts, outcomes), D, n, source=source,
+                                 where=lambda d: prompt_label(prompts, d))
         out = torch.empty(D, n, dtype=torch.float32)
         for d in range(D):
             for i in range(n):
                 if self.texts and outcomes.texts is None:
-                    raise ValueError(f"reward {self.name!r} wants texts but the outcomes have none")
+                    raise ValueError(f"{source} wants texts but the outcomes have none")
                 arg = outcomes.texts[d][i] if self.texts else outcomes.sample(d, i)
                 try:
-                    out[d, i] = float(self.fn(prompts[d], arg))
+                    value = self.fn(prompts[d], arg)
                 except Exception as exc:
+                    raise RewardError(f"{source} raised {type(exc).__name__}: {exc} at prompt {d}, sample {i}") from exc
+                kind = real_number_type(value)
+                if kind is not None:
                     raise RewardError(
-                        f"reward {self.name!r} raised {type(exc).__name__}: {exc} "
-                        f"at prompt {d}, sample {i}"
-                    ) from exc
+                        f"{source} returned {kind} ({value!r:.40}) at {prompt_label(prompts, d)}, sample {i}; "
+                        "a reward must return a real number (int, float or bool), nothing is coerced"
+                    )
+                out[d, i] = float(value)
         return out
 
 
@@ -281,6 +295,11 @@ def _short(x: Any, limit: int = 60) -> str:
     return repr(s if len(s) <= limit else s[: limit - 3] + "...")
 
 
+def prompt_label(prompts: Sequence[Any], d: int) -> str:
+    """``"prompt d ('its text')"``: how reward errors name prompt d (the text cut to 60 characters)."""
+    return f"prompt {d} ({_short(prompts[d])})" if 0 <= d < len(prompts) else f"prompt {d}"
+
+
 def _fails(reward: Callable[..., Any], prompts: Sequence[Any], outcomes: Outcomes, pi: list[int], si: list[int]) -> bool:
     try:
         reward([prompts[d] for d in pi], select_outcomes(outcomes, pi, si))
@@ -338,7 +357,10 @@ def evaluate_reward(
       extra calls on sub-grids) to find the first (prompt, sample) that reproduces the
       exception; ``locate=False`` skips this;
     * it returned the wrong shape: expected (D, n) and actual shapes are named;
-    * it returned NaN or ±inf: the first offending (prompt, sample) is named.
+    * it returned NaN or ±inf: the first offending (prompt, sample) is named;
+    * it returned something other than real numbers (strings such as ``"0.5"``, complex
+      numbers, a complex tensor): the first offending (prompt, sample) and the value's type are
+      named (:func:`~ctrlalign._checks.check_rewards`); nothing is coerced.
     """
     D, n = outcomes.num_prompts, outcomes.num_samples
     name = getattr(reward, "name", None) or getattr(reward, "__name__", type(reward).__name__)
@@ -364,17 +386,7 @@ def evaluate_reward(
         else:
             loc = f"on the batch of {D} prompts x {n} samples (no single prompt/sample reproduces it)"
         raise RewardError(f"{source} raised {type(exc).__name__}: {exc} {loc}") from exc
-    if isinstance(out, torch.Tensor) and tuple(out.shape) == (D, n):
-        out_f = out if out.is_floating_point() else out.to(torch.float32)
-        bad = ~torch.isfinite(out_f)
-        if bool(bad.any()):
-            d, i = (int(x) for x in torch.nonzero(bad)[0])
-            raise RewardError(
-                f"{source} returned a non-finite value {out_f[d, i].item()} at prompt {d} "
-                f"({_short(prompts[d])}), sample {i} ({int(bad.sum())} non-finite entries in "
-                "all); rewards must be finite"
-            )
-    return check_rewards(out, D, n, source=source)
+    return check_rewards(out, D, n, source=source, where=lambda d: prompt_label(prompts, d))
 
 
 #: alias of :func:`evaluate_reward`.
