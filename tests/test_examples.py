@@ -12,7 +12,9 @@ import importlib
 from pathlib import Path
 
 import pytest
+import test_stepwise as stepwise
 import torch
+from conftest import PROMPTS, make_model, make_tokenizer
 
 import ctrlalign as ca
 from ctrlalign.bench.config import BenchConfig
@@ -150,8 +152,6 @@ def test_custom_selection_keeps_the_last_rounds_best(capsys):
 # --- the Extending page's engine: registered by name, the engine checks, exact decode counts ----
 @pytest.fixture(scope="module")
 def counting_lms():
-    from conftest import make_model, make_tokenizer
-
     load("custom_engine")  # registers "counting"
     model, tok = make_model("llama"), make_tokenizer()
     cfg = ca.SamplingConfig(max_new_tokens=6)
@@ -159,11 +159,10 @@ def counting_lms():
             "eager": ca.CausalLM(model, tok, sampling=cfg, engine="eager")}
 
 
+@pytest.mark.usefixtures("one_thread")  # bitwise row comparisons: one BLAS thread, as in test_stepwise
 def test_custom_engine_passes_the_engine_checks(counting_lms):
     """The engine properties of ``test_stepwise.py`` (each with its power check there), run on
     the counting engine."""
-    import test_stepwise as stepwise
-
     lms = counting_lms
     assert type(lms["counting"].engine).__name__ == "CountingEngine"
     assert stepwise.T == lms["counting"].max_horizon
@@ -177,7 +176,6 @@ def test_custom_engine_passes_the_engine_checks(counting_lms):
 
 
 def test_custom_engine_counts_k_T_decode_steps_and_equals_eager(counting_lms):
-    from conftest import PROMPTS
 
     lm, eager = counting_lms["counting"], counting_lms["eager"]
     D, n, k, T = 3, 4, 3, lm.max_horizon
