@@ -1,9 +1,11 @@
-"""Closed loop vs open loop at matched decoded tokens on the default model (SmolLM2-135M).
+"""Closed loop vs open loop at matched decoded tokens on a packaged model (SmolLM2-135M default).
 
 Best-of-N (N = 8, 16, 32), SMC (n = 16, 32 particles, a checkpoint every 8 tokens, adaptive twist)
 and speculative rejection (n₀ = 32, 64, stopping half the rows at tokens 8 and 16) on MT-Bench
-prompts with a steering reward (MiniLM similarity to a target description, scored on the text so
-far at checkpoints). Every run records its decoded tokens (stopped and resampled-away rows
+prompts with one of the paper-regime stages' rewards (``--reward``): ``steering`` (MiniLM
+similarity to a target description, the default), ``reference`` (MiniLM similarity to MT-Bench's
+reference answer) or ``tradeoff`` (−VADER − 2·P(toxic)), each scored on the text so far at
+checkpoints; ``--model gemma3-270m`` for the second packaged model. Every run records its decoded tokens (stopped and resampled-away rows
 included), full and prefix reward calls and seconds; the table compares each controller with
 Best-of-N at the same decoded tokens (the Best-of-N curve interpolated in log tokens), paired
 over prompt × seed, with a 95% bootstrap interval over prompts.
@@ -11,7 +13,11 @@ over prompt × seed, with a 95% bootstrap interval over prompts.
 Resumable: one JSON line per (controller, prompt, seed) in the output; a rerun skips finished
 runs. Usage:
 
-    OMP_NUM_THREADS=1 nice python benchmarks/closed_loop.py [--prompts 6] [--seeds 0 1] [--tokens 32]
+    OMP_NUM_THREADS=1 nice python benchmarks/closed_loop.py [--prompts 8] [--seeds 0 1] [--tokens 32] \
+        [--reward steering|reference|tradeoff] [--model default|gemma3-270m]
+
+The output defaults to ``benchmarks/results/closed_loop.jsonl`` for the steering reward on the
+default model and ``closed_loop-REWARD-MODEL.jsonl`` otherwise.
 """
 
 from __future__ import annotations
@@ -30,11 +36,18 @@ import numpy as np
 import torch
 
 import ctrlalign as ca
+from ctrlalign.build import build_reward
 from ctrlalign.closedloop import SMC, SpeculativeRejection
+from ctrlalign.config import RewardTerm
 from ctrlalign.data import mt_bench
 
-TARGET = "a story about the ocean, waves and sailing ships"
-OUT = Path("benchmarks/results/closed_loop.jsonl")
+#: the paper-regime stages' rewards (benchmarks/configs/paper-regime-*.yaml), as reward terms
+REWARDS = {
+    "steering": [{"name": "embedding", "options": {"target": "a story about the ocean, waves and sailing ships"}}],
+    "reference": [{"name": "embedding", "options": {"references": "from_prompts"}}],
+    "tradeoff": [{"name": "sentiment", "options": {"target": "negative"}}, {"name": "toxicity", "weight": 2.0}],
+}
+RESULTS = Path("benchmarks/results")
 
 
 def controllers(T: int) -> dict:
@@ -144,17 +157,22 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=6)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--tokens", type=int, default=32, help="T, new tokens per response")
-    ap.add_argument("--output", type=Path, default=OUT)
+    ap.add_argument("--reward", choices=sorted(REWARDS), default="steering")
+    ap.add_argument("--model", default="default", help="a packaged model: default (SmolLM2-135M) or gemma3-270m")
+    ap.add_argument("--output", type=Path, default=None)
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
+    if args.output is None:
+        suffix = "" if (args.reward, args.model) == ("steering", "default") else f"-{args.reward}-{args.model}"
+        args.output = RESULTS / f"closed_loop{suffix}.jsonl"
     torch.set_num_threads(1)
     rows = [json.loads(x) for x in args.output.read_text().splitlines()] if args.output.exists() else []
     done = {(r["label"], r["prompt_id"], r["seed"]) for r in rows}
     if not args.report_only:
-        lm = ca.CausalLM.from_pretrained("default", sampling=ca.SamplingConfig(max_new_tokens=args.tokens))
+        lm = ca.CausalLM.from_pretrained(args.model, sampling=ca.SamplingConfig(max_new_tokens=args.tokens))
         counter = TokenCounter(lm)
-        reward = ca.EmbeddingSimilarity(target=TARGET)
-        items = mt_bench()[: args.prompts]
+        items = [it for it in mt_bench() if args.reward != "reference" or it.reference][: args.prompts]
+        reward = build_reward([RewardTerm(**t) for t in REWARDS[args.reward]], items)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         for label, (kind, factory) in controllers(args.tokens).items():
             for item in items:
