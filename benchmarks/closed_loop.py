@@ -2,13 +2,14 @@
 
 Best-of-N (N = 8, 16, 32), SMC (n = 16, 32 particles, a checkpoint every 8 tokens, adaptive twist)
 and speculative rejection (n₀ = 32, 64, stopping half the rows at tokens 8 and 16) on MT-Bench
-prompts with one of the paper-regime stages' rewards (``--reward``): ``steering`` (MiniLM
-similarity to a target description, the default), ``reference`` (MiniLM similarity to MT-Bench's
-reference answer) or ``tradeoff`` (−VADER − 2·P(toxic)), each scored on the text so far at
-checkpoints; ``--model gemma3-270m`` for the second packaged model. Every run records its decoded tokens (stopped and resampled-away rows
-included), full and prefix reward calls and seconds; the table compares each controller with
-Best-of-N at the same decoded tokens (the Best-of-N curve interpolated in log tokens), paired
-over prompt × seed, with a 95% bootstrap interval over prompts.
+prompts with one of the paper-regime stages' rewards (``--reward``), each scored on the text so
+far at checkpoints: ``steering`` (MiniLM similarity to a target description, the default),
+``reference`` (MiniLM similarity to MT-Bench's reference answer; prompts without one are
+skipped) or ``tradeoff`` (−VADER − 2·P(toxic)); ``--model gemma3-270m`` for the second packaged
+model. Every run records its decoded tokens (stopped and resampled-away rows included, counted
+by a wrapper around the dynamics), full and prefix reward calls and seconds; the table compares
+each controller with Best-of-N at the same decoded tokens (the Best-of-N curve interpolated in
+log tokens), paired over prompt × seed, with a 95% bootstrap interval over prompts.
 
 Resumable: one JSON line per (controller, prompt, seed) in the output; a rerun skips finished
 runs. Usage:
