@@ -158,7 +158,7 @@ class ControlSpace(ABC):
     def token_dimension(self, hidden_size: int) -> int:
         r"""How many pre-logit directions one token's control spans: :math:`\mathbb E\|v_t\|^2/\sigma^2`
         for θ ~ N(0, σ² I) (d for per-token, shared and block controls). Overflow checks size a
-        token's control :math:`\|v_t\| pprox \sigma\sqrt{\cdot}` from it; override it in a space
+        token's control :math:`\|v_t\| \approx \sigma\sqrt{\cdot}` from it; override it in a space
         whose controls span fewer directions (as :class:`Subspace` does) or are scaled."""
         return hidden_size
 

@@ -338,11 +338,11 @@ class TiltedGaussian(NamedTuple):
 def gaussian_tilted_state(mean: torch.Tensor, cov: torch.Tensor, Q: torch.Tensor, target: torch.Tensor,
                           temperature: float) -> TiltedGaussian:
     r"""The law of :math:`X\sim\mathcal N(m, S)` tilted by :math:`e^{r(X)/\lambda}`,
-    :math:`r(x) = -	frac12 (x-y^\star)^	op Q (x-y^\star)`: a Kalman update with the target as
+    :math:`r(x) = -\tfrac12 (x-y^\star)^\top Q (x-y^\star)`: a Kalman update with the target as
     an observation of precision :math:`A = Q/\lambda`.
 
     .. math::
-        \log Z = -	frac12\log|I + SA| - 	frac12 (m-y^\star)^	op (I + AS)^{-1}A\,(m-y^\star),\qquad
+        \log Z = -\tfrac12\log|I + SA| - \tfrac12 (m-y^\star)^\top (I + AS)^{-1}A\,(m-y^\star),\qquad
         K = S(I + AS)^{-1}A,\quad \mu^* = m + K(y^\star - m),\quad \Sigma^* = S - KS .
 
     This is the final state of :class:`~ctrlalign.dynamics.toy.LinearGaussian` without control

@@ -361,3 +361,16 @@ def test_index_first_example_is_the_learning_preset_and_runs(monkeypatch):
         {k: v for k, v in preset["space"].items() if k != "name"}
     result = ns["result"]
     assert len(result.trace) == ctrl.num_iterations and result.rewards.shape == (1,)
+
+
+def test_no_control_characters_in_sources():
+    r"""A ``\t``, ``\a`` or ``\f`` in a non-raw docstring becomes a tab, bell or form feed and
+    breaks the TeX it was part of (``\text``, ``\approx``, ``\frac``) on the site: sources hold
+    none (tabs included)."""
+    bad = []
+    for path in sorted((ROOT / "ctrlalign").rglob("*.py")) + sorted((ROOT / "docs").rglob("*.md")):
+        text = path.read_text(encoding="utf-8")
+        for i, line in enumerate(text.splitlines(), 1):
+            if any(c in line for c in "\t\x07\x08\x0b\x0c"):
+                bad.append(f"{path.relative_to(ROOT)}:{i}")
+    assert not bad, bad

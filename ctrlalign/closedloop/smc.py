@@ -113,7 +113,7 @@ class SMC:
     @staticmethod
     def reweight(log_weights: torch.Tensor, ratio: torch.Tensor, twist: torch.Tensor,
                  previous: torch.Tensor) -> torch.Tensor:
-        r"""The checkpoint's update, all (D, n): :math:`\log w + [\log p - \log q]_	ext{block} + \psi_t - \psi_	ext{prev}`."""
+        r"""The checkpoint's update, all (D, n): :math:`\log w + [\log p - \log q]_\text{block} + \psi_t - \psi_\text{prev}`."""
         return log_weights + ratio + (twist - previous)
 
     @staticmethod

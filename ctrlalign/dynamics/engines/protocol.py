@@ -9,19 +9,21 @@ system whose state is the KV cache, the next pre-logit :math:`z_{t+1}` and the d
   modified, so any number of decodes start from it.
 * :meth:`Engine.start` — a :class:`EngineState` of B = D·n rows (row ``j*n + i`` is sample i of
   prompt j) at t = 0, each continuing its prompt's prefix.
-* :meth:`Engine.advance` — b more tokens for every row: at t+1..t+b,
-
-  .. math::
-      y_s = \mathrm{InvCDF}\big(\mathrm{softmax}(g(W(z_s + v_s) + b)),\ u_s\big)
-      \ \text{(controls given)},\qquad
-      y_s = \mathrm{InvCDF}\big(\mathrm{softmax}(g(W z_s + b)),\ u_s\big)\ \text{(None)},
-
-  with log p = :math:`\log\mathrm{softmax}(g(Wz_s+b))_{y_s}` and log q the same for the
-  controlled logits (both at temperature 1). Returns the new state and a
+* :meth:`Engine.advance` — b more tokens for every row (below). Returns the new state and a
   :class:`~ctrlalign.dynamics.base.Step`. A row that has finished (EOS, or t = T) gets the pad
   token and log-probabilities 0.
 * :meth:`Engine.select` — rows (D, n') of indices in 0..n−1: new row (j, i) continues old row
   (j, rows[j, i]) (resampling, forking). The KV cache is gathered.
+
+At steps s = t+1..t+b an advance draws
+
+.. math::
+    y_s = \mathrm{InvCDF}\big(\mathrm{softmax}(g(W(z_s + v_s) + b)),\ u_s\big)
+    \ \text{(controls given)},\qquad
+    y_s = \mathrm{InvCDF}\big(\mathrm{softmax}(g(W z_s + b)),\ u_s\big)\ \text{(None)},
+
+with log p = :math:`\log\mathrm{softmax}(g(Wz_s+b))_{y_s}` and log q the same for the
+controlled logits (both at temperature 1).
 
 Advancing t tokens in one call or in any split into blocks gives bitwise the same rows: the
 engines run the same per-token kernels on the same shapes in the same order either way.
