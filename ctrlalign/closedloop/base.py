@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 
 from .._checks import ConfigError
+from ..align import check_prompts
+from ..cost import Cost
 from ..dynamics.base import Outcomes, Sample, StepwiseDynamics
+from ..random import make_generators
+from ..rewards.base import Reward, require_prefix_scores
 
-__all__ = ["Checkpoint", "ClosedLoopResult", "block_bounds", "distinct_rows", "require_stepwise"]
+__all__ = ["Checkpoint", "ClosedLoopResult", "Run", "block_bounds", "distinct_rows", "require_stepwise", "start_run"]
 
 
 def require_stepwise(dynamics: Any, who: str) -> StepwiseDynamics:
@@ -34,6 +39,44 @@ def require_stepwise(dynamics: Any, who: str) -> StepwiseDynamics:
         raise ConfigError(f"{who} acts on partial responses and needs a StepwiseDynamics (start/advance/select); "
                           f"{type(dynamics).__name__} only rolls out whole responses")
     return dynamics
+
+
+class Run(NamedTuple):
+    """What every closed-loop run starts from.
+
+    Attributes:
+        dynamics: the stepwise system.
+        cost: the reward as a :class:`~ctrlalign.cost.Cost`.
+        prompts: the D prompts, checked.
+        generators: the D prompts' :class:`~ctrlalign.random.PromptGenerators` (as ``align``'s,
+            so the rollout uniforms are an open-loop run's of the same seed).
+        context: ``dynamics.prepare(prompts)``.
+        horizon: T, the dynamics' response length.
+    """
+
+    dynamics: StepwiseDynamics
+    cost: Cost
+    prompts: list[Any]
+    generators: list[Any]
+    context: Any
+    horizon: int
+
+
+def start_run(who: str, dynamics: Any, cost: Cost | Reward, prompts: Sequence[Any], *, seed: int, context: Any,
+              scores_prefixes: Callable[[int], bool]) -> Run:
+    """Check a closed-loop run's arguments, then seed and prepare it: the dynamics must be
+    stepwise, the prompts valid, and — when ``scores_prefixes(T)`` says the controller will score
+    partial responses of a length-T response — the reward must score prefixes; all refused
+    before any prefill. ``context``: ``dynamics.prepare(prompts)`` already done, or None."""
+    dynamics = require_stepwise(dynamics, who)
+    cost = cost if isinstance(cost, Cost) else Cost(cost)
+    prompts = check_prompts(prompts)
+    T = dynamics.max_horizon
+    if scores_prefixes(T):
+        require_prefix_scores(cost.reward, who)
+    generators = make_generators(seed, prompts, device=dynamics.device)
+    context = dynamics.prepare(prompts) if context is None else context
+    return Run(dynamics, cost, prompts, generators, context, T)
 
 
 def block_bounds(horizon: int, block_size: int) -> list[tuple[int, int]]:

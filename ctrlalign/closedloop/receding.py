@@ -27,14 +27,12 @@ from typing import Any
 import torch
 
 from .._checks import check_int
-from ..align import check_prompts
 from ..controllers.base import Controller
 from ..cost import Cost
 from ..dynamics.base import StepwiseDynamics
-from ..random import make_generators
-from ..rewards.base import Reward, evaluate_reward, require_prefix_scores
+from ..rewards.base import Reward, evaluate_reward
 from ..spaces import ControlSpace, PerToken
-from .base import Checkpoint, ClosedLoopResult, require_stepwise
+from .base import Checkpoint, ClosedLoopResult, start_run
 from .particles import decoded_tokens
 
 __all__ = ["RecedingHorizon"]
@@ -72,17 +70,12 @@ class RecedingHorizon:
         (``meta["windows"]``: where each window's commitment ends; ``meta["committed"]``: per
         window and prompt, the tokens committed)."""
         t_start = time.perf_counter()
-        dynamics = require_stepwise(dynamics, "RecedingHorizon")
-        cost = cost if isinstance(cost, Cost) else Cost(cost)
-        prompts = check_prompts(prompts)
+        run = start_run("RecedingHorizon", dynamics, cost, prompts, seed=seed,
+                        context=context, scores_prefixes=lambda T: min(self.block_size, self.lookahead or T) < T)
+        dynamics, cost, prompts, gens, context, T = run
         D, ctrl = len(prompts), self.controller
         n, k = ctrl.num_samples, ctrl.num_iterations
-        T = dynamics.max_horizon
         L_max = T if self.lookahead is None else min(self.lookahead, T)
-        if self.block_size < T or L_max < T:
-            require_prefix_scores(cost.reward, "RecedingHorizon with windows before the end")
-        gens = make_generators(seed, prompts, device=dynamics.device)
-        context = dynamics.prepare(prompts) if context is None else context
         history: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # committed (V (D, 1, b, d), noise (D, 1, b, ...))
         tokens = torch.zeros(D, dtype=torch.long)
         prefix_calls = torch.zeros(D, dtype=torch.long)

@@ -42,14 +42,12 @@ import torch
 
 from .. import theory
 from .._checks import ConfigError, check_int, check_interval, check_positive
-from ..align import check_prompts
 from ..cost import Cost
 from ..dynamics.base import StepwiseDynamics
-from ..random import make_generators
 from ..resampling import RESAMPLERS, resample
-from ..rewards.base import Reward, require_prefix_scores
+from ..rewards.base import Reward
 from ..selection import Reservoir
-from .base import Checkpoint, ClosedLoopResult, block_bounds, distinct_rows, require_stepwise
+from .base import Checkpoint, ClosedLoopResult, block_bounds, distinct_rows, start_run
 from .particles import Particles
 
 __all__ = ["SMC"]
@@ -142,16 +140,12 @@ class SMC:
             :class:`~ctrlalign.closedloop.base.ClosedLoopResult` with ``log_normalizer`` log Ẑ.
         """
         t_start = time.perf_counter()
-        dynamics = require_stepwise(dynamics, "SMC")
-        cost = cost if isinstance(cost, Cost) else Cost(cost)
-        prompts = check_prompts(prompts)
-        if self.block_size < (dynamics.max_horizon or 0) or self.twist_target_ess is not None:
-            require_prefix_scores(cost.reward, "SMC with checkpoints before the end")
+        run = start_run("SMC", dynamics, cost, prompts, seed=seed, context=context,
+                        scores_prefixes=lambda T: self.block_size < T or self.twist_target_ess is not None)
+        prompts = run.prompts
         D, n, lam = len(prompts), self.num_particles, self.temperature
-        gens = make_generators(seed, prompts, device=dynamics.device)
-        select_gens = [g.select for g in gens]
-        context = dynamics.prepare(prompts) if context is None else context
-        particles = Particles(dynamics, context, prompts, cost, n, gens, controls)
+        select_gens = [g.select for g in run.generators]
+        particles = Particles(run.dynamics, run.context, prompts, run.cost, n, run.generators, controls)
         log_w = torch.zeros(D, n, dtype=torch.float64)
         psi = torch.zeros(D, n, dtype=torch.float64)
         log_z = torch.zeros(D, dtype=torch.float64)

@@ -26,12 +26,10 @@ from typing import Any
 import torch
 
 from .._checks import ConfigError, check_int, check_interval
-from ..align import check_prompts
 from ..cost import Cost
 from ..dynamics.base import StepwiseDynamics
-from ..random import make_generators
-from ..rewards.base import Reward, require_prefix_scores
-from .base import Checkpoint, ClosedLoopResult, distinct_rows, require_stepwise
+from ..rewards.base import Reward
+from .base import Checkpoint, ClosedLoopResult, distinct_rows, start_run
 from .particles import Particles
 
 __all__ = ["SpeculativeRejection", "keep_best"]
@@ -113,17 +111,12 @@ class SpeculativeRejection:
         is an optional fixed pre-logit control of every row). Returns a
         :class:`~ctrlalign.closedloop.base.ClosedLoopResult`; ``final_rewards`` are the survivors'."""
         t_start = time.perf_counter()
-        dynamics = require_stepwise(dynamics, "SpeculativeRejection")
-        cost = cost if isinstance(cost, Cost) else Cost(cost)
-        prompts = check_prompts(prompts)
+        run = start_run("SpeculativeRejection", dynamics, cost, prompts, seed=seed, context=context,
+                        scores_prefixes=lambda T: any(m < self.num_samples for _, m in self.schedule_for(T)))
+        prompts, T = run.prompts, run.horizon
         D = len(prompts)
-        gens = make_generators(seed, prompts, device=dynamics.device)
-        context = dynamics.prepare(prompts) if context is None else context
-        particles = Particles(dynamics, context, prompts, cost, self.num_samples, gens, controls)
-        T = particles.horizon
+        particles = Particles(run.dynamics, run.context, prompts, run.cost, self.num_samples, run.generators, controls)
         checkpoints = self.schedule_for(T)
-        if any(m < self.num_samples for _, m in checkpoints):
-            require_prefix_scores(cost.reward, "SpeculativeRejection")
         trace: list[Checkpoint] = []
         nan = torch.full((D,), float("nan"), dtype=torch.float64)
         t0 = 0
