@@ -37,10 +37,12 @@ import numpy as np
 import torch
 
 import ctrlalign as ca
+from ctrlalign.bench.stats import mean_ci
 from ctrlalign.build import build_reward
 from ctrlalign.closedloop import SMC, SpeculativeRejection
 from ctrlalign.config import RewardTerm
 from ctrlalign.data import mt_bench
+from ctrlalign.testing import CountingDynamics
 
 #: the paper-regime stages' rewards (benchmarks/configs/paper-regime-*.yaml), as reward terms
 REWARDS = {
@@ -78,30 +80,6 @@ def run_one(lm, reward, kind, factory, prompt, seed) -> dict:
             "text": res.texts[0], "seconds": time.perf_counter() - t0, "trace": [c.summary(0) for c in res.trace]}
 
 
-class TokenCounter:
-    """Counts alive decode steps of a CausalLM's rollouts (Best-of-N's tokens, EOS respected)."""
-
-    def __init__(self, lm):
-        self.lm, self.tokens = lm, 0
-        inner = lm.advance
-
-        def advance(state, controls, noise):
-            state, step = inner(state, controls, noise)
-            self.tokens += int(step.alive.sum())
-            return state, step
-
-        lm.advance = advance
-
-
-def bootstrap_ci(x: np.ndarray, groups: np.ndarray, reps: int = 4000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of the mean of x, resampling whole prompts (groups)."""
-    rng = np.random.default_rng(seed)
-    ids = np.unique(groups)
-    by = [x[groups == g] for g in ids]
-    means = [np.concatenate([by[i] for i in rng.integers(0, len(ids), len(ids))]).mean() for _ in range(reps)]
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def report(rows: list[dict]) -> str:
     """Markdown table: each controller against Best-of-N interpolated at its decoded tokens."""
     labels = sorted({r["label"] for r in rows}, key=lambda s: (s.split("-")[0], int(s.split("-")[1])))
@@ -125,8 +103,8 @@ def report(rows: list[dict]) -> str:
             groups.append(r["prompt_id"])
         ci = ""
         if deltas:
-            lo, hi = bootstrap_ci(np.array(deltas), np.array(groups))
-            ci = f"{np.mean(deltas):+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            c = mean_ci(deltas, method="bootstrap", clusters=groups)
+            ci = f"{c.mean:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"
         lines.append(f"| {lb} | {np.mean([r['tokens'] for r in rs]):.0f} | {np.mean([r['full_calls'] for r in rs]):.0f} "
                      f"| {np.mean([r['prefix_calls'] for r in rs]):.0f} | {np.mean([r['reward'] for r in rs]):.3f} | {ci} |")
     return "\n".join(lines)
@@ -170,8 +148,9 @@ def main() -> None:
     rows = [json.loads(x) for x in args.output.read_text().splitlines()] if args.output.exists() else []
     done = {(r["label"], r["prompt_id"], r["seed"]) for r in rows}
     if not args.report_only:
-        lm = ca.CausalLM.from_pretrained(args.model, sampling=ca.SamplingConfig(max_new_tokens=args.tokens))
-        counter = TokenCounter(lm)
+        # tokens decoded (alive steps of every row), counted by a wrapper, not by the controllers
+        lm = CountingDynamics(ca.CausalLM.from_pretrained(args.model,
+                                                          sampling=ca.SamplingConfig(max_new_tokens=args.tokens)))
         items = [it for it in mt_bench() if args.reward != "reference" or it.reference][: args.prompts]
         reward = build_reward([RewardTerm(**t) for t in REWARDS[args.reward]], items)
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -180,9 +159,8 @@ def main() -> None:
                 for seed in args.seeds:
                     if (label, item.id, seed) in done:
                         continue
-                    counter.tokens = 0
                     row = run_one(lm, reward, kind, factory, item.text, seed)
-                    row["tokens"] = counter.tokens  # counted outside the controller
+                    row["tokens"] = int(lm.tokens.sum())  # one prompt per run; reset by its prepare
                     row.update(label=label, prompt_id=item.id, seed=seed, T=args.tokens)
                     with args.output.open("a") as f:
                         f.write(json.dumps(row) + "\n")
