@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -37,11 +38,14 @@ import numpy as np
 import torch
 
 import ctrlalign as ca
+from ctrlalign.bench.diversity import ngrams, tokenize_words
+from ctrlalign.bench.heldout import heldout_scores
 from ctrlalign.bench.stats import mean_ci
 from ctrlalign.build import build_reward
 from ctrlalign.closedloop import SMC, SpeculativeRejection
 from ctrlalign.config import RewardTerm
 from ctrlalign.data import mt_bench
+from ctrlalign.solve import CandidateRecorder
 from ctrlalign.testing import CountingDynamics
 
 #: the paper-regime stages' rewards (benchmarks/configs/paper-regime-*.yaml), as reward terms
@@ -53,75 +57,171 @@ REWARDS = {
 RESULTS = Path("benchmarks/results")
 
 
+#: Best-of-N read out of one pool of this many samples per (prompt, seed): bon-N for N in BON
+POOL = 128
+BON = (8, 16, 32, 64, 128)
+
+
+def sr(n0: int, schedule: list[tuple[int, int]]) -> SpeculativeRejection:
+    return SpeculativeRejection(num_samples=n0, schedule=schedule)
+
+
 def controllers(T: int) -> dict:
-    """label → (kind, factory)."""
-    out = {f"bon-{N}": ("open", lambda N=N: ca.BestOfN(num_samples=N, num_iterations=1, sigma=0.0)) for N in (8, 16, 32)}
-    for n in (16, 32):
-        out[f"smc-{n}"] = ("closed", lambda n=n: SMC(num_particles=n, block_size=8, temperature=0.05,
-                                                       twist_target_ess=0.5, resample_threshold=0.5))
-    for n0 in (32, 64):
-        out[f"sr-{n0}"] = ("closed", lambda n0=n0: SpeculativeRejection(num_samples=n0,
-                                                                         schedule=[(8, n0 // 2), (16, n0 // 4)]))
+    """label → (kind, factory). At T = 32 the closed-loop budgets match Best-of-32/64/128's
+    decoded tokens (1,024 / 2,048 / 4,096): speculative rejection halving the rows at tokens 8
+    and 16 from n₀ = 64, 128, 256 (``sr-n₀``), an aggressive one from n₀ = 128 keeping 32 at
+    token 4 and 8 at token 16 (``sr-128a``, 1,024 tokens: Best-of-128's quarter), and SMC with 32
+    particles (1,024 tokens)."""
+    out: dict = {"bon-pool": ("pool", lambda: ca.BestOfN(num_samples=POOL, num_iterations=1, sigma=0.0))}
+    for n0 in (64, 128, 256):
+        out[f"sr-{n0}"] = ("closed", lambda n0=n0: sr(n0, [(8, n0 // 2), (16, n0 // 4)]))
+    out["sr-128a"] = ("closed", lambda: sr(128, [(4, 32), (16, 8)]))
+    out["smc-32"] = ("closed", lambda: SMC(num_particles=32, block_size=8, temperature=0.05,
+                                          twist_target_ess=0.5, resample_threshold=0.5))
     return out
 
 
-def run_one(lm, reward, kind, factory, prompt, seed) -> dict:
+def run_pool(lm, reward, factory, prompt, seed) -> list[dict]:
+    """Best-of-N for every N in BON from one pool: bon-N keeps the best of the pool's first N
+    samples; its tokens are theirs (lengths), its seconds the pool's prorated."""
     t0 = time.perf_counter()
-    if kind == "open":
-        counting = ca.rewards.counting.CountingReward(reward)
-        res = ca.align(lm, counting, factory(), [prompt], seed=seed)
-        return {"reward": float(res.rewards[0]), "full_calls": sum(counting.calls.values()),
-                "prefix_calls": sum(counting.prefix_calls.values()), "text": res.texts[0],
-                "seconds": time.perf_counter() - t0}
+    counting = ca.rewards.counting.CountingReward(reward)
+    recorder = CandidateRecorder(["p"])
+    ca.align(lm, counting, factory(), [prompt], seed=seed, callback=recorder)
+    seconds = time.perf_counter() - t0
+    cands = recorder.rows
+    lengths = [c["length"] for c in cands]
+    if sum(lengths) != int(lm.tokens.sum()):
+        raise RuntimeError(f"pool lengths sum to {sum(lengths)} but the wrapper counted {int(lm.tokens.sum())}")
+    rows = []
+    for N in BON:
+        best = max(range(N), key=lambda i: (cands[i]["reward"], -i))
+        rows.append({"label": f"bon-{N}", "reward": cands[best]["reward"], "tokens": sum(lengths[:N]),
+                     "full_calls": N, "prefix_calls": 0, "text": cands[best]["text"],
+                     "seconds": seconds * N / POOL})
+    return rows
+
+
+def run_closed(lm, reward, factory, prompt, seed) -> dict:
+    t0 = time.perf_counter()
     counting = ca.rewards.counting.CountingReward(reward)
     res = factory().run(lm, counting, [prompt], seed=seed)
-    return {"reward": float(res.rewards[0]), "tokens_reported": int(res.tokens[0]),
+    return {"reward": float(res.rewards[0]), "tokens": int(lm.tokens.sum()), "tokens_reported": int(res.tokens[0]),
             "full_calls": sum(counting.calls.values()), "prefix_calls": sum(counting.prefix_calls.values()),
             "text": res.texts[0], "seconds": time.perf_counter() - t0, "trace": [c.summary(0) for c in res.trace]}
 
 
-def report(rows: list[dict]) -> str:
-    """Markdown table: each controller against Best-of-N interpolated at its decoded tokens."""
-    labels = sorted({r["label"] for r in rows}, key=lambda s: (s.split("-")[0], int(s.split("-")[1])))
+def family(label: str) -> str:
+    """The curve a label belongs to: bon, sr, sr-a (the aggressive schedule) or smc."""
+    head, tail = label.split("-", 1)
+    return head + ("-a" if tail.endswith("a") else "")
+
+
+def label_order(label: str) -> tuple[str, int]:
+    return family(label), int(re.sub(r"\D", "", label.split("-", 1)[1]))
+
+
+def budget(row: dict, axis: str) -> float:
+    """A run's budget on one axis: decoded ``tokens`` or reward ``calls`` (full + prefix)."""
+    return row["tokens"] if axis == "tokens" else row["full_calls"] + row["prefix_calls"]
+
+
+def delta_vs_bon(key: dict, bons: list[str], r: dict, axis: str) -> float | None:
+    """r's reward minus Best-of-N's at r's budget on ``axis`` (Best-of-N's curve of the same
+    prompt and seed, linear in log budget; None outside the curve's range)."""
+    curve = sorted((budget(key[(b, r["prompt_id"], r["seed"])], axis), key[(b, r["prompt_id"], r["seed"])]["reward"])
+                   for b in bons if (b, r["prompt_id"], r["seed"]) in key)
+    if len(curve) < 2 or not curve[0][0] <= budget(r, axis) <= curve[-1][0] * 1.01:
+        return None
+    xs, ys = np.log([c[0] for c in curve]), [c[1] for c in curve]
+    return r["reward"] - float(np.interp(math.log(budget(r, axis)), xs, ys))
+
+
+def paired(values: list[tuple[float, str]]) -> tuple[str, object]:
+    """A paired mean with its 95% cluster-bootstrap interval over prompts, as text and CI."""
+    if len(values) < 2:
+        return "", None
+    c = mean_ci([v for v, _ in values], method="bootstrap", clusters=[g for _, g in values])
+    return f"{c.mean:+.3f} [{c.low:+.3f}, {c.high:+.3f}]", c
+
+
+def distinct2(text: str) -> float:
+    """Distinct-2 ratio of one response (1.0 when it has under two words)."""
+    words = tokenize_words(text or "")
+    grams = ngrams(words, 2)
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+#: kept responses with a distinct-2 ratio below this count as degenerate repetition
+DEGENERATE = 0.7
+
+
+def report(rows: list[dict], heldout: dict | None = None) -> str:
+    """Markdown table: each controller against Best-of-N at matched decoded tokens and at matched
+    reward calls (full + prefix), and against Best-of-128; with ``heldout`` (label/prompt/seed →
+    scores), the kept responses' published diversity, held-out fluency and degenerate count."""
+    labels = sorted({r["label"] for r in rows}, key=label_order)
     key = {(r["label"], r["prompt_id"], r["seed"]): r for r in rows}
     pairs = sorted({(r["prompt_id"], r["seed"]) for r in rows})
     bons = [lb for lb in labels if lb.startswith("bon-")]
-    lines = ["| controller | tokens / prompt | full calls | prefix calls | reward | Δ vs Best-of-N at matched tokens [95% CI] |",
-             "|---|---|---|---|---|---|"]
+    head = ["controller", "runs", "tokens / prompt", "full calls", "prefix calls", "reward",
+            "Δ vs Best-of-N, matched tokens [95% CI]", "Δ vs Best-of-N, matched calls", f"Δ vs Best-of-{POOL}",
+            "degenerate"]
+    if heldout:
+        head[-1:-1] = ["diversity", "fluency"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lb in labels:
         rs = [key[(lb, p, s)] for p, s in pairs if (lb, p, s) in key]
         if not rs:
             continue
-        deltas, groups = [], []
-        for r in rs:
-            curve = sorted((key[(b, r["prompt_id"], r["seed"])]["tokens"], key[(b, r["prompt_id"], r["seed"])]["reward"])
-                           for b in bons if (b, r["prompt_id"], r["seed"]) in key)
-            if len(curve) < 2 or lb.startswith("bon-"):
-                continue
-            xs, ys = np.log([c[0] for c in curve]), [c[1] for c in curve]
-            deltas.append(r["reward"] - float(np.interp(math.log(r["tokens"]), xs, ys)))
-            groups.append(r["prompt_id"])
-        ci = ""
-        if deltas:
-            c = mean_ci(deltas, method="bootstrap", clusters=groups)
-            ci = f"{c.mean:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"
-        lines.append(f"| {lb} | {np.mean([r['tokens'] for r in rs]):.0f} | {np.mean([r['full_calls'] for r in rs]):.0f} "
-                     f"| {np.mean([r['prefix_calls'] for r in rs]):.0f} | {np.mean([r['reward'] for r in rs]):.3f} | {ci} |")
+        cells = [lb, str(len(rs))] + [f"{np.mean([r[k] for r in rs]):.0f}" for k in ("tokens", "full_calls", "prefix_calls")]
+        cells.append(f"{np.mean([r['reward'] for r in rs]):.3f}")
+        for axis in ("tokens", "calls"):
+            d = [(delta_vs_bon(key, bons, r, axis), r["prompt_id"]) for r in rs]
+            cells.append("" if lb.startswith("bon-") else paired([x for x in d if x[0] is not None])[0])
+        top = [(r["reward"] - key[(f"bon-{POOL}", r["prompt_id"], r["seed"])]["reward"], r["prompt_id"])
+               for r in rs if (f"bon-{POOL}", r["prompt_id"], r["seed"]) in key]
+        cells.append("" if lb == f"bon-{POOL}" else paired(top)[0])
+        if heldout:
+            h = [heldout.get(f"{lb}|{r['prompt_id']}|{r['seed']}") for r in rs]
+            h = [x for x in h if x]
+            cells.append(f"{np.mean([x['paper_diversity'] for x in h]):.3f}" if h else "")
+            flu = [x["fluency"] for x in h if x.get("fluency") is not None and math.isfinite(x["fluency"])]
+            cells.append(f"{np.mean(flu):.2f}" if flu else "")
+        cells.append(f"{sum(distinct2(r['text']) < DEGENERATE for r in rs)}/{len(rs)}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def heldout_cache(rows: list[dict], path: Path, policy: str) -> dict:
+    """Held-out scores of every kept response (published diversity, fluency under the other
+    packaged LM), cached in ``path`` by label|prompt|seed; only missing ones are computed."""
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    todo = [r for r in rows if f"{r['label']}|{r['prompt_id']}|{r['seed']}" not in cache]
+    if todo:
+        prompts = {it.id: it.text for it in mt_bench()}
+        scores = heldout_scores([prompts[r["prompt_id"]] for r in todo], [r["text"] or "" for r in todo],
+                                policy=policy, coherence=False)
+        for i, r in enumerate(todo):
+            cache[f"{r['label']}|{r['prompt_id']}|{r['seed']}"] = {
+                "paper_diversity": scores["paper_diversity"][i], "fluency": scores["fluency"][i]}
+        path.write_text(json.dumps(cache, indent=0, sort_keys=True))
+    return cache
 
 
 def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     families: dict[str, list] = {}
     for r in rows:
-        families.setdefault(r["label"].split("-")[0], []).append(r)
+        families.setdefault(family(r["label"]), []).append(r)
     for fam, rs in sorted(families.items()):
         pts = {}
         for r in rs:
             pts.setdefault(r["label"], []).append((r["tokens"], r["reward"]))
         xy = sorted((np.mean([p[0] for p in v]), np.mean([p[1] for p in v])) for v in pts.values())
         ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label={"bon": "Best-of-N", "smc": "SMC",
-                                                                         "sr": "speculative rejection"}[fam])
+                                                                         "sr": "speculative rejection",
+                                                                         "sr-a": "speculative rejection (aggressive)"}[fam])
     ax.set_xscale("log")
     ax.set_xlabel("decoded tokens per prompt (log)")
     ax.set_ylabel("kept reward (mean over prompts × seeds)")
@@ -140,10 +240,11 @@ def main() -> None:
     ap.add_argument("--model", default="default", help="a packaged model: default (SmolLM2-135M) or gemma3-270m")
     ap.add_argument("--output", type=Path, default=None)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--heldout", action="store_true",
+                    help="score the kept responses' diversity and held-out fluency (cached beside the output)")
     args = ap.parse_args()
     if args.output is None:
-        suffix = "" if (args.reward, args.model) == ("steering", "default") else f"-{args.reward}-{args.model}"
-        args.output = RESULTS / f"closed_loop{suffix}.jsonl"
+        args.output = RESULTS / f"closed_loop-{args.reward}-{args.model}.jsonl"
     torch.set_num_threads(1)
     rows = [json.loads(x) for x in args.output.read_text().splitlines()] if args.output.exists() else []
     done = {(r["label"], r["prompt_id"], r["seed"]) for r in rows}
@@ -154,21 +255,27 @@ def main() -> None:
         items = [it for it in mt_bench() if args.reward != "reference" or it.reference][: args.prompts]
         reward = build_reward([RewardTerm(**t) for t in REWARDS[args.reward]], items)
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        for label, (kind, factory) in controllers(args.tokens).items():
-            for item in items:
-                for seed in args.seeds:
-                    if (label, item.id, seed) in done:
+        for item in items:
+            for seed in args.seeds:
+                for label, (kind, factory) in controllers(args.tokens).items():
+                    if (("bon-%d" % POOL) if kind == "pool" else label, item.id, seed) in done:
                         continue
-                    row = run_one(lm, reward, kind, factory, item.text, seed)
-                    row["tokens"] = int(lm.tokens.sum())  # one prompt per run; reset by its prepare
-                    row.update(label=label, prompt_id=item.id, seed=seed, T=args.tokens)
+                    if kind == "pool":
+                        new = run_pool(lm, reward, factory, item.text, seed)
+                    else:
+                        new = [dict(run_closed(lm, reward, factory, item.text, seed), label=label)]
                     with args.output.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    rows.append(row)
-                    print(f"{label:8s} {item.id:>6} seed {seed}: reward {row['reward']:.3f}, {row['tokens']} tokens, "
-                          f"{row['seconds']:.1f}s", flush=True)
-    print(report(rows))
-    args.output.with_suffix(".md").write_text(report(rows) + "\n")
+                        for row in new:
+                            row.update(prompt_id=item.id, seed=seed, T=args.tokens)
+                            f.write(json.dumps(row) + "\n")
+                    rows.extend(new)
+                    for row in new[-1:]:
+                        print(f"{row['label']:8s} {item.id:>6} seed {seed}: reward {row['reward']:.3f}, "
+                              f"{row['tokens']} tokens, {row['seconds']:.1f}s", flush=True)
+    heldout = heldout_cache(rows, args.output.with_suffix(".heldout.json"), args.model) if args.heldout else None
+    table = report(rows, heldout)
+    print(table)
+    args.output.with_suffix(".md").write_text(table + "\n")
     plot(rows, args.output.with_suffix(".png"))
 
 
