@@ -24,6 +24,7 @@ default model and ``closed_loop-REWARD-MODEL.jsonl`` otherwise.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import re
@@ -43,7 +44,7 @@ from ctrlalign.bench.heldout import heldout_scores
 from ctrlalign.bench.stats import mean_ci
 from ctrlalign.build import build_reward
 from ctrlalign.closedloop import SMC, SpeculativeRejection
-from ctrlalign.config import RewardTerm
+from ctrlalign.config import PRESETS, ControllerConfig, RewardTerm, SpaceConfig
 from ctrlalign.data import mt_bench
 from ctrlalign.solve import CandidateRecorder
 from ctrlalign.testing import CountingDynamics
@@ -78,6 +79,8 @@ def controllers(T: int) -> dict:
     out["sr-128a"] = ("closed", lambda: sr(128, [(4, 32), (16, 8)]))
     out["smc-32"] = ("closed", lambda: SMC(num_particles=32, block_size=8, temperature=0.05,
                                           twist_target_ess=0.5, resample_threshold=0.5))
+    out["aisp-learning"] = ("rounds", lambda: (ControllerConfig(**PRESETS["learning"]["controller"]).build(),
+                                                SpaceConfig(**PRESETS["learning"]["space"]).build()))
     return out
 
 
@@ -102,6 +105,31 @@ def run_pool(lm, reward, factory, prompt, seed) -> list[dict]:
     return rows
 
 
+#: rounds after which the learning preset's best-so-far is read out (n = 16, T = 32: Best-of-32/64/128's tokens)
+ROUNDS = (2, 4, 8)
+
+
+def run_rounds(lm, reward, factory, prompt, seed) -> list[dict]:
+    """The ``learning`` preset (subspace AISP, greedy rollouts, n = 16, k = 8): its best-so-far
+    after k' rounds for k' in ROUNDS is ``aisp-learning-k'`` (a k'-round run is the first k'
+    rounds of the k-round one); tokens counted by the wrapper at each read-out."""
+    t0 = time.perf_counter()
+    counting = ca.rewards.counting.CountingReward(reward)
+    controller, space = factory()
+    rows: list[dict] = []
+
+    def read(it) -> None:
+        k = it.record.iteration
+        if k in ROUNDS:
+            rows.append({"label": f"aisp-learning-{k}", "reward": float(it.record.kept_reward[0]),
+                         "tokens": int(lm.tokens.sum()), "full_calls": sum(counting.calls.values()),
+                         "prefix_calls": 0, "text": it.kept[0].text, "seconds": time.perf_counter() - t0})
+
+    ca.align(lm, counting, controller.replace(num_iterations=max(ROUNDS)), [prompt], space=space, seed=seed,
+             callback=read)
+    return rows
+
+
 def run_closed(lm, reward, factory, prompt, seed) -> dict:
     t0 = time.perf_counter()
     counting = ca.rewards.counting.CountingReward(reward)
@@ -112,13 +140,13 @@ def run_closed(lm, reward, factory, prompt, seed) -> dict:
 
 
 def family(label: str) -> str:
-    """The curve a label belongs to: bon, sr, sr-a (the aggressive schedule) or smc."""
-    head, tail = label.split("-", 1)
+    """The curve a label belongs to: bon, sr, sr-a (the aggressive schedule), smc or aisp-learning."""
+    head, tail = label.rsplit("-", 1)
     return head + ("-a" if tail.endswith("a") else "")
 
 
 def label_order(label: str) -> tuple[str, int]:
-    return family(label), int(re.sub(r"\D", "", label.split("-", 1)[1]))
+    return family(label), int(re.sub(r"\D", "", label.rsplit("-", 1)[1]))
 
 
 def budget(row: dict, axis: str) -> float:
@@ -221,7 +249,8 @@ def plot(rows: list[dict], path: Path) -> None:
         xy = sorted((np.mean([p[0] for p in v]), np.mean([p[1] for p in v])) for v in pts.values())
         ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label={"bon": "Best-of-N", "smc": "SMC",
                                                                          "sr": "speculative rejection",
-                                                                         "sr-a": "speculative rejection (aggressive)"}[fam])
+                                                                         "sr-a": "speculative rejection (aggressive)",
+                                                                         "aisp-learning": "AISP, learning preset"}[fam])
     ax.set_xscale("log")
     ax.set_xlabel("decoded tokens per prompt (log)")
     ax.set_ylabel("kept reward (mean over prompts × seeds)")
@@ -252,16 +281,24 @@ def main() -> None:
         # tokens decoded (alive steps of every row), counted by a wrapper, not by the controllers
         lm = CountingDynamics(ca.CausalLM.from_pretrained(args.model,
                                                           sampling=ca.SamplingConfig(max_new_tokens=args.tokens)))
+
+        @functools.cache
+        def greedy_lm() -> CountingDynamics:  # the learning preset's greedy rollouts
+            sampling = ca.SamplingConfig(max_new_tokens=args.tokens, greedy=True)
+            return CountingDynamics(ca.CausalLM.from_pretrained(args.model, sampling=sampling))
         items = [it for it in mt_bench() if args.reward != "reference" or it.reference][: args.prompts]
         reward = build_reward([RewardTerm(**t) for t in REWARDS[args.reward]], items)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         for item in items:
             for seed in args.seeds:
                 for label, (kind, factory) in controllers(args.tokens).items():
-                    if (("bon-%d" % POOL) if kind == "pool" else label, item.id, seed) in done:
+                    last = {"pool": f"bon-{POOL}", "rounds": f"{label}-{max(ROUNDS)}"}.get(kind, label)
+                    if (last, item.id, seed) in done:
                         continue
                     if kind == "pool":
                         new = run_pool(lm, reward, factory, item.text, seed)
+                    elif kind == "rounds":
+                        new = run_rounds(greedy_lm(), reward, factory, item.text, seed)
                     else:
                         new = [dict(run_closed(lm, reward, factory, item.text, seed), label=label)]
                     with args.output.open("a") as f:
