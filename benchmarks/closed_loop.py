@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 import ctrlalign as ca
-from ctrlalign.bench.diversity import ngrams, tokenize_words
+from ctrlalign.bench.diversity import distinct_n
 from ctrlalign.bench.heldout import heldout_scores
 from ctrlalign.bench.stats import mean_ci
 from ctrlalign.build import build_reward
@@ -173,14 +173,7 @@ def paired(values: list[tuple[float, str]]) -> tuple[str, object]:
     return f"{c.mean:+.3f} [{c.low:+.3f}, {c.high:+.3f}]", c
 
 
-def distinct2(text: str) -> float:
-    """Distinct-2 ratio of one response (1.0 when it has under two words)."""
-    words = tokenize_words(text or "")
-    grams = ngrams(words, 2)
-    return len(set(grams)) / len(grams) if grams else 1.0
-
-
-#: kept responses with a distinct-2 ratio below this count as degenerate repetition
+#: kept responses with a distinct-2 ratio below this count as degenerate repetition (an empty one too)
 DEGENERATE = 0.7
 
 
@@ -216,7 +209,7 @@ def report(rows: list[dict], heldout: dict | None = None) -> str:
             cells.append(f"{np.mean([x['paper_diversity'] for x in h]):.3f}" if h else "")
             flu = [x["fluency"] for x in h if x.get("fluency") is not None and math.isfinite(x["fluency"])]
             cells.append(f"{np.mean(flu):.2f}" if flu else "")
-        cells.append(f"{sum(distinct2(r['text']) < DEGENERATE for r in rs)}/{len(rs)}")
+        cells.append(f"{sum(distinct_n(r['text'] or '', 2) < DEGENERATE for r in rs)}/{len(rs)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
