@@ -199,7 +199,8 @@ def report(rows: list[dict], heldout: dict | None = None) -> str:
         cells.append(f"{np.mean([r['reward'] for r in rs]):.3f}")
         for axis in ("tokens", "calls"):
             d = [(delta_vs_bon(key, bons, r, axis), r["prompt_id"]) for r in rs]
-            cells.append("" if lb.startswith("bon-") else paired([x for x in d if x[0] is not None])[0])
+            valid = [x for x in d if x[0] is not None]
+            cells.append("" if lb.startswith("bon-") else paired(valid)[0] if valid else f"beyond Best-of-{POOL}'s {axis}")
         top = [(r["reward"] - key[(f"bon-{POOL}", r["prompt_id"], r["seed"])]["reward"], r["prompt_id"])
                for r in rs if (f"bon-{POOL}", r["prompt_id"], r["seed"]) in key]
         cells.append("" if lb == f"bon-{POOL}" else paired(top)[0])
