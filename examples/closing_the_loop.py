@@ -3,10 +3,11 @@
 A synthetic token system small enough to enumerate (K = 4 tokens, T = 6 steps: 4,096 sequences)
 whose reward is the mean per-token value of the response plus sequence-level noise, and whose
 prefix score is the mean value of the prefix so far (an informative but imperfect predictor of
-the final reward). Best-of-N, speculative rejection and twisted SMC each run on 16 random
-prompts × 4 seeds at several sizes; the table and the figure place each on (decoded tokens per
-prompt, kept reward), where tokens count every row's steps, stopped and resampled-away rows
-included. The exact optimum under the target p·exp(r/λ) is computed by enumeration.
+the final reward). Best-of-N, speculative rejection, twisted SMC and (open loop, learning a
+per-token control over 4 rounds) AISP each run on 16 random prompts × 4 seeds at several sizes;
+the table and the figure place each on (decoded tokens per prompt, kept reward), where tokens
+count every row's steps, stopped and resampled-away rows included, counted by a wrapper around
+the system. The exact optimum under the target p·exp(r/λ) is computed by enumeration.
 
 Run: ``python examples/closing_the_loop.py [--out docs/img]`` (writes closing_the_loop.png).
 """
@@ -25,6 +26,8 @@ import torch
 
 import ctrlalign as ca
 from ctrlalign.closedloop import SMC, SpeculativeRejection
+from ctrlalign.rewards.counting import CountingReward
+from ctrlalign.testing import CountingDynamics
 
 K, T, DIM = 4, 6, 3
 
@@ -46,15 +49,29 @@ def make_chain(seed: int = 0, num_prompts: int = 16, noise: float = 0.3):
 
 
 def controllers(sizes: tuple[int, ...]) -> dict[str, tuple[str, object]]:
-    """label → (family, controller with ``run``); Best-of-N through receding horizon's one-block
-    case would do too, but plain Best-of-N is SMC with one checkpoint and the argmax read-out."""
+    """label → (family, controller): closed-loop ones have ``run``, AISP goes through
+    :func:`ctrlalign.align`. Plain Best-of-N is SMC with one checkpoint and the argmax read-out."""
     out = {}
     for n in sizes:
         out[f"Best-of-{n}"] = ("Best-of-N", SMC(num_particles=n, block_size=T, resample_threshold=0.0))
         out[f"SR n0={2 * n}"] = ("speculative rejection",
                                  SpeculativeRejection(num_samples=2 * n, schedule=[(2, n), (4, max(1, n // 2))]))
         out[f"SMC n={n}"] = ("SMC", SMC(num_particles=n, block_size=2, temperature=0.1, twist_target_ess=0.5))
+        out[f"AISP n={n} k=4"] = ("AISP", ca.AISP(num_samples=n, num_iterations=4, sigma=2.0, target_ess=0.25))
     return out
+
+
+def run_once(ctrl, dyn, reward, prompts, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(kept rewards, tokens, prefix calls, full calls), each (D,), of one run; tokens and calls
+    counted outside the controller (a dynamics wrapper, a reward wrapper)."""
+    counting_dyn, counting_reward = CountingDynamics(dyn), CountingReward(reward)
+    if isinstance(ctrl, ca.Controller):
+        res = ca.align(counting_dyn, counting_reward, ctrl, prompts, seed=seed)
+    else:
+        res = ctrl.run(counting_dyn, counting_reward, prompts, seed=seed)
+    calls = [torch.tensor([float(c.get(CountingReward.key(p), 0)) for p in prompts])
+             for c in (counting_reward.prefix_calls, counting_reward.calls)]
+    return res.rewards.double(), counting_dyn.tokens.double(), *calls
 
 
 def main(out: Path | None = None, sizes: tuple[int, ...] = (2, 4, 8, 16), seeds: int = 4, num_prompts: int = 16) -> dict:
@@ -64,11 +81,11 @@ def main(out: Path | None = None, sizes: tuple[int, ...] = (2, 4, 8, 16), seeds:
     for label, (family, ctrl) in controllers(sizes).items():
         rewards, tokens, prefix, full = [], [], [], []
         for seed in range(seeds):
-            res = ctrl.run(dyn, reward, prompts, seed=seed)
-            rewards.append(float(res.rewards.mean()))
-            tokens.append(float(res.tokens.double().mean()))
-            prefix.append(float(res.prefix_calls.double().mean()))
-            full.append(float(res.full_calls.double().mean()))
+            kept, used, prefix_calls, full_calls = run_once(ctrl, dyn, reward, prompts, seed)
+            rewards.append(float(kept.mean()))
+            tokens.append(float(used.mean()))
+            prefix.append(float(prefix_calls.mean()))
+            full.append(float(full_calls.mean()))
         rows[label] = {"family": family, "reward": sum(rewards) / seeds, "tokens": sum(tokens) / seeds,
                        "prefix_calls": sum(prefix) / seeds, "full_calls": sum(full) / seeds}
         r = rows[label]
@@ -77,7 +94,7 @@ def main(out: Path | None = None, sizes: tuple[int, ...] = (2, 4, 8, 16), seeds:
     print(f"the best of all {K ** T:,} sequences: {best:.3f}")
     if out is not None:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for family in ("Best-of-N", "speculative rejection", "SMC"):
+        for family in ("Best-of-N", "speculative rejection", "SMC", "AISP"):
             pts = sorted((r["tokens"], r["reward"]) for r in rows.values() if r["family"] == family)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=family)
         ax.set_xscale("log", base=2)

@@ -211,9 +211,12 @@ def test_fast_rollouts_static_engine_on_default_model(tmp_path):
 
 
 def test_closing_the_loop():
-    """The tutorial's toy: every controller reports its budget; with 4 particles SMC decodes
-    exactly Best-of-4's tokens (a fixed checkpoint grid, no early stop)."""
+    """The tutorial's toy: every controller's budget, counted by wrappers; with 4 particles SMC
+    decodes exactly Best-of-4's tokens (a fixed checkpoint grid, no early stop)."""
     rows = load("closing_the_loop").main(sizes=(2, 4), seeds=2, num_prompts=6)
     assert rows["SMC n=4"]["tokens"] == rows["Best-of-4"]["tokens"] == 24
     assert rows["Best-of-4"]["prefix_calls"] == 0 and rows["SMC n=4"]["prefix_calls"] > 0
     assert rows["SR n0=8"]["full_calls"] == 2
+    # open-loop AISP: n·k rollouts of T = 6 tokens, n·k full calls, no prefix calls
+    assert rows["AISP n=4 k=4"]["tokens"] == 4 * 4 * 6 and rows["AISP n=4 k=4"]["full_calls"] == 16
+    assert rows["AISP n=4 k=4"]["prefix_calls"] == 0
