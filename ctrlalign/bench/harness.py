@@ -81,7 +81,7 @@ def _meta(cfg: BenchConfig, items: Sequence[Any], dynamics: Dynamics, reward: Re
         "num_prompts": len(items),
         "prompt_ids": [item_id(it, j) for j, it in enumerate(items)],
         "controllers": {
-            c.key: {"name": c.name, **c.hyperparameters(), "space": c.space.build().describe(),
+            c.key: {"name": c.name, **c.options(), "space": c.space.build().describe(),
                     "space_options": c.space.options(),
                     "selection": c.selection, "common_random_numbers": c.common_random_numbers, "greedy": c.greedy,
                     "sigma2": c.sigma_used**2, "logit_noise_scale": scales.logit_noise_scale(c.sigma_used, row_norm)}

@@ -1,0 +1,215 @@
+"""Closed-loop controllers everywhere users look: the command line (end to end on a tiny random
+model), run configs (round trips, the resumable run store), declarations and the refusals of
+settings they cannot work in (exit 2, naming the value)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import ctrlalign as ca
+from ctrlalign.cli import align_config, build_parser, main
+from ctrlalign.config import RunConfig, validate_config
+from ctrlalign.controllers import CONTROLLERS
+from ctrlalign.declare import describe
+from ctrlalign.rewards import register_reward
+from ctrlalign.rewards.sentiment import LexiconSentiment
+from ctrlalign.store import read_results
+from conftest import make_model, make_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CLOSED = ["smc", "speculative-rejection", "receding-horizon"]
+#: small settings of each closed-loop controller for a 4-token response
+FLAGS = {
+    "smc": ["--num-particles", "3", "--block-size", "2", "--twist-target-ess", "0.5"],
+    "speculative-rejection": ["-n", "4", "--schedule", "2:2"],
+    "receding-horizon": ["--inner", "bon", "-n", "2", "-k", "1", "--sigma", "0", "--block-size", "2",
+                         "--lookahead", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    make_model("llama").save_pretrained(path)
+    make_tokenizer(chat_template=True).save_pretrained(path)
+    return path
+
+
+def _align(tiny, name, *extra):
+    return ["align", "hello there", "--model", str(tiny), "--controller", name, "--max-new-tokens", "4", "-q",
+            *FLAGS[name], *extra]
+
+
+@pytest.mark.parametrize("name", CLOSED)
+def test_align_runs_each_closed_loop_controller_end_to_end(tiny, name, tmp_path, capsys):
+    out = tmp_path / "rec.json"
+    assert main(_align(tiny, name, "--output", str(out))) == 0
+    printed = capsys.readouterr().out
+    rec = json.loads(out.read_text())
+    assert rec["controller"] == name and rec["kind"] == "closed-loop"
+    assert "checkpoint" in printed and "tokens decoded" in printed and rec["response"] in printed
+    assert rec["tokens"] > 0 and rec["reward_calls"] > 0
+    assert rec["trace"] and {"position", "rows", "ess", "temperature", "distinct"} <= set(rec["trace"][0])
+    assert "base_reward" in rec
+    if name == "smc":
+        assert rec["reward_calls"] == 3 and rec["prefix_calls"] == 3  # checkpoint at 2 tokens, end at 4
+        assert rec["tokens"] <= 3 * 4 and rec["log_normalizer"] is not None
+    if name == "speculative-rejection":
+        assert rec["prefix_calls"] == 4 and rec["reward_calls"] == 2
+    if name == "receding-horizon":  # two windows of 2 rollouts, the first scored on its prefix
+        assert rec["prefix_calls"] == 2 and rec["reward_calls"] == 2
+
+
+def test_align_prints_the_open_loop_budget_as_before(tiny, tmp_path, capsys):
+    out = tmp_path / "rec.json"
+    assert main(["align", "hi", "--model", str(tiny), "--controller", "bon", "-n", "2", "-k", "1", "--sigma", "0",
+                 "--max-new-tokens", "3", "-q", "--output", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["kind"] == "open-loop" and rec["prefix_calls"] == 0 and rec["reward_calls"] == 2
+    assert 2 <= rec["tokens"] <= 2 * 3 and rec["trace"][0]["iteration"] == 1
+
+
+def test_cli_solution_matches_the_python_api(tiny):
+    """What ``align --controller smc`` keeps is what SMC(...).run keeps with the same seed."""
+    args = build_parser().parse_args(_align(tiny, "smc", "--seed", "3"))
+    cfg = align_config(args)
+    smc = cfg.controller.build()
+    assert smc.config()["num_particles"] == 3 and smc.twist_target_ess == 0.5
+    lm = ca.CausalLM.from_pretrained(str(tiny), sampling=ca.SamplingConfig(max_new_tokens=4))
+    direct = ca.SMC(num_particles=3, block_size=2, twist_target_ess=0.5).run(lm, LexiconSentiment(), ["hello there"],
+                                                                              seed=3)
+    from ctrlalign.solve import solve_batch
+    from ctrlalign.data import PromptItem
+
+    rec = solve_batch(lm, LexiconSentiment(), smc, [PromptItem(id="p0", text="hello there")], 3, base=False)[0]
+    assert rec["response"] == direct.texts[0] and rec["reward"] == float(direct.rewards[0])
+    assert rec["tokens"] == int(direct.tokens[0]) and rec["trace"] == [c.summary(0) for c in direct.trace]
+
+
+@pytest.mark.parametrize("section", [
+    {"name": "smc", "num_particles": 4, "block_size": 2, "twist_target_ess": 0.5, "scheme": "residual"},
+    {"name": "speculative-rejection", "num_samples": 8, "schedule": [[2, 4], [3, 2]]},
+    {"name": "receding-horizon", "block_size": 2, "lookahead": 3,
+     "inner": {"name": "aisp", "num_samples": 2, "num_iterations": 2, "target_ess": 0.5}},
+])
+def test_config_sections_round_trip(section, tmp_path):
+    cfg = validate_config({"prompts": ["x"], "controller": section})
+    dumped = cfg.model_dump(mode="json")
+    again = validate_config(json.loads(json.dumps(dumped)))
+    assert again == cfg and again.model_dump(mode="json") == dumped
+    built = cfg.controller.build()
+    said = built.section()
+    for key, value in section.items():  # what the section set, the controller holds (nested: what it set)
+        assert ({k: said[key][k] for k in value} if isinstance(value, dict) else said[key]) == value, key
+    assert validate_config({"prompts": ["x"], "controller": built.section()}).controller.build().section() == \
+        built.section()
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"prompts": ["x"], "controller": section}))
+    assert ca.config.load_config(path) == cfg
+
+
+def test_receding_horizon_runs_in_the_run_space():
+    cfg = validate_config({"prompts": ["x"], "controller": {"name": "receding-horizon", "inner": {"name": "bon"}},
+                           "space": {"name": "subspace", "rank": 2}})
+    rh = cfg.controller.build().with_space(cfg.space.build())
+    assert rh.space.describe() == cfg.space.build().describe() and isinstance(rh.inner, ca.BestOfN)
+
+
+BAD = [  # (argv after the prompt, exit code, fragments of the message)
+    (["--controller", "smc", "--num-particles", "0"], 2, ["num_particles", "0", ">= 1"]),
+    (["--controller", "smc", "--scheme", "bogus"], 2, ["scheme", "'bogus'", "systematic"]),
+    (["--controller", "smc", "-n", "4"], 2, ["num_samples", "smc", "num_particles"]),
+    (["--controller", "smc", "--space", "subspace"], 2, ["'smc'", "no control space", "'subspace'"]),
+    (["--controller", "smc", "--greedy"], 2, ["'smc'", "greedy"]),
+    (["--controller", "speculative-rejection", "--selection", "reservoir"], 2, ["controller.selection", "open-loop"]),
+    (["--controller", "speculative-rejection", "--schedule", "4:2,2:1"], 2, ["schedule[1] position"]),
+    (["--controller", "speculative-rejection", "--schedule", "x"], 2, ["T:M"]),
+    (["--controller", "speculative-rejection", "--keep-fraction", "0"], 2, ["keep_fraction", "(0, 1]"]),
+    (["--controller", "receding-horizon", "--inner", "bon", "--alpha", "0.5"], 2, ["alpha"]),
+    (["--controller", "receding-horizon", "--inner", "smc"], 2, ["--inner", "'smc'"]),
+    (["--controller", "receding-horizon", "--horizon", "4"], 2, ["horizon", "lookahead"]),
+    (["--controller", "receding-horizon", "--lookahead", "0"], 2, ["lookahead", "0"]),
+]
+
+
+@pytest.mark.parametrize("argv,code,fragments", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_input_exits_2_naming_the_value_before_any_model_work(argv, code, fragments, capsys, monkeypatch):
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("ctrlalign.build.load_model", no_model)
+    try:
+        rc = main(["align", "hello", "--model", "nowhere", *argv])
+    except SystemExit as exc:  # argparse's refusals (a bad choice or flag type)
+        rc = exc.code
+    assert rc == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in err, (f, err)
+
+
+def test_a_reward_without_prefix_scores_is_refused_by_the_config():
+    class NoPrefix(ca.Reward):
+        name = "no-prefix-test"
+        scores_prefixes = False
+
+        def __call__(self, prompts, outcomes):  # pragma: no cover - never called
+            raise AssertionError
+
+    register_reward("no-prefix-test", NoPrefix)
+    try:
+        with pytest.raises(ca.ConfigError, match="'no-prefix-test' cannot score prefixes"):
+            validate_config({"prompts": ["x"], "controller": {"name": "smc"}, "reward": "no-prefix-test"})
+        validate_config({"prompts": ["x"], "controller": {"name": "aisp"}, "reward": "no-prefix-test"})
+    finally:
+        from ctrlalign.rewards.registry import REWARDS
+
+        del REWARDS["no-prefix-test"]
+
+
+def test_run_store_records_the_closed_loop_budget_and_resumes(tiny, tmp_path):
+    out = tmp_path / "runs.jsonl"
+    data = {"prompts": ["a b", "c d", "e f"], "model": {"name": str(tiny), "max_new_tokens": 4},
+            "controller": {"name": "speculative-rejection", "num_samples": 4, "schedule": [[2, 2]]},
+            "run": {"output": str(out), "batch_prompts": 2, "base": False}, "limit": 2}
+    ca.runner.run(validate_config(data), progress=False, log=lambda s: None)
+    first = read_results(out)
+    assert [r["id"] for r in first] == ["p0", "p1"] if first[0]["id"].startswith("p") else len(first) == 2
+    for r in first:
+        assert r["controller"] == "speculative-rejection" and r["prefix_calls"] == 4 and r["reward_calls"] == 2
+        assert r["tokens"] == 4 * 2 + 2 * 2 or r["tokens"] <= 12
+        assert r["trace"][0]["rows"] == 2
+    data["limit"] = 3
+    ca.runner.run(validate_config(data), progress=False, log=lambda s: None)
+    again = read_results(out)
+    assert len(again) == 3 and again[:2] == first
+
+
+def test_doc_tables_cover_every_registered_controller():
+    """The generated command-line page lists every controller's declared options in a table."""
+    pytest.importorskip("mkdocs")
+    from test_docs import _hooks
+
+    page = _hooks()._cli_page()
+    for name, cls in CONTROLLERS.items():
+        assert f"### `{name}`" in page, name
+        assert describe(cls.spec()) in page, name
+    for name in CLOSED:
+        assert name in page
+
+
+def test_declared_closed_loop_controllers_are_immutable_and_replace_validates():
+    smc = ca.SMC(num_particles=4)
+    with pytest.raises(AttributeError, match="replace"):
+        smc.num_particles = 8
+    assert smc.replace(num_particles=8).num_particles == 8 and smc.num_particles == 4
+    with pytest.raises(ca.ConfigError, match="num_particles"):
+        smc.replace(num_particles=0)
+    rh = ca.RecedingHorizon(ca.AISP(num_samples=2), block_size=2, space=ca.Subspace(rank=2))
+    assert rh.replace(block_size=3).space is rh.space  # the bound space is kept
+    assert RunConfig(prompts=["x"], controller=rh.section()).controller.build().section() == rh.section()
