@@ -18,7 +18,6 @@ from pydantic import (
     ConfigDict,
     PrivateAttr,
     ValidationError,
-    model_serializer,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError

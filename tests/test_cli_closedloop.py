@@ -8,6 +8,7 @@ import json
 
 import pytest
 import yaml
+from conftest import make_model, make_tokenizer
 
 import ctrlalign as ca
 from ctrlalign.cli import align_config, build_parser, main
@@ -17,7 +18,6 @@ from ctrlalign.declare import describe
 from ctrlalign.rewards import register_reward
 from ctrlalign.rewards.sentiment import LexiconSentiment
 from ctrlalign.store import read_results
-from conftest import make_model, make_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,8 +82,8 @@ def test_cli_solution_matches_the_python_api(tiny):
     lm = ca.CausalLM.from_pretrained(str(tiny), sampling=ca.SamplingConfig(max_new_tokens=4))
     direct = ca.SMC(num_particles=3, block_size=2, twist_target_ess=0.5).run(lm, LexiconSentiment(), ["hello there"],
                                                                               seed=3)
-    from ctrlalign.solve import solve_batch
     from ctrlalign.data import PromptItem
+    from ctrlalign.solve import solve_batch
 
     rec = solve_batch(lm, LexiconSentiment(), smc, [PromptItem(id="p0", text="hello there")], 3, base=False)[0]
     assert rec["response"] == direct.texts[0] and rec["reward"] == float(direct.rewards[0])
