@@ -213,3 +213,91 @@ def test_declared_closed_loop_controllers_are_immutable_and_replace_validates():
     rh = ca.RecedingHorizon(ca.AISP(num_samples=2), block_size=2, space=ca.Subspace(rank=2))
     assert rh.replace(block_size=3).space is rh.space  # the bound space is kept
     assert RunConfig(prompts=["x"], controller=rh.section()).controller.build().section() == rh.section()
+
+
+# --------------------------------------------------------------------------------------------
+# the bench: closed-loop entries, budgets counted by wrappers, the matched read-out
+
+
+def test_bench_reads_closed_loop_controllers_out_at_matched_budgets(tmp_path, capsys):
+    from ctrlalign.bench import BenchConfig, run_bench
+    from ctrlalign.bench.matched import log_interp, matched_readout
+    from ctrlalign.bench.plots import write_figures
+    from ctrlalign.bench.report import markdown_report
+    from ctrlalign.rewards import CountingReward
+    from ctrlalign.testing import CountingDynamics
+
+    lm = ca.CausalLM(make_model("llama"), make_tokenizer(), sampling=ca.SamplingConfig(max_new_tokens=4))
+    prompts = ["why is the sky blue", "tell me a story about a happy cat"]
+    cfg = BenchConfig.model_validate(dict(
+        name="tiny-closed", prompts=prompts, reward=[{"name": "sentiment"}], budgets=[2, 4, 8], seeds=[0, 1],
+        batch_prompts=2, coherence=False, output=str(tmp_path / "c.jsonl"), figures=str(tmp_path / "img"),
+        controllers=[
+            {"label": "bon", "name": "bon", "sigma": 0, "num_samples": 2},
+            {"label": "smc", "name": "smc", "num_particles": 4, "block_size": 2, "twist_target_ess": 0.5},
+            {"label": "sr", "name": "speculative-rejection", "num_samples": 6, "schedule": [[2, 3]]},
+            {"label": "rh", "name": "receding-horizon", "block_size": 2, "lookahead": 2,
+             "inner": {"name": "bon", "num_samples": 2, "num_iterations": 1, "sigma": 0}},
+        ]))
+    reward = ca.CallableReward(lambda p, s: float(len(set(s.text.split()))))
+    res = run_bench(cfg, dynamics=lm, reward=reward, judge=False, log=None)
+    recs = {(r["controller"], r["seed"], r["prompt_id"], r["budget"]): r for r in res.records}
+    for seed in (0, 1):  # exact budgets: each run again under the wrappers, one prompt at a time
+        for j, p in enumerate(prompts):
+            for label, ctrl in (("smc", ca.SMC(num_particles=4, block_size=2, twist_target_ess=0.5)),
+                                ("sr", ca.SpeculativeRejection(num_samples=6, schedule=[(2, 3)]))):
+                dyn, counting = CountingDynamics(lm), CountingReward(reward)
+                direct = ctrl.run(dyn, counting, prompts, seed=seed)
+                rec = next(r for k, r in recs.items() if k[:3] == (label, seed, f"p{j}"))
+                assert rec["tokens"] == int(dyn.tokens[j]) == int(direct.tokens[j])
+                assert rec["reward_calls"] == counting.calls[CountingReward.key(p)] == rec["budget"]
+                assert rec["prefix_calls"] == counting.prefix_calls[CountingReward.key(p)] > 0
+                assert rec["reward"] == float(direct.rewards[j]) and rec["text"] == direct.texts[j]
+            for N in (2, 4, 8):  # Best-of-N: N full calls, N responses' tokens
+                dyn = CountingDynamics(lm)
+                out = ca.align(dyn, reward, ca.BestOfN(num_samples=2, num_iterations=N // 2, sigma=0.0), prompts,
+                               seed=seed)
+                assert recs[("bon", seed, f"p{j}", N)]["tokens"] == int(dyn.tokens[j])
+                assert recs[("bon", seed, f"p{j}", N)]["reward"] == float(out.rewards[j])
+                assert recs[("bon", seed, f"p{j}", N)]["prefix_calls"] == 0
+    assert {r["budget"] for r in res.select("sr")} == {3} and {r["budget"] for r in res.select("smc")} == {4}
+    # the matched read-out: Δ = reward − Best-of-N's reward interpolated in log tokens, paired
+    rows = {(r["controller"], r["axis"]): r for a in ("tokens", "calls")
+            for r in matched_readout(res.records, "bon", a, method="t")}
+    sr = [r for r in res.records if r["controller"] == "sr"]
+    deltas = []
+    for r in sr:
+        curve = sorted((b["tokens"], b["reward"]) for b in res.records
+                       if b["controller"] == "bon" and (b["seed"], b["prompt_id"]) == (r["seed"], r["prompt_id"]))
+        deltas.append(r["reward"] - log_interp([c[0] for c in curve], [c[1] for c in curve], r["tokens"])[0])
+    assert rows[("sr", "tokens")]["delta"]["mean"] == pytest.approx(sum(deltas) / len(deltas))
+    assert rows[("sr", "tokens")]["n"] == 4 and rows[("bon", "tokens")]["delta"]["mean"] == pytest.approx(0.0)
+    assert rows[("sr", "calls")]["spent"] == 6 + 3  # 6 prefixes scored, 3 finished
+    text = markdown_report(res)
+    assert "Δ at matched tokens" in text and "Δ at matched reward calls" in text
+    for label in ("`smc`", "`sr`", "`rh`"):
+        assert label in text.split("Matched budgets")[1]
+    paths = write_figures(res, cfg.figures, prefix="tiny-closed")
+    assert any(p.name == "tiny-closed-matched.png" and p.stat().st_size > 1000 for p in paths)
+    checkpoints = next(t for t in res.traces if t["controller"] == "smc")
+    assert checkpoints["kind"] == "closed-loop" and checkpoints["trace"][0]["position"] == 2
+
+
+def test_log_interp_is_linear_in_log_budget_and_flags_the_outside():
+    from ctrlalign.bench.matched import log_interp
+
+    assert log_interp([2, 8], [0.0, 1.0], 4) == (pytest.approx(0.5), True)
+    assert log_interp([2, 8], [0.0, 1.0], 2) == (0.0, True)
+    assert log_interp([2, 8], [0.0, 1.0], 16) == (1.0, False)  # clamped, flagged
+    assert log_interp([2, 8], [0.0, 1.0], 5)[0] != pytest.approx(0.5)  # power: not linear in x
+
+
+def test_bench_refuses_a_closed_loop_entry_it_cannot_run():
+    from ctrlalign.bench import BenchConfig
+
+    with pytest.raises(ValueError, match="'smc'.*no control space"):
+        BenchConfig.model_validate(dict(prompts=["x"], reward="sentiment", controllers=[
+            {"name": "smc", "space": {"name": "subspace", "rank": 2}}]))
+    with pytest.raises(ValueError, match="greedy"):
+        BenchConfig.model_validate(dict(prompts=["x"], reward="sentiment", controllers=[
+            {"name": "speculative-rejection", "greedy": True}]))

@@ -210,6 +210,8 @@ class ClosedLoopController(Declared):
     uses_space: ClassVar[bool] = False
     #: whether the controller needs sampled rollouts (greedy decoding would make its rows equal)
     needs_sampling: ClassVar[bool] = True
+    #: whether its result can be read off at every budget of one run (no: its own settings fix its cost)
+    anytime: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, dynamics: StepwiseDynamics, cost: Cost | Reward, prompts: Sequence[Any], *, seed: int = 0,

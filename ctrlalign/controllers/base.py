@@ -126,6 +126,8 @@ class Controller(Declared):
     uses_space: ClassVar[bool] = True
     #: whether the controller needs sampled rollouts (greedy decoding refused)
     needs_sampling: ClassVar[bool] = False
+    #: whether its result after i of k iterations is a k = i run's (the bench reads it off at every budget)
+    anytime: ClassVar[bool] = True
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3):
         for key, value in (("num_samples", num_samples), ("num_iterations", num_iterations), ("sigma", sigma)):
