@@ -301,3 +301,21 @@ def test_bench_refuses_a_closed_loop_entry_it_cannot_run():
     with pytest.raises(ValueError, match="greedy"):
         BenchConfig.model_validate(dict(prompts=["x"], reward="sentiment", controllers=[
             {"name": "speculative-rejection", "greedy": True}]))
+
+
+@pytest.mark.parametrize("name", CLOSED)
+def test_closed_loop_hyperparameters_are_immutable_after_construction(name):
+    """As the open-loop controllers' (test_controllers.py): assigning a declared hyperparameter
+    raises, ``replace`` validates a copy, the constructors' setter is closed afterwards."""
+    ctrl = CONTROLLERS[name]()
+    for h in ctrl.spec().hyperparameters:
+        with pytest.raises(AttributeError, match=f"{h.name}.*replace"):
+            setattr(ctrl, h.name, getattr(ctrl, h.name))
+        with pytest.raises(AttributeError, match=f"{h.name}.*after construction.*replace"):
+            ctrl.set_hyperparameter(h.name, getattr(ctrl, h.name))
+    other = ctrl.replace(block_size=3)
+    assert type(other) is type(ctrl) and other.block_size == 3 and ctrl.block_size == 8
+    with pytest.raises(ca.ConfigError, match="block_size"):
+        ctrl.replace(block_size=0)
+    with pytest.raises(ca.ConfigError, match="no hyperparameters \\['nope'\\]"):
+        ctrl.replace(nope=1)
