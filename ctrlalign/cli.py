@@ -238,6 +238,8 @@ def align_config(args: argparse.Namespace) -> RunConfig:
                            "output": args.output or os.devnull}
     if args.base is not None:
         run["base"] = args.base
+    if args.save_candidates:  # so that a controller without candidates refuses it before any model work
+        run["save_candidates"] = True
     return validate_config({
         "prompts": [args.prompt], "model": model, "controller": ctrl, "run": run, **({"space": space} if space else {}),
         "reward": [_reward_term(x) for x in args.rewards or ["sentiment"]],
