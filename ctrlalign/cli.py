@@ -31,7 +31,7 @@ from .build import (
     check_run_fits,
 )
 from .config import PRESETS, RunConfig, load_config, validate_config
-from .controllers import CONTROLLERS
+from .controllers import CONTROLLERS, Controller
 from .data import PromptItem
 from .declare import add_arguments, arguments_to_kwargs, override
 from .runner import run
@@ -120,8 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="controller (default: the preset's): open loop (weighs whole responses) or closed loop "
                    "(smc, speculative-rejection, receding-horizon: acts on partial responses)")
     add_arguments(a, CONTROLLERS.specs(), aliases={"num_samples": ["-n"], "num_iterations": ["-k"]})
-    a.add_argument("--inner", default=None, choices=[k for k, c in CONTROLLERS.items() if c.uses_space and
-                                                     "inner" not in c.spec().names],
+    a.add_argument("--inner", default=None, choices=[k for k, c in CONTROLLERS.items() if issubclass(c, Controller)],
                    help="receding-horizon: the open-loop controller run in every window (default: the preset's); "
                    "the controller flags it takes and receding-horizon does not (-n, -k, --sigma, ...) go to it")
     a.add_argument("--schedule", default=None, type=_schedule, metavar="T:M,T:M,...",
@@ -297,8 +296,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     logger.info("loading model %r on %s ...", cfg.model.name, cfg.model.device)
     dyn = build_dynamics(cfg.model)
     check_run_fits(dyn, ctrl, [item], space)
-    logger.info("model ready in %.1fs; %r in %s; reward %s", time.perf_counter() - t0, ctrl, space.describe(),
-                reward.name)
+    logger.info("model ready in %.1fs; %r%s; reward %s", time.perf_counter() - t0, ctrl,
+                f" in {space.describe()}" if ctrl.uses_space else "", reward.name)
     recorder = CandidateRecorder([item.id]) if args.save_candidates else None
     try:
         rec = solve_batch(dyn, reward, ctrl, [item], cfg.run.seed, base=cfg.run.base,

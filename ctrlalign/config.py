@@ -11,9 +11,9 @@ A config file (YAML, JSON or TOML) has these sections; only ``prompts`` is requi
     reward:
       - {name: sentiment, weight: 1.0}
       - {name: toxicity, weight: 0.5}
-    controller:
-      name: aisp
-      num_samples: 8
+    controller:                # open loop: aisp, mppi, bon, softmax, cem; closed loop (on partial
+      name: aisp               # responses): smc, speculative-rejection, receding-horizon (its
+      num_samples: 8           # inner: {name: aisp, ...} runs in every window)
       num_iterations: 4
       sigma: 0.3
       temperature: 0.1
