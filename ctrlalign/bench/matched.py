@@ -14,8 +14,8 @@ gains are paired by (prompt, seed) and their mean's 95% interval is
 counted as independent.
 
 Pure functions of records (dicts with ``controller``, ``budget``, ``seed``, ``prompt_id``,
-``reward``, ``tokens``, ``reward_calls``, ``prefix_calls``), usable by any script that writes
-such records.
+``reward``, ``tokens``, ``reward_calls`` (or ``full_calls``), ``prefix_calls``), usable by any
+script that writes such records.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def budget_of(record: dict[str, Any], axis: str) -> float:
     if axis == "tokens":
         return float(record["tokens"])
     if axis == "calls":
-        return float(record["reward_calls"]) + float(record.get("prefix_calls") or 0)
+        full = record["reward_calls"] if "reward_calls" in record else record["full_calls"]
+        return float(full) + float(record.get("prefix_calls") or 0)
     raise ValueError(f"axis must be one of {', '.join(AXES)}, got {axis!r}")
 
 
