@@ -5,11 +5,15 @@ settings they cannot work in (exit 2, naming the value)."""
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import test_reliability
 import yaml
 from conftest import make_model, make_tokenizer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ctrlalign as ca
 from ctrlalign.cli import align_config, build_parser, main
@@ -324,3 +328,23 @@ def test_closed_loop_hyperparameters_are_immutable_after_construction(name):
         ctrl.replace(block_size=0)
     with pytest.raises(ca.ConfigError, match="no hyperparameters \\['nope'\\]"):
         ctrl.replace(nope=1)
+
+
+@given(st.lists(st.tuples(st.integers(1, 4096), st.floats(-5, 5)), min_size=2, max_size=8, unique_by=lambda p: p[0]))
+@settings(max_examples=60, deadline=None)
+def test_log_interp_passes_through_the_points_and_halves_at_the_geometric_mean(points):
+    """The reference curve passes through Best-of-N's own points (so Best-of-N read out against
+    itself gains exactly 0) and is linear in log budget: at √(x_i·x_{i+1}) it is the mean of the
+    two rewards. A curve linear in x instead fails the second property (the power check)."""
+    from ctrlalign.bench.matched import log_interp
+
+    points.sort()
+    xs, ys = [float(p[0]) for p in points], [p[1] for p in points]
+    for x, y in zip(xs, ys):
+        assert log_interp(xs, ys, x) == (pytest.approx(y, abs=1e-9), True)
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        mid = math.sqrt(x0 * x1)
+        assert log_interp(xs, ys, mid)[0] == pytest.approx((y0 + y1) / 2, abs=1e-9)
+        wrong = float(np.interp(mid, xs, ys))  # linear in x: not the same budget reading
+        if x1 > 2 * x0 and abs(y1 - y0) > 1e-3:
+            assert wrong != pytest.approx((y0 + y1) / 2, abs=1e-9)
