@@ -348,3 +348,27 @@ def test_log_interp_passes_through_the_points_and_halves_at_the_geometric_mean(p
         wrong = float(np.interp(mid, xs, ys))  # linear in x: not the same budget reading
         if x1 > 2 * x0 and abs(y1 - y0) > 1e-3:
             assert wrong != pytest.approx((y0 + y1) / 2, abs=1e-9)
+
+
+def test_cli_bench_with_a_closed_loop_entry_writes_the_matched_table(tiny, tmp_path, capsys):
+    cfg = {"name": "cli-closed", "prompts": ["why is the sky blue", "hello there"], "reward": "sentiment",
+           "model": {"name": str(tiny), "max_new_tokens": 4}, "budgets": [2, 4], "seeds": [0], "coherence": False,
+           "output": str(tmp_path / "b.jsonl"), "figures": str(tmp_path / "img"),
+           "controllers": [{"label": "bon", "name": "bon", "sigma": 0, "num_samples": 2},
+                           {"label": "sr", "name": "speculative-rejection", "num_samples": 4, "schedule": [[2, 2]]}]}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["bench", str(path), "-q"]) == 0
+    tables = (tmp_path / "b.md").read_text()
+    assert "Δ at matched tokens" in tables and "`sr`" in tables.split("Matched budgets")[1]
+    assert (tmp_path / "img" / "cli-closed-matched.png").stat().st_size > 1000
+    records = [r for line in read_results(tmp_path / "b.jsonl") for r in line.get("records", [])]
+    sr = [r for r in records if r["controller"] == "sr"]
+    assert len(sr) == 2 and all(r["prefix_calls"] == 4 and r["reward_calls"] == 2 == r["budget"] for r in sr)
+    assert all(0 < r["tokens"] <= 4 * 2 + 2 * 2 for r in sr)
+    capsys.readouterr()
+    cfg["controllers"][1]["space"] = {"name": "subspace", "rank": 2}  # refused before any model work
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["bench", str(path), "-q", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "'sr'" in err and "no control space" in err and "'subspace'" in err
