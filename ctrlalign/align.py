@@ -30,13 +30,12 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from ._checks import ConfigError, check_int
-from .controllers.base import Controller, Proposal, StepInfo
 from .cost import Cost, CostTerms
 from .data import check_prompt
 from .diagnostics import Diagnostics, diagnose
@@ -46,6 +45,9 @@ from .rewards.base import Reward
 from .schedule import Scheduler, Slot, stack_rows, take_row
 from .selection import Selection
 from .spaces import ControlSpace, PerToken
+
+if TYPE_CHECKING:  # annotations only: the controllers call align (Controller.solve)
+    from .controllers.base import Controller, Proposal, StepInfo
 
 __all__ = ["AlignmentResult", "Iteration", "IterationRecord", "align", "align_stream", "bind_space",
            "check_prompts"]

@@ -31,7 +31,7 @@ from .build import (
     check_run_fits,
 )
 from .config import PRESETS, RunConfig, load_config, validate_config
-from .controllers import CONTROLLERS
+from .controllers import CONTROLLERS, Controller
 from .data import PromptItem
 from .declare import add_arguments, arguments_to_kwargs, override
 from .runner import run
@@ -83,6 +83,14 @@ def _add_model(a: argparse.ArgumentParser) -> None:
                         "(eager engine; default on, about 2x slower than mixing prompts at n = 8)")
 
 
+def _schedule(text: str) -> list[list[int]]:
+    """``T:M,T:M,...`` as a schedule [[T, M], ...] (checked by the controller)."""
+    try:
+        return [[int(t), int(m)] for t, m in (pair.split(":") for pair in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected T:M,T:M,... (integers), got {text!r}") from None
+
+
 def _controller_options() -> set[str]:
     """The option names some registered controller declares (a space option of the same name
     gets no flag of its own)."""
@@ -108,8 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--preset", default="learning", choices=sorted(PRESETS),
                    help="starting configuration: " + "; ".join(f"{k}: {v['help']}" for k, v in PRESETS.items())
                    + ". Flags below override it")
-    a.add_argument("--controller", default=None, choices=list(CONTROLLERS), help="controller (default: the preset's)")
+    a.add_argument("--controller", default=None, choices=list(CONTROLLERS),
+                   help="controller (default: the preset's): open loop (weighs whole responses) or closed loop "
+                   "(smc, speculative-rejection, receding-horizon: acts on partial responses)")
     add_arguments(a, CONTROLLERS.specs(), aliases={"num_samples": ["-n"], "num_iterations": ["-k"]})
+    a.add_argument("--inner", default=None, choices=[k for k, c in CONTROLLERS.items() if issubclass(c, Controller)],
+                   help="receding-horizon: the open-loop controller run in every window (default: the preset's); "
+                   "the controller flags it takes and receding-horizon does not (-n, -k, --sigma, ...) go to it")
+    a.add_argument("--schedule", default=None, type=_schedule, metavar="T:M,T:M,...",
+                   help="speculative-rejection: at T tokens keep the M best rows, e.g. 8:16,16:8 (replaces "
+                   "--block-size/--keep-fraction)")
     a.add_argument("--space", default=None, choices=list(SPACES),
                    help="control space (default: the preset's); its options are the flags that follow")
     add_arguments(a, SPACES.specs(), exclude=_controller_options())
@@ -177,18 +193,43 @@ def align_config(args: argparse.Namespace) -> RunConfig:
     """The run config of ``align``'s flags: the preset, then every flag the user set."""
     preset = PRESETS[args.preset]
     ctrl: dict[str, Any] = dict(preset["controller"])
-    if args.controller is not None and args.controller != ctrl.get("name"):
-        ctrl = {"name": args.controller}  # another controller: its own defaults, not the preset's
-    ctrl = override(ctrl, arguments_to_kwargs(args, CONTROLLERS.specs()), CONTROLLERS[ctrl.get("name", "aisp")].spec())
     space: dict[str, Any] = dict(preset.get("space", {}))
+    model: dict[str, Any] = dict(preset["model"])
+    name = ctrl.get("name", "aisp") if args.controller is None else args.controller
+    cls = CONTROLLERS[name]
+    if name != ctrl.get("name"):  # another controller: its own defaults, not the preset's ...
+        inner = {"inner": ctrl} if "inner" in cls.spec().names else {}  # ... but the preset's runs inside it
+        ctrl = {"name": name, **inner}
+        if not cls.uses_space and args.space is None:
+            space = {}
+        if cls.needs_sampling and args.greedy is None:
+            model.pop("greedy", None)
+    if args.inner is not None:
+        ctrl["inner"] = {"name": args.inner}
     if args.space is not None and args.space != space.get("name"):
         space = {"name": args.space}  # another space: its own defaults, not the preset's
-    space = override(space, arguments_to_kwargs(args, SPACES.specs(), exclude=_controller_options()),
-                     SPACES[space.get("name", "per-token")].spec())
+    space_cls = SPACES[space.get("name", "per-token")]
+    flags = arguments_to_kwargs(args, [*CONTROLLERS.specs(), *SPACES.specs()])
+    if args.schedule is not None:
+        flags["schedule"] = args.schedule
+    inner_cls = CONTROLLERS.get(ctrl["inner"]["name"]) if isinstance(ctrl.get("inner"), dict) else None
+    routed: dict[str, dict[str, Any]] = {"controller": {}, "inner": {}, "space": {}}
+    for key, value in flags.items():  # each flag to the chosen component that takes it
+        if key in cls.spec().names:
+            routed["controller"][key] = value
+        elif inner_cls is not None and key in inner_cls.spec().names:
+            routed["inner"][key] = value
+        elif key in space_cls.spec().names or key not in _controller_options():
+            routed["space"][key] = value
+        else:  # refused by the controller's section, naming it
+            routed["controller"][key] = value
+    ctrl = override(ctrl, routed["controller"], cls.spec())
+    if inner_cls is not None:
+        ctrl["inner"] = override(ctrl["inner"], routed["inner"], inner_cls.spec())
+    space = override(space, routed["space"], space_cls.spec())
     for key in ("selection", "final_samples", "common_random_numbers"):
         if getattr(args, key) is not None:
             ctrl[key] = getattr(args, key)
-    model: dict[str, Any] = dict(preset["model"])
     for flag, key in _MODEL_FLAGS.items():
         if getattr(args, flag, None) is not None:
             model[key] = getattr(args, flag)
@@ -196,25 +237,36 @@ def align_config(args: argparse.Namespace) -> RunConfig:
                            "output": args.output or os.devnull}
     if args.base is not None:
         run["base"] = args.base
+    if args.save_candidates:  # so that a controller without candidates refuses it before any model work
+        run["save_candidates"] = True
     return validate_config({
-        "prompts": [args.prompt], "model": model, "controller": ctrl, "space": space, "run": run,
+        "prompts": [args.prompt], "model": model, "controller": ctrl, "run": run, **({"space": space} if space else {}),
         "reward": [_reward_term(x) for x in args.rewards or ["sentiment"]],
     }, "options")
 
 
-_TRACE_COLUMNS = [  # (header, key, width, format)
-    ("iter", "iteration", 4, "d"), ("mean r", "mean_reward", 8, ".4f"), ("max r", "max_reward", 8, ".4f"),
-    ("best r", "best_reward", 8, ".4f"), ("sd r", "reward_std", 7, ".4f"), ("λ", "temperature", 9, ".4g"),
-    ("ESS", "ess", 6, ".2f"), ("H(w)", "weight_entropy", 6, ".2f"), ("‖θ‖", "mean_norm", 8, ".3f"),
-    ("KL", "kl", 9, ".2f"), ("sec", "seconds", 6, ".2f"),
-]
+_TRACE_COLUMNS = {  # per kind of controller: (header, key, width, format)
+    "open-loop": [
+        ("iter", "iteration", 4, "d"), ("mean r", "mean_reward", 8, ".4f"), ("max r", "max_reward", 8, ".4f"),
+        ("best r", "best_reward", 8, ".4f"), ("sd r", "reward_std", 7, ".4f"), ("λ", "temperature", 9, ".4g"),
+        ("ESS", "ess", 6, ".2f"), ("H(w)", "weight_entropy", 6, ".2f"), ("‖θ‖", "mean_norm", 8, ".3f"),
+        ("KL", "kl", 9, ".2f"), ("sec", "seconds", 6, ".2f"),
+    ],
+    "closed-loop": [  # one row per checkpoint (Checkpoint.summary)
+        ("t", "position", 5, "d"), ("rows", "rows", 5, "d"), ("ESS", "ess", 7, ".2f"), ("λ_t", "temperature", 9, ".4g"),
+        ("mean score", "mean_score", 10, ".4f"), ("distinct", "distinct", 8, "d"), ("resampled", "resampled", 9, ""),
+    ],
+}
 
 
-def _fmt_trace(trace: list[dict[str, float | None]]) -> str:
-    """The per-iteration trace as a table (a value that does not exist, e.g. λ of Best-of-N, is '-')."""
-    rows = [" ".join(f"{h:>{w}}" for h, _, w, _ in _TRACE_COLUMNS)]
+def _fmt_trace(trace: list[dict[str, Any]], kind: str = "open-loop") -> str:
+    """The trace as a table, per iteration (open loop) or per checkpoint (closed loop); a value
+    that does not exist, e.g. λ of Best-of-N, is '-'."""
+    columns = _TRACE_COLUMNS[kind]
+    rows = [" ".join(f"{h:>{w}}" for h, _, w, _ in columns)]
     for t in trace:
-        rows.append(" ".join(f"{'-':>{w}}" if t.get(k) is None else f"{t[k]:>{w}{f}}" for _, k, w, f in _TRACE_COLUMNS))
+        rows.append(" ".join(f"{'-':>{w}}" if t.get(k) is None else f"{t[k]!s:>{w}}" if not f else f"{t[k]:>{w}{f}}"
+                             for _, k, w, f in columns))
     return "\n".join(rows)
 
 
@@ -244,8 +296,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     logger.info("loading model %r on %s ...", cfg.model.name, cfg.model.device)
     dyn = build_dynamics(cfg.model)
     check_run_fits(dyn, ctrl, [item], space)
-    logger.info("model ready in %.1fs; %r in %s; reward %s", time.perf_counter() - t0, ctrl, space.describe(),
-                reward.name)
+    logger.info("model ready in %.1fs; %r%s; reward %s", time.perf_counter() - t0, ctrl,
+                f" in {space.describe()}" if ctrl.uses_space else "", reward.name)
     recorder = CandidateRecorder([item.id]) if args.save_candidates else None
     try:
         rec = solve_batch(dyn, reward, ctrl, [item], cfg.run.seed, base=cfg.run.base,
@@ -263,13 +315,19 @@ def cmd_align(args: argparse.Namespace) -> int:
         print(json.dumps(rec, ensure_ascii=False, indent=2))
         return 0
     print(f"\nPrompt: {args.prompt}\n")
-    print(f"Aligned response ({ctrl.name}, {rec['reward_calls']} reward calls)   reward = {rec['reward']:.4f}")
+    budget = f"{rec['reward_calls']} reward calls"
+    if rec["prefix_calls"]:
+        budget += f" + {rec['prefix_calls']} prefix calls"
+    budget += f", {rec['tokens']} tokens decoded"
+    print(f"Aligned response ({ctrl.name}, {budget})   reward = {rec['reward']:.4f}")
     print("  " + (rec["response"] or "").replace("\n", "\n  "))
     if "base_reward" in rec:
         print(f"\nPlain model response   reward = {rec['base_reward']:.4f}")
         print("  " + (rec["base_response"] or "").replace("\n", "\n  "))
-    print("\nTrace:")
-    print(_fmt_trace(rec["trace"]))
+    print("\nTrace" + (" (one row per checkpoint):" if rec["kind"] == "closed-loop" else ":"))
+    print(_fmt_trace(rec["trace"], rec["kind"]))
+    if rec.get("log_normalizer") is not None:
+        print(f"log Ẑ = {rec['log_normalizer']:.4f}   distinct finished responses: {rec['distinct']}")
     print(f"\ntotal {rec['seconds_total']:.1f}s")
     return 0
 

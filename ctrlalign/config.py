@@ -11,9 +11,9 @@ A config file (YAML, JSON or TOML) has these sections; only ``prompts`` is requi
     reward:
       - {name: sentiment, weight: 1.0}
       - {name: toxicity, weight: 0.5}
-    controller:
-      name: aisp
-      num_samples: 8
+    controller:                # open loop: aisp, mppi, bon, softmax, cem; closed loop (on partial
+      name: aisp               # responses): smc, speculative-rejection, receding-horizon (its
+      num_samples: 8           # inner: {name: aisp, ...} runs in every window)
       num_iterations: 4
       sigma: 0.3
       temperature: 0.1
@@ -226,7 +226,8 @@ class ControllerConfig(ComponentSection):
     section: ClassVar[str] = "controller"
     moved: ClassVar[dict[str, str]] = SPACE_KEYS_MOVED
 
-    name: str = Field("aisp", description="which controller: aisp, mppi, bon, softmax, cem, or any added "
+    name: str = Field("aisp", description="which controller: aisp, mppi, bon, softmax, cem (open loop), smc, "
+                      "speculative-rejection, receding-horizon (closed loop: on partial responses), or any added "
                       "with register_controller")
     selection: Literal["best", "reservoir", "final"] | None = Field(
         None, description="which response to keep: best so far, the softmax reservoir, or the best of "
@@ -235,8 +236,15 @@ class ControllerConfig(ComponentSection):
     common_random_numbers: bool = Field(False, description="replay the same rollout random numbers every round")
 
     def hyperparameters(self) -> dict[str, Any]:
-        """The set hyperparameters (checked values)."""
-        return self.options()
+        """The set hyperparameters, as the built controller holds them (checked values; a
+        nested component as the object; :meth:`options` gives them as plain data)."""
+        return {k: getattr(self.instance, k) for k in self.options()}
+
+    def open_loop_options(self) -> list[str]:
+        """The options of open-loop runs set here (``controller.selection``, ...), for
+        :meth:`~ctrlalign.controllers.base.Controller.check_setting`."""
+        return [f"{self.section}.{k}" for k, unset in (("selection", None), ("final_samples", 1),
+                                                       ("common_random_numbers", False)) if getattr(self, k) != unset]
 
     def build(self, **overrides: Any) -> Controller:
         """The controller (``overrides``, e.g. ``num_iterations``, replace config values)."""
@@ -330,6 +338,21 @@ class RunConfig(_Strict):
         elif isinstance(v, str) and not v.strip():
             raise ValueError("must name a packaged set, a file, or list prompts; got an empty string")
         return v
+
+    @model_validator(mode="after")
+    def _controller_fits(self) -> RunConfig:
+        """The controller can work with this space, decoding and reward (e.g. a closed-loop
+        controller refuses a control space, greedy decoding or a reward without prefix scores),
+        refused here, before any model work."""
+        from .rewards.registry import REWARDS
+
+        default = SpaceConfig()
+        space = None if self.space == default else {"name": self.space.name, **self.space.options()}
+        unscored = [t.name for t in self.reward if not getattr(REWARDS[t.name], "scores_prefixes", True)]
+        extra = self.controller.open_loop_options() + (["run.save_candidates"] if self.run.save_candidates else [])
+        self.controller.instance.check_setting(space=space, greedy=self.model.greedy, unscored_prefixes=unscored,
+                                               open_loop_options=extra)
+        return self
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine each prompt's result: model (not its device), reward,

@@ -12,7 +12,17 @@ defaults of its ``__init__`` signature. From that one declaration come
 * the command line's flags (:func:`add_arguments`, :func:`arguments_to_kwargs`),
 * the documentation's table of options (:func:`describe`).
 
-Nothing else writes a component's options down.
+Nothing else writes a component's options down. :class:`Declared` is the base that holds such
+options on an object (validated once, immutable, :meth:`~Declared.replace`,
+:meth:`~Declared.config`): both kinds of controller — the open-loop
+:class:`~ctrlalign.controllers.base.Controller` and the closed-loop
+:class:`~ctrlalign.closedloop.base.ClosedLoopController` — derive from it.
+
+Besides the scalar kinds (``int``, ``float``, ``bool``, ``str``, which get command-line flags), a
+hyperparameter may be a ``list`` (e.g. a schedule of checkpoints, set in configs and from
+Python; the class checks its items) or a nested component (``kind=dict`` with a
+``registry``: a section ``{name: ..., options}`` built through that registry, or an instance of
+``objects`` from Python), e.g. the open-loop controller a receding-horizon controller runs.
 """
 
 from __future__ import annotations
@@ -22,15 +32,18 @@ import functools
 import inspect
 import math
 import numbers
-from collections.abc import Iterable
+from abc import ABC, ABCMeta
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ._checks import ConfigError
 
 __all__ = [
+    "SCALAR_KINDS",
+    "Declared",
     "Hyperparameter",
     "HyperparameterError",
     "Registry",
@@ -40,10 +53,14 @@ __all__ = [
     "declaration",
     "describe",
     "override",
+    "plain",
     "spec_of",
 ]
 
 _MISSING = inspect.Parameter.empty
+
+#: the kinds of hyperparameter that command-line flags set (the others are set in configs and Python)
+SCALAR_KINDS = (int, float, bool, str)
 
 
 class HyperparameterError(ConfigError):
@@ -73,6 +90,9 @@ class Hyperparameter:
         excludes: the hyperparameters this one is an alternative to (λ fixed by
             ``temperature`` or adapted by ``target_ess``): setting it over a preset
             (:func:`override`) unsets them.
+        registry: for ``kind=dict``, the :class:`Registry` a nested component's section
+            ``{name: ..., options}`` is built through; the component built must be an instance
+            of ``objects``.
     """
 
     name: str
@@ -87,6 +107,7 @@ class Hyperparameter:
     nullable: bool = False
     objects: tuple[type, ...] = ()
     excludes: tuple[str, ...] = ()
+    registry: Any = None
 
     @property
     def label(self) -> str:
@@ -97,6 +118,11 @@ class Hyperparameter:
         """What is allowed, in words (for messages and help)."""
         if self.kind is bool:
             text = "true or false"
+        elif self.kind is list:
+            text = "a list"
+        elif self.kind is dict:
+            kinds = " or ".join(t.__name__ for t in self.objects) or "component"
+            text = f"a {kinds} section {{name: ..., options}}"
         elif self.choices is not None:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         else:
@@ -129,6 +155,12 @@ class Hyperparameter:
         if self.objects and isinstance(value, self.objects):
             return value
         bad = HyperparameterError(f"{self.label} must be {self.allowed()}, got {value!r}", self.name, value)
+        if self.kind is list:
+            if not isinstance(value, (list, tuple)):
+                raise bad
+            return value
+        if self.kind is dict:
+            return self.build_component(value, bad)
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise bad
@@ -154,6 +186,27 @@ class Hyperparameter:
         if self.high is not None and (x > self.high or (self.high_open and x == self.high)):
             raise bad
         return x
+
+    def build_component(self, value: Any, bad: HyperparameterError) -> Any:
+        """A nested component (``kind=dict``) from its section ``{name: ..., options}``, built
+        through ``registry`` (which checks each option); it must be an instance of ``objects``.
+
+        Raises:
+            HyperparameterError: not a section, an unknown name, a bad option (the nested
+                message, prefixed by this hyperparameter's name), or a component of another kind.
+        """
+        if not isinstance(value, Mapping) or not isinstance(value.get("name"), str) or self.registry is None:
+            raise bad
+        options = {k: v for k, v in value.items() if k != "name"}
+        try:
+            built = self.registry.build(value["name"], options)
+        except ConfigError as exc:
+            raise HyperparameterError(f"{self.label}: {exc}", self.name, value) from None
+        if self.objects and not isinstance(built, self.objects):
+            allowed = [k for k, c in self.registry.items() if issubclass(c, self.objects)]
+            raise HyperparameterError(f"{self.label} must be one of {', '.join(allowed)}, got {value['name']!r}",
+                                      self.name, value)
+        return built
 
 
 @dataclass(frozen=True)
@@ -280,6 +333,98 @@ def _union(specs: Iterable[Spec]) -> dict[str, tuple[Hyperparameter, list[str]]]
     return out
 
 
+def plain(value: Any) -> Any:
+    """A hyperparameter's value as plain data: a nested :class:`Declared` component as its
+    section (:meth:`Declared.section`), lists and tuples item by item, anything else as is."""
+    if isinstance(value, Declared):
+        return value.section()
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+class _Constructed(ABCMeta):
+    """Marks an instance as constructed once its outermost ``__init__`` has returned, so that
+    :meth:`Declared.set_hyperparameter` works in constructors only."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        obj = super().__call__(*args, **kwargs)
+        object.__setattr__(obj, "_constructed", True)
+        return obj
+
+
+class Declared(ABC, metaclass=_Constructed):
+    """An object whose options are declared :class:`Hyperparameter` s: each is validated once,
+    in the constructor (:meth:`set_hyperparameter`), and immutable afterwards; :meth:`replace`
+    builds a validated copy with some changed; :meth:`config` and :meth:`section` give them as
+    plain data.
+
+    Subclasses set ``name`` (the name configs and the command line use), ``hyperparameters``
+    (the declarations of their ``__init__`` arguments the bases do not declare) and, for
+    ``__init__`` arguments that are no options but filled when the object is bound to a run,
+    ``bound_arguments`` (kept by :meth:`replace`).
+    """
+
+    name: ClassVar[str] = "declared"
+    hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = ()
+    bound_arguments: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def spec(cls) -> Spec:
+        """This class's declaration (hyperparameters, defaults, ranges)."""
+        return spec_of(cls)
+
+    def set_hyperparameter(self, name: str, value: Any) -> None:
+        """Validate ``value`` against the hyperparameter ``name`` declared by this class or a
+        base (the nearest declaration wins) and store it.
+
+        For constructors: a subclass's ``__init__`` stores each hyperparameter it declares this
+        way. Once the object is constructed, hyperparameters are immutable and this raises
+        ``AttributeError`` (use :meth:`replace` for a validated copy).
+
+        Raises:
+            HyperparameterError: (a ``ConfigError``) ``value`` is outside the declaration.
+            AttributeError: called after construction.
+        """
+        if self.__dict__.get("_constructed", False):
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is a hyperparameter and cannot be set after construction; "
+                f"use .replace({name}=...) for a validated copy")
+        object.__setattr__(self, name, declaration(type(self), name).check(value))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Refuse to reassign a declared hyperparameter: it would bypass validation and change
+        an object other code already holds. Use :meth:`replace` for a changed copy."""
+        if name in self.spec().names:
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is a hyperparameter and cannot be reassigned after "
+                f"construction; use .replace({name}=...) for a validated copy")
+        object.__setattr__(self, name, value)
+
+    def replace(self, **changes: Any) -> Any:
+        """A new object of the same class with ``changes`` applied to its hyperparameters (and
+        bound arguments), validated by the constructor like any other."""
+        names = [*self.spec().names, *self.bound_arguments]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} has no hyperparameters {unknown}; "
+                              f"it declares {list(self.spec().names)}")
+        current = {k: getattr(self, k) for k in names if hasattr(self, k)}
+        return type(self)(**{**current, **changes})
+
+    def config(self) -> dict[str, Any]:
+        """The hyperparameters as plain values (a nested component as its section)."""
+        return {k: plain(getattr(self, k, None)) for k in self.spec().names}
+
+    def section(self) -> dict[str, Any]:
+        """``{"name": name, **config()}``: the config section that builds an equal object."""
+        return {"name": self.name, **self.config()}
+
+    def __repr__(self) -> str:
+        cfg = {k: getattr(self, k, None) for k in self.spec().names}
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items() if v is not None) + ")"
+
+
 def add_arguments(parser: argparse.ArgumentParser | Any, specs: Iterable[Spec], exclude: Iterable[str] = (),
                   aliases: dict[str, list[str]] | None = None) -> None:
     """Add one ``--flag`` per hyperparameter of the union of ``specs`` (default None: the
@@ -289,7 +434,7 @@ def add_arguments(parser: argparse.ArgumentParser | Any, specs: Iterable[Spec], 
     specs = list(specs)
     skip = set(exclude)
     for name, (h, owners) in _union(specs).items():
-        if name in skip:
+        if name in skip or h.kind not in SCALAR_KINDS:
             continue
         defaults = {s.name: s.defaults[name] for s in specs if name in s.defaults}
         shown = sorted({repr(v) for v in defaults.values()})
@@ -309,7 +454,8 @@ def arguments_to_kwargs(args: argparse.Namespace, specs: Iterable[Spec], exclude
     """The hyperparameter flags the user set (not None) of the union of ``specs`` except
     ``exclude``, as a dict for a config section."""
     skip = set(exclude)
-    return {k: getattr(args, k) for k in _union(list(specs)) if k not in skip and getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k, (h, _) in _union(list(specs)).items()
+            if k not in skip and h.kind in SCALAR_KINDS and getattr(args, k, None) is not None}
 
 
 def override(values: dict[str, Any], changes: dict[str, Any], spec: Spec) -> dict[str, Any]:
@@ -330,5 +476,6 @@ def describe(spec: Spec) -> str:
     """A markdown table of the class's hyperparameters (name, symbol, default, allowed, meaning)."""
     rows = ["| name | symbol | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
     for h in spec.hyperparameters:
-        rows.append(f"| `{h.name}` | {h.symbol or ''} | `{spec.defaults[h.name]!r}` | {h.allowed()} | {h.help} |")
+        default = plain(spec.defaults[h.name])
+        rows.append(f"| `{h.name}` | {h.symbol or ''} | `{default!r}` | {h.allowed()} | {h.help} |")
     return "\n".join(rows)

@@ -14,12 +14,14 @@ For a round with rewards r (D, n) and the controller's unnormalised log-weights 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from . import theory
-from .controllers.base import Controller, Proposal, StepInfo
+
+if TYPE_CHECKING:  # annotations only: the controllers call align (Controller.solve)
+    from .controllers.base import Controller, Proposal, StepInfo
 
 __all__ = ["Diagnostics", "diagnose"]
 

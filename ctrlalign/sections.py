@@ -13,11 +13,17 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ._checks import ConfigError
-from .declare import HyperparameterError, Registry, spec_of
+from .declare import HyperparameterError, Registry, plain, spec_of
 
 __all__ = ["ComponentSection"]
 
@@ -86,8 +92,9 @@ class ComponentSection(BaseModel):
             errors.append(_section_error((), str(exc), options))
         if errors:
             raise _invalid(self, errors)
-        for key, value in options.items():  # the values as the component holds them (1 → 1.0 for a float)
-            self.__pydantic_extra__[key] = getattr(self._instance, key, value)  # type: ignore[index]
+        for key, value in options.items():  # the values as the component holds them (1 → 1.0 for a float;
+            # a nested component as its section)
+            self.__pydantic_extra__[key] = plain(getattr(self._instance, key, value))  # type: ignore[index]
         return self
 
     def __eq__(self, other: object) -> bool:

@@ -3,7 +3,8 @@
 
 * :func:`plain_responses` — the plain model's response to each prompt: one rollout with no
   control (Best-of-1 at σ = 0), from the same seed.
-* :func:`solve_batch` — ``align`` plus the plain contrast, as one JSON-ready record per prompt.
+* :func:`solve_batch` — the controller's ``solve`` (either kind) plus the plain contrast, as one
+  JSON-ready record per prompt.
 * :func:`summarize` — aligned vs plain reward over a run: means, 95% CIs, paired difference.
 * :class:`CandidateRecorder` — an ``align`` callback that keeps all n·k candidates (text,
   reward, iteration, log-weight, per-token log-probabilities under the controlled and the plain
@@ -84,11 +85,15 @@ def plain_responses(dynamics: Any, reward: Any, texts: list[str], *, seed: int, 
 def solve_batch(dynamics: Any, reward: Any, controller: Any, items: list[PromptItem], seed: int, base: bool,
                 progress: bool = False, selection: Any = None, common_random_numbers: bool = False,
                 candidates: CandidateRecorder | None = None, space: ControlSpace | None = None) -> list[dict[str, Any]]:
-    """Align a batch of prompts (and, if ``base``, sample the plain model); one record each.
+    """Solve a batch of prompts with ``controller.solve`` (either kind of controller: open loop
+    by :func:`~ctrlalign.align`, closed loop by its ``run``) and, if ``base``, sample the plain
+    model; one record each.
 
-    Record keys: ``id``, ``prompt``, ``response``, ``reward``, ``controller``, ``space``,
-    ``selection``, ``reward_calls``, ``trace``, ``seconds_batch``, and with ``base``
-    ``base_response``, ``base_reward``.
+    Record keys: ``id``, ``prompt``, then :meth:`~ctrlalign.solution.Solution.record`'s
+    (``response``, ``reward``, ``controller``, ``kind``, ``space``, ``selection``,
+    ``reward_calls`` (full), ``prefix_calls``, ``tokens`` (decoded), ``trace``: per iteration
+    or per checkpoint, and a closed-loop run's ``log_normalizer`` and ``distinct``), then
+    ``seconds_batch``, and with ``base`` ``base_response``, ``base_reward``.
 
     Raises:
         RewardError: the reward failed; the message maps the batch index to the prompt id.
@@ -97,9 +102,9 @@ def solve_batch(dynamics: Any, reward: Any, controller: Any, items: list[PromptI
     t0 = time.perf_counter()
     context = dynamics.prepare(texts)
     try:
-        res = align(dynamics, reward, controller, texts, space=space, seed=seed, context=context,
-                    progress=progress, selection=selection, common_random_numbers=common_random_numbers,
-                    callback=candidates)
+        solution = controller.solve(dynamics, reward, texts, space=space, seed=seed, context=context,
+                                    progress=progress, selection=selection,
+                                    common_random_numbers=common_random_numbers, callback=candidates)
         base_res = plain_responses(dynamics, reward, texts, seed=seed, context=context) if base else None
     except RewardError as exc:
         ids = ", ".join(f"{d}={it.id}" for d, it in enumerate(items))
@@ -107,17 +112,7 @@ def solve_batch(dynamics: Any, reward: Any, controller: Any, items: list[PromptI
     seconds = time.perf_counter() - t0
     records = []
     for d, it in enumerate(items):
-        rec: dict[str, Any] = {
-            "id": it.id,
-            "prompt": it.text,
-            "response": res.responses[d].text,
-            "reward": float(res.rewards[d]),
-            "controller": controller.name,
-            "space": res.space.describe(),
-            "selection": res.selection,
-            "reward_calls": int(res.reward_calls[d]),
-            "trace": res.prompt_trace(d),
-        }
+        rec: dict[str, Any] = {"id": it.id, "prompt": it.text, **solution.record(d)}
         if base_res is not None:
             rec["base_response"] = base_res.responses[d].text
             rec["base_reward"] = float(base_res.rewards[d])

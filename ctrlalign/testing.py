@@ -33,7 +33,8 @@ import torch
 from .align import AlignmentResult, Iteration, align
 from .closedloop import SMC, RecedingHorizon, SpeculativeRejection
 from .controllers import AISP, CEM, MPPI, BestOfN, Controller, SoftmaxSampling, StepInfo
-from .dynamics.base import Dynamics, Outcomes, Sample, StepwiseDynamics
+from .dynamics.base import Dynamics, Outcomes, Sample
+from .dynamics.counting import CountingDynamics
 from .dynamics.toy import LinearGaussian, SoftmaxHead
 from .rewards.base import Reward
 from .rewards.counting import CountingReward
@@ -144,61 +145,6 @@ def _outcome_of(sample: Sample) -> Outcomes:
     texts = None if sample.text is None else [[sample.text]]
     return Outcomes(num_prompts=1, num_samples=1, tokens=t, values=t, texts=texts,
                     lengths=torch.tensor([[t.shape[-1]]]))
-
-
-class CountingDynamics(StepwiseDynamics):
-    """Wraps a :class:`~ctrlalign.dynamics.base.StepwiseDynamics` and counts, per prompt of the
-    last :meth:`prepare`, the steps its rows decoded while alive (``tokens``, (D,) long): the
-    budget in tokens, counted outside the controller."""
-
-    def __init__(self, inner: StepwiseDynamics) -> None:
-        self.inner = inner
-        self.hidden_size, self.max_horizon = inner.hidden_size, inner.max_horizon
-        self.tokens = torch.zeros(0, dtype=torch.long)
-
-    @property
-    def device(self) -> torch.device:
-        """The inner system's device."""
-        return self.inner.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The inner system's dtype."""
-        return self.inner.dtype
-
-    def head_weight(self) -> torch.Tensor | None:
-        """The inner system's head."""
-        return self.inner.head_weight()
-
-    def prepare(self, prompts):
-        """The inner preparation; the counts restart at zero for these D prompts."""
-        self.tokens = torch.zeros(len(prompts), dtype=torch.long)
-        return self.inner.prepare(prompts)
-
-    def draw_noise(self, generators, num_samples, steps=None):
-        """The inner system's noise."""
-        return self.inner.draw_noise(generators, num_samples, steps)
-
-    def start(self, context, num_samples):
-        """The inner start."""
-        return self.inner.start(context, num_samples)
-
-    def advance(self, state, controls, noise):
-        """The inner advance, counting each prompt's alive steps (every step of every row when
-        the system reports no ``alive``)."""
-        state, step = self.inner.advance(state, controls, noise)
-        D, n, b = noise.shape[:3]
-        alive = torch.ones(D * n, b, dtype=torch.bool) if step.alive is None else step.alive.cpu()
-        self.tokens += alive.reshape(D, -1).sum(-1)
-        return state, step
-
-    def select(self, state, rows):
-        """The inner select."""
-        return self.inner.select(state, rows)
-
-    def outcomes(self, state):
-        """The inner outcomes."""
-        return self.inner.outcomes(state)
 
 
 #: closed-loop controllers for the contract: name → factory () → controller with ``run``

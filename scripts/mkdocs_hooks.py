@@ -227,8 +227,34 @@ def _cli_page() -> str:
             "component's own default."), ""]
     if len(doc) > 1:
         out += [doc[1].strip().replace("``", "`"), ""]
-    out += ["## `ctrlalign`", "", *body]
+    out += ["## `ctrlalign`", "", *body, *_controller_tables()]
     return "\n".join(out)
+
+
+def _controller_tables() -> list[str]:
+    """One table of declared options per registered controller (``ctrlalign.declare.describe``),
+    open-loop and closed-loop alike: the fields of a config's ``controller`` section and the
+    flags of ``ctrlalign align``."""
+    from ctrlalign.controllers import CONTROLLERS
+    from ctrlalign.declare import describe
+
+    out = ["## Controllers and their options", "",
+           ("Every controller registered in `ctrlalign.controllers.CONTROLLERS`, with the options it declares: "
+            "the keys of a config's `controller:` section beside `name` (e.g. `controller: {name: smc, "
+            "num_particles: 32, block_size: 8}`) and the flags of `ctrlalign align` (`--num-particles 32`). "
+            "Open-loop controllers weigh whole responses and run in the `space:` section's control space; "
+            "closed-loop ones (`smc`, `speculative-rejection`, `receding-horizon`) act on partial responses, "
+            "need a reward that scores prefixes and sampled decoding, and take no `space:` section, except "
+            "`receding-horizon`, whose windows run in it. `receding-horizon`'s `inner` is a nested controller "
+            "section, `inner: {name: aisp, num_samples: 8, num_iterations: 2}` (command line: `--inner aisp` and "
+            "the inner controller's flags); `speculative-rejection`'s `schedule` is a list of pairs "
+            "`[[8, 16], [16, 8]]` (command line: `--schedule 8:16,16:8`)."), ""]
+    for name, cls in CONTROLLERS.items():
+        kind = "open loop" if cls.anytime else "closed loop"
+        first = (cls.__doc__ or "").strip().splitlines()[0]
+        out += [f"### `{name}`", "", f"`{cls.__module__}.{cls.__qualname__}` ({kind}): {first}", "",
+                describe(cls.spec()), ""]
+    return out
 
 
 # --- numbers about runs come from the files the runs wrote ---------------------------------

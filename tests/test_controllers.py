@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 import ctrlalign as ca
 from ctrlalign import theory
 from ctrlalign._checks import ConfigError, RewardError
-from ctrlalign.controllers import CONTROLLERS as CONTROLLER_CLASSES
+from ctrlalign.controllers import CONTROLLERS as REGISTERED
+
+#: the open-loop controllers of the registry (the closed-loop ones are tested in test_cli_closedloop.py)
+CONTROLLER_CLASSES = {k: c for k, c in REGISTERED.items() if issubclass(c, ca.Controller)}
 from ctrlalign.diagnostics import diagnose
 from ctrlalign.testing import CONTROLLERS as FACTORIES
 from ctrlalign.testing import (

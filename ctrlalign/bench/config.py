@@ -80,8 +80,9 @@ class BenchController(ControllerConfig):
     reserved: ClassVar[dict[str, str]] = {"num_iterations": "the bench sets k = N / n for each budget N; remove it"}
 
     label: str | None = Field(None, description="name in tables and plots (default: the controller name)")
-    name: str = Field(..., description="which controller: aisp, mppi, bon, softmax, cem, or any added with "
-                      "register_controller")
+    name: str = Field(..., description="which controller: aisp, mppi, bon, softmax, cem (read off at every "
+                      "budget), smc, speculative-rejection, receding-horizon (closed loop: run once, at the cost "
+                      "its own options set), or any added with register_controller")
     space: SpaceConfig = Field(default_factory=SpaceConfig, description="this entry's control space and its "
                                "options, horizon τ included (default per-token over all max_new_tokens)")
     greedy: bool = Field(False, description="decode this entry greedily (the response is a function of the "
@@ -101,14 +102,15 @@ class BenchController(ControllerConfig):
         return super().build(**overrides)
 
     @property
-    def num_samples_used(self) -> int:
-        """n of the built controller (the config's value, else the controller's default)."""
-        return self.instance.num_samples
+    def num_samples_used(self) -> int | None:
+        """n of the built controller (the config's value, else the controller's default; None
+        for a controller without one)."""
+        return getattr(self.instance, "num_samples", None)
 
     @property
     def sigma_used(self) -> float:
-        """σ of the built controller."""
-        return self.instance.sigma
+        """σ of the built controller (0 for one without control noise, e.g. a closed-loop one)."""
+        return getattr(self.instance, "sigma", 0.0)
 
 
 class SweepGrid(_Strict):
@@ -182,6 +184,10 @@ class BenchConfig(_Strict):
                           "optimises: fluency (mean token log-likelihood under another packaged LM than the "
                           "policy), coherence with MPNet (not the reward's MiniLM) and the published diversity")
     primary: str | None = Field(None, description="label of the controller compared against the baselines")
+    matched_reference: str | None = Field(None, description="label of the plain Best-of-N entry whose reward "
+                                          "curve (as a function of N) every controller is read out against at "
+                                          "matched decoded tokens and matched reward calls (default: the first "
+                                          "entry 'bon' with σ = 0)")
     baselines: list[str] = Field(default_factory=list, description="labels of the baselines for paired differences")
     ci_method: Literal["t", "bootstrap"] = Field("bootstrap", description="CI: cluster bootstrap over prompts, or t over prompt means")
     output: str = Field("benchmarks/results/bench.jsonl", description="results file: a JSON Lines store, one line "
@@ -218,7 +224,18 @@ class BenchConfig(_Strict):
         dup = {k for k in keys if keys.count(k) > 1}
         if dup:
             raise ValueError(f"controller labels must be unique, repeated: {sorted(dup)}")
+        from ..rewards.registry import REWARDS
+
+        unscored = [t.name for t in self.reward if not getattr(REWARDS[t.name], "scores_prefixes", True)]
         for c in entries:
+            space = None if c.space == SpaceConfig() else {"name": c.space.name, **c.space.options()}
+            try:
+                c.instance.check_setting(space=space, greedy=c.greedy or self.model.greedy, unscored_prefixes=unscored,
+                                         open_loop_options=c.open_loop_options())
+            except ConfigError as exc:
+                raise ValueError(f"controller {c.key!r}: {exc}") from None
+            if not c.instance.anytime:
+                continue  # its own options fix its cost: the budgets do not apply
             if c.selection == "final":
                 raise ValueError(f"controller {c.key!r}: selection 'final' draws after the last round, so the "
                                  "bench's anytime read-out at every budget cannot use it; use 'best' or 'reservoir'")
@@ -226,7 +243,8 @@ class BenchConfig(_Strict):
             bad = [b for b in self.budgets if b % n]
             if bad:
                 raise ValueError(f"controller {c.key!r}: budgets {bad} are not multiples of num_samples={n}")
-        for lab in ([self.primary] if self.primary else []) + list(self.baselines):
+        refs = [self.matched_reference] if self.matched_reference else []
+        for lab in ([self.primary] if self.primary else []) + list(self.baselines) + refs:
             if lab not in keys:
                 raise ValueError(f"{lab!r} (primary/baselines) is not a controller label; labels: {keys}")
         return self
@@ -253,7 +271,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
 #: config fields that change no result: results written under other values are resumed (the
 #: controllers are compared run by run, by label, with the settings each run was made with)
 NOT_IDENTITY = ("name", "output", "figures", "tables", "limit", "seeds", "primary", "baselines", "controllers",
-                "sweep")
+                "sweep", "matched_reference")
 
 
 def bench_identity(config: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,17 @@ KL(q_U‖p) and ‖U‖ of the controller's final proposal (its mean after the l
 token-level log-ratio of the kept response to the base model, its diversity, its text (toy
 systems: its value and tokens), and the time, tokens and reward calls spent to reach N. The
 held-out scores are added later (:func:`~ctrlalign.bench.score.finish_bench`).
+
+A controller that cannot be read off at every budget (``anytime`` False: the closed-loop ones,
+whose cost is set by their own hyperparameters) is run once by :func:`run_solved`, through the
+``solve`` protocol both kinds implement; its records carry the budget it spent (full reward
+calls per prompt) as ``budget``.
+
+Every record holds the decoded tokens of its prompt counted by a
+:class:`~ctrlalign.dynamics.counting.CountingDynamics` wrapped around the system (stopped and
+resampled-away rows included; not the controller's own report, which is checked against it),
+the full reward calls (``reward_calls``) and prefix reward calls (``prefix_calls``) counted by
+the :class:`~ctrlalign.rewards.CountingReward`, and the seconds per prompt.
 """
 
 from __future__ import annotations
@@ -27,12 +38,13 @@ import torch
 
 from ..align import Iteration, align
 from ..cost import Cost
-from ..dynamics.base import Dynamics, Sample
+from ..dynamics.base import Dynamics, Sample, StepwiseDynamics
+from ..dynamics.counting import CountingDynamics
 from ..rewards.counting import CountingReward
 from . import diversity
 from .config import BenchController
 
-__all__ = ["BenchRun", "peak_rss_mb", "run_one"]
+__all__ = ["BenchRun", "counted", "peak_rss_mb", "run_one", "run_solved"]
 
 
 class BenchRun(NamedTuple):
@@ -54,6 +66,22 @@ def peak_rss_mb() -> float:
     """The process's peak resident memory in MiB."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024.0 if sys.platform != "darwin" else r / 2**20
+
+
+def counted(dynamics: Dynamics, num_prompts: int) -> tuple[Dynamics, CountingDynamics | None]:
+    """``dynamics`` wrapped in a :class:`~ctrlalign.dynamics.counting.CountingDynamics` reset for
+    D prompts (and the wrapper), or as it is (and None) when it cannot be run step by step."""
+    if not isinstance(dynamics, StepwiseDynamics):
+        return dynamics, None
+    wrapper = CountingDynamics(dynamics)
+    wrapper.reset(num_prompts)
+    return wrapper, wrapper
+
+
+def _calls(counting: CountingReward, text: Any) -> tuple[int, int]:
+    """(full, prefix) reward calls of a prompt so far."""
+    key = CountingReward.key(text)
+    return counting.calls.get(key, 0), counting.prefix_calls.get(key, 0)
 
 
 def run_one(dynamics: Dynamics, cost: Cost, counting: CountingReward, entry: BenchController, texts: list,
@@ -119,13 +147,15 @@ def run_one(dynamics: Dynamics, cost: Cost, counting: CountingReward, entry: Ben
                 # toy systems: keep the tokens for the judge (language models keep the text)
                 "tokens_ids": s.tokens if s.text is None else None,
                 "reward_calls": calls,
+                "prefix_calls": _calls(counting, texts[d])[1],
                 "seconds_per_prompt": (totals["seconds"] + prefill_s) / Dn,
-                "tokens": totals["tokens"] / Dn,
+                "tokens": totals["tokens"] / Dn if wrapper is None else int(wrapper.tokens[d]),
                 "diversity": None if s.text is None else diversity.diversity(s.text),
             })
 
     if entry.greedy:
         dynamics = dynamics.with_sampling(greedy=True)
+    dynamics, wrapper = counted(dynamics, Dn)
     res = align(dynamics, cost, controller, texts, space=entry.space.build(), seed=seed, context=context,
                 callback=callback, selection=entry.build_selection(),
                 common_random_numbers=entry.common_random_numbers)
@@ -156,3 +186,63 @@ def run_one(dynamics: Dynamics, cost: Cost, counting: CountingReward, entry: Ben
         "mean_best_reward": float(res.rewards.double().mean()),
     }
     return BenchRun(run, snaps, traces)
+
+
+def run_solved(dynamics: Dynamics, cost: Cost, counting: CountingReward, entry: BenchController, texts: list,
+               ids: list[str], context: Any, seed: int, prefill_s: float) -> BenchRun:
+    """Run ``entry`` once on the D prompts ``texts`` through its controller's ``solve`` (a
+    controller with its own cost, e.g. a closed-loop one) and record, per prompt, the kept
+    response, its reward and the budget spent: decoded tokens counted by the wrapper, full and
+    prefix reward calls counted by ``counting`` (``budget`` = the full calls), seconds.
+
+    Raises:
+        AssertionError: the controller's own count of tokens or calls disagrees with the
+            wrappers'.
+    """
+    controller = entry.build()
+    counting.reset()
+    Dn = len(texts)
+    if entry.greedy:
+        dynamics = dynamics.with_sampling(greedy=True)
+    dynamics, wrapper = counted(dynamics, Dn)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    sol = controller.solve(dynamics, cost, texts, seed=seed, context=context, space=entry.space.build(),
+                           selection=entry.build_selection(), common_random_numbers=entry.common_random_numbers)
+    tokens = sol.tokens if wrapper is None else wrapper.tokens
+    records, traces = [], []
+    for d in range(Dn):
+        full, prefix = _calls(counting, texts[d])
+        if (full, prefix) != (int(sol.reward_calls[d]), int(sol.prefix_calls[d])) or int(tokens[d]) != int(sol.tokens[d]):
+            raise AssertionError(f"budget mismatch: {entry.key} reports {int(sol.reward_calls[d])} full and "
+                                 f"{int(sol.prefix_calls[d])} prefix calls and {int(sol.tokens[d])} tokens for prompt "
+                                 f"{ids[d]}; counted {full}, {prefix} and {int(tokens[d])}")
+        s = sol.responses[d]
+        records.append({
+            "controller": entry.key, "budget": full, "seed": seed, "prompt_id": ids[d],
+            "num_samples": getattr(controller, "num_samples", getattr(controller, "num_particles", None)),
+            "num_iterations": None, "reward": float(sol.rewards[d]), "control_kl": None, "mean_norm": None,
+            "token_kl": None if s.logprob is None or s.base_logprob is None else s.logprob - s.base_logprob,
+            "length": None if s.tokens is None else len(s.tokens), "text": s.text,
+            "value": None if s.value is None else s.value.tolist(),
+            "tokens_ids": s.tokens if s.text is None else None,
+            "reward_calls": full, "prefix_calls": prefix,
+            "seconds_per_prompt": (sol.seconds + prefill_s) / Dn, "tokens": int(tokens[d]),
+            "diversity": None if s.text is None else diversity.diversity(s.text),
+        })
+        traces.append({"controller": entry.key, "seed": seed, "prompt_id": ids[d], "kind": sol.kind,
+                       "trace": sol.traces[d]})
+    secs = sol.seconds
+    total = int(tokens.sum())
+    run = {
+        "controller": entry.key, "seed": seed, "prompt_ids": list(ids), "num_prompts": Dn,
+        "budget": max(r["budget"] for r in records), "num_samples": records[0]["num_samples"], "num_iterations": None,
+        "seconds": secs, "prefill_seconds": prefill_s, "tokens": total,
+        "tokens_per_second": total / secs if secs > 0 else 0.0,
+        "reward_calls_per_prompt": max(r["reward_calls"] for r in records),
+        "prefix_calls_per_prompt": max(r["prefix_calls"] for r in records),
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        "mean_best_reward": float(sol.rewards.double().mean()),
+    }
+    return BenchRun(run, records, traces)

@@ -31,7 +31,7 @@ from ..rewards.counting import CountingReward
 from ..store import RunInterrupted, Store, output_lock
 from . import scales
 from .config import BenchConfig, bench_identity
-from .execute import peak_rss_mb, run_one
+from .execute import peak_rss_mb, run_one, run_solved
 from .plan import (
     PlannedRun,
     in_plan_order,
@@ -81,7 +81,7 @@ def _meta(cfg: BenchConfig, items: Sequence[Any], dynamics: Dynamics, reward: Re
         "num_prompts": len(items),
         "prompt_ids": [item_id(it, j) for j, it in enumerate(items)],
         "controllers": {
-            c.key: {"name": c.name, **c.hyperparameters(), "space": c.space.build().describe(),
+            c.key: {"name": c.name, **c.options(), "space": c.space.build().describe(),
                     "space_options": c.space.options(),
                     "selection": c.selection, "common_random_numbers": c.common_random_numbers, "greedy": c.greedy,
                     "sigma2": c.sigma_used**2, "logit_noise_scale": scales.logit_noise_scale(c.sigma_used, row_norm)}
@@ -221,8 +221,11 @@ def _run_all(todo: list[PlannedRun], items: Sequence[Any], dynamics: Dynamics, r
             tb = time.perf_counter()
             prepared[p.start] = (dynamics.prepare(texts), time.perf_counter() - tb)
         context, prefill_s = prepared[p.start]
-        out = run_one(dynamics, cost, counting, p.entry, texts, list(p.prompt_ids), context, p.seed, cfg.budgets,
-                      prefill_s)
+        if p.entry.instance.anytime:  # read off at every budget N of one run
+            out = run_one(dynamics, cost, counting, p.entry, texts, list(p.prompt_ids), context, p.seed, cfg.budgets,
+                          prefill_s)
+        else:  # a controller whose own settings fix its cost: run once
+            out = run_solved(dynamics, cost, counting, p.entry, texts, list(p.prompt_ids), context, p.seed, prefill_s)
         if store is not None:  # after every run, so a run stopped early keeps all completed runs
             store.append([{"id": p.key, "settings": p.entry.model_dump(mode="json"), "run": out.run,
                            "records": out.records, "traces": out.traces}])

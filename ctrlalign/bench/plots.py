@@ -32,7 +32,7 @@ import matplotlib
 import matplotlib.ticker
 import numpy as np
 
-from . import frontier, verdict
+from . import frontier, matched, verdict
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -144,6 +144,31 @@ def plot_reward_vs_budget(result, path: str | Path, controllers: Sequence[str] |
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(f"{key} vs budget (mean, 95% CI over prompts x seeds)")
+    return save_figure(fig, path)
+
+
+@_styled
+def plot_matched(result, path: str | Path, reference: str) -> Path:
+    """Mean kept reward against the mean budget spent, one panel per axis of
+    :data:`~ctrlalign.bench.matched.AXES` (decoded tokens, reward calls; log scale): the
+    reference Best-of-N's curve over N as a line, every other (controller, budget) as a point
+    (a line through a controller's budgets)."""
+    records = result.records if hasattr(result, "records") else result["records"]
+    method = (result.config if hasattr(result, "config") else result["config"]).get("ci_method", "bootstrap")
+    fig, axes = plt.subplots(1, len(matched.AXES), figsize=(11, 4.4), sharey=True)
+    for ax, (axis, label) in zip(axes, matched.AXES.items()):
+        rows = matched.matched_readout(records, reference, axis, method=method)
+        for c in dict.fromkeys(r["controller"] for r in rows):
+            sel = sorted((r for r in rows if r["controller"] == c), key=lambda r: r["spent"])
+            style = {"color": "black", "linewidth": 2} if c == reference else {}
+            ax.plot([r["spent"] for r in sel], [r["reward"] for r in sel], marker="o",
+                    label=f"{c} (reference)" if c == reference else c, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"{label} per prompt (log)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("kept reward (mean over prompts × seeds)")
+    axes[0].legend()
+    fig.suptitle(f"every controller against {reference} at matched budgets")
     return save_figure(fig, path)
 
 
@@ -407,12 +432,25 @@ def write_figures(result, folder: str | Path, prefix: str = "bench", primary: st
     plain = plain_baseline(result)
     if plain is not None:
         paths.append(plot_result_frontier(result, folder / f"{prefix}-frontier.png", plain))
+    reference = matched_reference(result)
+    if reference is not None and len(main) > 1:
+        paths.append(plot_matched(result, folder / f"{prefix}-matched.png", reference))
     sweep = plot_sweep(result, folder / f"{prefix}-sweep.png")
     if sweep is not None:
         paths.append(sweep)
         if any(r.get("judge") is not None for r in _summary(result)):
             paths.append(plot_sweep(result, folder / f"{prefix}-sweep-judge.png", key="judge"))
     return paths
+
+
+def matched_reference(result) -> str | None:
+    """The reference Best-of-N of the matched read-out (:func:`~ctrlalign.bench.matched.default_reference`),
+    if it ran at two budgets or more."""
+    cfg = result.config if hasattr(result, "config") else result["config"]
+    meta = result.meta if hasattr(result, "meta") else result["meta"]
+    ref = matched.default_reference(cfg, meta)
+    records = result.records if hasattr(result, "records") else result["records"]
+    return ref if len({r["budget"] for r in records if r["controller"] == ref}) >= 2 else None
 
 
 def plain_baseline(result) -> str | None:

@@ -20,8 +20,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from . import verdict
-from .plots import parse_sweep_label, plain_baseline
+from . import matched, verdict
+from .plots import matched_reference, parse_sweep_label, plain_baseline
 
 __all__ = [
     "comparison_table",
@@ -30,6 +30,7 @@ __all__ = [
     "heldout_table",
     "iteration_table",
     "markdown_report",
+    "matched_table",
     "results_table",
     "scale_table",
     "sweep_table",
@@ -314,6 +315,9 @@ def markdown_report(result, primary: str | None = None, baselines: Sequence[str]
     sw = sweep_table(result)
     if sw.count("\n") > 1:
         parts += ["", sw]
+    reference = matched_reference(result)
+    if reference is not None and len(result_controllers(result)) > 1:
+        parts += ["", matched_table(result, reference)]
     if primary and baselines and hasattr(result, "comparisons"):
         g = verdict.goal_status(result, primary, baselines)
         bad = [c for c in g["checks"] if not (c["reward_better"] and c["judge_not_worse"])]
@@ -329,6 +333,35 @@ def markdown_report(result, primary: str | None = None, baselines: Sequence[str]
                       f"a point above Best-of-N's frontier): **{'met' if g['met'] else 'not met'}**"
                   + ("" if g["met"] else " — failing: " + "; ".join(g["failing"]))]
     return "\n".join(parts) + "\n"
+
+
+def matched_table(result, reference: str) -> str:
+    """Every (controller, budget) against ``reference``'s Best-of-N curve at matched decoded
+    tokens and at matched reward calls (:mod:`~ctrlalign.bench.matched`): its spend on each axis,
+    its reward and the paired gain over the interpolated reference, with the 95% CI."""
+    records = _get(result, "records")
+    method = _get(result, "config").get("ci_method", "bootstrap")
+    by_axis = {axis: {(r["controller"], r["budget"]): r for r in matched.matched_readout(records, reference, axis, method)}
+               for axis in matched.AXES}
+    calls = {}
+    for r in records:
+        calls.setdefault((r["controller"], int(r["budget"])), []).append(r)
+    header = ["controller", "N", "tokens / prompt", "full calls", "prefix calls", "reward",
+              "Δ at matched tokens [95% CI]", "Δ at matched reward calls [95% CI]", "outside the curve"]
+    rows = []
+    for key, t in by_axis["tokens"].items():
+        c = by_axis["calls"].get(key)
+        recs = calls[key]
+        rows.append([f"`{key[0]}`", str(key[1]), _f(t["spent"], 0),
+                     _f(sum(r["reward_calls"] for r in recs) / len(recs), 1),
+                     _f(sum(r.get("prefix_calls") or 0 for r in recs) / len(recs), 1), _f(t["reward"]),
+                     fmt_ci(t["delta"], signed=True), fmt_ci(None if c is None else c["delta"], signed=True),
+                     f"{t['outside']} / {c['outside'] if c else '-'} of {t['n']}"])
+    note = (f"Matched budgets: each controller's kept reward minus `{reference}`'s Best-of-N reward interpolated "
+            "in log budget at the tokens it decoded (counted by a wrapper around the model) and at the reward calls "
+            "it made (full + prefix), paired over prompt × seed (95% CI, prompts as clusters); outside the curve: "
+            "pairs clamped to its ends (tokens / calls).")
+    return note + "\n\n" + _table(header, rows)
 
 
 def result_controllers(result) -> list[str]:

@@ -103,6 +103,8 @@ def frontier_points(result, baseline: str, controllers: Sequence[str] | None = N
         One dict per (controller, N): ``controller``, ``budget``, ``reward`` (mean over prompts
         × seeds), ``kl_paper``, ``kl_charged``, ``gap_paper``, ``gap_charged`` (reward minus
         the reference at that KL; beyond the reference's range: the bound above, or NaN).
+        Records without a control KL (closed-loop controllers, read out at matched budgets by
+        :mod:`~ctrlalign.bench.matched` instead) are left out.
     """
     ref_n, ref_r = reference_frontier(result, baseline)
     recs = _records(result)
@@ -112,6 +114,8 @@ def frontier_points(result, baseline: str, controllers: Sequence[str] | None = N
     for c in names:
         for N in sorted({int(r["budget"]) for r in recs if r["controller"] == c}):
             sel = [r for r in recs if r["controller"] == c and r["budget"] == N]
+            if all(r.get("control_kl") is None for r in sel):
+                continue  # no control KL (a closed-loop controller): no place on this frontier
             reward = float(np.mean([r["reward"] for r in sel]))
             kl_paper = float(np.mean([r["control_kl"] or 0.0 for r in sel]))
             kl_charged = kl_paper + float(frontier.bon_kl(N))

@@ -11,26 +11,35 @@ Budgets are counted per prompt, so that controllers can be compared at matched t
 as matched reward calls: decoded tokens (every row's tokens while it was alive, including rows
 later stopped or resampled away), prefix reward calls, full reward calls, and distinct finished
 responses.
+
+:class:`ClosedLoopController` is their base: hyperparameters declared like an open-loop
+controller's (:class:`~ctrlalign.declare.Declared`), so configs, flags and the docs' tables
+cover them, and :meth:`ClosedLoopController.solve`, the same protocol as
+:meth:`~ctrlalign.controllers.base.Controller.solve`, so the command line, the runner and the
+benchmark solve a batch without asking which kind of controller they hold.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
 from .._checks import ConfigError
 from ..align import check_prompts
 from ..cost import Cost
+from ..declare import Declared
 from ..dynamics.base import Outcomes, Sample, StepwiseDynamics
 from ..random import make_generators
 from ..rewards.base import Reward, require_prefix_scores
+from ..solution import Solution
 
-__all__ = ["Checkpoint", "ClosedLoopResult", "Run", "block_bounds", "distinct_rows", "require_stepwise", "start_run"]
+__all__ = ["Checkpoint", "ClosedLoopController", "ClosedLoopResult", "Run", "block_bounds", "distinct_rows", "require_stepwise", "start_run"]
 
 
 def require_stepwise(dynamics: Any, who: str) -> StepwiseDynamics:
@@ -182,3 +191,90 @@ class ClosedLoopResult:
     def to_json(self) -> str:
         """:meth:`to_records` as a JSON string."""
         return json.dumps(self.to_records())
+
+
+class ClosedLoopController(Declared):
+    """Base class of the closed-loop controllers (:mod:`ctrlalign.closedloop`).
+
+    Subclasses override exactly :meth:`run` and declare ``name`` and ``hyperparameters``
+    (:class:`~ctrlalign.declare.Hyperparameter`; each stored in ``__init__`` with
+    ``self.set_hyperparameter(name, value)``, immutable afterwards, :meth:`replace` for a
+    validated copy), and say whether they act in a control space (``uses_space``) and whether
+    they need sampled rollouts (``needs_sampling``). They need a
+    :class:`~ctrlalign.dynamics.base.StepwiseDynamics` and, when they score partial responses,
+    a reward that scores prefixes.
+    """
+
+    name: ClassVar[str] = "closed-loop"
+    #: whether the controller acts in a control space (the run's ``space`` section)
+    uses_space: ClassVar[bool] = False
+    #: whether the controller needs sampled rollouts (greedy decoding would make its rows equal)
+    needs_sampling: ClassVar[bool] = True
+    #: whether its result can be read off at every budget of one run (no: its own settings fix its cost)
+    anytime: ClassVar[bool] = False
+
+    @abstractmethod
+    def run(self, dynamics: StepwiseDynamics, cost: Cost | Reward, prompts: Sequence[Any], *, seed: int = 0,
+            context: Any = None) -> ClosedLoopResult:
+        """Run on D prompts: the kept responses, their rewards, the per-checkpoint trace and
+        the budget (:class:`ClosedLoopResult`)."""
+
+    def with_space(self, space: Any) -> ClosedLoopController:
+        """This controller acting in the run's control space ``space`` (None: as it is). A
+        controller without one (``uses_space`` False) returns itself."""
+        return self
+
+    def solve(self, dynamics: Any, reward: Any, prompts: Sequence[Any], *, seed: int = 0, context: Any = None,
+              space: Any = None, selection: Any = None, common_random_numbers: bool = False,
+              callback: Callable[[Any], None] | None = None, progress: bool = False) -> Solution:
+        """Solve D prompts by :meth:`run` and return the :class:`~ctrlalign.solution.Solution`
+        (the protocol of :meth:`~ctrlalign.controllers.base.Controller.solve`): full and prefix
+        reward calls, decoded tokens, and per prompt the checkpoints'
+        :meth:`Checkpoint.summary` (ESS, λ_t, distinct prefixes, survivors) as its trace, with
+        log Ẑ and the distinct finished responses as extra fields.
+
+        Raises:
+            ConfigError: a ``selection``, ``common_random_numbers`` or a candidate ``callback``
+                (open-loop notions) was asked for.
+        """
+        asked = [k for k, v in (("selection", selection), ("common_random_numbers", common_random_numbers),
+                                ("candidates", callback)) if v]
+        if asked:
+            raise ConfigError(f"{', '.join(asked)} {'applies' if len(asked) == 1 else 'apply'} to open-loop "
+                              f"controllers only, not to the closed-loop {self.name!r}")
+        res = self.with_space(space).run(dynamics, reward, prompts, seed=seed, context=context)
+        D = len(res.prompts)
+        extra = [{"log_normalizer": None if res.log_normalizer is None else float(res.log_normalizer[d]),
+                  "distinct": int(res.distinct[d])} for d in range(D)]
+        described = getattr(getattr(self, "space", None), "describe", None)
+        return Solution(
+            prompts=res.prompts, responses=res.responses, rewards=res.rewards.double().cpu(),
+            reward_calls=res.full_calls.long().cpu(), prefix_calls=res.prefix_calls.long().cpu(),
+            tokens=res.tokens.long().cpu(), traces=[[c.summary(d) for c in res.trace] for d in range(D)],
+            controller=self.name, kind="closed-loop", seconds=res.seconds,
+            space=described() if self.uses_space and described is not None else None, extra=extra, result=res)
+
+    def check_setting(self, *, space: dict[str, Any] | None, greedy: bool, unscored_prefixes: Sequence[str],
+                      open_loop_options: Sequence[str] = ()) -> None:
+        """Refuse, before any model work, a run setting this controller cannot work in: a
+        control space when it acts in none, greedy decoding when it needs sampled rows, reward
+        terms that cannot score prefixes, options of open-loop runs (``open_loop_options``:
+        those set, e.g. ``controller.selection``).
+
+        Raises:
+            ConfigError: naming the value and what is allowed.
+        """
+        if open_loop_options:
+            raise ConfigError(f"{', '.join(open_loop_options)} {'applies' if len(open_loop_options) == 1 else 'apply'} "
+                              f"to open-loop controllers only, not to the closed-loop {self.name!r}; unset it")
+        if space is not None and not self.uses_space:
+            raise ConfigError(f"controller {self.name!r} decodes from the model itself and takes no control space; "
+                              f"got space {space.get('name')!r} (leave the space section unset, or use "
+                              "receding-horizon, which runs an open-loop controller in it)")
+        if greedy and self.needs_sampling:
+            raise ConfigError(f"controller {self.name!r} needs sampled rows (greedy decoding makes every row the "
+                              "same); set model.greedy: false (--no-greedy)")
+        if unscored_prefixes:
+            raise ConfigError(f"controller {self.name!r} scores partial responses, but reward "
+                              f"{', '.join(map(repr, unscored_prefixes))} cannot score prefixes "
+                              "(scores_prefixes=False); use an open-loop controller or a reward that scores prefixes")

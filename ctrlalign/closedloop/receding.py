@@ -21,48 +21,79 @@ system, and it costs t extra tokens per rollout, which the budget counts. With o
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from .._checks import check_int
-from ..controllers.base import Controller
+from .._checks import ConfigError
+from ..controllers import CONTROLLERS, BestOfN, Controller
 from ..cost import Cost
+from ..declare import Hyperparameter
 from ..dynamics.base import StepwiseDynamics
 from ..rewards.base import Reward, evaluate_reward
 from ..spaces import ControlSpace, PerToken
-from .base import Checkpoint, ClosedLoopResult, start_run
+from .base import Checkpoint, ClosedLoopController, ClosedLoopResult, start_run
 from .particles import decoded_tokens
 
-__all__ = ["RecedingHorizon"]
+__all__ = ["DEFAULT_INNER", "RecedingHorizon"]
+
+#: the inner controller by default: plain Best-of-8 per window (no control)
+DEFAULT_INNER = BestOfN(num_samples=8, num_iterations=1, sigma=0.0)
 
 
-class RecedingHorizon:
-    """Model predictive control over partial responses with an open-loop ``controller``.
+class RecedingHorizon(ClosedLoopController):
+    """Model predictive control over partial responses with an open-loop ``inner`` controller.
 
     Args:
-        controller: the open-loop controller run in every window (its n and k).
+        inner: the open-loop controller run in every window (its n and k); in a config, a
+            controller section, e.g. ``inner: {name: aisp, num_samples: 8, num_iterations: 2}``.
         block_size: b >= 1, tokens committed per window (at most the window's L).
         lookahead: L >= 1, tokens in a window (None: to the end of the response).
         space: the control space of the window (bound to τ = L each window; its own
-            ``horizon`` is ignored); None: per-token.
+            ``horizon`` is ignored); None: per-token. Not an option: in a run it is the run's
+            ``space`` section.
     """
 
-    name = "receding"
+    name = "receding-horizon"
+    uses_space = True
+    needs_sampling = False
+    bound_arguments = ("space",)
+    hyperparameters = (
+        Hyperparameter("inner", dict, "the open-loop controller run in every window (its n and k)",
+                       objects=(Controller,), registry=CONTROLLERS),
+        Hyperparameter("block_size", int, "tokens committed per window (at most the window's L)", "b", low=1),
+        Hyperparameter("lookahead", int, "tokens in a window (unset: to the end of the response)", "L", low=1,
+                       nullable=True),
+    )
 
-    def __init__(self, controller: Controller, *, block_size: int = 8, lookahead: int | None = None,
-                 space: ControlSpace | None = None) -> None:
-        if not isinstance(controller, Controller):
-            raise TypeError(f"controller must be a ctrlalign Controller, got {type(controller).__name__}")
-        self.controller = controller
-        self.block_size = check_int("block_size", block_size, minimum=1, symbol="b")
-        self.lookahead = None if lookahead is None else check_int("lookahead", lookahead, minimum=1, symbol="L")
+    def __init__(self, inner: Controller | Mapping[str, Any] = DEFAULT_INNER, *, block_size: int = 8,
+                 lookahead: int | None = None, space: ControlSpace | None = None) -> None:
+        if not isinstance(inner, (Controller, Mapping)):
+            raise TypeError(f"inner must be a ctrlalign Controller (or its config section), got {type(inner).__name__}")
+        for key, value in (("inner", inner), ("block_size", block_size), ("lookahead", lookahead)):
+            self.set_hyperparameter(key, value)
+        if space is not None and not isinstance(space, ControlSpace):
+            raise TypeError(f"space must be a ctrlalign ControlSpace, got {type(space).__name__}")
         self.space = PerToken() if space is None else space
 
     def __repr__(self) -> str:
-        return (f"RecedingHorizon({self.controller!r}, block_size={self.block_size}, lookahead={self.lookahead}, "
+        return (f"RecedingHorizon({self.inner!r}, block_size={self.block_size}, lookahead={self.lookahead}, "
                 f"space={self.space.describe()})")
+
+    def with_space(self, space: ControlSpace | None) -> RecedingHorizon:
+        """This controller with its windows in ``space`` (None: as it is)."""
+        return self if space is None else self.replace(space=space)
+
+    def check_setting(self, *, space: dict[str, Any] | None, greedy: bool, unscored_prefixes: Sequence[str],
+                      open_loop_options: Sequence[str] = ()) -> None:
+        """As :meth:`ClosedLoopController.check_setting` (the run's space is the windows'), and
+        a space with a ``horizon`` is refused: the window's L sets it."""
+        super().check_setting(space=space, greedy=greedy, unscored_prefixes=unscored_prefixes,
+                              open_loop_options=open_loop_options)
+        if space is not None and space.get("horizon") is not None:
+            raise ConfigError(f"receding-horizon binds the space to each window's L tokens; got space.horizon = "
+                              f"{space['horizon']!r}: leave it unset and set the controller's lookahead")
 
     def run(self, dynamics: StepwiseDynamics, cost: Cost | Reward, prompts: Sequence[Any], *, seed: int = 0,
             context: Any = None) -> ClosedLoopResult:
@@ -73,7 +104,7 @@ class RecedingHorizon:
         run = start_run("RecedingHorizon", dynamics, cost, prompts, seed=seed,
                         context=context, scores_prefixes=lambda T: min(self.block_size, self.lookahead or T) < T)
         dynamics, cost, prompts, gens, context, T = run
-        D, ctrl = len(prompts), self.controller
+        D, ctrl = len(prompts), self.inner
         n, k = ctrl.num_samples, ctrl.num_iterations
         L_max = T if self.lookahead is None else min(self.lookahead, T)
         history: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # committed (V (D, 1, b, d), noise (D, 1, b, ...))

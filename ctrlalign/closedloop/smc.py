@@ -41,13 +41,21 @@ from typing import Any
 import torch
 
 from .. import theory
-from .._checks import ConfigError, check_int, check_interval, check_positive
+from .._checks import ConfigError
 from ..cost import Cost
+from ..declare import Hyperparameter
 from ..dynamics.base import StepwiseDynamics
 from ..resampling import RESAMPLERS, resample
 from ..rewards.base import Reward
 from ..selection import Reservoir
-from .base import Checkpoint, ClosedLoopResult, block_bounds, distinct_rows, start_run
+from .base import (
+    Checkpoint,
+    ClosedLoopController,
+    ClosedLoopResult,
+    block_bounds,
+    distinct_rows,
+    start_run,
+)
 from .particles import Particles
 
 __all__ = ["SMC"]
@@ -55,7 +63,7 @@ __all__ = ["SMC"]
 READOUTS = ("argmax", "weight")
 
 
-class SMC:
+class SMC(ClosedLoopController):
     r"""Twisted SMC with n particles and a checkpoint every b tokens (see the module docstring).
 
     Args:
@@ -73,32 +81,34 @@ class SMC:
     """
 
     name = "smc"
+    hyperparameters = (
+        Hyperparameter("num_particles", int, "particles per prompt", "n", low=1),
+        Hyperparameter("block_size", int, "tokens between checkpoints (>= T: one checkpoint, at the end)", "b",
+                       low=1),
+        Hyperparameter("temperature", float, "λ of the target p·exp(r/λ) (the last twist is exactly r/λ)", "λ",
+                       low=0, low_open=True),
+        Hyperparameter("twist_temperature", float, "fixed λ_t of the intermediate twists r(prefix)/λ_t (unset: λ)",
+                       "λ_t", low=0, low_open=True, nullable=True, excludes=("twist_target_ess",)),
+        Hyperparameter("twist_target_ess", float, "instead, λ_t per prompt and checkpoint so that the ESS is this "
+                       "fraction of n (adaptive tempering)", "ρ_ESS", low=0, high=1, low_open=True, nullable=True,
+                       excludes=("twist_temperature",)),
+        Hyperparameter("resample_threshold", float, "resample when ESS < κ·n (0: never; 1: whenever the weights "
+                       "are not uniform)", "κ", low=0, high=1),
+        Hyperparameter("scheme", str, "the resampling scheme", choices=tuple(RESAMPLERS)),
+        Hyperparameter("readout", str, "'argmax': the best final particle by full reward; 'weight': one drawn "
+                       "with probability ∝ its final weight", choices=READOUTS),
+    )
 
     def __init__(self, *, num_particles: int = 16, block_size: int = 8, temperature: float = 0.1,
                  twist_temperature: float | None = None, twist_target_ess: float | None = None,
                  resample_threshold: float = 0.5, scheme: str = "systematic", readout: str = "argmax") -> None:
-        self.num_particles = check_int("num_particles", num_particles, minimum=1, symbol="n")
-        self.block_size = check_int("block_size", block_size, minimum=1, symbol="b")
-        self.temperature = check_positive("temperature", temperature, symbol="λ")
         if twist_temperature is not None and twist_target_ess is not None:
             raise ConfigError("set at most one of twist_temperature (fixed λ_t) and twist_target_ess (adaptive λ_t)")
-        self.twist_temperature = (None if twist_temperature is None
-                                  else check_positive("twist_temperature", twist_temperature, symbol="λ_t"))
-        self.twist_target_ess = (None if twist_target_ess is None
-                                 else check_interval("twist_target_ess", twist_target_ess, 0.0, 1.0))
-        if self.twist_target_ess == 0.0:
-            raise ConfigError("twist_target_ess must be in (0, 1], got 0")
-        self.resample_threshold = check_interval("resample_threshold", resample_threshold, 0.0, 1.0)
-        if scheme not in RESAMPLERS:
-            raise ConfigError(f"scheme must be one of {', '.join(RESAMPLERS)}, got {scheme!r}")
-        self.scheme = scheme
-        if readout not in READOUTS:
-            raise ConfigError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
-        self.readout = readout
-
-    def __repr__(self) -> str:
-        return (f"SMC(num_particles={self.num_particles}, block_size={self.block_size}, temperature={self.temperature}, "
-                f"resample_threshold={self.resample_threshold}, scheme={self.scheme!r}, readout={self.readout!r})")
+        for key, value in (("num_particles", num_particles), ("block_size", block_size),
+                           ("temperature", temperature), ("twist_temperature", twist_temperature),
+                           ("twist_target_ess", twist_target_ess), ("resample_threshold", resample_threshold),
+                           ("scheme", scheme), ("readout", readout)):
+            self.set_hyperparameter(key, value)
 
     def twist_temperatures(self, scores: torch.Tensor, log_weights: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         r"""(D,) λ_t for prefix scores (D, n): fixed, or adaptive so that the weights

@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 
-from .._checks import ConfigError, check_int, check_interval
+from .._checks import ConfigError, check_int
 from ..cost import Cost
+from ..declare import Hyperparameter
 from ..dynamics.base import StepwiseDynamics
 from ..rewards.base import Reward
-from .base import Checkpoint, ClosedLoopResult, distinct_rows, start_run
+from .base import Checkpoint, ClosedLoopController, ClosedLoopResult, distinct_rows, start_run
 from .particles import Particles
 
 __all__ = ["SpeculativeRejection", "keep_best"]
@@ -42,7 +43,7 @@ def keep_best(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return order.sort(dim=-1).values
 
 
-class SpeculativeRejection:
+class SpeculativeRejection(ClosedLoopController):
     """Speculative rejection with a schedule of checkpoints.
 
     Either an explicit ``schedule`` or the constant-rate one: a checkpoint every b =
@@ -60,17 +61,24 @@ class SpeculativeRejection:
             past the end of a response are ignored.
     """
 
-    name = "speculative"
+    name = "speculative-rejection"
+    hyperparameters = (
+        Hyperparameter("num_samples", int, "rows started per prompt", "n₀", low=1),
+        Hyperparameter("block_size", int, "tokens between checkpoints of the constant-rate schedule", "b", low=1),
+        Hyperparameter("keep_fraction", float, "rows kept at each checkpoint of the constant-rate schedule "
+                       "(1: stop nothing, Best-of-n₀)", "ρ", low=0, high=1, low_open=True),
+        Hyperparameter("min_rows", int, "rows never pruned below this many", low=1),
+        Hyperparameter("schedule", list, "[[t, m], ...]: at t tokens keep the m best rows (t increasing, m "
+                       "non-increasing); replaces the constant-rate schedule", nullable=True),
+    )
 
     def __init__(self, *, num_samples: int = 32, block_size: int = 8, keep_fraction: float = 0.5,
                  min_rows: int = 1, schedule: Sequence[tuple[int, int]] | None = None) -> None:
-        self.num_samples = check_int("num_samples", num_samples, minimum=1, symbol="n₀")
-        self.block_size = check_int("block_size", block_size, minimum=1, symbol="b")
-        self.keep_fraction = check_interval("keep_fraction", keep_fraction, 0.0, 1.0)
-        if self.keep_fraction == 0.0:
-            raise ConfigError("keep_fraction (ρ) must be in (0, 1], got 0")
-        self.min_rows = check_int("min_rows", min_rows, minimum=1)
-        self.schedule = None if schedule is None else self._check_schedule(schedule)
+        for key, value in (("num_samples", num_samples), ("block_size", block_size),
+                           ("keep_fraction", keep_fraction), ("min_rows", min_rows), ("schedule", schedule)):
+            self.set_hyperparameter(key, value)
+        if self.schedule is not None:  # the pairs checked, kept as a tuple of (t, m)
+            self.set_hyperparameter("schedule", self._check_schedule(self.schedule))
 
     def _check_schedule(self, schedule: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
         steps = []
@@ -98,12 +106,6 @@ class SpeculativeRejection:
             m = max(self.min_rows, min(m, math.ceil(self.keep_fraction * m)))
             out.append((t, m))
         return tuple(out)
-
-    def __repr__(self) -> str:
-        if self.schedule is not None:
-            return f"SpeculativeRejection(num_samples={self.num_samples}, schedule={list(self.schedule)})"
-        return (f"SpeculativeRejection(num_samples={self.num_samples}, block_size={self.block_size}, "
-                f"keep_fraction={self.keep_fraction})")
 
     def run(self, dynamics: StepwiseDynamics, cost: Cost | Reward, prompts: Sequence[Any], *, seed: int = 0,
             context: Any = None, controls: torch.Tensor | None = None) -> ClosedLoopResult:

@@ -35,8 +35,8 @@ order, so under the same seed all controllers see identical noise:
 
 from __future__ import annotations
 
-from abc import ABC, ABCMeta, abstractmethod
-from collections.abc import Sequence
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, NamedTuple
 
@@ -44,8 +44,10 @@ import torch
 
 from .. import theory
 from .._checks import ConfigError
-from ..declare import Hyperparameter, Spec, declaration, spec_of
+from ..align import align
+from ..declare import Declared, Hyperparameter
 from ..selection import BestSoFar, Selection
+from ..solution import Solution
 from ..spaces import ControlSpace
 
 __all__ = ["Controller", "Proposal", "StepInfo", "WeightedController"]
@@ -103,18 +105,8 @@ _BASE_HYPERPARAMETERS = (
 )
 
 
-class _Constructed(ABCMeta):
-    """Marks an instance as constructed once its outermost ``__init__`` has returned, so that
-    :meth:`Controller.set_hyperparameter` works in constructors only."""
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        obj = super().__call__(*args, **kwargs)
-        object.__setattr__(obj, "_constructed", True)
-        return obj
-
-
-class Controller(ABC, metaclass=_Constructed):
-    r"""Base class of all controllers.
+class Controller(Declared):
+    r"""Base class of all open-loop controllers.
 
     Args:
         num_samples: n >= 1, samples per prompt per iteration.
@@ -123,62 +115,50 @@ class Controller(ABC, metaclass=_Constructed):
 
     The control space θ lives in (and its horizon τ) is not the controller's: it is a component
     of its own (:mod:`ctrlalign.spaces`), given to :func:`~ctrlalign.align` and bound to the
-    run before :meth:`init` receives it.
+    run before :meth:`init` receives it. The declaration machinery (validation, immutability,
+    :meth:`~ctrlalign.declare.Declared.replace`, :meth:`~ctrlalign.declare.Declared.config`) is
+    :class:`~ctrlalign.declare.Declared`'s, shared with the closed-loop controllers.
     """
 
     name: ClassVar[str] = "controller"
     hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = _BASE_HYPERPARAMETERS
+    #: whether the controller acts in a control space (the run's ``space`` section)
+    uses_space: ClassVar[bool] = True
+    #: whether the controller needs sampled rollouts (greedy decoding refused)
+    needs_sampling: ClassVar[bool] = False
+    #: whether its result after i of k iterations is a k = i run's (the bench reads it off at every budget)
+    anytime: ClassVar[bool] = True
 
     def __init__(self, *, num_samples: int = 8, num_iterations: int = 4, sigma: float = 0.3):
         for key, value in (("num_samples", num_samples), ("num_iterations", num_iterations), ("sigma", sigma)):
             self.set_hyperparameter(key, value)
 
-    # ------------------------------------------------------------------ declaration
-    @classmethod
-    def spec(cls) -> Spec:
-        """This controller's declaration (hyperparameters, defaults, ranges)."""
-        return spec_of(cls)
+    # ------------------------------------------------------------------ solving a batch
+    def solve(self, dynamics: Any, reward: Any, prompts: Sequence[Any], *, seed: int = 0, context: Any = None,
+              space: ControlSpace | None = None, selection: Selection | None = None,
+              common_random_numbers: bool = False, callback: Callable[[Any], None] | None = None,
+              progress: bool = False) -> Solution:
+        """Solve D prompts by :func:`~ctrlalign.align` (the arguments are its own) and return
+        the :class:`~ctrlalign.solution.Solution`: the kept responses, n·k full reward calls
+        (no prefix calls), the decoded tokens (every candidate's length; n·T per round on a
+        system without lengths) and the per-iteration trace."""
+        counted = _TokenCount(len(prompts), getattr(dynamics, "max_horizon", None), callback)
+        res = align(dynamics, reward, self, prompts, space=space, seed=seed, context=context, progress=progress,
+                    selection=selection, common_random_numbers=common_random_numbers, callback=counted)
+        D = len(res.prompts)
+        return Solution(
+            prompts=res.prompts, responses=res.responses, rewards=res.rewards.double().cpu(),
+            reward_calls=res.reward_calls.long().cpu(), prefix_calls=torch.zeros(D, dtype=torch.long),
+            tokens=counted.tokens, traces=[res.prompt_trace(d) for d in range(D)], controller=self.name,
+            kind="open-loop", seconds=res.seconds, space=None if res.space is None else res.space.describe(),
+            selection=res.selection, result=res)
 
-    def set_hyperparameter(self, name: str, value: Any) -> None:
-        """Validate ``value`` against the hyperparameter ``name`` declared by this class or a
-        base (the nearest declaration wins) and store it.
-
-        For constructors: a subclass's ``__init__`` stores each hyperparameter it declares this
-        way. Once the object is constructed, hyperparameters are immutable and this raises
-        ``AttributeError`` (use :meth:`replace` for a validated copy).
-
-        Raises:
-            HyperparameterError: (a ``ConfigError``) ``value`` is outside the declaration.
-            AttributeError: called after construction.
-        """
-        if self.__dict__.get("_constructed", False):
-            raise AttributeError(
-                f"{type(self).__name__}.{name} is a hyperparameter and cannot be set after construction; "
-                f"use controller.replace({name}=...) for a validated copy")
-        object.__setattr__(self, name, declaration(type(self), name).check(value))
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        """Refuse to reassign a declared hyperparameter: it would bypass validation and change
-        a controller other code already holds. Use :meth:`replace` for a changed copy."""
-        if name in self.spec().names:
-            raise AttributeError(
-                f"{type(self).__name__}.{name} is a hyperparameter and cannot be reassigned after "
-                f"construction; use controller.replace({name}=...) for a validated copy")
-        object.__setattr__(self, name, value)
-
-    def replace(self, **changes: Any) -> Controller:
-        """A new controller of the same class with ``changes`` applied to its hyperparameters,
-        validated by the constructor like any other."""
-        unknown = sorted(set(changes) - set(self.spec().names))
-        if unknown:
-            raise ConfigError(f"{type(self).__name__} has no hyperparameters {unknown}; "
-                              f"it declares {list(self.spec().names)}")
-        current = {k: getattr(self, k) for k in self.spec().names if hasattr(self, k)}
-        return type(self)(**{**current, **changes})
-
-    def config(self) -> dict[str, Any]:
-        """The hyperparameters as plain values."""
-        return {k: getattr(self, k, None) for k in self.spec().names}
+    def check_setting(self, *, space: dict[str, Any] | None, greedy: bool, unscored_prefixes: Sequence[str],
+                      open_loop_options: Sequence[str] = ()) -> None:
+        """Refuse a run setting this controller cannot work in, before any model work: the
+        run's ``space`` section (None: unset), greedy decoding, the reward terms that cannot
+        score prefixes, and the options of open-loop runs that are set (``selection``, ...). An
+        open-loop controller works in every one."""
 
     @property
     def budget(self) -> int:
@@ -266,6 +246,25 @@ class Controller(ABC, metaclass=_Constructed):
         want = (D, self.num_samples, *state.mean.shape[1:])
         if theta is not None and tuple(theta.shape) != want:
             raise ValueError(f"controls must have shape {want}, got {tuple(theta.shape)}")
+
+
+class _TokenCount:
+    """An ``align`` callback counting each prompt's decoded tokens (the candidates' lengths),
+    then calling ``inner``."""
+
+    def __init__(self, num_prompts: int, horizon: int | None, inner: Callable[[Any], None] | None) -> None:
+        self.tokens = torch.zeros(num_prompts, dtype=torch.long)
+        self.horizon, self.inner = horizon, inner
+
+    def __call__(self, it: Any) -> None:
+        o = it.outcomes
+        for j, d in enumerate(it.prompts):
+            if o.lengths is not None:
+                self.tokens[d] += int(o.lengths[j].sum())
+            else:
+                self.tokens[d] += o.num_samples * int(self.horizon or 0)
+        if self.inner is not None:
+            self.inner(it)
 
 
 _WEIGHT_HYPERPARAMETERS = (

@@ -153,7 +153,8 @@ def align_pins(dynamics: Any, reward: Any, prompts: list[Any], horizon: int, *, 
     it when their construction changes (the recorded results must not)."""
     out: dict[str, Any] = {}
     variants = [("bon", {"sigma": 0.0}), ("bon_sigma", {"sigma": 0.4})]
-    variants += [(name, {"sigma": 0.4}) for name in CONTROLLERS if name != "bon"]
+    variants += [(name, {"sigma": 0.4}) for name, c in CONTROLLERS.items()
+                 if name != "bon" and issubclass(c, ca.Controller)]  # the open-loop ones (align's)
     for label, kw in variants:
         cls = CONTROLLERS["bon" if label == "bon_sigma" else label]
         for sname, space in spaces_for(dynamics, horizon).items():
