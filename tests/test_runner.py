@@ -160,7 +160,8 @@ def test_torchrun_shards_prompts_and_merges(tmp_path, tiny_checkpoint):
 def test_cli_align_end_to_end_on_the_default_model():
     """The README's main job on the real packaged SmolLM2: a response, its reward, the plain
     model's response and reward, and a trace with n·k reward calls."""
-    r = cli("align", "Write one sentence about the sea.", "-n", "4", "-k", "2", "--max-new-tokens", "16", "--json")
+    r = cli("align", "Write one sentence about the sea.", "--preset", "learning", "-n", "4", "-k", "2",
+            "--max-new-tokens", "16", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     rec = json.loads(r.stdout)
     assert rec["response"] and rec["base_response"]

@@ -3,6 +3,8 @@ in Best-of-n₀; the budget counts what was decoded and scored; the schedule is 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -115,3 +117,19 @@ def test_the_survivor_check_has_power(monkeypatch):
             pool = [tuple(t) for t in full.tokens[j].tolist()]
             missing += sum(tuple(t) not in pool for t in sr.meta["final_tokens"][j])
     assert missing > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(n0=st.integers(1, 300), fractions=st.lists(st.floats(0.001, 1.0), min_size=1, max_size=3))
+def test_fractional_schedule_is_the_row_count_schedule_it_resolves_to(n0, fractions):
+    """A schedule of fractions of n₀ (floats) keeps ⌈m·n₀⌉ rows (at least 1) — the same checkpoints
+    as the row-count schedule it resolves to; a fraction of 0 or above 1 is refused naming it."""
+    fractions = sorted(fractions, reverse=True)
+    frac = SpeculativeRejection(num_samples=n0, schedule=[(4 * (i + 1), f) for i, f in enumerate(fractions)])
+    counts = [max(1, math.ceil(f * n0)) for f in fractions]
+    rows = SpeculativeRejection(num_samples=n0, schedule=[(4 * (i + 1), m) for i, m in enumerate(counts)])
+    assert frac.schedule_for(64) == rows.schedule_for(64)
+    assert frac.schedule_for(64) == tuple((4 * (i + 1), m) for i, m in enumerate(counts))
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match=r"fraction kept must be in \(0, 1\]"):
+            SpeculativeRejection(num_samples=n0, schedule=[(4, bad)])

@@ -57,8 +57,10 @@ class SpeculativeRejection(ClosedLoopController):
             (1: stop nothing, Best-of-n₀).
         min_rows: rows never pruned below this many.
         schedule: ``[(t, m), ...]``: at position t (tokens decoded, increasing) keep the m best
-            rows (non-increasing, >= 1); replaces the constant-rate schedule. Checkpoints at or
-            past the end of a response are ignored.
+            rows (non-increasing, >= 1); replaces the constant-rate schedule. m is a row count (an
+            int) or a fraction of n₀ (a float in (0, 1]: ⌈m·n₀⌉ rows), so that one schedule
+            serves every n₀: ``[(8, 0.5), (16, 0.25)]`` is ``[(8, 128), (16, 64)]`` at n₀ = 256.
+            Checkpoints at or past the end of a response are ignored.
     """
 
     name = "speculative-rejection"
@@ -69,7 +71,8 @@ class SpeculativeRejection(ClosedLoopController):
                        "(1: stop nothing, Best-of-n₀)", "ρ", low=0, high=1, low_open=True),
         Hyperparameter("min_rows", int, "rows never pruned below this many", low=1),
         Hyperparameter("schedule", list, "[[t, m], ...]: at t tokens keep the m best rows (t increasing, m "
-                       "non-increasing); replaces the constant-rate schedule", nullable=True),
+                       "non-increasing; m a count, or a fraction of n₀ when a float in (0, 1]); replaces the "
+                       "constant-rate schedule", nullable=True),
     )
 
     def __init__(self, *, num_samples: int = 32, block_size: int = 8, keep_fraction: float = 0.5,
@@ -80,27 +83,37 @@ class SpeculativeRejection(ClosedLoopController):
         if self.schedule is not None:  # the pairs checked, kept as a tuple of (t, m)
             self.set_hyperparameter("schedule", self._check_schedule(self.schedule))
 
-    def _check_schedule(self, schedule: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    def rows_kept(self, m: int | float) -> int:  # noqa: PYI041 - the int/float split is the meaning
+        """A schedule entry's rows: m itself (an int), or ⌈m·n₀⌉ for a fraction m in (0, 1]."""
+        return m if isinstance(m, int) else max(1, math.ceil(m * self.num_samples))
+
+    def _check_schedule(self, schedule: Sequence[tuple[int, int | float]]) -> tuple[tuple[int, int | float], ...]:
         steps = []
         previous_t, previous_m = 0, self.num_samples
         for i, item in enumerate(schedule):
             if not (isinstance(item, (tuple, list)) and len(item) == 2):
                 raise ConfigError(f"schedule[{i}] must be a pair (position t, rows kept m), got {item!r}")
             t = check_int(f"schedule[{i}] position", item[0], minimum=previous_t + 1, symbol="t")
-            m = check_int(f"schedule[{i}] rows kept", item[1], minimum=1, symbol="m")
-            if m > previous_m:
-                raise ConfigError(f"schedule[{i}] keeps m={m} rows, more than the {previous_m} alive before it; "
-                                  "the rows kept must not increase")
+            if isinstance(item[1], float):
+                m = item[1]
+                if not 0.0 < m <= 1.0:
+                    raise ConfigError(f"schedule[{i}] fraction kept must be in (0, 1] (a float is a fraction of "
+                                      f"n₀; an int a row count), got {m!r}")
+            else:
+                m = check_int(f"schedule[{i}] rows kept", item[1], minimum=1, symbol="m")
+            if self.rows_kept(m) > previous_m:
+                raise ConfigError(f"schedule[{i}] keeps m={m} ({self.rows_kept(m)} rows), more than the {previous_m} "
+                                  "alive before it; the rows kept must not increase")
             steps.append((t, m))
-            previous_t, previous_m = t, m
+            previous_t, previous_m = t, self.rows_kept(m)
         return tuple(steps)
 
     def schedule_for(self, horizon: int) -> tuple[tuple[int, int], ...]:
-        """The checkpoints used for responses of T = ``horizon`` tokens: the explicit schedule's
-        before T, or the constant-rate one."""
+        """The checkpoints used for responses of T = ``horizon`` tokens, as (t, rows kept): the
+        explicit schedule's before T (fractions resolved against n₀), or the constant-rate one."""
         T = check_int("horizon", horizon, minimum=1, symbol="T")
         if self.schedule is not None:
-            return tuple((t, m) for t, m in self.schedule if t < T)
+            return tuple((t, self.rows_kept(m)) for t, m in self.schedule if t < T)
         m, out = self.num_samples, []
         for t in range(self.block_size, T, self.block_size):
             m = max(self.min_rows, min(m, math.ceil(self.keep_fraction * m)))
