@@ -41,6 +41,7 @@ import torch
 import ctrlalign as ca
 from ctrlalign.bench.diversity import distinct_n
 from ctrlalign.bench.heldout import heldout_scores
+from ctrlalign.bench.matched import budget_of, log_interp
 from ctrlalign.bench.stats import mean_ci
 from ctrlalign.build import build_reward
 from ctrlalign.closedloop import SMC, SpeculativeRejection
@@ -149,20 +150,15 @@ def label_order(label: str) -> tuple[str, int]:
     return family(label), int(re.sub(r"\D", "", label.rsplit("-", 1)[1]))
 
 
-def budget(row: dict, axis: str) -> float:
-    """A run's budget on one axis: decoded ``tokens`` or reward ``calls`` (full + prefix)."""
-    return row["tokens"] if axis == "tokens" else row["full_calls"] + row["prefix_calls"]
-
-
 def delta_vs_bon(key: dict, bons: list[str], r: dict, axis: str) -> float | None:
-    """r's reward minus Best-of-N's at r's budget on ``axis`` (Best-of-N's curve of the same
-    prompt and seed, linear in log budget; None outside the curve's range)."""
-    curve = sorted((budget(key[(b, r["prompt_id"], r["seed"])], axis), key[(b, r["prompt_id"], r["seed"])]["reward"])
-                   for b in bons if (b, r["prompt_id"], r["seed"]) in key)
-    if len(curve) < 2 or not curve[0][0] <= budget(r, axis) <= curve[-1][0] * 1.01:
+    """r's reward minus Best-of-N's at r's budget on ``axis`` (``tokens`` or ``calls``; Best-of-N's
+    curve of the same prompt and seed, linear in log budget: :mod:`ctrlalign.bench.matched`);
+    None when r's budget lies outside the curve (1% past its end allowed: EOS-shortened pools)."""
+    curve = [key[(b, r["prompt_id"], r["seed"])] for b in bons if (b, r["prompt_id"], r["seed"]) in key]
+    xs, x = [budget_of(c, axis) for c in curve], budget_of(r, axis)
+    if len(curve) < 2 or not min(xs) <= x <= max(xs) * 1.01:
         return None
-    xs, ys = np.log([c[0] for c in curve]), [c[1] for c in curve]
-    return r["reward"] - float(np.interp(math.log(budget(r, axis)), xs, ys))
+    return r["reward"] - log_interp(xs, [c["reward"] for c in curve], x)[0]
 
 
 def paired(values: list[tuple[float, str]]) -> tuple[str, object]:
