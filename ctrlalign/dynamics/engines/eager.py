@@ -105,13 +105,13 @@ class EagerEngine(Engine):
 
     Batching, and what it costs (``batch_invariant``):
 
-    * ``False`` (default): one block of all D prompts, left-padded to the longest, decoded as
+    * ``False``: one block of all D prompts, left-padded to the longest, decoded as
       B = D·n rows at once. Fast, but a prompt's floating-point results depend on its batch:
       the padding changes the attention reductions' length and order, and the row count M of
       every GEMM can change the BLAS kernel (one-threaded MKL sgemm on AVX-512 rounds a row
       differently for M ≤ 3 than for M ≥ 4). Tokens agree with the prompt decoded alone *in distribution* and almost
       always exactly; logprobs agree to rounding.
-    * ``True``: D blocks of one prompt each, unpadded, prefilled and decoded one after the
+    * ``True`` (default): D blocks of one prompt each, unpadded, prefilled and decoded one after the
       other with n rows (each advance runs the blocks in turn). Prompt j's computation is then the very same sequence of kernels on
       the same shapes and values whether it is decoded alone or in any batch at any position,
       so its tokens, logprobs and base logprobs are **bitwise** identical, for any n, dtype
@@ -129,10 +129,11 @@ class EagerEngine(Engine):
 
     Args:
         model: the ``transformers`` causal LM (its ``base_model`` is run).
-        batch_invariant: decode prompt by prompt (see above).
+        batch_invariant: decode prompt by prompt (see above); the default, as for the command
+            line and configs, so that the same prompts and seed give the same samples everywhere.
     """
 
-    def __init__(self, model: Any, *, batch_invariant: bool = False) -> None:
+    def __init__(self, model: Any, *, batch_invariant: bool = True) -> None:
         if not isinstance(batch_invariant, bool):
             raise ConfigError(f"batch_invariant must be True or False, got {batch_invariant!r}")
         self.model = model
