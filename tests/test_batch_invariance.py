@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import test_reliability
 import torch
-from conftest import ARCHS, PROMPTS, make_model, make_tokenizer
+from conftest import ARCHS, PROMPTS, make_model
 
 import ctrlalign as ca
 from ctrlalign import build
@@ -154,13 +155,8 @@ def test_causal_lm_default_is_batch_invariant(tokenizer, monkeypatch):
         assert dyn.engine.batch_invariant is expected, value
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """The tiny random Llama and its chat tokenizer saved as a model folder."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    make_model("llama").save_pretrained(path)
-    make_tokenizer(chat_template=True).save_pretrained(path)
-    return path
+#: the tiny random Llama and its chat tokenizer saved as a model folder (test_reliability's fixture)
+tiny = test_reliability.tiny
 
 
 def python_run(folder, prompts, seed, **engine_options):
@@ -173,13 +169,13 @@ def python_run(folder, prompts, seed, **engine_options):
     return recorder.rows, [r.text for r in res.responses]
 
 
-def test_python_api_and_command_line_give_the_same_samples(tiny_folder, tmp_path, capsys):
+def test_python_api_and_command_line_give_the_same_samples(tiny, tmp_path, capsys):
     """The same prompts and seed give the same samples from ``ca.align`` on
     ``CausalLM.from_pretrained`` (all prompts in one batch) and from ``ctrlalign run`` (one
     prompt per batch): texts, and every token's log-probabilities bit for bit. Power: with
     ``batch_invariant=False`` the Python run differs in some bit."""
     prompts = MORE[:4]
-    cfg = {"prompts": prompts, "model": {"name": str(tiny_folder), "max_new_tokens": 6},
+    cfg = {"prompts": prompts, "model": {"name": str(tiny), "max_new_tokens": 6},
            "controller": {"name": "aisp", "num_samples": 3, "num_iterations": 2},
            "run": {"output": str(tmp_path / "out.jsonl"), "batch_prompts": 1, "seed": 7, "base": False,
                    "save_candidates": True}}
@@ -196,8 +192,8 @@ def test_python_api_and_command_line_give_the_same_samples(tiny_folder, tmp_path
         return sorted((key(r), [r[f] for f in fields]) for r in rows) == \
             sorted((key(r), [r[f] for f in fields]) for r in cli_rows)
 
-    rows, responses = python_run(tiny_folder, prompts, seed=7)
+    rows, responses = python_run(tiny, prompts, seed=7)
     assert len(rows) == len(cli_rows) == 4 * 3 * 2
     assert same(rows) and responses == cli_responses
-    batched_rows, _ = python_run(tiny_folder, prompts, seed=7, batch_invariant=False)
+    batched_rows, _ = python_run(tiny, prompts, seed=7, batch_invariant=False)
     assert not same(batched_rows)
