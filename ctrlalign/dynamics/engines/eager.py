@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import inspect
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,7 +20,6 @@ from ..base import Step
 from ..decoding import SamplingConfig, sample_with_logprobs
 from ..head import OutputHead, backbone_of
 from .protocol import Decoded, Engine, EngineState, check_advance_inputs, check_rows, eos_list
-from .turns import TakeTurns, weight_modules
 
 __all__ = ["EagerBlock", "EagerEngine", "EagerState", "Prefix", "cache_argument"]
 
@@ -144,7 +142,6 @@ class EagerEngine(Engine):
         self.hidden_size = self.head.hidden_size
         self.batch_invariant = batch_invariant
         self.cache_argument = cache_argument(self.backbone)
-        self.turns = TakeTurns(weight_modules(self.backbone))
 
     def __repr__(self) -> str:
         return f"EagerEngine(batch_invariant={self.batch_invariant})"
@@ -215,15 +212,17 @@ class EagerEngine(Engine):
         ``controls[j0:j1]`` and ``uniforms[j0:j1]`` (views)."""
         b = check_advance_inputs(state, self.hidden_size, controls, uniforms)
         n = state.num_samples
-        loops, j0 = [], 0
-        for block in state.blocks:
-            j1 = j0 + block.num_prompts
-            ctrl = None if controls is None else controls[j0:j1]
-            done = state.decoded.finished[j0 * n: j1 * n]
-            loops.append(self._advance_block(state, block, done, ctrl, uniforms[j0:j1], b))
-            j0 = j1
+        steps, blocks, finished, j0 = [], [], [], 0
         with torch.inference_mode():
-            steps, blocks, finished = zip(*self.run_side_by_side(loops, state.blocks[0].hidden.device))
+            for block in state.blocks:
+                j1 = j0 + block.num_prompts
+                ctrl = None if controls is None else controls[j0:j1]
+                done = state.decoded.finished[j0 * n: j1 * n]
+                step, block, done = self._advance_block(state, block, done, ctrl, uniforms[j0:j1], b)
+                steps.append(step)
+                blocks.append(block)
+                finished.append(done)
+                j0 = j1
         step = steps[0] if len(steps) == 1 else Step(
             tokens=torch.cat([s.tokens for s in steps]),
             logprobs=torch.cat([s.logprobs for s in steps]),
@@ -233,46 +232,6 @@ class EagerEngine(Engine):
         lengths = state.decoded.lengths + step.alive.long().sum(1)
         decoded = state.decoded.extend(step, lengths, torch.cat(finished))
         return state.successor(decoded=decoded, blocks=tuple(blocks)), step
-
-    def run_side_by_side(self, loops: Sequence[Generator[Callable[[], torch.Tensor], torch.Tensor, Any]],
-                         device: torch.device) -> list[Any]:
-        """Run the blocks' decode loops (:meth:`_advance_block`) token by token side by side and
-        return what each returns. At each token, the blocks' forward passes run one after the
-        other, or, on the CPU with several blocks, taking turns at every weight-holding module
-        (:class:`~ctrlalign.dynamics.engines.turns.TakeTurns`): each pass's calls and tensors
-        are unchanged, so each block's results are bitwise the same either way; the weights
-        are read from memory once per module for all blocks."""
-        out: list[Any] = [None] * len(loops)
-        pending: dict[int, Callable[[], torch.Tensor]] = {}
-
-        def resume(i: int, z: torch.Tensor | None) -> None:
-            try:
-                pending[i] = loops[i].send(z)
-            except StopIteration as end:
-                pending.pop(i, None)
-                out[i] = end.value
-
-        for i in range(len(loops)):
-            resume(i, None)
-        while pending:
-            order = sorted(pending)
-            calls = [pending[i] for i in order]
-            zs = self.turns.run(calls) if device.type == "cpu" else [c() for c in calls]
-            for i, z in zip(order, zs):
-                resume(i, z)
-        return out
-
-    def forward_rows(self, block: EagerBlock, tokens: torch.Tensor, t: int) -> torch.Tensor:
-        """One decode step of a block's B' rows: token t (B',) → z_{t+1} (B', d); the block's KV
-        cache is extended in place."""
-        out = self.backbone(
-            input_ids=tokens.unsqueeze(1),
-            attention_mask=block.attention_mask[:, : block.prompt_length + t + 1],
-            position_ids=(block.next_position + t).unsqueeze(1),
-            use_cache=True,
-            **{self.cache_argument: block.cache},
-        )
-        return out.last_hidden_state[:, -1]
 
     @staticmethod
     def row_controls(controls: torch.Tensor | None) -> torch.Tensor | None:
@@ -285,14 +244,12 @@ class EagerEngine(Engine):
 
     def _advance_block(self, state: EagerState, block: EagerBlock, finished: torch.Tensor,
                        controls: torch.Tensor | None, uniforms: torch.Tensor,
-                       b: int) -> Generator[Callable[[], torch.Tensor], torch.Tensor, tuple[Step, EagerBlock, torch.Tensor]]:
+                       b: int) -> tuple[Step, EagerBlock, torch.Tensor]:
         """b tokens of one block's B' rows; finished (B',) before them, controls (D', n, b, d)
-        or None, uniforms (D', n, b) → (step, block, finished after). A generator: it yields
-        each forward pass as a call (:meth:`forward_rows`) and is sent its z_{t+1}
-        (:meth:`run_side_by_side` drives it)."""
+        or None, uniforms (D', n, b) → (step, block, finished after)."""
         config = state.config
         B = block.hidden.shape[0]
-        T, t0 = config.max_new_tokens, state.position
+        T, L, t0 = config.max_new_tokens, block.prompt_length, state.position
         device = block.hidden.device
         ctrl = self.row_controls(controls)  # (B', b, d) view
         u = uniforms.reshape(B, b)
@@ -306,7 +263,7 @@ class EagerEngine(Engine):
         base_lp = torch.zeros(B, b, dtype=torch.float32, device=device) if want_base else None
         alive_out = torch.zeros(B, b, dtype=torch.bool, device=device)
         finished = finished.clone()
-        z, head = block.hidden, self.head
+        z, cache, head = block.hidden, block.cache, self.head
 
         for s in range(b):
             t = t0 + s
@@ -341,7 +298,14 @@ class EagerEngine(Engine):
                     continue
             if t == T - 1:
                 continue
-            z = yield functools.partial(self.forward_rows, block, tok, t)
+            out = self.backbone(
+                input_ids=tok.unsqueeze(1),
+                attention_mask=block.attention_mask[:, : L + t + 1],
+                position_ids=(block.next_position + t).unsqueeze(1),
+                use_cache=True,
+                **{self.cache_argument: cache},
+            )
+            z = out.last_hidden_state[:, -1]
         step = Step(tokens=tokens, logprobs=logprobs, base_logprobs=base_lp, alive=alive_out)
         return step, dataclasses.replace(block, hidden=z), finished
 
