@@ -116,16 +116,18 @@ class EagerEngine(Engine):
       the same shapes and values whether it is decoded alone or in any batch at any position,
       so its tokens, logprobs and base logprobs are **bitwise** identical, for any n, dtype
       and thread count, wherever kernels are deterministic for equal inputs and shapes (the
-      CPU). It costs about 2× at n = 8: the weights are read once per prompt and step instead
-      of once per step (SmolLM2-135M, float32, one thread, D = 4, n = 8, T = 32: 131.5 →
-      70.0 tok/s, ``benchmarks/cpu_batch_invariance.py speed``); the gap should shrink as n grows and
-      each prompt's GEMMs get taller (not measured).
+      CPU). It costs ×0.54 tokens/s at n = 8 and ×0.86 at n = 32: the weights are read once
+      per prompt and step instead of once per step, by GEMMs of n rows (SmolLM2-135M, float32,
+      one thread, D = 4, T = 32: 141.4 → 76.1 and 154.2 → 131.8 tok/s,
+      ``benchmarks/cpu_batch_invariance.py speed``, loaded machine; BENCHMARKS.md).
 
     A cheaper exact scheme was measured and not adopted: batched GEMMs with attention run per
     prompt on its unpadded keys cost 13% at the setting above and are bitwise with one thread,
     but not with two — MKL's sgemm rounds a row differently depending on the row count M when
     multi-threaded (with 2 threads, M ∈ {1, 2, 3, 5, 6, 7, 9, 10, 11} differ from larger M),
-    so it would promise less than this one.
+    so it would promise less than this one. Running the prompts' passes interleaved module by
+    module (each pass unchanged, so still bitwise) to share weight reads was not measurably faster
+    end to end on a loaded 2-core CPU (BENCHMARKS.md).
 
     Args:
         model: the ``transformers`` causal LM (its ``base_model`` is run).
