@@ -102,8 +102,8 @@ def build_dynamics(model: ModelConfig) -> CausalLM:
                           "system_prompt": model.system_prompt}
     if model.engine != "eager":
         kw["engine"] = model.engine
-    elif model.batch_invariant is not False:
-        kw["engine_options"] = {"batch_invariant": True}
+    elif model.batch_invariant is False:  # unset or true: the eager engine's own default, invariant
+        kw["engine_options"] = {"batch_invariant": False}
     return CausalLM(lm, tok, **kw)
 
 

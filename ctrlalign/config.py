@@ -109,8 +109,9 @@ class ModelConfig(_Strict):
     engine: Literal["eager", "static"] = Field("eager", description="rollout engine: 'static' is the CUDA-graph GPU engine")
     batch_invariant: bool | None = Field(
         None, description="decode each prompt on its own rows, so that a prompt's result is bitwise the same "
-        "whatever shares its batch (eager engine only; unset: on for the eager engine, off for the static "
-        "one, which promises equality in distribution). Costs about 2x at n = 8 on CPU")
+        "whatever shares its batch (eager engine only; unset: on for the eager engine, as in the Python API, "
+        "off for the static one, which promises equality in distribution). On CPU: x0.54 tokens/s at n = 8, "
+        "x0.86 at n = 32")
 
     trust_remote_code: bool = Field(False, description="allow a model whose architecture is defined by code in its "
                                     "repository (transformers' trust_remote_code); only for models you trust")

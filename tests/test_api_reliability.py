@@ -82,6 +82,7 @@ BAD_REWARDS = [
 ]
 
 
+@pytest.mark.reliability("rewards")
 @pytest.mark.parametrize("case, reward, fragments", BAD_REWARDS, ids=[c[0] for c in BAD_REWARDS])
 def test_rewards_must_be_real_numbers(case, reward, fragments):
     with pytest.raises(RewardError) as exc:
@@ -106,12 +107,14 @@ GOOD_REWARDS = [
 ]
 
 
+@pytest.mark.reliability("rewards")
 @pytest.mark.parametrize("case, reward, expected", GOOD_REWARDS, ids=[c[0] for c in GOOD_REWARDS])
 def test_real_rewards_are_accepted(case, reward, expected):
     r = ca.evaluate_reward(reward, PROMPTS, OUT)
     assert r.shape == (2, 2) and r.is_floating_point() and float(r[1, 1]) == expected
 
 
+@pytest.mark.reliability("rewards")
 def test_string_reward_stops_align():
     """Through :func:`ctrlalign.align` the refusal is the same (it used to score "0.5" as 0.5)."""
     dyn = ca.LinearGaussian(torch.eye(2), horizon=1, hidden_size=2)
@@ -149,6 +152,7 @@ def corrupt(tiny, tmp_path, **values):
 NO_CUDA = not torch.cuda.is_available()
 
 
+@pytest.mark.reliability("api")
 @pytest.mark.skipif(not NO_CUDA, reason="needs a machine without CUDA")
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda", 1)])
 def test_from_pretrained_on_a_device_that_is_absent(tiny, device):
@@ -158,6 +162,7 @@ def test_from_pretrained_on_a_device_that_is_absent(tiny, device):
     assert f"device {str(device)!r}" in msg and "available here: cpu" in msg, msg
 
 
+@pytest.mark.reliability("api")
 @pytest.mark.parametrize("device, fragment", [("tpu", "'tpu'"), ("gpu0", "'gpu0'")])
 def test_from_pretrained_on_a_device_that_does_not_exist(tiny, device, fragment):
     with pytest.raises(ca.ConfigError, match="available here: cpu") as exc:
@@ -175,6 +180,7 @@ BAD_PROMPTS = [
 ]
 
 
+@pytest.mark.reliability("api")
 @pytest.mark.parametrize("case, prompt, fragments", BAD_PROMPTS, ids=[c[0] for c in BAD_PROMPTS])
 def test_align_refuses_prompts_the_cli_refuses(lm, case, prompt, fragments):
     """``align`` (and the dynamics' own ``prepare``) refuse what ``ctrlalign align`` refuses,
@@ -188,6 +194,7 @@ def test_align_refuses_prompts_the_cli_refuses(lm, case, prompt, fragments):
         lm.prepare(["fine", prompt])
 
 
+@pytest.mark.reliability("api")
 def test_system_prompt_is_checked(tiny):
     with pytest.raises(ca.ConfigError, match="system_prompt .*surrogate"):
         ca.CausalLM.from_pretrained(str(tiny), system_prompt="x\udcff")
@@ -204,6 +211,7 @@ CORRUPT_CONFIGS = [
 ]
 
 
+@pytest.mark.reliability("api")
 @pytest.mark.parametrize("case, values, fragments", CORRUPT_CONFIGS, ids=[c[0] for c in CORRUPT_CONFIGS])
 def test_invalid_config_value_names_the_folder(tiny, tmp_path, case, values, fragments):
     """A local model folder whose config.json holds a value transformers refuses: a
@@ -217,6 +225,7 @@ def test_invalid_config_value_names_the_folder(tiny, tmp_path, case, values, fra
         assert f in msg, (f, msg)
 
 
+@pytest.mark.reliability("api")
 def test_cli_names_the_folder_of_an_invalid_config_value(tiny, tmp_path, capsys):
     """The command line says the same: exit 2, one line naming the folder and config.json."""
     from ctrlalign.cli import main
@@ -252,6 +261,7 @@ WRONG_TYPES = [
 ]
 
 
+@pytest.mark.reliability("types")
 @pytest.mark.parametrize("case, fragment, names", WRONG_TYPES, ids=[c[0] for c in WRONG_TYPES])
 def test_run_config_types_are_strict(case, fragment, names):
     from ctrlalign.config import validate_config
@@ -262,6 +272,7 @@ def test_run_config_types_are_strict(case, fragment, names):
         assert f in str(exc.value), (f, str(exc.value))
 
 
+@pytest.mark.reliability("types")
 def test_integers_are_numbers_in_configs():
     from ctrlalign.config import validate_config
 
@@ -281,6 +292,7 @@ BENCH_WRONG_TYPES = [
 ]
 
 
+@pytest.mark.reliability("types")
 @pytest.mark.parametrize("case, fragment, names", BENCH_WRONG_TYPES, ids=[c[0] for c in BENCH_WRONG_TYPES])
 def test_bench_config_types_are_strict(tmp_path, case, fragment, names):
     import json
@@ -295,6 +307,7 @@ def test_bench_config_types_are_strict(tmp_path, case, fragment, names):
         assert f in str(exc.value), (f, str(exc.value))
 
 
+@pytest.mark.reliability("types")
 @pytest.mark.parametrize("kind, value", [("int", True), ("int", 4.0), ("int", "4"), ("float", True), ("float", "0.5"),
                                          ("float", 1 + 0j), ("bool", 1), ("bool", "true")])
 def test_hyperparameter_check_is_strict(kind, value):
@@ -305,6 +318,7 @@ def test_hyperparameter_check_is_strict(kind, value):
         h.check(value)
 
 
+@pytest.mark.reliability("types")
 def test_hyperparameter_check_accepts_numpy_and_int_for_float():
     from ctrlalign.declare import Hyperparameter
 
@@ -350,6 +364,7 @@ CORRUPT_RESULTS = [
 ]
 
 
+@pytest.mark.reliability("results-files")
 @pytest.mark.parametrize("case, content, fragments", CORRUPT_RESULTS, ids=[c[0] for c in CORRUPT_RESULTS])
 def test_report_only_on_a_corrupt_results_file_names_it(tmp_path, capsys, case, content, fragments):
     import json
@@ -375,6 +390,7 @@ def test_report_only_on_a_corrupt_results_file_names_it(tmp_path, capsys, case, 
 # 5. the float16 overflow bound follows the control space used
 
 
+@pytest.mark.reliability("checks")
 def test_sigma_bound_follows_the_control_space():
     """A token's control spans d directions per token but only r in a rank-r subspace: the
     largest σ allowed grows by √(d/r) (the learning preset, σ = 1 in a 32-dim head subspace,
@@ -405,6 +421,7 @@ def test_sigma_bound_follows_the_control_space():
     check_sigma_fits(ca.AISP(sigma=0.999 * per_token), lm16, PerToken())
 
 
+@pytest.mark.reliability("checks")
 def test_cli_checks_sigma_in_the_space_it_runs(tiny, capsys):
     """``ctrlalign align --dtype float16``: a σ refused per-token passes in a rank-2 subspace."""
     from ctrlalign.cli import main
@@ -438,6 +455,7 @@ def error_examples() -> list[tuple[str, str, str]]:
     return out
 
 
+@pytest.mark.reliability("errors-page")
 def test_every_error_is_importable_from_ctrlalign_and_on_the_errors_page():
     import inspect
 
@@ -453,6 +471,7 @@ def test_every_error_is_importable_from_ctrlalign_and_on_the_errors_page():
     assert {name for name, *_ in error_examples()} >= errors - {"RunError", "PromptChangedError", "RunInterrupted"}
 
 
+@pytest.mark.reliability("errors-page")
 @pytest.mark.parametrize("name, code, message", error_examples(), ids=[e[0] for e in error_examples()])
 def test_errors_page_examples_raise_what_they_say(tmp_path, monkeypatch, name, code, message):
     import runpy

@@ -19,9 +19,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_model, make_tokenizer
 
+import ctrlalign as ca
+from ctrlalign._checks import ConfigError
+from ctrlalign.build import build_reward, check_device
 from ctrlalign.cli import main
+from ctrlalign.config import RewardTerm, RunConfig
+from ctrlalign.data import load_prompts
 from ctrlalign.store import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +153,7 @@ RAW_CONFIGS = [
 ]
 
 
+@pytest.mark.reliability("config-files")
 @pytest.mark.parametrize("case, name, content, fragments", RAW_CONFIGS, ids=[c[0] for c in RAW_CONFIGS])
 def test_bad_config_file(tmp_path, capsys, case, name, content, fragments):
     p = tmp_path / name
@@ -162,13 +169,14 @@ def test_bad_config_file(tmp_path, capsys, case, name, content, fragments):
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
-def test_config_path_problems(tmp_path, capsys):
-    for path, fragment in ((tmp_path / "missing.yaml", "not found"), (tmp_path, "is a directory")):
-        target = path if path.suffix else tmp_path / "dir.yaml"
-        if path == tmp_path:
-            target.mkdir()
-        rc, err = run_main(["run", target], capsys)
-        assert rc == 2 and fragment in err and str(target) in err, err
+@pytest.mark.reliability("config-files")
+@pytest.mark.parametrize("kind, fragment", [("missing", "not found"), ("directory", "is a directory")])
+def test_config_path_problems(tmp_path, capsys, kind, fragment):
+    target = tmp_path / ("missing.yaml" if kind == "missing" else "dir.yaml")
+    if kind == "directory":
+        target.mkdir()
+    rc, err = run_main(["run", target], capsys)
+    assert rc == 2 and fragment in err and str(target) in err, err
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,6 +202,7 @@ PROMPT_FILES = [
 ]
 
 
+@pytest.mark.reliability("prompt-files")
 @pytest.mark.parametrize("case, name, content, source, fragments", PROMPT_FILES, ids=[c[0] for c in PROMPT_FILES])
 def test_bad_prompt_file(tmp_path, capsys, tiny, case, name, content, source, fragments):
     p = tmp_path / name
@@ -210,6 +219,7 @@ def test_bad_prompt_file(tmp_path, capsys, tiny, case, name, content, source, fr
     assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.meta.json").exists()
 
 
+@pytest.mark.reliability("prompt-files")
 @pytest.mark.parametrize("kind", ["missing", "directory"])
 def test_prompt_path_missing_or_directory(tmp_path, capsys, tiny, kind):
     target = tmp_path / "prompts"
@@ -221,10 +231,9 @@ def test_prompt_path_missing_or_directory(tmp_path, capsys, tiny, kind):
     assert ("is a directory" if kind == "directory" else "neither a packaged set") in err
 
 
+@pytest.mark.reliability("prompt-files")
 def test_prompt_sources_load(tmp_path):
     """The data-file formats load with a chosen text field (the good path of the table above)."""
-    from ctrlalign.data import load_prompts
-
     (tmp_path / "p.csv").write_text("qid,question,ref\n7,why is the sky blue,light\n8,hello,\n")
     items = load_prompts({"path": str(tmp_path / "p.csv"), "text_field": "question", "id_field": "qid",
                           "reference_field": "ref"})
@@ -292,6 +301,7 @@ ALIGN_FLAGS = [
 ]
 
 
+@pytest.mark.reliability("cli-flags")
 @pytest.mark.parametrize("case, extra, status, fragments", ALIGN_FLAGS, ids=[c[0] for c in ALIGN_FLAGS])
 def test_bad_align_flags(tmp_path, capsys, models, case, extra, status, fragments):
     subst = {k: str(v) for k, v in models.items()} | {"tmp": str(tmp_path)}
@@ -326,6 +336,7 @@ RUN_FLAGS = [
 ]
 
 
+@pytest.mark.reliability("cli-flags")
 @pytest.mark.parametrize("case, extra, fragments", RUN_FLAGS, ids=[c[0] for c in RUN_FLAGS])
 def test_bad_run_flags(tmp_path, capsys, tiny, case, extra, fragments):
     cfg = write_json(tmp_path, good_config(tmp_path, tiny))
@@ -337,6 +348,7 @@ def test_bad_run_flags(tmp_path, capsys, tiny, case, extra, fragments):
     assert not (tmp_path / "out.jsonl").exists()
 
 
+@pytest.mark.reliability("output")
 @pytest.mark.parametrize("code, reason", [(errno.EROFS, "read-only"), (errno.ENOSPC, "disk is full"),
                                           (errno.EACCES, "permission denied")])
 def test_unwritable_output_ends_in_one_line(tmp_path, capsys, tiny, monkeypatch, code, reason):
@@ -367,6 +379,7 @@ def test_unwritable_output_ends_in_one_line(tmp_path, capsys, tiny, monkeypatch,
     assert [r["id"] for r in read_results(tmp_path / "out.jsonl")] == ["p0", "p1"]
 
 
+@pytest.mark.reliability("output")
 def test_read_only_location_for_the_lock(tmp_path, capsys, tiny, monkeypatch):
     cfg = write_json(tmp_path, good_config(tmp_path, tiny, run={"output": str(tmp_path / "ro" / "out.jsonl")}))
 
@@ -382,33 +395,32 @@ def test_read_only_location_for_the_lock(tmp_path, capsys, tiny, monkeypatch):
 # 5. Python API
 
 
-def test_api_errors_name_the_value(tiny):
-    import torch
+#: (id, a call of the API, the fragment its error names)
+API_ERRORS = [
+    ("unknown-prompt-set", lambda: load_prompts("no-such-set"), "'no-such-set'"),
+    ("empty-prompt", lambda: load_prompts(["a", ""]), "prompt 'p1'"),
+    ("prompt-not-text", lambda: load_prompts([3]), "prompt 'p0' must be text, got int"),
+    ("seed-negative", lambda: RunConfig(prompts=["x"], run={"seed": -1}), "run.seed"),
+    ("reward-weight-nan", lambda: RunConfig(prompts=["x"], reward=[{"name": "sentiment", "weight": float("nan")}]),
+     "weight"),
+    ("device-cuda", lambda: check_device("cuda"), "device 'cuda'"),
+    ("device-unknown", lambda: check_device("tpu"), "'tpu'"),
+    ("reward-option", lambda: build_reward([RewardTerm(name="sentiment", options={"lexicon": 1})]),
+     "reward 'sentiment'"),
+    ("reward-references", lambda: build_reward([RewardTerm(name="embedding", options={"references": "from_prompts"})],
+                                               load_prompts(["a"])), "no reference"),
+    ("align-prompt-not-state", lambda: ca.align(ca.LinearGaussian(torch.eye(4), horizon=2, hidden_size=2),
+                                                ca.QuadraticReward(torch.zeros(4)), ca.AISP(), "a prompt"),
+     "'a prompt'"),
+]
 
-    import ctrlalign as ca
-    from ctrlalign._checks import ConfigError
-    from ctrlalign.build import build_reward, check_device
-    from ctrlalign.config import RewardTerm, RunConfig
-    from ctrlalign.data import load_prompts
 
-    cases = [
-        (lambda: load_prompts("no-such-set"), "'no-such-set'"),
-        (lambda: load_prompts(["a", ""]), "prompt 'p1'"),
-        (lambda: load_prompts([3]), "prompt 'p0' must be text, got int"),
-        (lambda: RunConfig(prompts=["x"], run={"seed": -1}), "run.seed"),
-        (lambda: RunConfig(prompts=["x"], reward=[{"name": "sentiment", "weight": float("nan")}]), "weight"),
-        (lambda: check_device("cuda"), "device 'cuda'"),
-        (lambda: check_device("tpu"), "'tpu'"),
-        (lambda: build_reward([RewardTerm(name="sentiment", options={"lexicon": 1})]), "reward 'sentiment'"),
-        (lambda: build_reward([RewardTerm(name="embedding", options={"references": "from_prompts"})],
-                              load_prompts(["a"])), "no reference"),
-        (lambda: ca.align(ca.LinearGaussian(torch.eye(4), horizon=2, hidden_size=2),
-                          ca.QuadraticReward(torch.zeros(4)), ca.AISP(), "a prompt"), "'a prompt'"),
-    ]
-    for fn, fragment in cases:
-        with pytest.raises((ValueError, ConfigError)) as exc:
-            fn()
-        assert fragment in str(exc.value), (fragment, str(exc.value))
+@pytest.mark.reliability("api")
+@pytest.mark.parametrize("case, call, fragment", API_ERRORS, ids=[c[0] for c in API_ERRORS])
+def test_api_errors_name_the_value(case, call, fragment):
+    with pytest.raises((ValueError, ConfigError)) as exc:
+        call()
+    assert fragment in str(exc.value), (fragment, str(exc.value))
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,6 +437,7 @@ def _env() -> dict:
                 OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
 
+@pytest.mark.reliability("output")
 def test_changed_prompt_is_refused_and_overwrite_reruns(tmp_path, capsys, tiny):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "a", "prompt": "hello"}\n{"id": "b", "prompt": "the sea"}\n')
@@ -440,6 +453,7 @@ def test_changed_prompt_is_refused_and_overwrite_reruns(tmp_path, capsys, tiny):
     assert [r["prompt"] for r in read_results(tmp_path / "out.jsonl")] == ["hello", "the moon"]
 
 
+@pytest.mark.reliability("output")
 def test_corrupt_middle_line_is_reported_and_nothing_deleted(tmp_path, capsys, tiny):
     cfg = write_json(tmp_path, good_config(tmp_path, tiny, prompts=["hello", "the sea", "a big dog"]))
     out = tmp_path / "out.jsonl"
@@ -452,6 +466,7 @@ def test_corrupt_middle_line_is_reported_and_nothing_deleted(tmp_path, capsys, t
     assert out.read_text() == corrupt  # nothing deleted, not even the partial last line
 
 
+@pytest.mark.reliability("output")
 def test_failed_start_does_not_block_the_corrected_config(tmp_path, capsys, tiny):
     bad = write_json(tmp_path, good_config(tmp_path, tiny, model={"name": str(tmp_path / "typo")}))
     rc, err = run_main(["run", bad, "-q"], capsys)
@@ -462,6 +477,7 @@ def test_failed_start_does_not_block_the_corrected_config(tmp_path, capsys, tiny
     assert rc == 0, err
 
 
+@pytest.mark.reliability("output")
 def test_raising_limit_continues_and_summary_and_candidates(tmp_path, capsys, tiny):
     cfg = write_json(tmp_path, good_config(tmp_path, tiny, prompts=["hello", "the sea", "a big dog"],
                                            run={"save_candidates": True}))
@@ -483,6 +499,7 @@ def test_raising_limit_continues_and_summary_and_candidates(tmp_path, capsys, ti
     assert len(row["token_logprobs"]) == row["length"]
 
 
+@pytest.mark.reliability("output")
 def test_candidates_of_unfinished_prompts_are_pruned(tmp_path, capsys, tiny):
     cfg = write_json(tmp_path, good_config(tmp_path, tiny, run={"save_candidates": True}))
     cands = tmp_path / "out.candidates.jsonl"
@@ -492,6 +509,7 @@ def test_candidates_of_unfinished_prompts_are_pruned(tmp_path, capsys, tiny):
     assert len(rows) == 4 and len({(r["id"], r["iteration"], r["sample"]) for r in rows}) == 4
 
 
+@pytest.mark.reliability("output")
 def test_second_run_on_the_same_output_is_refused_naming_the_holder(tmp_path, tiny):
     prompts = [f"hello {i}" for i in range(40)]
     cfg = write_json(tmp_path, good_config(tmp_path, tiny, prompts=prompts, model={"max_new_tokens": 16}))
@@ -512,6 +530,7 @@ def test_second_run_on_the_same_output_is_refused_naming_the_holder(tmp_path, ti
         first.wait()
 
 
+@pytest.mark.reliability("output")
 def test_ctrl_c_says_what_is_saved_and_the_same_command_resumes(tmp_path, tiny):
     prompts = [f"hello {i}" for i in range(40)]
     cfg = write_json(tmp_path, good_config(tmp_path, tiny, prompts=prompts, model={"max_new_tokens": 16}))

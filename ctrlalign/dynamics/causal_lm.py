@@ -143,16 +143,19 @@ class CausalLM(StepwiseDynamics):
     controls V_j (n, τ, d) and its uniforms U_j (n, T) from ``generators[j]`` — never of the
     other prompts' randomness. How exactly that holds depends on the engine:
 
-    * ``engine="eager", engine_options={"batch_invariant": True}``: **bitwise**. Each prompt
+    * ``engine="eager"`` (default; ``engine_options={"batch_invariant": True}`` is the
+      eager engine's default, as for the command line and configs): **bitwise**. Each prompt
       is prefilled without padding and decoded on its own n rows, so its tokens, logprobs and
       base logprobs are identical, bit for bit, whether it is decoded alone or in any batch at
       any position, for any n, in any dtype and with any number of threads, as long as the
       kernels are deterministic for equal inputs and shapes: tested on the CPU in float32
       (four architectures, and SmolLM2-135M at 8 prompts × 8 samples × 16 tokens) and
       bfloat16. On a GPU the same argument holds where cuBLAS/SDPA are deterministic for a
-      fixed shape (not tested here). It costs about 2× on CPU at n = 8 (see
-      :class:`~ctrlalign.dynamics.engines.eager.EagerEngine`), which is why it is not the default.
-    * ``engine="eager"`` (default) and ``engine="static"``: **in distribution**. All D·n rows
+      fixed shape (not tested here). So the same prompts and seed give the same samples from
+      :func:`ctrlalign.align`, ``ctrlalign align`` and ``ctrlalign run``, whatever the batch.
+      Its cost on CPU is measured in :class:`~ctrlalign.dynamics.engines.eager.EagerEngine`.
+    * ``engine_options={"batch_invariant": False}`` and ``engine="static"``: **in
+      distribution**. All D·n rows
       share left-padded attention and GEMMs whose rounding depends on the batch (padding
       length, GEMM row count and kernel choice), so prompt j's logits differ from its lone
       run by rounding (float32 ~1e-6 relative, bfloat16 ~1e-2). With the same uniforms the

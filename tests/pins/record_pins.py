@@ -8,12 +8,13 @@ comparison is bitwise.
 What is pinned (all on the CPU, one thread):
 
 * rollouts (``prepare`` + ``rollout``) of the toy systems and of a tiny random Llama (eager
-  engine with ``batch_invariant`` False and True, static engine with ``compile="none"``),
+  engine with ``batch_invariant`` False and True (its default), static engine with ``compile="none"``),
   uncontrolled and under controls V = ``space.bind(τ, dynamics).controls(θ)`` from a seeded θ
   for every control space;
 * ``ctrlalign.align`` for every registered controller (Best-of-N with σ = 0 and σ > 0) × every
-  control space on the linear toy system and on the tiny Llama (:func:`align_pins`, the one
-  function that builds controllers and spaces).
+  control space on the linear toy system and on the tiny Llama, eager engine with
+  ``batch_invariant`` False (``align/lm_eager``) and True (``align/lm_eager_bi``, added when it
+  became the default) (:func:`align_pins`, the one function that builds controllers and spaces).
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def tiny_lm(engine: str, **options: Any) -> CausalLM:
 def lm_systems() -> dict[str, CausalLM]:
     """The tiny model under each engine setting pinned."""
     return {
-        "eager": tiny_lm("eager"),
-        "eager_bi": tiny_lm("eager", batch_invariant=True),
+        "eager": tiny_lm("eager", batch_invariant=False),
+        "eager_bi": tiny_lm("eager"),  # the default: batch-invariant
         "static": tiny_lm("static", compile="none"),
     }
 
@@ -177,9 +178,9 @@ def compute_pins() -> dict[str, Any]:
         pins[f"rollout/lm_{key}"] = rollout_pins(lm, lm_prompts, TAU_LM)
     pins["align/linear"] = align_pins(lin, lin_reward, lin_prompts[:2], lin.horizon)
     pins["align/softmax_head"] = align_pins(sh, sh_reward, sh_prompts[:2], sh.horizon)
-    lm = tiny_lm("eager")
     lm_reward = ca.CallableReward(lambda p, s: float(len(set(s.tokens))) - 0.1 * len(s.tokens))
-    pins["align/lm_eager"] = align_pins(lm, lm_reward, lm_prompts[:2], TAU_LM)
+    pins["align/lm_eager"] = align_pins(tiny_lm("eager", batch_invariant=False), lm_reward, lm_prompts[:2], TAU_LM)
+    pins["align/lm_eager_bi"] = align_pins(tiny_lm("eager"), lm_reward, lm_prompts[:2], TAU_LM)
     return pins
 
 

@@ -105,34 +105,37 @@ class EagerEngine(Engine):
 
     Batching, and what it costs (``batch_invariant``):
 
-    * ``False`` (default): one block of all D prompts, left-padded to the longest, decoded as
+    * ``False``: one block of all D prompts, left-padded to the longest, decoded as
       B = D·n rows at once. Fast, but a prompt's floating-point results depend on its batch:
       the padding changes the attention reductions' length and order, and the row count M of
       every GEMM can change the BLAS kernel (one-threaded MKL sgemm on AVX-512 rounds a row
       differently for M ≤ 3 than for M ≥ 4). Tokens agree with the prompt decoded alone *in distribution* and almost
       always exactly; logprobs agree to rounding.
-    * ``True``: D blocks of one prompt each, unpadded, prefilled and decoded one after the
+    * ``True`` (default): D blocks of one prompt each, unpadded, prefilled and decoded one after the
       other with n rows (each advance runs the blocks in turn). Prompt j's computation is then the very same sequence of kernels on
       the same shapes and values whether it is decoded alone or in any batch at any position,
       so its tokens, logprobs and base logprobs are **bitwise** identical, for any n, dtype
       and thread count, wherever kernels are deterministic for equal inputs and shapes (the
-      CPU). It costs about 2× at n = 8: the weights are read once per prompt and step instead
-      of once per step (SmolLM2-135M, float32, one thread, D = 4, n = 8, T = 32: 131.5 →
-      70.0 tok/s, ``benchmarks/cpu_batch_invariance.py speed``); the gap should shrink as n grows and
-      each prompt's GEMMs get taller (not measured).
+      CPU). It costs ×0.54 tokens/s at n = 8 and ×0.86 at n = 32: the weights are read once
+      per prompt and step instead of once per step, by GEMMs of n rows (SmolLM2-135M, float32,
+      one thread, D = 4, T = 32: 141.4 → 76.1 and 154.2 → 131.8 tok/s,
+      ``benchmarks/cpu_batch_invariance.py speed``, loaded machine; BENCHMARKS.md).
 
     A cheaper exact scheme was measured and not adopted: batched GEMMs with attention run per
     prompt on its unpadded keys cost 13% at the setting above and are bitwise with one thread,
     but not with two — MKL's sgemm rounds a row differently depending on the row count M when
     multi-threaded (with 2 threads, M ∈ {1, 2, 3, 5, 6, 7, 9, 10, 11} differ from larger M),
-    so it would promise less than this one.
+    so it would promise less than this one. Running the prompts' passes interleaved module by
+    module (each pass unchanged, so still bitwise) to share weight reads was not measurably faster
+    end to end on a loaded 2-core CPU (BENCHMARKS.md).
 
     Args:
         model: the ``transformers`` causal LM (its ``base_model`` is run).
-        batch_invariant: decode prompt by prompt (see above).
+        batch_invariant: decode prompt by prompt (see above); the default, as for the command
+            line and configs, so that the same prompts and seed give the same samples everywhere.
     """
 
-    def __init__(self, model: Any, *, batch_invariant: bool = False) -> None:
+    def __init__(self, model: Any, *, batch_invariant: bool = True) -> None:
         if not isinstance(batch_invariant, bool):
             raise ConfigError(f"batch_invariant must be True or False, got {batch_invariant!r}")
         self.model = model
