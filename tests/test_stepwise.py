@@ -91,6 +91,19 @@ def _advance_in_blocks(dyn, ctx, V, noise, n, sizes):
     return state
 
 
+def check_engine(lms, key):
+    """Every engine property of this module (each with its power check here) on ``lms[key]``,
+    a CausalLM with T = 6 whose engine is under test (engines defined elsewhere run these)."""
+    assert lms[key].max_horizon == T
+    test_advance_in_blocks_is_the_rollout_bitwise(lms, key)
+    test_select_identity_changes_nothing(lms, key)
+    for broken in (False, True):
+        test_a_forked_row_continues_like_its_source(lms, key, broken)
+    test_finished_rows_stay_finished(lms, key)
+    for zero in (False, True):
+        test_log_q_is_log_p_without_control(lms, key, zero)
+
+
 # ------------------------------------------------------------------------------ blocks == one shot
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(split=st.lists(st.integers(0, T), max_size=4), tau=st.integers(0, T))
