@@ -146,10 +146,13 @@ class LlamaCppEngine(Engine):
         n_ctx: KV-cache cells for all live prompts and rows (prompt tokens + D·n·T).
         n_batch: the most tokens per ``llama_decode`` call (≥ the rows B).
         cache_type: ``"f16"`` (default) or ``"f32"`` KV cache.
+        flash_attn: llama.cpp's flash attention (default True; its CPU kernel works in float16,
+            so a float32 cache with ``flash_attn=False`` is the closest to the torch model).
     """
 
     def __init__(self, model: Any, *, gguf: str | Path | None = None, n_threads: int | None = None,
-                 n_ctx: int = 16384, n_batch: int = 512, cache_type: str = "f16") -> None:
+                 n_ctx: int = 16384, n_batch: int = 512, cache_type: str = "f16",
+                 flash_attn: bool = True) -> None:
         check_int("n_ctx", n_ctx, minimum=1)
         check_int("n_batch", n_batch, minimum=1)
         if n_threads is not None:
@@ -164,7 +167,7 @@ class LlamaCppEngine(Engine):
                 "transformers Llama)"
             )
         self.runtime = LlamaCppRuntime(path, n_threads=n_threads or torch.get_num_threads(), n_ctx=n_ctx,
-                                       n_batch=n_batch, cache_type=cache_type)
+                                       n_batch=n_batch, cache_type=cache_type, flash_attn=flash_attn)
         check_offset_head(self.head, self.runtime.metadata)
         rt = self.runtime
         if (rt.vocab_size, rt.hidden_size) != (self.head.vocab_size, self.head.hidden_size):

@@ -103,14 +103,20 @@ class LlamaCppRuntime:
             prefilled in several calls; decode steps need ``rows`` ≤ n_batch).
         n_seq_max: sequences at once (≤ 256).
         cache_type: ``"f16"`` (llama.cpp's default) or ``"f32"`` KV cache.
+        flash_attn: llama.cpp's flash attention (default): a row's attention skips the cells of
+            other sequences; its CPU kernel rounds the attention through float16 (relative error
+            ~1e-4 even with a float32 cache). False: plain attention over all used cells, masked.
     """
 
     def __init__(self, path: str | Path, *, n_threads: int | None = None, n_ctx: int = 16384,
-                 n_batch: int = 512, n_seq_max: int = 256, cache_type: str = "f16") -> None:
+                 n_batch: int = 512, n_seq_max: int = 256, cache_type: str = "f16",
+                 flash_attn: bool = True) -> None:
         ll = self.ll = import_llama_cpp()
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"GGUF file {str(path)!r} does not exist")
+        if not isinstance(flash_attn, bool):
+            raise ConfigError(f"flash_attn must be True or False, got {flash_attn!r}")
         if cache_type not in ("f16", "f32"):
             raise ConfigError(f"cache_type must be 'f16' or 'f32', got {cache_type!r}")
         self.path = path
@@ -127,7 +133,7 @@ class LlamaCppRuntime:
         cparams.n_batch = cparams.n_ubatch = int(n_batch)
         cparams.n_seq_max = int(n_seq_max)
         cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cparams.kv_unified = True
         cparams.no_perf = True
         cparams.embeddings = False
@@ -260,14 +266,17 @@ _LOG_KEEP: list[Any] = []  # the ctypes log callback must outlive every llama.cp
 
 
 def quiet_logs(ll: Any) -> None:
-    """Route llama.cpp's log to stderr for errors only (level ≥ 3); it prints every load
-    detail otherwise."""
+    """Route llama.cpp's log to stderr for errors only (ggml's level 4, and the continuation
+    lines (5) of an error); it prints every load detail otherwise."""
     if _LOG_KEEP:
         return
+    last = [0]
 
     @ll.llama_log_callback
     def callback(level: int, text: bytes, user_data: Any) -> None:
-        if level == 3:
+        if level != 5:
+            last[0] = level
+        if last[0] == 4:
             os.write(2, text)
 
     _LOG_KEEP.append(callback)

@@ -43,9 +43,8 @@ def _rope_theta(config: Any) -> float:
     params = getattr(config, "rope_parameters", None) or {}
     theta = params.get("rope_theta", getattr(config, "rope_theta", None))
     kind = params.get("rope_type", "default")
-    if kind != "default" or getattr(config, "rope_scaling", None):
-        raise ConfigError(f"write_llama_gguf: RoPE type {kind!r} (rope_scaling) is not supported; only the "
-                          "default RoPE")
+    if kind != "default":
+        raise ConfigError(f"write_llama_gguf: RoPE type {kind!r} is not supported; only the default RoPE")
     return 10000.0 if theta is None else float(theta)
 
 
