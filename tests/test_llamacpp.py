@@ -24,7 +24,6 @@ from __future__ import annotations
 import gc
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -215,15 +214,16 @@ def test_float16_cache_is_equal_in_distribution(tiny, drop_offset):
 @pytest.mark.parametrize("drop_offset", [False, True])
 def test_packaged_smollm2_q4_is_equal_in_distribution(drop_offset):
     """The packaged SmolLM2-135M: its Q4_1 GGUF in llama.cpp (float16 cache) against the float32
-    torch conversion. Next-token distributions after chat prompts, under a control of the size the
-    controllers use: TV < 0.1 at every prompt. Power: dropping the control offset exceeds it."""
+    torch conversion of the same file. Next-token distributions after chat prompts, under a
+    control v ~ N(0, 0.5² I) (‖v‖ ≈ 12, the benchmarks' scale): TV < 0.1 at every prompt (measured
+    max 0.072; 0.069 uncontrolled: llama.cpp quantises the activations for its Q4_1 dot products;
+    the same weights as a float32 GGUF agree to TV 3e-6). Power: dropping the offset gives 0.41."""
     lm = CausalLM.from_pretrained("default", engine="llamacpp", engine_options={"n_threads": 2},
                                   sampling=SamplingConfig(max_new_tokens=4))
     prompts = ["Write a short poem about the sea.", "What is the capital of France?",
                "Tell me a joke about cats.", "Explain photosynthesis in one sentence."]
     g = torch.Generator().manual_seed(0)
-    v = torch.randn(len(prompts), lm.hidden_size, generator=g)
-    v = 4.0 * v / v.norm(dim=-1, keepdim=True) * lm.hidden_size ** 0.5 / 24
+    v = 0.5 * torch.randn(len(prompts), lm.hidden_size, generator=g)
     tv = controlled_distance(lm, prompts, v, drop_offset=drop_offset)
     assert (tv < 0.1) != drop_offset, tv
 
