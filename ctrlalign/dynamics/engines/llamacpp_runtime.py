@@ -217,7 +217,9 @@ class LlamaCppRuntime:
         sequence ``seqs[i]`` (each sequence's tokens in order, continuing its cells).
 
         Args:
-            tokens, positions, seqs: (N,) integer arrays, N ≤ n_batch (else ConfigError).
+            tokens: (N,) token ids, N ≤ n_batch (else ConfigError).
+            positions: (N,) their positions in their sequences.
+            seqs: (N,) their sequence ids.
             want: (N,) bool, the tokens whose logits to return (default: all).
 
         Returns:
