@@ -3,7 +3,7 @@
 One prompt ("Write a short poem about the sea.", chat template), n rows, T = 64 new tokens
 (fixed length, ``ignore_eos``), the packaged SmolLM2-135M-Instruct, ``--threads`` threads for
 both torch and llama.cpp. Tokens per second = n·T / wall time of one rollout (prefill excluded,
-the prefix is reused), best of ``--repeats``:
+the prefix is reused), best of ``--repeats`` at 1 and 4 rows, one run above:
 
 * ``llamacpp`` / ``eager``: :meth:`CausalLM.rollout` uncontrolled (V = None), controlled with a
   per-token control (V (1, n, T, d), one W·v_t per step for llama.cpp) and with a shared one
@@ -84,7 +84,7 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = []
     for n in args.rows:
-        reps = args.repeats if n * T <= 32 * 64 else 1
+        reps = args.repeats if n <= 4 else 1
         ctxs = {k: m.prepare([PROMPT]) for k, m in lms.items()}
         g = torch.Generator().manual_seed(n)
         per_token = 0.5 * torch.randn(1, n, T, eager.hidden_size, generator=g)
