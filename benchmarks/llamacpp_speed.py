@@ -8,6 +8,8 @@ the prefix is reused), best of ``--repeats`` at 1 and 4 rows, one run above:
 * ``llamacpp`` / ``eager``: :meth:`CausalLM.rollout` uncontrolled (V = None), controlled with a
   per-token control (V (1, n, T, d), one W·v_t per step for llama.cpp) and with a shared one
   (a stride-0 view: one W·v per rollout); base log-probabilities on (the library default);
+* ``llamacpp_q8``: the llama.cpp engine on the same weights re-quantised to Q8_0
+  (:func:`~ctrlalign.dynamics.engines.to_gguf.write_llama_gguf`, ``weights="q8_0"``);
 * ``raw``: the same ``llama_decode`` calls the engine makes (n tokens, n sequences sharing the
   prompt's cells, logits of all n rows copied out), the next tokens the argmax of those logits
   in numpy: llama.cpp's speed with the least Python around it.
@@ -26,7 +28,9 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,6 +40,7 @@ import torch
 
 from ctrlalign import CausalLM, SamplingConfig
 from ctrlalign.dynamics.engines.llamacpp_runtime import Sequences
+from ctrlalign.dynamics.engines.to_gguf import write_llama_gguf
 
 PROMPT = "Write a short poem about the sea."
 
@@ -69,7 +74,7 @@ def main() -> None:
     ap.add_argument("--T", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--engines", nargs="+", default=["raw", "llamacpp", "eager"])
+    ap.add_argument("--engines", nargs="+", default=["raw", "llamacpp", "llamacpp_q8", "eager"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,6 +84,11 @@ def main() -> None:
     llama = CausalLM(eager.model, eager.tokenizer, sampling=sampling, verify=False, engine="llamacpp",
                      engine_options={"n_threads": args.threads, "n_ctx": 4096 + max(args.rows) * T})
     lms = {"llamacpp": llama, "eager": eager}
+    if "llamacpp_q8" in args.engines:  # the same weights re-quantised to Q8_0 (written once, temporary)
+        q8 = write_llama_gguf(eager.model, Path(tempfile.mkdtemp()) / "smollm2-q8_0.gguf", weights="q8_0")
+        lms["llamacpp_q8"] = CausalLM(eager.model, eager.tokenizer, sampling=sampling, verify=False, engine="llamacpp",
+                                      engine_options={"gguf": q8, "n_threads": args.threads,
+                                                      "n_ctx": 4096 + max(args.rows) * T})
     for lm in lms.values():  # warm-up: first calls allocate
         lm.rollout(lm.prepare([PROMPT]), None, [torch.Generator().manual_seed(0)], 2)
     load_before = os.getloadavg()

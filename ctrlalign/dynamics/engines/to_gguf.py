@@ -1,4 +1,5 @@
-r"""Write a ``transformers`` Llama model as a float32 GGUF file that llama.cpp runs.
+r"""Write a ``transformers`` Llama model as a GGUF file that llama.cpp runs (float32, float16
+or 8-bit ``Q8_0`` weights).
 
 :class:`~ctrlalign.dynamics.engines.llamacpp.LlamaCppEngine` needs the model as GGUF. The
 packaged models ship as GGUF already; this writer covers the rest of the Llama family in
@@ -6,7 +7,7 @@ packaged models ship as GGUF already; this writer covers the rest of the Llama f
 default RoPE), chiefly the tiny random models of the tests, so the engine's exactness claims
 can be checked against the torch forward pass on the very same float32 weights.
 
-The file holds the weights unquantised (float32), the architecture's hyperparameters, and a
+The file holds the weights (float32 by default), the architecture's hyperparameters, and a
 vocabulary of V placeholder tokens (``tokenizer.ggml.model = "none"``): ctrlalign tokenises
 with the ``transformers`` tokenizer and feeds llama.cpp token ids only.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..._checks import ConfigError
@@ -48,21 +50,30 @@ def _rope_theta(config: Any) -> float:
     return 10000.0 if theta is None else float(theta)
 
 
-def write_llama_gguf(model: Any, path: str | Path) -> Path:
-    """Write ``model`` (a ``transformers`` ``LlamaForCausalLM``) to ``path`` as float32 GGUF.
+def write_llama_gguf(model: Any, path: str | Path, weights: str = "f32") -> Path:
+    """Write ``model`` (a ``transformers`` ``LlamaForCausalLM``) to ``path`` as GGUF.
 
     Args:
         model: the Llama model (any device; its weights are read as float32 on the CPU).
         path: the file to write.
+        weights: the 2-D weights' type: ``"f32"`` (exact), ``"f16"`` or ``"q8_0"`` (8-bit
+            blocks of 32 with a float16 scale, llama.cpp's ``Q8_0``); norms stay float32.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         ConfigError: the model is not a Llama (``model_type``), uses attention or MLP biases,
-            or a RoPE other than the default.
+            or a RoPE other than the default; or ``weights`` is none of the three.
     """
     import gguf  # the GGUF writer; installed with transformers' GGUF support
+    from gguf import quants
+
+    kinds = {"f32": (gguf.LlamaFileType.ALL_F32, None), "f16": (gguf.LlamaFileType.MOSTLY_F16, None),
+             "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, gguf.GGMLQuantizationType.Q8_0)}
+    if weights not in kinds:
+        raise ConfigError(f"write_llama_gguf: weights must be one of {sorted(kinds)}, got {weights!r}")
+    file_type, qtype = kinds[weights]
 
     cfg = model.config
     if getattr(cfg, "model_type", None) != "llama":
@@ -90,11 +101,17 @@ def write_llama_gguf(model: Any, path: str | Path) -> Path:
     writer.add_rope_freq_base(theta)
     writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     writer.add_vocab_size(vocab)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(file_type)
     writer.add_tokenizer_model("none")
 
     def put(name: str, t: torch.Tensor) -> None:
-        writer.add_tensor(name, t.contiguous().numpy())
+        a = t.contiguous().numpy()
+        if a.ndim == 1 or weights == "f32":
+            writer.add_tensor(name, a)
+        elif qtype is None:
+            writer.add_tensor(name, a.astype(np.float16))
+        else:
+            writer.add_tensor(name, quants.quantize(a, qtype), raw_dtype=qtype)
 
     put("token_embd.weight", state["model.embed_tokens.weight"])
     for i in range(cfg.num_hidden_layers):
