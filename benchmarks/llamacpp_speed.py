@@ -5,11 +5,12 @@ One prompt ("Write a short poem about the sea.", chat template), n rows, T = 64 
 both torch and llama.cpp. Tokens per second = n·T / wall time of one rollout (prefill excluded,
 the prefix is reused), best of ``--repeats`` at 1 and 4 rows, one run above:
 
-* ``llamacpp`` / ``eager``: :meth:`CausalLM.rollout` uncontrolled (V = None), controlled with a
-  per-token control (V (1, n, T, d), one W·v_t per step for llama.cpp) and with a shared one
-  (a stride-0 view: one W·v per rollout); base log-probabilities on (the library default);
+* ``llamacpp``: :meth:`CausalLM.rollout` uncontrolled (V = None), controlled with a per-token
+  control (V (1, n, T, d): one W·v_t per step) and with a shared one (a stride-0 view: one W·v
+  per rollout); base log-probabilities on (the library default);
+* ``eager``: uncontrolled and per-token (a shared control costs it the same per step);
 * ``llamacpp_q8``: the llama.cpp engine on the same weights re-quantised to Q8_0
-  (:func:`~ctrlalign.dynamics.engines.to_gguf.write_llama_gguf`, ``weights="q8_0"``);
+  (:func:`~ctrlalign.dynamics.engines.to_gguf.write_llama_gguf`, ``weights="q8_0"``), uncontrolled;
 * ``raw``: the same ``llama_decode`` calls the engine makes (n tokens, n sequences sharing the
   prompt's cells, logits of all n rows copied out), the next tokens the argmax of those logits
   in numpy: llama.cpp's speed with the least Python around it.
@@ -107,7 +108,10 @@ def main() -> None:
                 print(rows[-1], flush=True)
                 continue
             lm, ctx = lms[name], ctxs[name]
-            for control, V in (("none", None), ("per_token", per_token), ("shared", shared)):
+            modes = {"none": None, "per_token": per_token, "shared": shared}
+            if name != "llamacpp":  # the eager engine runs a shared control per step like a per-token one
+                modes = {"none": None} if name == "llamacpp_q8" else {"none": None, "per_token": per_token}
+            for control, V in modes.items():
                 s = best_time(lambda lm=lm, ctx=ctx, V=V, n=n: lm.rollout(ctx, V, [torch.Generator().manual_seed(0)], n),
                               reps)
                 rows.append({"engine": name, "rows": n, "control": control, "tokens_per_s": n * T / s, "seconds": s})
