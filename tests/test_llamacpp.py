@@ -260,3 +260,18 @@ def test_without_llama_cpp_the_engine_says_how_to_install(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now raises ImportError
     with pytest.raises(ConfigError, match="pip install 'llama-cpp-python"):
         CausalLM(model, tok, engine="llamacpp", engine_options={"gguf": path, **OPTS})
+
+
+@pytest.mark.parametrize("weights, atol", [("f16", 2e-2), ("q8_0", 0.2)])
+def test_gguf_weights_f16_and_q8_0_stay_close(tiny, tmp_path, weights, atol):
+    """write_llama_gguf's smaller weight types: llama.cpp's logits within ``atol`` of the float32
+    torch model's (logits up to ~12 here), further than the float32 file (1e-4) but close."""
+    model, tok, _ = tiny
+    path = write_llama_gguf(model, tmp_path / f"tiny-{weights}.gguf", weights=weights)
+    lm = CausalLM(model, tok, sampling=SamplingConfig(max_new_tokens=T), engine="llamacpp",
+                  engine_options={"gguf": path, **EXACT})
+    ours, ref = _next_token_logits(lm, PROMPTS)
+    err = float((ours - ref).abs().max())
+    assert 1e-4 < err < atol, err
+    with pytest.raises(ConfigError, match="weights must be one of"):
+        write_llama_gguf(model, tmp_path / "x.gguf", weights="q4_0")
