@@ -100,22 +100,21 @@ def main() -> None:
         g = torch.Generator().manual_seed(n)
         per_token = 0.5 * torch.randn(1, n, T, eager.hidden_size, generator=g)
         shared = per_token[:, :, :1].expand(1, n, T, eager.hidden_size)
-        for name in args.engines:
+        plan = []  # (engine, control, V): every engine uncontrolled first, then the controlled runs
+        for control, V in (("none", None), ("per_token", per_token), ("shared", shared)):
+            for name in args.engines:
+                if control == "none" or name == "llamacpp" or (name == "eager" and control == "per_token"):
+                    plan.append((name, control, V))  # eager runs a shared control per step like a per-token one
+        for name, control, V in plan:
             if name == "raw":
                 raw_decode(llama, ctxs["llamacpp"], min(n, 4), 4)  # warm-up
                 s = best_time(lambda c=ctxs["llamacpp"], n=n: raw_decode(llama, c, n, T), reps)
-                rows.append({"engine": "raw", "rows": n, "control": "none", "tokens_per_s": n * T / s, "seconds": s})
-                print(rows[-1], flush=True)
-                continue
-            lm, ctx = lms[name], ctxs[name]
-            modes = {"none": None, "per_token": per_token, "shared": shared}
-            if name != "llamacpp":  # the eager engine runs a shared control per step like a per-token one
-                modes = {"none": None} if name == "llamacpp_q8" else {"none": None, "per_token": per_token}
-            for control, V in modes.items():
+            else:
+                lm, ctx = lms[name], ctxs[name]
                 s = best_time(lambda lm=lm, ctx=ctx, V=V, n=n: lm.rollout(ctx, V, [torch.Generator().manual_seed(0)], n),
                               reps)
-                rows.append({"engine": name, "rows": n, "control": control, "tokens_per_s": n * T / s, "seconds": s})
-                print(rows[-1], flush=True)
+            rows.append({"engine": name, "rows": n, "control": control, "tokens_per_s": n * T / s, "seconds": s})
+            print(rows[-1], flush=True)
     load_after = os.getloadavg()
     result = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF in llama.cpp, float32 torch)", "T": T,
               "threads": args.threads, "loadavg_before": load_before, "loadavg_after": load_after,
