@@ -76,8 +76,9 @@ def _add_model(a: argparse.ArgumentParser) -> None:
     a.add_argument("--chat-template", default=None, action=argparse.BooleanOptionalAction,
                    help="apply the tokenizer's chat template when it has one (default yes)")
     a.add_argument("--system-prompt", default=None, help="system message put before the prompt (chat templates)")
-    a.add_argument("--engine", default=None, choices=["eager", "static"],
-                   help="rollout engine; 'static' = static KV cache + CUDA graphs (GPU, Llama/Qwen2)")
+    a.add_argument("--engine", default=None, choices=["eager", "static", "llamacpp"],
+                   help="rollout engine; 'static' = static KV cache + CUDA graphs (GPU, Llama/Qwen2); "
+                        "'llamacpp' = llama.cpp forward pass on the packaged GGUF (CPU; needs llama-cpp-python)")
     a.add_argument("--batch-invariant", default=None, action=argparse.BooleanOptionalAction,
                    help="decode each prompt on its own rows so its result is bitwise the same in any batch "
                         "(eager engine; default on, as in the Python API; x0.54 tokens/s of mixing prompts at n = 8 on CPU)")

@@ -106,7 +106,9 @@ class ModelConfig(_Strict):
     system_prompt: str | None = Field(None, description="optional system message for chat templates")
     greedy: bool = Field(False, description="greedy decoding of the controlled logits: the response is a function "
                          "of the controls alone")
-    engine: Literal["eager", "static"] = Field("eager", description="rollout engine: 'static' is the CUDA-graph GPU engine")
+    engine: Literal["eager", "static", "llamacpp"] = Field(
+        "eager", description="rollout engine: 'static' is the CUDA-graph GPU engine, 'llamacpp' the llama.cpp CPU "
+        "engine on the packaged GGUF (needs llama-cpp-python)")
     batch_invariant: bool | None = Field(
         None, description="decode each prompt on its own rows, so that a prompt's result is bitwise the same "
         "whatever shares its batch (eager engine only; unset: on for the eager engine, as in the Python API, "

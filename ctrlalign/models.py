@@ -59,7 +59,10 @@ __all__ = [
     "load_model",
     "load_packaged",
     "packaged_converted_path",
+    "packaged_gguf_file",
+    "packaged_gguf_for",
     "packaged_gguf_path",
+    "packaged_name_of",
     "resolve_packaged",
 ]
 
@@ -332,6 +335,50 @@ def packaged_gguf_path(name: str, workdir: Path | None = None) -> Path:
         out.unlink()
         raise ValueError(f"joined {spec.gguf_file} has the wrong SHA-256 (damaged chunk packages?)")
     return out
+
+
+def packaged_gguf_file(name: str) -> Path:
+    """Packaged model ``name``'s GGUF file as one file that stays: where its package installed
+    it, or, for a chunked one, joined once into ``<cache>/gguf/<file>`` (SHA-256 checked, moved
+    into place atomically) and reused after.
+
+    Raises:
+        FileNotFoundError: the package (or a chunk) is missing; the message says how to install it.
+        ValueError: the joined file's SHA-256 is wrong.
+    """
+    spec = resolve_packaged(name)
+    if not spec.chunks:
+        return packaged_gguf_path(spec.name)
+    target = cache_dir() / "gguf" / spec.gguf_file
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{spec.gguf_file}-", dir=target.parent))
+    try:
+        os.replace(packaged_gguf_path(spec.name, workdir=work), target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def packaged_name_of(model: Any) -> str | None:
+    """The name of the packaged model whose cached conversion ``model`` (a ``transformers``
+    model) was loaded from (by its ``name_or_path``), or None."""
+    source = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    if not source:
+        return None
+    where = Path(str(source)).expanduser().resolve()
+    for name in PACKAGED_MODELS:
+        if packaged_converted_path(name).expanduser().resolve() == where:
+            return name
+    return None
+
+
+def packaged_gguf_for(model: Any) -> Path | None:
+    """The GGUF file a packaged model was converted from (:func:`packaged_name_of`,
+    :func:`packaged_gguf_file`), or None for any other model."""
+    name = packaged_name_of(model)
+    return None if name is None else packaged_gguf_file(name)
 
 
 def _ensure_converted(spec: PackagedModel) -> Path:

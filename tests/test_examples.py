@@ -165,14 +165,7 @@ def test_custom_engine_passes_the_engine_checks(counting_lms):
     the counting engine."""
     lms = counting_lms
     assert type(lms["counting"].engine).__name__ == "CountingEngine"
-    assert stepwise.T == lms["counting"].max_horizon
-    stepwise.test_advance_in_blocks_is_the_rollout_bitwise(lms, "counting")
-    stepwise.test_select_identity_changes_nothing(lms, "counting")
-    for broken in (False, True):
-        stepwise.test_a_forked_row_continues_like_its_source(lms, "counting", broken)
-    stepwise.test_finished_rows_stay_finished(lms, "counting")
-    for zero in (False, True):
-        stepwise.test_log_q_is_log_p_without_control(lms, "counting", zero)
+    stepwise.check_engine(lms, "counting")
 
 
 def test_custom_engine_counts_k_T_decode_steps_and_equals_eager(counting_lms):

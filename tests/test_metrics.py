@@ -305,6 +305,37 @@ def test_packaged_chunks_joined_and_checked(monkeypatch, tmp_path):
         models.packaged_gguf_path("gemma3-270m")
 
 
+def test_packaged_gguf_file_joins_once_and_models_are_recognised(monkeypatch, tmp_path):
+    """A chunked GGUF is joined once into <cache>/gguf and reused (the llama.cpp engine keeps it
+    open); a model loaded from a packaged conversion is recognised by its name_or_path."""
+    import dataclasses
+    import hashlib
+    import types
+
+    from ctrlalign import models
+
+    parts = tmp_path / "pkg"
+    for k, blob in enumerate([b"ab", b"cd"]):
+        (parts / f"m{k}").mkdir(parents=True)
+        (parts / f"m{k}" / f"g.part{k}").write_bytes(blob)
+    spec = dataclasses.replace(models.PACKAGED_MODELS["gemma3-270m"], gguf_file="g",
+                               chunks=tuple((f"m{k}", f"g.part{k}") for k in range(2)),
+                               sha256=hashlib.sha256(b"abcd").hexdigest())
+    monkeypatch.setitem(models.PACKAGED_MODELS, "gemma3-270m", spec)
+    monkeypatch.setattr(models, "find_package_dirs", lambda module, dist, name: [parts / module])
+    monkeypatch.setenv("CTRLALIGN_CACHE", str(tmp_path / "cache"))
+    p = models.packaged_gguf_file("gemma3-270m")
+    assert p == tmp_path / "cache" / "gguf" / "g" and p.read_bytes() == b"abcd"
+    assert sorted(x.name for x in p.parent.iterdir()) == ["g"]  # the work folder is gone
+    (parts / "m0" / "g.part0").unlink()  # joined already: the chunks are not read again
+    assert models.packaged_gguf_file("gemma3-270m") == p
+    converted = types.SimpleNamespace(name_or_path=str(models.packaged_converted_path("gemma3-270m")))
+    assert models.packaged_name_of(converted) == "gemma3-270m"
+    assert models.packaged_gguf_for(converted) == p
+    assert models.packaged_name_of(types.SimpleNamespace(name_or_path=str(tmp_path / "other"))) is None
+    assert models.packaged_gguf_for(types.SimpleNamespace(name_or_path="")) is None
+
+
 @pytest.mark.slow
 def test_gemma_packaged_loads_and_scores():
     """The packaged Gemma-3-270M converts (once), loads, and scores SmolLM2-style text."""

@@ -91,6 +91,20 @@ def _advance_in_blocks(dyn, ctx, V, noise, n, sizes):
     return state
 
 
+def check_engine(lms, key, fork_atol=0.0):
+    """Every engine property of this module (each with its power check here) on ``lms[key]``,
+    a CausalLM with T = 6 whose engine is under test (engines defined elsewhere run these);
+    ``fork_atol``: see :func:`test_a_forked_row_continues_like_its_source`."""
+    assert lms[key].max_horizon == T
+    test_advance_in_blocks_is_the_rollout_bitwise(lms, key)
+    test_select_identity_changes_nothing(lms, key)
+    for broken in (False, True):
+        test_a_forked_row_continues_like_its_source(lms, key, broken, fork_atol)
+    test_finished_rows_stay_finished(lms, key)
+    for zero in (False, True):
+        test_log_q_is_log_p_without_control(lms, key, zero)
+
+
 # ------------------------------------------------------------------------------ blocks == one shot
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(split=st.lists(st.integers(0, T), max_size=4), tau=st.integers(0, T))
@@ -170,10 +184,12 @@ def _fork_run(lm, ctx, rows, V, noise, cut, *, broken=False):
 
 @pytest.mark.parametrize("key", list(ENGINES))
 @pytest.mark.parametrize("broken", [False, True])
-def test_a_forked_row_continues_like_its_source(lms, key, broken):
+def test_a_forked_row_continues_like_its_source(lms, key, broken, atol=0.0):
     """Row i after select(rows) continues old row rows[j, i] exactly: it equals the run in
     which old row rows[j, i] itself got row i's later uniforms. Power: a select that gathers
-    the decoded tokens but not the KV cache fails it."""
+    the decoded tokens but not the KV cache fails it. ``atol`` > 0 (an engine whose
+    attention rounds differently once a row's cache cells move, e.g. llama.cpp): the same
+    tokens and texts, log-probabilities within ``atol``."""
     lm = lms[key]
     D, n, cut = 3, 3, 2
     ctx = lm.prepare(PROMPTS[:D])
@@ -191,8 +207,8 @@ def test_a_forked_row_continues_like_its_source(lms, key, broken):
             state, _ = lm.advance(state, V, u)
             own = lm.outcomes(state)
             same = (torch.equal(own.tokens[j, src], forked.tokens[j, i])
-                    and torch.equal(own.logprobs[j, src], forked.logprobs[j, i])
-                    and torch.equal(own.base_logprobs[j, src], forked.base_logprobs[j, i])
+                    and torch.allclose(own.logprobs[j, src], forked.logprobs[j, i], rtol=0, atol=atol)
+                    and torch.allclose(own.base_logprobs[j, src], forked.base_logprobs[j, i], rtol=0, atol=atol)
                     and own.texts[j][src] == forked.texts[j][i])
             ok &= same
     assert ok != broken

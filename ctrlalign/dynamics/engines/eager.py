@@ -17,9 +17,17 @@ import torch
 
 from ..._checks import ConfigError
 from ..base import Step
-from ..decoding import SamplingConfig, sample_with_logprobs
+from ..decoding import SamplingConfig
 from ..head import OutputHead, backbone_of
-from .protocol import Decoded, Engine, EngineState, check_advance_inputs, check_rows, eos_list
+from .protocol import (
+    Decoded,
+    Engine,
+    EngineState,
+    StepRecorder,
+    check_advance_inputs,
+    check_rows,
+    eos_list,
+)
 
 __all__ = ["EagerBlock", "EagerEngine", "EagerState", "Prefix", "cache_argument"]
 
@@ -249,27 +257,17 @@ class EagerEngine(Engine):
                        b: int) -> tuple[Step, EagerBlock, torch.Tensor]:
         """b tokens of one block's B' rows; finished (B',) before them, controls (D', n, b, d)
         or None, uniforms (D', n, b) → (step, block, finished after)."""
-        config = state.config
         B = block.hidden.shape[0]
-        T, L, t0 = config.max_new_tokens, block.prompt_length, state.position
-        device = block.hidden.device
+        T, L, t0 = state.config.max_new_tokens, block.prompt_length, state.position
         ctrl = self.row_controls(controls)  # (B', b, d) view
         u = uniforms.reshape(B, b)
-        pad = state.pad_token_id
-        use_eos = state.use_eos
-        eos = torch.as_tensor(state.eos_token_ids, dtype=torch.long, device=device)
         want_base = state.base_logprobs
-
-        tokens = torch.full((B, b), pad, dtype=torch.long, device=device)
-        logprobs = torch.zeros(B, b, dtype=torch.float32, device=device)
-        base_lp = torch.zeros(B, b, dtype=torch.float32, device=device) if want_base else None
-        alive_out = torch.zeros(B, b, dtype=torch.bool, device=device)
-        finished = finished.clone()
+        rec = StepRecorder(state, finished, b)
         z, cache, head = block.hidden, block.cache, self.head
 
         for s in range(b):
             t = t0 + s
-            if use_eos and bool(finished.all()):
+            if rec.all_finished():
                 break  # every row has ended: the rest is padding
             if ctrl is not None:
                 zv = z + ctrl[:, s]
@@ -282,23 +280,8 @@ class EagerEngine(Engine):
                 logits = head(z)
                 base = logits if want_base else None
             # uncontrolled, base is logits: sample_with_logprobs reuses lp, no second pass
-            tok, lp, blp = sample_with_logprobs(logits, u[:, s], config, base_logits=base)
-            alive = ~finished
-            if use_eos:
-                tok = torch.where(alive, tok, pad)
-                lp = torch.where(alive, lp, 0.0)
-                if blp is not None:
-                    blp = torch.where(alive, blp, 0.0)
-            tokens[:, s] = tok
-            logprobs[:, s] = lp
-            if base_lp is not None:
-                base_lp[:, s] = blp
-            alive_out[:, s] = alive
-            if use_eos:
-                finished |= torch.isin(tok, eos)
-                if bool(finished.all()):
-                    continue
-            if t == T - 1:
+            tok = rec.draw(s, logits, base, u[:, s])
+            if rec.all_finished() or t == T - 1:
                 continue
             out = self.backbone(
                 input_ids=tok.unsqueeze(1),
@@ -308,8 +291,7 @@ class EagerEngine(Engine):
                 **{self.cache_argument: cache},
             )
             z = out.last_hidden_state[:, -1]
-        step = Step(tokens=tokens, logprobs=logprobs, base_logprobs=base_lp, alive=alive_out)
-        return step, dataclasses.replace(block, hidden=z), finished
+        return rec.step(), dataclasses.replace(block, hidden=z), rec.finished
 
     def select(self, state: EagerState, rows: torch.Tensor) -> EagerState:
         """Gather every block's rows: KV cache (prompt part included), z, masks and the decoded

@@ -52,9 +52,10 @@ from typing import Any
 import torch
 
 from ..base import Step
-from ..decoding import DecodeResult, SamplingConfig
+from ..decoding import DecodeResult, SamplingConfig, sample_with_logprobs
 
-__all__ = ["Decoded", "Engine", "EngineState", "Lease", "check_advance_inputs", "check_decode_shapes", "check_rows", "eos_list"]
+__all__ = ["Decoded", "Engine", "EngineState", "Lease", "StepRecorder", "check_advance_inputs", "check_decode_shapes",
+           "check_rows", "eos_list"]
 
 
 class Lease:
@@ -177,6 +178,73 @@ class EngineState:
         """A copy with ``changes`` and a fresh lease (after consuming this one)."""
         self.lease.consume()
         return dataclasses.replace(self, lease=Lease(), **changes)
+
+
+class StepRecorder:
+    r"""One advance's b tokens of B rows, drawn step by step by the decoding contract.
+
+    The part of an advance that every engine running its decode steps from Python shares:
+    :meth:`draw` samples step s from the step's logits (B, V) by
+    :func:`~ctrlalign.dynamics.decoding.sample_with_logprobs` with the uniforms (B,), writes
+    pad and log-probabilities 0 for rows that had already finished, and marks a row finished
+    when it emits an EOS; :meth:`step` returns the :class:`~ctrlalign.dynamics.base.Step`
+    (tokens, logprobs, base_logprobs, alive, each (B, b)). An engine's loop is::
+
+        rec = StepRecorder(state, finished, b)
+        for s in range(b):
+            if rec.all_finished():
+                break                      # the rest is padding
+            tok = rec.draw(s, logits, base_logits, u[:, s])
+            if rec.all_finished() or t0 + s == T - 1:
+                continue                   # no next pre-logit needed
+            ...                            # the model's forward pass on tok → next logits
+
+    Args:
+        state: the state being advanced (its config, EOS and pad tokens, ``base_logprobs``).
+        finished: (B,) bool, the rows finished before this advance (not modified).
+        b: tokens in this advance.
+    """
+
+    def __init__(self, state: EngineState, finished: torch.Tensor, b: int) -> None:
+        B, device = finished.shape[0], finished.device
+        self.config = state.config
+        self.pad = state.pad_token_id
+        self.use_eos = state.use_eos
+        self.eos = torch.as_tensor(state.eos_token_ids, dtype=torch.long, device=device)
+        self.finished = finished.clone()
+        self.tokens = torch.full((B, b), self.pad, dtype=torch.long, device=device)
+        self.logprobs = torch.zeros(B, b, dtype=torch.float32, device=device)
+        self.base_logprobs = torch.zeros(B, b, dtype=torch.float32, device=device) if state.base_logprobs else None
+        self.alive = torch.zeros(B, b, dtype=torch.bool, device=device)
+
+    def all_finished(self) -> bool:
+        """Whether EOS ends rows and every row has ended."""
+        return self.use_eos and bool(self.finished.all())
+
+    def draw(self, s: int, logits: torch.Tensor, base_logits: torch.Tensor | None,
+             uniforms: torch.Tensor) -> torch.Tensor:
+        """Token s of every row from the controlled logits (B, V) and the base logits (B, V)
+        (``logits`` itself when uncontrolled, so log p reuses log q; None without base
+        log-probabilities), with uniforms (B,). Returns the tokens (B,) long."""
+        tok, lp, blp = sample_with_logprobs(logits, uniforms, self.config, base_logits=base_logits)
+        alive = ~self.finished
+        if self.use_eos:
+            tok = torch.where(alive, tok, self.pad)
+            lp = torch.where(alive, lp, 0.0)
+            if blp is not None:
+                blp = torch.where(alive, blp, 0.0)
+        self.tokens[:, s] = tok
+        self.logprobs[:, s] = lp
+        if self.base_logprobs is not None:
+            self.base_logprobs[:, s] = blp
+        self.alive[:, s] = alive
+        if self.use_eos:
+            self.finished |= torch.isin(tok, self.eos)
+        return tok
+
+    def step(self) -> Step:
+        """The :class:`~ctrlalign.dynamics.base.Step` of the b tokens (B, b)."""
+        return Step(tokens=self.tokens, logprobs=self.logprobs, base_logprobs=self.base_logprobs, alive=self.alive)
 
 
 class Engine(ABC):

@@ -1,4 +1,4 @@
-"""Engines by name: what ``CausalLM(engine="eager" | "static" | ...)`` builds."""
+"""Engines by name: what ``CausalLM(engine="eager" | "static" | "llamacpp" | ...)`` builds."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from ..._checks import ConfigError
 from .eager import EagerEngine
+from .llamacpp import LlamaCppEngine
 from .protocol import Engine
 from .static import StaticEngine
 
@@ -21,6 +22,7 @@ EngineFactory = Callable[..., Engine]
 ENGINES: dict[str, EngineFactory] = {
     "eager": EagerEngine,
     "static": functools.partial(StaticEngine, grow=True),
+    "llamacpp": LlamaCppEngine,  # needs llama-cpp-python (imported when built)
 }
 
 
