@@ -4,16 +4,16 @@ One run on one machine measures tokens/s of sampled decoding (temperature 1, no 
 fixed length: ``ignore_eos``) of ``rows`` rows × T new tokens after one short chat prompt, at
 every (rows, T) of the grid (default rows ∈ {1, 4, 16, 32, 128, 256}, T ∈ {32, 128}), for:
 
-* ``generate``: ``transformers`` ``model.generate(do_sample=True)`` on the rows (it prefills every
+* ``generate``: ``transformers`` ``model.generate(do_sample=True, top_k=0, top_p=1)`` on the rows (it prefills every
   row, as a user of ``generate`` would; the prompt is short, so that is a small share);
 * every engine of :data:`ctrlalign.dynamics.engines.registry.ENGINES` (found in the registry, so a
   newly registered engine is measured too): :meth:`CausalLM.rollout` of one prefilled prompt ×
   ``rows`` samples, uncontrolled (V = None), the default ``base_logprobs``; an engine that cannot
   be built on CPU is skipped with its error recorded;
-* ``llama.cpp``: llama-cpp-python's raw ``llama_decode`` on the same GGUF file: the prompt once for
-  all rows (each prompt token belongs to every sequence), then one batch of ``rows`` tokens (one
-  per sequence) per step, logits of every row, inverse-CDF sampling in numpy. Skipped with the
-  reason when llama-cpp-python is not installed.
+* ``llama.cpp``: llama-cpp-python's raw ``llama_decode`` on the same GGUF file: the prompt once
+  (sequence 0, its KV cache copied to the other rows' sequences), then one batch of ``rows``
+  tokens (one per sequence) per step, logits of every row, inverse-CDF sampling in numpy.
+  Skipped with the reason when llama-cpp-python is not installed.
 
 Tokens/s = rows·T / best wall seconds of ``--repeats`` runs after a short warm-up (other processes
 only ever add time on a shared machine). The prefill of the ctrlalign engines is outside the timed
@@ -296,8 +296,9 @@ def gguf_weight_bytes(path: Path) -> tuple[float, str]:
 
 
 class LlamaCppRaw:
-    """llama.cpp through llama-cpp-python's low-level API: one context per (rows, T) shape, raw
-    batched ``llama_decode`` calls with one sequence per row, sampling in numpy."""
+    """llama.cpp through llama-cpp-python's low-level API: a context of ``rows`` sequences (the KV
+    cache as llama.cpp lays it out by default), raw batched ``llama_decode`` calls with one
+    sequence per row, sampling in numpy."""
 
     def __init__(self, gguf: Path, threads: int):
         import llama_cpp
@@ -329,8 +330,6 @@ class LlamaCppRaw:
         p.n_ubatch = max(rows, length)
         p.n_seq_max = rows
         p.n_threads = p.n_threads_batch = self.threads
-        if hasattr(p, "kv_unified"):
-            p.kv_unified = True
         make = getattr(lib, "llama_init_from_model", None) or lib.llama_new_context_with_model
         self.ctx = make(self.model, p)
         if not self.ctx:
@@ -345,43 +344,54 @@ class LlamaCppRaw:
         else:
             lib.llama_kv_self_clear(self.ctx)
 
+    def copy_sequence(self, src: int, dst: int) -> None:
+        """Make sequence ``dst`` share sequence ``src``'s cached tokens (the prompt)."""
+        lib = self.lib
+        if hasattr(lib, "llama_get_memory"):
+            lib.llama_memory_seq_cp(lib.llama_get_memory(self.ctx), src, dst, -1, -1)
+        else:
+            lib.llama_kv_self_seq_cp(self.ctx, src, dst, -1, -1)
+
     def decode(self, prompt: list[int], rows: int, T: int, seed: int) -> tuple[float, np.ndarray]:
-        """Prefill ``prompt`` for all rows, then T steps of ``rows`` tokens; returns (seconds of
-        the T steps, tokens (rows, T))."""
+        """Prefill ``prompt`` once (sequence 0, then copied to the other rows' sequences), then T
+        steps of one ``llama_decode`` of ``rows`` tokens (one per sequence, logits of all) and
+        inverse-CDF sampling. Returns (seconds of the T steps, tokens (rows, T))."""
         lib = self.lib
         ctx = self.context(rows, len(prompt) + T + 1)
         L = len(prompt)
-        batch = lib.llama_batch_init(max(rows, L), 0, rows)
+        batch = lib.llama_batch_init(max(rows, L), 0, 1)
         try:
             batch.n_tokens = L
             for i, tok in enumerate(prompt):
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, i, rows
-                for s in range(rows):
-                    batch.seq_id[i][s] = s
-                batch.logits[i] = i == L - 1
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, i, 1, i == L - 1
+                batch.seq_id[i][0] = 0
             if lib.llama_decode(ctx, batch) != 0:
                 raise RuntimeError("llama_decode failed on the prompt")
+            for s in range(1, rows):
+                self.copy_sequence(0, s)
             rng = np.random.default_rng(seed)
             uniforms = rng.random((T, rows))
             out = np.empty((rows, T), dtype=np.int64)
-            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, L - 1), shape=(1, self.n_vocab))
-            logits = np.repeat(logits, rows, axis=0)
+            last = ctypes.cast(lib.llama_get_logits_ith(ctx, L - 1), ctypes.POINTER(ctypes.c_float))
+            logits = np.repeat(np.ctypeslib.as_array(last, shape=(1, self.n_vocab)), rows, axis=0)
+            # every step: token s of sequence s at position L + t, logits of all (set once here)
+            for s in range(rows):
+                batch.n_seq_id[s], batch.logits[s] = 1, True
+                batch.seq_id[s][0] = s
+            tokens = np.ctypeslib.as_array(batch.token, shape=(rows,))
+            pos = np.ctypeslib.as_array(batch.pos, shape=(rows,))
             t0 = time.perf_counter()
             for t in range(T):
-                toks = inverse_cdf(logits, uniforms[t])
-                out[:, t] = toks
+                out[:, t] = inverse_cdf(logits, uniforms[t])
                 if t == T - 1:
                     break
                 batch.n_tokens = rows
-                for s in range(rows):
-                    batch.token[s], batch.pos[s], batch.n_seq_id[s] = int(toks[s]), L + t, 1
-                    batch.seq_id[s][0] = s
-                    batch.logits[s] = True
+                tokens[:] = out[:, t]
+                pos[:] = L + t
                 if lib.llama_decode(ctx, batch) != 0:
                     raise RuntimeError(f"llama_decode failed at step {t} with {rows} sequences")
-                ptr = lib.llama_get_logits(ctx)
-                logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
-                                               shape=(rows, self.n_vocab))
+                ptr = ctypes.cast(lib.llama_get_logits(ctx), ctypes.POINTER(ctypes.c_float))
+                logits = np.ctypeslib.as_array(ptr, shape=(rows, self.n_vocab))
             return time.perf_counter() - t0, out
         finally:
             lib.llama_batch_free(batch)
@@ -491,7 +501,7 @@ def measure(args) -> dict:
         def go():
             t0 = time.perf_counter()
             with torch.inference_mode():
-                model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=None, top_p=None,
+                model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
                                temperature=1.0, max_new_tokens=T, min_new_tokens=T, pad_token_id=base.pad_token_id)
             return time.perf_counter() - t0
         return go
