@@ -156,8 +156,7 @@ def _fmt(x: float | None) -> str:
 def series_names(res: dict) -> list[str]:
     """Measured series in table order: generate, the ctrlalign engines (registry order), llama.cpp."""
     names = list(dict.fromkeys(c["series"] for c in res["cells"]))
-    key = {GENERATE: 0, LLAMA_CPP: 2}
-    return sorted(names, key=lambda n: key.get(n, 1))
+    return sorted(names, key=lambda n: 0 if n == GENERATE else 2 if n.startswith(LLAMA_CPP) else 1)
 
 
 def _cell(res: dict, series: str, rows: int, T: int) -> dict | None:
@@ -171,8 +170,12 @@ def report(res: dict) -> str:
     """The markdown table of a results dict (as :func:`main` writes it): one line per (T, rows),
     tokens/s per series, and the fp32 and GGUF rooflines (compute / memory bound, tokens/s)."""
     names = series_names(res)
-    label = {GENERATE: "`generate`", LLAMA_CPP: "llama.cpp (raw decode)"}
-    head = (["T", "rows"] + [label.get(n, f"`{n}` engine") for n in names]
+    def label(n: str) -> str:
+        if n == GENERATE:
+            return "`generate`"
+        return f"llama.cpp (raw decode{n[len(LLAMA_CPP):]})" if n.startswith(LLAMA_CPP) else f"`{n}` engine"
+
+    head = (["T", "rows"] + [label(n) for n in names]
             + ["roofline fp32 (compute / memory)", "roofline GGUF (compute / memory)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     shapes = sorted({(c["T"], c["rows"]) for c in res["cells"]})
@@ -304,6 +307,9 @@ class LlamaCppRaw:
         import llama_cpp
 
         self.lib = llama_cpp
+        # llama.cpp's log (every context and graph) off; the callback must outlive the model
+        self.quiet = llama_cpp.llama_log_callback(lambda level, text, data: None)
+        llama_cpp.llama_log_set(self.quiet, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         load = getattr(llama_cpp, "llama_model_load_from_file", None) or llama_cpp.llama_load_model_from_file
@@ -467,15 +473,16 @@ def measure(args) -> dict:
     prompt_ids = [int(i) for i, m in zip(ctx.input_ids[0], ctx.attention_mask[0]) if m]
     L = len(prompt_ids)
     res["prompt_tokens"] = L
-    llama = None
-    if not args.no_llama_cpp:
+    llamas: dict[str, LlamaCppRaw] = {}
+    for k in [] if args.no_llama_cpp else [args.threads] + [k for k in args.llama_threads if k != args.threads]:
+        name = LLAMA_CPP if k == args.threads else f"{LLAMA_CPP}, {k} thread{'s' * (k > 1)}"
         try:
-            llama = LlamaCppRaw(gguf, args.threads)
+            llamas[name] = LlamaCppRaw(gguf, k)
             import llama_cpp
 
             res["machine"]["llama_cpp_python"] = llama_cpp.__version__
         except Exception as e:  # noqa: BLE001 - not installed or not buildable: recorded
-            res["skipped"][LLAMA_CPP] = f"{type(e).__name__}: {e}"
+            res["skipped"][name] = f"{type(e).__name__}: {e}"
     for T in sorted({T for T, _ in shapes}):
         for r in sorted({r for t, r in shapes if t == T}):
             res["roofline"].setdefault("fp32", {})[f"{T}x{r}"] = roofline(
@@ -506,14 +513,14 @@ def measure(args) -> dict:
             return time.perf_counter() - t0
         return go
 
-    def run_llama(rows, T):
+    def run_llama(llama, rows, T):
         return lambda: llama.decode(prompt_ids, rows, T, seed=0)[0]
 
     series: dict[str, Callable] = {GENERATE: run_generate}
     for name, lm in lms.items():
         series[name] = functools.partial(run_engine, lm)
-    if llama is not None:
-        series[LLAMA_CPP] = run_llama
+    for name, llama in llamas.items():
+        series[name] = functools.partial(run_llama, llama)
     est = estimate_seconds(shapes, len(series), args.repeats)
     print(f"{len(shapes)} shapes × {len(series)} series ({', '.join(series)}); rough estimate "
           f"{est / 60:.0f} min (progress below refines it)", flush=True)
@@ -525,10 +532,14 @@ def measure(args) -> dict:
             try:
                 go = make(rows, T)
                 make(rows, min(T, 8))()  # warm-up: a short run of the same rows
-                times = [go() for _ in range(args.repeats)]
+                times, cpu = [], []
+                for _ in range(args.repeats):
+                    c0 = time.process_time()
+                    times.append(go())
+                    cpu.append(time.process_time() - c0)  # whole call, this process's threads
                 best = min(times)
                 cell = {"series": name, "rows": rows, "T": T, "seconds_best": best, "seconds_all": times,
-                        "tokens_per_s": rows * T / best}
+                        "cpu_seconds_all": cpu, "tokens_per_s": rows * T / best}
             except Exception as e:  # noqa: BLE001 - one failing shape does not end the run
                 cell = {"series": name, "rows": rows, "T": T, "tokens_per_s": None,
                         "error": f"{type(e).__name__}: {e}"}
@@ -587,6 +598,9 @@ def parse_args(argv=None):
     ap.add_argument("--engine-options", action="append", default=[], metavar="NAME=JSON",
                     help="options for one registry engine's factory (repeatable)")
     ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--llama-threads", type=int, nargs="*", default=[],
+                    help="also measure llama.cpp at these thread counts (its threads spin-wait, which a "
+                         "busy machine punishes)")
     ap.add_argument("--no-main-job", action="store_true")
     ap.add_argument("--out", type=Path, default=DEFAULT_JSON)
     ap.add_argument("--figure", type=Path, default=DEFAULT_FIGURE)
