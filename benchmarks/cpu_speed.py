@@ -210,34 +210,32 @@ def report(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    """Tokens/s against rows (log-log), one solid line per series and T, the fp32 and GGUF
-    rooflines dashed; ≥ 1000 px wide."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Tokens/s against rows (log-log), one solid line per series, the fp32 and GGUF rooflines
+    dashed and dotted, one panel per T; drawn and checked by :mod:`ctrlalign.bench.plots`
+    (≥ 1000 px wide, text ≥ 10 pt)."""
     import matplotlib.pyplot as plt
 
+    from ctrlalign.bench.plots import figure_style, save_figure
+
     Ts = sorted({c["T"] for c in res["cells"]})
-    fig, axes = plt.subplots(1, len(Ts), figsize=(13, 4.8), dpi=110, squeeze=False)  # 1,430 px wide
-    for ax, T in zip(axes[0], Ts):
-        for n in series_names(res):
-            pts = sorted((c["rows"], c["tokens_per_s"]) for c in res["cells"]
-                         if c["series"] == n and c["T"] == T and c.get("tokens_per_s"))
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=n)
-        for kind, style in (("fp32", "k--"), ("gguf", "k:")):
-            pts = sorted((int(k.split("x")[1]), v["roofline_tokens_per_s"])
-                         for k, v in res["roofline"].get(kind, {}).items() if int(k.split("x")[0]) == T)
-            if pts:
-                ax.plot(*zip(*pts), style, label=f"roofline {kind}")
-        ax.set(xscale="log", yscale="log", xlabel="rows decoded together", ylabel="tokens/s",
-               title=f"T = {T} new tokens")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    with figure_style():
+        fig, axes = plt.subplots(1, len(Ts), figsize=(13, 5), squeeze=False)
+        for ax, T in zip(axes[0], Ts):
+            for n in series_names(res):
+                pts = sorted((c["rows"], c["tokens_per_s"]) for c in res["cells"]
+                             if c["series"] == n and c["T"] == T and c.get("tokens_per_s"))
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=n)
+            for kind, style in (("fp32", "k--"), ("gguf", "k:")):
+                pts = sorted((int(k.split("x")[1]), v["roofline_tokens_per_s"])
+                             for k, v in res["roofline"].get(kind, {}).items() if int(k.split("x")[0]) == T)
+                if pts:
+                    ax.plot(*zip(*pts), style, label=f"roofline {kind}")
+            ax.set(xscale="log", yscale="log", xlabel="rows decoded together", ylabel="tokens/s",
+                   title=f"T = {T} new tokens")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+        save_figure(fig, path)
 
 
 def grid(rows: list[int], tokens: list[int], max_row_tokens: int | None) -> list[tuple[int, int]]:
