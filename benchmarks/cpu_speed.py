@@ -190,7 +190,7 @@ def report(res: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     m = res["machine"]
     out = ["\n".join(lines), ""]
-    facts = [f"{m['nproc']} CPUs (nproc), {res['threads']} threads, {m.get('processor') or '?'}",
+    facts = [f"{m['nproc']} CPUs (nproc), {res['threads']} thread{'s' * (res['threads'] > 1)} per engine, {m.get('processor') or '?'}",
              f"peak fp32 GEMM {m['peak_gflops']:.1f} GFLOP/s, copy bandwidth {m['bandwidth_gb_s']:.1f} GB/s",
              f"load average (1, 5, 15 min) {load_average(m['uptime_start'])} at the start, "
              f"{load_average(m['uptime_end'])} at the end (`uptime`; other work shared the machine)",
