@@ -514,7 +514,7 @@ def measure(args) -> dict:
     def run_llama(llama, rows, T):
         return lambda: llama.decode(prompt_ids, rows, T, seed=0)[0]
 
-    series: dict[str, Callable] = {GENERATE: run_generate}
+    series: dict[str, Callable] = {} if args.no_generate else {GENERATE: run_generate}
     for name, lm in lms.items():
         series[name] = functools.partial(run_engine, lm)
     for name, llama in llamas.items():
@@ -596,6 +596,7 @@ def parse_args(argv=None):
     ap.add_argument("--engine-options", action="append", default=[], metavar="NAME=JSON",
                     help="options for one registry engine's factory (repeatable)")
     ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--no-generate", action="store_true", help="leave out transformers' generate")
     ap.add_argument("--llama-threads", type=int, nargs="*", default=[],
                     help="also measure llama.cpp at these thread counts (its threads spin-wait, which a "
                          "busy machine punishes)")
