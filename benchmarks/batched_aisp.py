@@ -34,7 +34,7 @@ import ctrlalign as ca
 from ctrlalign.dynamics.decoding import SamplingConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_rollout import PROMPTS
+from cpu_speed import PROMPTS  # the same 8 prompts (this script's folder is on sys.path)
 
 
 def timed(fn) -> tuple[float, object]:

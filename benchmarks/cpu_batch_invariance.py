@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
-from cpu_rollout import PROMPTS  # the same 8 prompts (this script's folder is on sys.path)
+from cpu_speed import PROMPTS  # the same 8 prompts (this script's folder is on sys.path)
 
 from ctrlalign import CausalLM, SamplingConfig, make_generators
 
