@@ -345,7 +345,8 @@ def test_a_new_space_from_a_config_dict(every_other):
 
 def test_a_new_space_from_command_line_flags(every_other):
     parser = build_parser()
-    args = parser.parse_args(["align", "x", "--space", "every-other", "--phase", "1", "--horizon", "2"])
+    args = parser.parse_args(["align", "x", "--preset", "learning", "--space", "every-other", "--phase", "1",
+                              "--horizon", "2"])
     cfg = align_config(args)
     assert cfg.space.build() == EveryOther(phase=1, horizon=2)
     align = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("align"))
