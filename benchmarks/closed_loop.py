@@ -259,6 +259,9 @@ def main() -> None:
     ap.add_argument("--model", default="default", help="a packaged model: default (SmolLM2-135M) or gemma3-270m")
     ap.add_argument("--output", type=Path, default=None)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--controllers", nargs="+", default=None, metavar="LABEL",
+                    help="run only these of the controllers' labels (bon-pool, sr-64, ..., aisp-learning); "
+                         "the report still reads every row in the output")
     ap.add_argument("--heldout", action="store_true",
                     help="score the kept responses' diversity and held-out fluency (cached beside the output)")
     args = ap.parse_args()
@@ -279,9 +282,14 @@ def main() -> None:
         items = [it for it in mt_bench() if args.reward != "reference" or it.reference][: args.prompts]
         reward = build_reward([RewardTerm(**t) for t in REWARDS[args.reward]], items)
         args.output.parent.mkdir(parents=True, exist_ok=True)
+        chosen = controllers(args.tokens)
+        unknown = sorted(set(args.controllers or ()) - set(chosen))
+        if unknown:
+            ap.error(f"unknown controller label(s) {unknown}; choose from {sorted(chosen)}")
+        chosen = {k: v for k, v in chosen.items() if args.controllers is None or k in args.controllers}
         for item in items:
             for seed in args.seeds:
-                for label, (kind, factory) in controllers(args.tokens).items():
+                for label, (kind, factory) in chosen.items():
                     last = {"pool": f"bon-{POOL}", "rounds": f"{label}-{max(ROUNDS)}"}.get(kind, label)
                     if (last, item.id, seed) in done:
                         continue
