@@ -35,7 +35,7 @@ import torch
 
 from ._checks import ConfigError, first_line
 from .data import PromptItem
-from .models import check_device, is_offline, load_model
+from .models import check_device, is_offline, load_model, resolve_dtype
 
 if TYPE_CHECKING:
     from .config import ControllerConfig, ModelConfig, RewardTerm, SpaceConfig
@@ -64,7 +64,6 @@ __all__ = [
 #: a reward option with this value is replaced by the prompt set's references
 FROM_PROMPTS = "from_prompts"
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def versions() -> dict[str, str]:
@@ -97,7 +96,7 @@ def build_dynamics(model: ModelConfig) -> CausalLM:
     device = check_device(model.device)
     sampling = SamplingConfig(max_new_tokens=model.max_new_tokens, temperature=model.temperature,
                               top_k=model.top_k, top_p=model.top_p, greedy=model.greedy)
-    lm, tok = load_model(model.name, device, _DTYPES[model.dtype], model.trust_remote_code)
+    lm, tok = load_model(model.name, device, resolve_dtype(model.dtype, device), model.trust_remote_code)
     kw: dict[str, Any] = {"sampling": sampling, "chat_template": None if model.chat_template else False,
                           "system_prompt": model.system_prompt}
     if model.engine != "eager":

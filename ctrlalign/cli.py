@@ -19,7 +19,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from ._checks import ConfigError, RewardError
 from .build import (
@@ -30,7 +30,7 @@ from .build import (
     build_space,
     check_run_fits,
 )
-from .config import DEFAULT_PRESET, PRESETS, RunConfig, load_config, validate_config
+from .config import DEFAULT_PRESET, PRESETS, ModelConfig, RunConfig, load_config, validate_config
 from .controllers import CONTROLLERS, Controller
 from .data import PromptItem
 from .declare import add_arguments, arguments_to_kwargs, override
@@ -48,7 +48,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="base seed, 0 … 2^64-1 (default 0)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu); under torchrun "
                    "'cuda' means each rank's cuda:LOCAL_RANK")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype")
+    p.add_argument("--dtype", default=None, choices=get_args(ModelConfig.model_fields["dtype"].annotation),
+                   help="model dtype (auto: bfloat16 where the device computes it natively, else float32)")
     p.add_argument("--trust-remote-code", default=None, action="store_true",
                    help="allow a model whose architecture is code in its repository (only models you trust)")
 
@@ -301,7 +302,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     logger.info("loading model %r on %s ...", cfg.model.name, cfg.model.device)
     dyn = build_dynamics(cfg.model)
     check_run_fits(dyn, ctrl, [item], space)
-    logger.info("model ready in %.1fs; %r%s; reward %s", time.perf_counter() - t0, ctrl,
+    logger.info("model ready in %.1fs (%s); %r%s; reward %s", time.perf_counter() - t0,
+                str(dyn.dtype).removeprefix("torch."), ctrl,
                 f" in {space.describe()}" if ctrl.uses_space else "", reward.name)
     recorder = CandidateRecorder([item.id]) if args.save_candidates else None
     try:

@@ -97,7 +97,9 @@ class ModelConfig(_Strict):
 
     name: str = Field("default", description="'default' (packaged SmolLM2-135M-Instruct), an HF id or a local path")
     device: str = Field("cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and activations dtype")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights and activations dtype; 'auto': bfloat16 where the device computes it natively "
+        "(CUDA with bfloat16, a CPU with AVX512-BF16 or AMX), float32 elsewhere")
     max_new_tokens: int = Field(32, ge=1, le=4096, description="T, tokens generated per response")
     temperature: float = Field(1.0, gt=0, description="sampling temperature (1.0 is the method's dynamics)")
     top_k: int | None = Field(None, ge=1, description="top-k filter (None: off)")
@@ -264,9 +266,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "speculative": {
         "help": "speculative rejection: 256 sampled responses, the better half by prefix reward kept at "
                 "tokens 8 and 16, the best finished one returned (4,096 tokens, the learning preset's "
-                "16 × 8 × 32): closed loop, measured to beat Best-of-N at matched tokens (tutorial 7)",
+                "16 × 8 × 32): closed loop, measured to beat Best-of-N at matched tokens (tutorial 7); bfloat16 "
+                "where the device computes it natively (half the time on CPU, benchmarks/cpu_dtype.py)",
         "controller": {"name": "speculative-rejection", "num_samples": 256, "schedule": [[8, 0.5], [16, 0.25]]},
-        "model": {"greedy": False, "max_new_tokens": 32},
+        "model": {"greedy": False, "max_new_tokens": 32, "dtype": "auto"},
     },
     "learning": {
         "help": "AISP in the head's top-32 singular directions (shared by all tokens), λ adaptive "

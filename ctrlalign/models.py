@@ -44,6 +44,7 @@ from .data import parse_json, read_text_file
 __all__ = [
     "DEFAULT_MODEL_FILE",
     "DEFAULT_MODEL_PACKAGE",
+    "DTYPES",
     "PACKAGED_MODELS",
     "PackagedModel",
     "available_devices",
@@ -58,11 +59,13 @@ __all__ = [
     "load_default",
     "load_model",
     "load_packaged",
+    "native_bfloat16",
     "packaged_converted_path",
     "packaged_gguf_file",
     "packaged_gguf_for",
     "packaged_gguf_path",
     "packaged_name_of",
+    "resolve_dtype",
     "resolve_packaged",
 ]
 
@@ -555,8 +558,41 @@ def _check_causal(config: Any, name: str, trust_remote_code: bool) -> None:
                           "AutoModelForCausalLM loads (Llama, Qwen2, GPT-2, Gemma, ...)")
 
 
+#: the dtypes a config names
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware: a CUDA device that supports
+    bfloat16, or a CPU with AVX512-BF16 or AMX tiles (where bfloat16 GEMM ran 2–4× the float32
+    rate in ``benchmarks/cpu_speed.py``; a CPU without them emulates bfloat16, slower than float32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+        return any(bool(p()) for p in probes if p is not None)
+    return False
+
+
+def resolve_dtype(dtype: torch.dtype | str, device: str | torch.device = "cpu") -> torch.dtype:
+    """A torch dtype, or a name of one: ``"auto"`` is bfloat16 where ``device`` computes it natively
+    (:func:`native_bfloat16`), float32 elsewhere; ``"float32"``, ``"bfloat16"``, ``"float16"`` are
+    themselves.
+
+    Raises:
+        ConfigError: another name, naming it and the names allowed.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if native_bfloat16(torch.device(device)) else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be a torch dtype or one of {['auto', *DTYPES]}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
 def load_model(name: str | None = "default", device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+               dtype: torch.dtype | str = torch.float32, trust_remote_code: bool = False,
                **model_kwargs: Any) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for 'default' or None (the packaged SmolLM2-135M-Instruct), another
     packaged model (:data:`PACKAGED_MODELS`), a local model folder or a Hugging Face id, on
@@ -569,6 +605,8 @@ def load_model(name: str | None = "default", device: str | torch.device = "cpu",
     refused with the flag to set.
 
     Args:
+        dtype: the weights' dtype, or its name; ``"auto"``: bfloat16 where the device computes it
+            natively, float32 elsewhere (:func:`resolve_dtype`).
         model_kwargs: more keyword arguments for ``AutoModelForCausalLM.from_pretrained``
             (refused for a packaged model).
 
@@ -580,6 +618,7 @@ def load_model(name: str | None = "default", device: str | torch.device = "cpu",
     """
     name = "default" if name is None else name
     device = check_device(device)
+    dtype = resolve_dtype(dtype, device)
     if is_packaged(name):
         if model_kwargs:
             raise ConfigError(f"unexpected keyword arguments for a packaged model: {sorted(model_kwargs)}")

@@ -345,6 +345,7 @@ def _run_index_blocks(monkeypatch) -> tuple[list[dict], dict]:
 
     def tiny(name_or_path="default", **kw):
         loaded.append(dict(name=name_or_path, **kw))
+        kw.pop("dtype", None)  # the tiny model stays float32; the call's dtype is checked by the tests
         return ctrlalign.CausalLM(make_model("llama"), make_tokenizer(chat_template=True), **kw)
 
     monkeypatch.setattr(ctrlalign.CausalLM, "from_pretrained", staticmethod(tiny))
@@ -374,7 +375,9 @@ def test_index_examples_are_the_default_and_learning_presets_and_run(monkeypatch
     for preset_name, call, ns in zip((DEFAULT_PRESET, "learning"), loaded, after):
         preset = PRESETS[preset_name]
         assert call["name"] == "default"
-        assert {k: getattr(call["sampling"], k) for k in preset["model"]} == preset["model"]
+        want = dict(preset["model"])
+        assert call.get("dtype", "float32") == want.pop("dtype", "float32")
+        assert {k: getattr(call["sampling"], k) for k in want} == want
         assert _same_controller(ns["ctrl"], preset["controller"]), (preset_name, ns["ctrl"])
         if "space" in preset:
             space = ns["space"]

@@ -252,7 +252,7 @@ class CausalLM(StepwiseDynamics):
         cls,
         name_or_path: str | None = "default",
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         **kw: Any,
     ) -> CausalLM:
         """Load a model and wrap it.
@@ -263,7 +263,8 @@ class CausalLM(StepwiseDynamics):
                 "gemma3-270m"), else a Hugging Face id or local path; loaded by
                 :func:`ctrlalign.models.load_model`.
             device: where to load the weights.
-            dtype: the weights' dtype.
+            dtype: the weights' dtype, or its name; ``"auto"``: bfloat16 where the device computes
+                it natively, float32 elsewhere (:func:`ctrlalign.models.resolve_dtype`).
             **kw: :class:`CausalLM` keyword arguments (``sampling``, ``chat_template``, ...);
                 anything else goes to ``AutoModelForCausalLM.from_pretrained``.
         """
