@@ -9,7 +9,9 @@ every (rows, T) of the grid (default rows ∈ {1, 4, 16, 32, 128, 256}, T ∈ {3
 * every engine of :data:`ctrlalign.dynamics.engines.registry.ENGINES` (found in the registry, so a
   newly registered engine is measured too): :meth:`CausalLM.rollout` of one prefilled prompt ×
   ``rows`` samples, uncontrolled (V = None), the default ``base_logprobs``; an engine that cannot
-  be built on CPU is skipped with its error recorded;
+  be built on CPU is skipped with its error recorded; the engines of ``--bf16-engines`` (default
+  ``eager``) again with the model in bfloat16 (what ``--dtype auto`` loads on a CPU with
+  AVX512-BF16 or AMX: equal in distribution to float32, not bitwise);
 * ``llama.cpp``: llama-cpp-python's raw ``llama_decode`` on the same GGUF file: the prompt once
   (sequence 0, its KV cache copied to the other rows' sequences), then one batch of ``rows``
   tokens (one per sequence) per step, logits of every row, inverse-CDF sampling in numpy.
@@ -22,8 +24,9 @@ call (it happens once per run there); llama.cpp's is too; ``generate``'s is insi
 **Roofline.** For each shape, from the model config: FLOPs per generated token
 F = 2·(matrix parameters + V·d) + 4·layers·heads·head_dim·c̄ (attention over the mean context
 c̄ = L + (T+1)/2), bytes per decoding step M = weight bytes + rows·KV bytes per token·c̄
-(fp32 weights and KV for torch; the GGUF's own tensor bytes and an f16 KV cache for llama.cpp).
-With the machine's peak P (FLOP/s, a large fp32 torch matmul) and bandwidth β (bytes/s, a large
+(fp32 weights and KV for torch, bfloat16 ones for its bfloat16 series; the GGUF's own tensor
+bytes and an f16 KV cache for llama.cpp).
+With the machine's peak P (FLOP/s, a large fp32 torch matmul; a bfloat16 one for bfloat16) and bandwidth β (bytes/s, a large
 tensor copy, read + write), the compute bound is P / F tokens/s and the memory bound
 rows·β / M tokens/s; the roofline is the smaller.
 
@@ -81,6 +84,8 @@ ROWS = (1, 4, 16, 32, 128, 256)
 TOKENS = (32, 128)
 LLAMA_CPP = "llama.cpp"
 GENERATE = "generate"
+#: roofline kinds (results key → table label): the torch model in fp32 and in bfloat16, the GGUF file
+ROOFLINES = {"fp32": "fp32", "bf16": "bfloat16", "gguf": "GGUF"}
 
 
 # --- pure parts: roofline arithmetic and the report --------------------------------------------
@@ -168,15 +173,19 @@ def _cell(res: dict, series: str, rows: int, T: int) -> dict | None:
 
 def report(res: dict) -> str:
     """The markdown table of a results dict (as :func:`main` writes it): one line per (T, rows),
-    tokens/s per series, and the fp32 and GGUF rooflines (compute / memory bound, tokens/s)."""
+    tokens/s per series, and the rooflines (fp32, bfloat16 when measured, GGUF; compute / memory bound,
+    tokens/s)."""
     names = series_names(res)
     def label(n: str) -> str:
         if n == GENERATE:
             return "`generate`"
-        return f"llama.cpp (raw decode{n[len(LLAMA_CPP):]})" if n.startswith(LLAMA_CPP) else f"`{n}` engine"
+        if n.startswith(LLAMA_CPP):
+            return f"llama.cpp (raw decode{n[len(LLAMA_CPP):]})"
+        engine, _, variant = n.partition(", ")
+        return f"`{engine}` engine" + (f", {variant}" if variant else "")
 
-    head = (["T", "rows"] + [label(n) for n in names]
-            + ["roofline fp32 (compute / memory)", "roofline GGUF (compute / memory)"])
+    kinds = [k for k in ROOFLINES if k in res["roofline"]]
+    head = ["T", "rows"] + [label(n) for n in names] + [f"roofline {ROOFLINES[k]} (compute / memory)" for k in kinds]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     shapes = sorted({(c["T"], c["rows"]) for c in res["cells"]})
     for T, rows in shapes:
@@ -184,14 +193,16 @@ def report(res: dict) -> str:
         for n in names:
             c = _cell(res, n, rows, T)
             row.append("–" if c is None or c.get("tokens_per_s") is None else _fmt(c["tokens_per_s"]))
-        for kind in ("fp32", "gguf"):
+        for kind in kinds:
             r = res["roofline"].get(kind, {}).get(f"{T}x{rows}")
             row.append("–" if r is None else f"{_fmt(r['compute_tokens_per_s'])} / {_fmt(r['memory_tokens_per_s'])}")
         lines.append("| " + " | ".join(row) + " |")
     m = res["machine"]
     out = ["\n".join(lines), ""]
     facts = [f"{m['nproc']} CPUs (nproc), {res['threads']} thread{'s' * (res['threads'] > 1)} per engine, {m.get('processor') or '?'}",
-             f"peak fp32 GEMM {m['peak_gflops']:.1f} GFLOP/s, copy bandwidth {m['bandwidth_gb_s']:.1f} GB/s",
+             f"peak fp32 GEMM {m['peak_gflops']:.1f} GFLOP/s"
+             + (f", bfloat16 GEMM {m['peak_gflops_bf16']:.1f} GFLOP/s" if m.get("peak_gflops_bf16") else "")
+             + f", copy bandwidth {m['bandwidth_gb_s']:.1f} GB/s",
              f"load average (1, 5, 15 min) {load_average(m['uptime_start'])} at the start, "
              f"{load_average(m['uptime_end'])} at the end (`uptime`; other work shared the machine)",
              f"prompt {res['prompt_tokens']} tokens; best of {res['repeats']} after a warm-up"]
@@ -210,8 +221,8 @@ def report(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    """Tokens/s against rows (log-log), one solid line per series, the fp32 and GGUF rooflines
-    dashed and dotted, one panel per T; drawn and checked by :mod:`ctrlalign.bench.plots`
+    """Tokens/s against rows (log-log), one solid line per series, the fp32, bfloat16 and GGUF
+    rooflines dashed, dash-dotted and dotted, one panel per T; drawn and checked by :mod:`ctrlalign.bench.plots`
     (≥ 1000 px wide, text ≥ 10 pt)."""
     import matplotlib.pyplot as plt
 
@@ -226,7 +237,7 @@ def plot(res: dict, path: Path) -> None:
                              if c["series"] == n and c["T"] == T and c.get("tokens_per_s"))
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=n)
-            for kind, style in (("fp32", "k--"), ("gguf", "k:")):
+            for kind, style in (("fp32", "k--"), ("bf16", "k-."), ("gguf", "k:")):
                 pts = sorted((int(k.split("x")[1]), v["roofline_tokens_per_s"])
                              for k, v in res["roofline"].get(kind, {}).items() if int(k.split("x")[0]) == T)
                 if pts:
@@ -261,9 +272,9 @@ def uptime() -> str:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def peak_gemm_flops(torch, n: int = 2048, repeats: int = 5) -> float:
-    """Best FLOP/s of an n×n by n×n fp32 matmul (2n³ FLOPs) over ``repeats`` runs."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def peak_gemm_flops(torch, n: int = 2048, repeats: int = 5, dtype=None) -> float:
+    """Best FLOP/s of an n×n by n×n matmul (2n³ FLOPs; fp32 unless ``dtype``) over ``repeats`` runs."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2.0 * n**3 / best
@@ -443,7 +454,10 @@ def measure(args) -> dict:
     print(f"load: {res['machine']['uptime_start']}; nproc {os.cpu_count()}", flush=True)
     res["machine"]["peak_gflops"] = peak_gemm_flops(torch) / 1e9
     res["machine"]["bandwidth_gb_s"] = copy_bandwidth(torch) / 1e9
-    print(f"peak fp32 GEMM {res['machine']['peak_gflops']:.1f} GFLOP/s, copy {res['machine']['bandwidth_gb_s']:.1f} GB/s",
+    if args.bf16_engines:
+        res["machine"]["peak_gflops_bf16"] = peak_gemm_flops(torch, dtype=torch.bfloat16) / 1e9
+    print(f"peak fp32 GEMM {res['machine']['peak_gflops']:.1f} GFLOP/s, bfloat16 "
+          f"{res['machine'].get('peak_gflops_bf16', float('nan')):.1f}, copy {res['machine']['bandwidth_gb_s']:.1f} GB/s",
           flush=True)
 
     model, tok = load_packaged("smollm2-135m")
@@ -458,14 +472,17 @@ def measure(args) -> dict:
     shapes = grid(args.rows, args.tokens, args.max_row_tokens)
     lms: dict[str, Callable[[int], object]] = {}
     engines = [e for e in ENGINES if args.engines is None or e in args.engines]
-    for name in engines:
+    bf16_model = load_packaged("smollm2-135m", dtype=torch.bfloat16)[0] if args.bf16_engines else None
+    variants = [(name, model) for name in engines] + [(f"{name}, bfloat16", bf16_model) for name in args.bf16_engines]
+    for series_name, weights in variants:
+        name = series_name.split(",")[0]
         try:
             opts = json.loads(args.engine_options.get(name, "{}"))
-            lm = CausalLM(model, tok, engine=name, engine_options=opts,
+            lm = CausalLM(weights, tok, engine=name, engine_options=opts,
                           sampling=SamplingConfig(max_new_tokens=max(args.tokens), ignore_eos=True))
-            lms[name] = lm
+            lms[series_name] = lm
         except Exception as e:  # noqa: BLE001 - any engine that cannot run here is recorded, not fatal
-            res["skipped"][name] = f"{type(e).__name__}: {e}"
+            res["skipped"][series_name] = f"{type(e).__name__}: {e}"
     base = lms.get("eager") or next(iter(lms.values()))
     ctx = base.prepare([PROMPT])
     prompt_ids = [int(i) for i, m in zip(ctx.input_ids[0], ctx.attention_mask[0]) if m]
@@ -485,6 +502,10 @@ def measure(args) -> dict:
         for r in sorted({r for t, r in shapes if t == T}):
             res["roofline"].setdefault("fp32", {})[f"{T}x{r}"] = roofline(
                 shape, r, T, L, fp32_bytes, 4, res["machine"]["peak_gflops"] * 1e9, res["machine"]["bandwidth_gb_s"] * 1e9)
+            if args.bf16_engines:
+                res["roofline"].setdefault("bf16", {})[f"{T}x{r}"] = roofline(
+                    shape, r, T, L, fp32_bytes / 2, 2, res["machine"]["peak_gflops_bf16"] * 1e9,
+                    res["machine"]["bandwidth_gb_s"] * 1e9)
             res["roofline"].setdefault("gguf", {})[f"{T}x{r}"] = roofline(
                 shape, r, T, L, gguf_bytes, 2, res["machine"]["peak_gflops"] * 1e9, res["machine"]["bandwidth_gb_s"] * 1e9)
 
@@ -593,6 +614,9 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="rows 1 and 32, T = 32, one repeat, no main job")
     ap.add_argument("--engines", nargs="+", default=None, help="registry engines to measure (default: all)")
+    ap.add_argument("--bf16-engines", nargs="*", default=["eager"],
+                    help="registry engines also measured with the model in bfloat16 (`--dtype auto` on a CPU with "
+                         "AVX512-BF16 or AMX); none: leave bfloat16 out")
     ap.add_argument("--engine-options", action="append", default=[], metavar="NAME=JSON",
                     help="options for one registry engine's factory (repeatable)")
     ap.add_argument("--no-llama-cpp", action="store_true")
