@@ -31,10 +31,10 @@ before T is *finished*: its response is complete and it decodes nothing more (no
 p/q factor). Kept in the particle set it is absorbing, so the target stays right, but
 resampling duplicates it into rows that decode nothing and leaves the alive particles fewer
 offspring. So at every intermediate checkpoint :math:`t_k` (when resampling is on, κ > 0)
-finished rows leave the resampling. Write, per prompt and all (D, n) or (D,):
-:math:`\ell_i = \log w_i` the weights, :math:`S_k` the running scale (log S: ``log_z`` in the code,
-the product of the weight means carried into Ẑ so far, :math:`S_0 = 1`), and the *mass* of row
-i, its share of the estimate,
+finished rows leave the resampling. Write, per prompt: :math:`\ell_i = \log w_i` the
+log-weights, (D, n); :math:`S_k` the running scale, (D,), the product of the weight means
+carried into Ẑ so far (:math:`S_0 = 1`; ``meta["log_scale"]`` holds the final log S); and the
+*mass* of row i, its share of the estimate, (D, n),
 
 .. math:: m_i = S_k\,w_i/n .
 
@@ -268,7 +268,12 @@ class SMC(ClosedLoopController):
                 (D, n, τ, d), in the dynamics' coordinates; None: the base model.
 
         Returns:
-            :class:`~ctrlalign.closedloop.base.ClosedLoopResult` with ``log_normalizer`` log Ẑ.
+            :class:`~ctrlalign.closedloop.base.ClosedLoopResult` with ``log_normalizer`` log Ẑ,
+            ``final_rewards`` (D, n) the final rows' full rewards, each checkpoint's ``archived``
+            count (None with ``archive=False`` or κ = 0), and in ``meta``: ``log_weights`` ℓ
+            (D, n) and ``log_scale`` log S (D,) of the final rows, ``final_log_masses`` (D, n)
+            their log m = log S + ℓ − log n, ``final_tokens`` / ``final_values``, ``archive``
+            (D lists of :class:`Archived`) and ``archived`` (D counts).
         """
         t_start = time.perf_counter()
         run = start_run("SMC", dynamics, cost, prompts, seed=seed, context=context,
