@@ -276,27 +276,33 @@ def tv(a: dict, b: dict) -> float:
     return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))
 
 
-@pytest.mark.parametrize("smc,controls,with_archive,converges", [
-    (SMC(num_particles=4000, block_size=1, temperature=1.0), None, True, True),
-    (SMC(num_particles=4000, block_size=1, temperature=1.0, twist_target_ess=0.5), None, True, True),
-    (SMC(num_particles=4000, block_size=1, temperature=1.0, resample_threshold=1.0), control(), True, True),
-    (SMC(num_particles=4000, block_size=2, temperature=1.0, scheme="multinomial"), None, True, True),
-    (SMC(num_particles=4000, block_size=1, temperature=1.0, archive=False), None, True, True),
-    (UnscaledRefill(num_particles=4000, block_size=1, temperature=1.0), None, True, False),
-    (SMC(num_particles=4000, block_size=1, temperature=1.0), None, False, False),
-], ids=["fixed-twist", "adaptive-twist", "control-proposal", "block-2", "no-archive", "unscaled-refill",
-        "archive-left-out"])
-def test_archive_and_particles_converge_to_the_tilted_law(smc, controls, with_archive, converges):
+LAW_CASES = {  # name → (SMC, controls, archive in the law, converges)
+    "fixed-twist": (SMC(num_particles=4000, block_size=1, temperature=1.0), None, True, True),
+    "adaptive-twist": (SMC(num_particles=4000, block_size=1, temperature=1.0, twist_target_ess=0.5), None, True, True),
+    "control-proposal": (SMC(num_particles=4000, block_size=1, temperature=1.0, resample_threshold=1.0), control(),
+                         True, True),
+    "block-2": (SMC(num_particles=4000, block_size=2, temperature=1.0, scheme="multinomial"), None, True, True),
+    "no-archive": (SMC(num_particles=4000, block_size=1, temperature=1.0, archive=False), None, True, True),
+    "unscaled-refill": (UnscaledRefill(num_particles=4000, block_size=1, temperature=1.0), None, True, False),
+    "archive-left-out": (SMC(num_particles=4000, block_size=1, temperature=1.0), None, False, False),
+}
+
+
+@given(case=st.sampled_from(list(LAW_CASES)), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=6, deadline=None)
+def test_archive_and_particles_converge_to_the_tilted_law(case, seed):
     """With 4000 particles, the archive plus the final particles weighted by their masses are
-    within 0.07 in total variation of π* ∝ p·exp(r/λ) enumerated over the 31 responses
-    (measured 0.017–0.044 over 3 seeds); an unscaled refill (0.09–0.15) or leaving the archive
-    out of the law (0.34–0.42) is not."""
+    within 0.08 in total variation of π* ∝ p·exp(r/λ) enumerated over the 31 responses
+    (measured over 12 seeds per case, worse prompt: at most 0.059, mean 0.03–0.04, the
+    pre-archive SMC included); an unscaled refill (at least 0.125) or leaving the archive out of
+    the law (0.42) is not."""
+    smc, controls, with_archive, converges = LAW_CASES[case]
     dyn, reward, prompts, base = chain()
-    res = smc.run(dyn, reward, prompts, seed=0, controls=controls)
+    res = smc.run(dyn, reward, prompts, seed=seed, controls=controls)
     distances = [tv(law, tilted_distribution(base[j], reward.table, 1.0))
                  for j, law in enumerate(weighted_law(res, with_archive))]
     assert smc.archive is False or min(res.meta["archived"]) > 1000
-    assert (max(distances) < 0.07) == converges, distances
+    assert (max(distances) < 0.08) == converges, distances
 
 
 # ---------------------------------------------------------------------------------------------
