@@ -261,6 +261,7 @@ _TRACE_COLUMNS = {  # per kind of controller: (header, key, width, format)
     "closed-loop": [  # one row per checkpoint (Checkpoint.summary)
         ("t", "position", 5, "d"), ("rows", "rows", 5, "d"), ("ESS", "ess", 7, ".2f"), ("λ_t", "temperature", 9, ".4g"),
         ("mean score", "mean_score", 10, ".4f"), ("distinct", "distinct", 8, "d"), ("resampled", "resampled", 9, ""),
+        ("archived", "archived", 8, "d"),
     ],
 }
 

@@ -44,6 +44,7 @@ from .spaces import Blocks, ControlSpace, PerToken, Shared, Subspace
 __all__ = [
     "CONTROLLERS",
     "DIM",
+    "ENDING_HORIZON",
     "SPACES",
     "SYSTEMS",
     "TAU",
@@ -53,6 +54,7 @@ __all__ = [
     "CountingDynamics",
     "CountingReward",
     "make_linear",
+    "make_ending_chain",
     "make_softmax_head",
     "make_token_chain",
     "same_sample",
@@ -88,16 +90,37 @@ def make_token_chain(seed: int = 0, *, twist_scale: float = 0.5) -> tuple[Softma
     K = 3 tokens and T = τ = 3 steps, a table reward on the 27 sequences with a random prefix
     table (scale ``twist_scale``; any prefix score is a valid twist), 2 prompts, and each
     prompt's exact law p(y) under the plain system (dict sequence → probability)."""
+    return _chain(seed, twist_scale, TAU, None)
+
+
+#: T of :func:`make_ending_chain`
+ENDING_HORIZON = 4
+
+
+def make_ending_chain(seed: int = 0, *, twist_scale: float = 0.5) -> tuple[SoftmaxHead, TableReward, list, list[dict]]:
+    """:func:`make_token_chain` with an end token: K = 3 tokens, token 2 finishes a row, T = 4
+    (:data:`ENDING_HORIZON`), so rows finish at different times; the 31 responses (15 ended
+    by the end token before or at T, 16 of length T without it) carry a table reward, and every
+    prefix of a response up to length T − 1 — finished responses included — a random prefix
+    score. Returns the system, the reward, 2 prompts and each prompt's exact law p(y) over the
+    responses."""
+    return _chain(seed, twist_scale, ENDING_HORIZON, 2)
+
+
+def _chain(seed: int, twist_scale: float, horizon: int, end_token: int | None):
+    """The token chain of :func:`make_token_chain` (horizon T, optional end token)."""
     g = torch.Generator().manual_seed(seed)
     K = 3
     W = torch.randn(K, DIM, generator=g, dtype=torch.float64)
     b = torch.randn(K, generator=g, dtype=torch.float64)
     E = torch.randn(K + 1, DIM, generator=g, dtype=torch.float64)
-    seqs = list(itertools.product(range(K), repeat=TAU))
+    seqs = list(dict.fromkeys(s[:s.index(end_token) + 1] if end_token in s else s
+                              for s in itertools.product(range(K), repeat=horizon)))
     table = {s: float(torch.randn((), generator=g)) for s in seqs}
-    prefixes = {s[:t]: twist_scale * float(torch.randn((), generator=g)) for s in seqs for t in range(1, TAU)}
-    prompts = [torch.randn(TAU, DIM, generator=g, dtype=torch.float64) for _ in range(2)]
-    dyn = SoftmaxHead(W, b, TAU, embeddings=E)
+    prefixes = {s[:t]: twist_scale * float(torch.randn((), generator=g))
+                for s in seqs for t in range(1, min(len(s), horizon - 1) + 1)}
+    prompts = [torch.randn(horizon, DIM, generator=g, dtype=torch.float64) for _ in range(2)]
+    dyn = SoftmaxHead(W, b, horizon, embeddings=E, end_token=end_token)
     return dyn, TableReward(table, prefix_table=prefixes), prompts, [dyn.outcome_distribution(p, sigma=0.0)
                                                                       for p in prompts]
 

@@ -114,6 +114,8 @@ class Checkpoint(NamedTuple):
         mean_score: mean prefix score (the full reward at the last checkpoint).
         resampled: bool, whether the prompt's rows were resampled or pruned here.
         distinct: distinct prefixes among the rows, before the decision.
+        archived: finished rows moved to the archive here (SMC with ``archive=True``), or None
+            for controllers without an archive.
     """
 
     position: int
@@ -123,15 +125,20 @@ class Checkpoint(NamedTuple):
     mean_score: torch.Tensor
     resampled: torch.Tensor
     distinct: torch.Tensor
+    archived: torch.Tensor | None = None
 
     def summary(self, d: int) -> dict[str, float | int | bool | None]:
-        """Plain numbers for prompt d (non-finite values are None)."""
+        """Plain numbers for prompt d (non-finite values are None; ``archived`` only when the
+        controller has an archive)."""
         def num(x: torch.Tensor) -> float | None:
             v = float(x[d])
             return v if math.isfinite(v) else None
-        return {"position": self.position, "rows": int(self.rows[d]), "ess": num(self.ess),
-                "temperature": num(self.temperature), "mean_score": num(self.mean_score),
-                "resampled": bool(self.resampled[d]), "distinct": int(self.distinct[d])}
+        out = {"position": self.position, "rows": int(self.rows[d]), "ess": num(self.ess),
+               "temperature": num(self.temperature), "mean_score": num(self.mean_score),
+               "resampled": bool(self.resampled[d]), "distinct": int(self.distinct[d])}
+        if self.archived is not None:
+            out["archived"] = int(self.archived[d])
+        return out
 
 
 @dataclass
@@ -146,7 +153,7 @@ class ClosedLoopResult:
         tokens: (D,) decoded tokens per prompt (stopped and resampled-away rows included).
         prefix_calls: (D,) prefixes scored per prompt.
         full_calls: (D,) finished responses scored per prompt.
-        distinct: (D,) distinct finished responses per prompt.
+        distinct: (D,) distinct finished responses per prompt (SMC: its archive's included).
         seconds: wall-clock time.
         controller: the controller's name.
         log_normalizer: (D,) float64 estimate of log Z (SMC), or None.

@@ -13,7 +13,9 @@ ancestor must continue differently) or takes its ancestor's column (``carry_nois
 pruning, where each survivor continues exactly as it would have without the pruning).
 
 Budget, per prompt: decoded tokens (rows' steps while alive, rows later stopped or resampled
-away included), prefix reward calls and full reward calls.
+away included), prefix reward calls and full reward calls. :meth:`Particles.score` can score
+some rows by their prefix and others (finished) by the full reward, or only some rows: each
+row scored counts once, as a prefix call or as a full call.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from .._checks import ConfigError
 from ..cost import Cost
 from ..dynamics.base import Outcomes, Step, StepwiseDynamics
-from ..rewards.base import evaluate_reward
+from ..rewards.base import evaluate_reward, gather_samples
 
 __all__ = ["Particles", "decoded_tokens", "row_controls"]
 
@@ -141,8 +143,51 @@ class Particles:
         """The rows so far (partial responses) as :class:`~ctrlalign.dynamics.base.Outcomes`."""
         return self.dynamics.outcomes(self.state)
 
-    def score(self, outcomes: Outcomes, *, prefix: bool) -> torch.Tensor:
-        """(D, n') float64 scores of the rows: the reward's prefix score or the full reward; counted."""
+    def finished(self) -> torch.Tensor:
+        """(D, n') bool: the rows that have finished (emitted the end token, or reached T)."""
+        return self.state.finished.reshape(self.num_prompts, self.num_rows).cpu()
+
+    def score(self, outcomes: Outcomes, *, prefix: bool | torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(D, n') float64 scores of the rows; counted.
+
+        Args:
+            outcomes: the rows so far (:meth:`outcomes`).
+            prefix: True (the reward's prefix score) or False (the full reward) for every row, or
+                (D, n') bool, the kind per row.
+            rows: (D, n') bool, the rows to score; None: all. The others get NaN and cost nothing.
+
+        Every row of one kind is scored in one call on the (D, n') outcomes; otherwise each
+        kind's K rows are scored in one call as K prompts × 1 sample
+        (:func:`~ctrlalign.rewards.base.gather_samples`).
+        """
+        D, n = self.num_prompts, outcomes.num_samples
+        kinds = prefix if isinstance(prefix, torch.Tensor) else torch.full((D, n), bool(prefix))
+        kinds = kinds.cpu().bool()
+        wanted = torch.ones(D, n, dtype=torch.bool) if rows is None else rows.cpu().bool()
+        if bool(wanted.all()) and bool((kinds == kinds[0, 0]).all()):
+            return self.score_grid(outcomes, prefix=bool(kinds[0, 0]))
+        scores = torch.full((D, n), float("nan"), dtype=torch.float64)
+        for as_prefix in (True, False):
+            d, i = torch.nonzero(wanted & (kinds == as_prefix), as_tuple=True)
+            if d.numel() == 0:
+                continue
+            prompts = [self.prompts[j] for j in d.tolist()]
+            picked = gather_samples(outcomes, d.tolist(), i.tolist())
+            if as_prefix:
+                got = evaluate_reward(self.cost.reward, prompts, picked, prefix=True)
+            else:
+                got = self.cost.rewards(prompts, picked)
+            scores[d, i] = got.double().cpu()[:, 0]
+            counts = torch.bincount(d, minlength=D)
+            if as_prefix:
+                self.prefix_calls += counts
+            else:
+                self.full_calls += counts
+        return scores
+
+    def score_grid(self, outcomes: Outcomes, *, prefix: bool) -> torch.Tensor:
+        """(D, n') float64 scores of every row in one call: the reward's prefix score or the full
+        reward; counted."""
         if prefix:
             scores = evaluate_reward(self.cost.reward, self.prompts, outcomes, prefix=True)
             self.prefix_calls += outcomes.num_samples

@@ -6,8 +6,9 @@ r"""Toy systems whose answers are known in closed form or by enumeration.
   reward :class:`~ctrlalign.rewards.toy.QuadraticReward`, q*, its mean, η and F are
   closed form (:func:`ctrlalign.theory.linear_gaussian_optimum`).
 * :class:`SoftmaxHead`: a synthetic autoregressive pre-logit system with a (W, b) head and
-  K categories; small enough that the distribution of outcomes under p and under q* can be
-  enumerated exactly (:meth:`SoftmaxHead.outcome_distribution`).
+  K categories, optionally with an end token that finishes a row early; small enough that the
+  distribution of outcomes under p and under q* can be enumerated exactly
+  (:meth:`SoftmaxHead.outcome_distribution`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class ToyState:
         logprobs: (B, t) float32 log q of the tokens (:class:`SoftmaxHead`), or None.
         base_logprobs: (B, t) float32 log p (:class:`SoftmaxHead`), or None.
         horizon: T = τ, the number of steps of the system.
+        end_token: the token that finishes a row (:class:`SoftmaxHead` with an end token), or
+            None: every row runs to τ.
     """
 
     num_prompts: int
@@ -64,6 +67,7 @@ class ToyState:
     tokens: torch.Tensor | None = None
     logprobs: torch.Tensor | None = None
     base_logprobs: torch.Tensor | None = None
+    end_token: int | None = None
 
     @property
     def position(self) -> int:
@@ -72,9 +76,27 @@ class ToyState:
 
     @property
     def finished(self) -> torch.Tensor:
-        """(D, n) bool: every row finishes at t = τ."""
+        """(D, n) bool: every row finishes at t = τ, and a row of a system with an end token
+        once it has emitted it."""
         done = self.position >= self.horizon
-        return torch.full((self.num_prompts, self.num_samples), done, dtype=torch.bool)
+        if self.end_token is None or self.tokens is None or done:
+            return torch.full((self.num_prompts, self.num_samples), done, dtype=torch.bool)
+        return self.ended().reshape(self.num_prompts, self.num_samples)
+
+    def ended(self) -> torch.Tensor:
+        """(B,) bool: the row has emitted the end token (all False without one)."""
+        if self.end_token is None or self.tokens is None:
+            return torch.zeros(self.prompts.shape[0], dtype=torch.bool)
+        return (self.tokens == self.end_token).any(1)
+
+    def lengths(self) -> torch.Tensor:
+        """(B,) long, tokens up to and including the end token (t for a row that has not ended)."""
+        t = self.position
+        if self.end_token is None or self.tokens is None or t == 0:
+            return torch.full((self.prompts.shape[0],), t, dtype=torch.long)
+        hit = self.tokens == self.end_token
+        first = hit.to(torch.long).argmax(1) + 1
+        return torch.where(hit.any(1), first, torch.full_like(first, t))
 
     def gather(self, flat: torch.Tensor, num_samples: int) -> ToyState:
         """Rows ``flat`` (D·n',) of this state, n' = ``num_samples``."""
@@ -265,6 +287,11 @@ class SoftmaxHead(StepwiseDynamics):
 
     The state is the tokens so far; each step draws one token per row by inverse CDF with a
     pre-drawn uniform. Outcomes are token sequences (D, n, τ) in ``tokens`` (and ``values``).
+
+    With an ``end_token`` e (one of the K), a row that emits e is finished: every later step
+    gives it the token e again as padding, log-probabilities 0 and ``alive`` False (it still
+    consumes its uniform), and its outcome's ``lengths`` stop at e (inclusive). The responses
+    are then the sequences of non-end tokens of length τ and those ended by e at any t ≤ τ.
     With K^τ small, :meth:`outcome_distribution` computes the exact outcome probabilities under
     :math:`v_t\sim\mathcal N(u_t,\sigma^2 I)` by Gauss–Hermite quadrature (exact to
     quadrature precision for the small d used in tests).
@@ -272,9 +299,11 @@ class SoftmaxHead(StepwiseDynamics):
     Args:
         W: (K, d) head weights; b: (K,) head bias; embeddings: (K+1, d) or None (zeros).
         horizon: τ.
+        end_token: e in 0..K−1, the token that finishes a row, or None (rows run to τ).
     """
 
-    def __init__(self, W: torch.Tensor, b: torch.Tensor, horizon: int, embeddings: torch.Tensor | None = None):
+    def __init__(self, W: torch.Tensor, b: torch.Tensor, horizon: int, embeddings: torch.Tensor | None = None,
+                 end_token: int | None = None):
         self.W = torch.as_tensor(W, dtype=torch.float64)
         self.b = torch.as_tensor(b, dtype=torch.float64)
         if self.W.dim() != 2 or self.b.shape != (self.W.shape[0],):
@@ -286,6 +315,9 @@ class SoftmaxHead(StepwiseDynamics):
         self.E = torch.zeros(K + 1, d, dtype=torch.float64) if embeddings is None else torch.as_tensor(embeddings, dtype=torch.float64)
         if self.E.shape != (K + 1, d):
             raise ValueError(f"embeddings must be (K+1, d) = {(K + 1, d)}, got {tuple(self.E.shape)}")
+        if end_token is not None and not (isinstance(end_token, int) and 0 <= end_token < K):
+            raise ValueError(f"end_token must be a token in 0..{K - 1} or None, got {end_token!r}")
+        self.end_token = end_token
 
     def head_weight(self) -> torch.Tensor:
         """W (K, d)."""
@@ -305,20 +337,25 @@ class SoftmaxHead(StepwiseDynamics):
         state = _start_toy(context, num_samples, self.horizon, self.hidden_size)
         B = state.prompts.shape[0]
         return dataclasses.replace(state, tokens=torch.zeros(B, 0, dtype=torch.long),
-                                   logprobs=torch.zeros(B, 0), base_logprobs=torch.zeros(B, 0))
+                                   logprobs=torch.zeros(B, 0), base_logprobs=torch.zeros(B, 0),
+                                   end_token=self.end_token)
 
     def advance(self, state: ToyState, controls: torch.Tensor | None, noise: torch.Tensor) -> tuple[ToyState, Step]:
-        """b more tokens per row, prompt by prompt (row blocks of n)."""
+        """b more tokens per row, prompt by prompt (row blocks of n); a row that has emitted the
+        end token repeats it with log-probabilities 0, not alive."""
         b = _check_toy_advance(state, controls, noise, self.hidden_size)
         D, n, K, t0 = state.num_prompts, state.num_samples, self.num_classes, state.position
         tokens = torch.empty(D, n, b, dtype=torch.long)
         logp = torch.zeros(D, n, b)
         base_logp = torch.zeros(D, n, b)
+        alive = torch.ones(D, n, b, dtype=torch.bool)
         x = state.prompts.reshape(D, n, self.horizon, self.hidden_size)[:, 0]  # (D, τ, d)
         last = state.tokens[:, -1] if t0 > 0 else torch.full((D * n,), K, dtype=torch.long)
+        ended_before = state.ended().reshape(D, n)
         for j in range(D):
             u = noise[j]
             prev = last[j * n:(j + 1) * n]
+            ended = ended_before[j].clone()
             for s in range(b):
                 t = t0 + s
                 z = x[j, t] + self.E[prev]  # (n, d)
@@ -327,13 +364,20 @@ class SoftmaxHead(StepwiseDynamics):
                 lsm = torch.log_softmax(logits, -1)
                 cdf = lsm.exp().cumsum(-1)
                 y = torch.searchsorted(cdf, (u[:, s] * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1).clamp_max(K - 1)
+                lq = lsm.gather(-1, y[:, None]).squeeze(-1).float()
+                lp = torch.log_softmax(base, -1).gather(-1, y[:, None]).squeeze(-1).float()
+                if self.end_token is not None:
+                    alive[j, :, s] = ~ended
+                    y = torch.where(ended, self.end_token, y)
+                    lq, lp = torch.where(ended, 0.0, lq), torch.where(ended, 0.0, lp)
+                    ended = ended | (y == self.end_token)
                 tokens[j, :, s] = y
-                logp[j, :, s] = lsm.gather(-1, y[:, None]).squeeze(-1).float()
-                base_logp[j, :, s] = torch.log_softmax(base, -1).gather(-1, y[:, None]).squeeze(-1).float()
+                logp[j, :, s] = lq
+                base_logp[j, :, s] = lp
                 prev = y
         B = D * n
         step = Step(tokens=tokens.reshape(B, b), logprobs=logp.reshape(B, b), base_logprobs=base_logp.reshape(B, b),
-                    alive=torch.ones(B, b, dtype=torch.bool))
+                    alive=alive.reshape(B, b))
         new = _with_controls(state, controls, b)
         new = dataclasses.replace(new, tokens=torch.cat([state.tokens, step.tokens], 1),
                                   logprobs=torch.cat([state.logprobs, step.logprobs], 1),
@@ -346,12 +390,13 @@ class SoftmaxHead(StepwiseDynamics):
         return state.gather(check_rows(rows, state.num_prompts, state.num_samples), rows.shape[1])
 
     def outcomes(self, state: ToyState) -> Outcomes:
-        """Token sequences (D, n, t) in ``tokens`` and ``values``, with their log-probabilities."""
+        """Token sequences (D, n, t) in ``tokens`` and ``values``, with their log-probabilities;
+        ``lengths`` stop at the end token."""
         D, n, t = state.num_prompts, state.num_samples, state.position
         tokens = state.tokens.reshape(D, n, t)
         return Outcomes(
             num_prompts=D, num_samples=n, values=tokens.clone(), tokens=tokens,
-            lengths=torch.full((D, n), t, dtype=torch.long),
+            lengths=state.lengths().reshape(D, n),
             logprobs=state.logprobs.reshape(D, n, t), base_logprobs=state.base_logprobs.reshape(D, n, t),
         )
 
@@ -384,7 +429,8 @@ class SoftmaxHead(StepwiseDynamics):
 
     def outcome_distribution(self, prompt: Any, sigma: float, mean: torch.Tensor | None = None, nodes: int = 40) -> dict[tuple[int, ...], float]:
         r"""Exact probability of every token sequence (K^τ of them) for one prompt under
-        controls :math:`v_t\sim\mathcal N(u_t,\sigma^2 I)`.
+        controls :math:`v_t\sim\mathcal N(u_t,\sigma^2 I)`; with an end token, of every
+        response (a sequence cut after its first end token).
 
         Args:
             prompt: (τ, d); sigma: σ ≥ 0; mean: (τ, d) control mean U (default 0).
@@ -398,6 +444,10 @@ class SoftmaxHead(StepwiseDynamics):
         out: dict[tuple[int, ...], float] = {}
         cache: dict[tuple[int, ...], np.ndarray] = {}
         for seq in itertools.product(range(K), repeat=self.horizon):
+            if self.end_token is not None and self.end_token in seq:
+                seq = seq[:seq.index(self.end_token) + 1]
+                if seq in out:
+                    continue
             prob, prev = 1.0, K
             for t, y in enumerate(seq):
                 key = seq[:t]

@@ -26,6 +26,7 @@ __all__ = [
     "Reward",
     "WeightedSum",
     "evaluate_reward",
+    "gather_samples",
     "prompt_label",
     "prompt_text",
     "require_prefix_scores",
@@ -283,6 +284,35 @@ def select_outcomes(outcomes: Outcomes, prompt_idx: Sequence[int], sample_idx: S
         tokens=take(outcomes.tokens),
         lengths=take(outcomes.lengths),
         texts=texts,
+        logprobs=take(outcomes.logprobs),
+        base_logprobs=take(outcomes.base_logprobs),
+        extras=outcomes.extras,
+    )
+
+
+def gather_samples(outcomes: Outcomes, prompt_idx: Sequence[int], sample_idx: Sequence[int]) -> Outcomes:
+    """The K samples ``(prompt_idx[k], sample_idx[k])`` of ``outcomes`` as K prompts × 1 sample.
+
+    Unlike :func:`select_outcomes` (a sub-grid), the pairs may pick a different number of
+    samples from each prompt: score them with the prompts ``[prompts[d] for d in prompt_idx]``
+    (a closed-loop controller scores some rows by their prefix and others, finished, by the
+    full reward). Every (D, n, ...) field is indexed; ``extras`` is passed through unchanged.
+    """
+    pi, si = list(prompt_idx), list(sample_idx)
+    if len(pi) != len(si):
+        raise ValueError(f"gather_samples needs as many prompt as sample indices, got {len(pi)} and {len(si)}")
+    rows = torch.tensor(pi, dtype=torch.long), torch.tensor(si, dtype=torch.long)
+
+    def take(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[rows[0].to(t.device), rows[1].to(t.device)].unsqueeze(1)
+
+    return Outcomes(
+        num_prompts=len(pi),
+        num_samples=1,
+        values=take(outcomes.values),
+        tokens=take(outcomes.tokens),
+        lengths=take(outcomes.lengths),
+        texts=None if outcomes.texts is None else [[outcomes.texts[d][i]] for d, i in zip(pi, si)],
         logprobs=take(outcomes.logprobs),
         base_logprobs=take(outcomes.base_logprobs),
         extras=outcomes.extras,

@@ -36,7 +36,9 @@ class QuadraticReward(Reward):
 
 
 class TableReward(Reward):
-    """A reward looked up from a table of token sequences: ``table[tuple(tokens)]``.
+    """A reward looked up from a table of token sequences: ``table[tuple(tokens)]``, each row's
+    tokens cut at its ``lengths`` when the outcomes have them (a row that ended early is looked
+    up as its response, without the padding).
 
     Args:
         table: mapping from token-sequence tuples to rewards (must cover every outcome).
@@ -55,6 +57,8 @@ class TableReward(Reward):
     @staticmethod
     def _look_up(table: Mapping[tuple[int, ...], float], outcomes: Outcomes) -> torch.Tensor:
         toks = outcomes.tokens.tolist()
+        if outcomes.lengths is not None:
+            toks = [[s[:L] for s, L in zip(row, lens)] for row, lens in zip(toks, outcomes.lengths.tolist())]
         return torch.tensor([[table[tuple(s)] for s in row] for row in toks], dtype=torch.float64)
 
     def __call__(self, prompts: Sequence[Any], outcomes: Outcomes) -> torch.Tensor:
