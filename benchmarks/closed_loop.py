@@ -78,8 +78,9 @@ def controllers(T: int) -> dict:
     for n0 in (64, 128, 256):
         out[f"sr-{n0}"] = ("closed", lambda n0=n0: sr(n0, [(8, n0 // 2), (16, n0 // 4)]))
     out["sr-128a"] = ("closed", lambda: sr(128, [(4, 32), (16, 8)]))
+    # archive=False: the protocol as it started (the archive came later); at T = 32 rows seldom end early
     out["smc-32"] = ("closed", lambda: SMC(num_particles=32, block_size=8, temperature=0.05,
-                                          twist_target_ess=0.5, resample_threshold=0.5))
+                                          twist_target_ess=0.5, resample_threshold=0.5, archive=False))
     out["aisp-learning"] = ("rounds", lambda: (ControllerConfig(**PRESETS["learning"]["controller"]).build(),
                                                 SpaceConfig(**PRESETS["learning"]["space"]).build()))
     return out
@@ -185,7 +186,7 @@ def report(rows: list[dict], heldout: dict | None = None) -> str:
             "Δ vs Best-of-N, matched tokens [95% CI]", "Δ vs Best-of-N, matched calls", f"Δ vs Best-of-{POOL}",
             "degenerate"]
     if heldout:
-        head[-1:-1] = ["diversity", "fluency"]
+        head[-1:-1] = ["diversity", "fluency [95% CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lb in labels:
         rs = [key[(lb, p, s)] for p, s in pairs if (lb, p, s) in key]
@@ -202,10 +203,13 @@ def report(rows: list[dict], heldout: dict | None = None) -> str:
         cells.append("" if lb == f"bon-{POOL}" else paired(top)[0])
         if heldout:
             h = [heldout.get(f"{lb}|{r['prompt_id']}|{r['seed']}") for r in rs]
+            groups = [r["prompt_id"] for r, x in zip(rs, h) if x]
             h = [x for x in h if x]
             cells.append(f"{np.mean([x['paper_diversity'] for x in h]):.3f}" if h else "")
-            flu = [x["fluency"] for x in h if x.get("fluency") is not None and math.isfinite(x["fluency"])]
-            cells.append(f"{np.mean(flu):.2f}" if flu else "")
+            flu = [(x["fluency"], g) for x, g in zip(h, groups)
+                   if x.get("fluency") is not None and math.isfinite(x["fluency"])]
+            c = mean_ci([v for v, _ in flu], method="bootstrap", clusters=[g for _, g in flu]) if len(flu) > 1 else None
+            cells.append(f"{c.mean:.2f} [{c.low:.2f}, {c.high:.2f}]" if c else "")
         cells.append(f"{sum(distinct_n(r['text'] or '', 2) < DEGENERATE for r in rs)}/{len(rs)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
