@@ -422,6 +422,25 @@ def test_sigma_bound_follows_the_control_space():
 
 
 @pytest.mark.reliability("checks")
+def test_sigma_bound_reaches_receding_horizons_inner_controller():
+    """receding-horizon samples its windows' controls with its inner controller's σ: the same
+    float16 bound applies (power: without the delegation a σ far past it passed unchecked)."""
+    from types import SimpleNamespace
+
+    from ctrlalign.build import check_sigma_fits
+
+    W = torch.ones(10, 64)
+    lm16 = SimpleNamespace(head_weight=lambda: W, dtype=torch.float16)
+    limit = math.sqrt(65504.0) / (10 * math.sqrt(64) * float(W.norm(dim=-1).max()))
+    mpc = ca.RecedingHorizon(inner=ca.AISP(num_samples=2, num_iterations=1, sigma=3 * limit), block_size=2)
+    assert mpc.sigma == 3 * limit
+    with pytest.raises(ca.ConfigError, match=r"sigma \(σ\) = .* would overflow the model's float16"):
+        check_sigma_fits(mpc, lm16)
+    check_sigma_fits(ca.RecedingHorizon(inner=ca.AISP(sigma=0.999 * limit)), lm16)
+    check_sigma_fits(ca.RecedingHorizon(), lm16)  # Best-of-N windows: σ = 0, nothing to check
+
+
+@pytest.mark.reliability("checks")
 def test_cli_checks_sigma_in_the_space_it_runs(tiny, capsys):
     """``ctrlalign align --dtype float16``: a σ refused per-token passes in a rank-2 subspace."""
     from ctrlalign.cli import main

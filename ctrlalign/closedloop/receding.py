@@ -81,6 +81,13 @@ class RecedingHorizon(ClosedLoopController):
         return (f"RecedingHorizon({self.inner!r}, block_size={self.block_size}, lookahead={self.lookahead}, "
                 f"space={self.space.describe()})")
 
+    @property
+    def sigma(self) -> float | None:
+        """σ of the controls the windows sample: the inner controller's (None if it has none), so
+        that :func:`ctrlalign.build.check_sigma_fits` checks the windows' controls as it checks an
+        open-loop controller's."""
+        return getattr(self.inner, "sigma", None)
+
     def with_space(self, space: ControlSpace | None) -> RecedingHorizon:
         """This controller with its windows in ``space`` (None: as it is)."""
         return self if space is None else self.replace(space=space)
