@@ -42,7 +42,7 @@ from ..controllers import CONTROLLERS, BestOfN, Controller
 from ..cost import Cost
 from ..declare import Hyperparameter
 from ..dynamics.base import StepwiseDynamics
-from ..rewards.base import Reward, evaluate_reward
+from ..rewards.base import Reward
 from ..spaces import ControlSpace, PerToken
 from .base import Checkpoint, ClosedLoopController, ClosedLoopResult, start_run
 from .particles import decoded_tokens, score_rows
