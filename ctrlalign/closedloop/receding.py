@@ -166,8 +166,9 @@ class RecedingHorizon(ClosedLoopController):
             history.append(self._stack(best_v, best_noise, dynamics))
             committed.append([None if s.tokens is None else s.tokens[t:t + b] if a else []
                               for s, a in zip(kept, active.tolist())])
-            trace.append(Checkpoint(t + b, active.long(), torch.full((D,), float("nan")),
-                                    torch.full((D,), float("nan")), best.clone(), torch.zeros(D, dtype=torch.bool),
+            # a prompt whose response ended before this window has no row here (and no score)
+            trace.append(Checkpoint(t + b, active.long(), torch.full((D,), float("nan")), torch.full((D,), float("nan")),
+                                    torch.where(active, best, float("nan")), torch.zeros(D, dtype=torch.bool),
                                     active.long()))
             # a response whose committed prefix holds its end token is finished: no more windows
             ended = torch.tensor([d and s.tokens is not None and len(s.tokens) <= t + b for s, d in zip(kept, done)])
