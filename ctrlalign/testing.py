@@ -185,7 +185,8 @@ CLOSED_LOOP: dict[str, Callable[[], Any]] = {
 class ClosedLoopContract:
     """The contract of closed-loop controllers (``run(dynamics, reward, prompts, seed=...)``), on
     the systems in ``systems`` (factories () → (stepwise dynamics, reward with prefix scores,
-    prompts)): a response per prompt whose reward is its own full reward; determinism under a
+    prompts); by default the token chain and the ending chain, whose rows end at different
+    times): a response per prompt whose reward is its own full reward; determinism under a
     seed; per-prompt independence; and budgets counted outside the controller — decoded tokens
     by :class:`CountingDynamics`, full and prefix reward calls by
     :class:`~ctrlalign.rewards.counting.CountingReward` — equal to what the result reports."""
@@ -195,6 +196,7 @@ class ClosedLoopContract:
     #: name → factory () → (dynamics, reward, prompts)
     systems: dict[str, Callable[[], tuple[Any, Reward, list]]] = {
         "token_chain": lambda: make_token_chain()[:3],
+        "ending_chain": lambda: make_ending_chain(1)[:3],  # seed 1: about half the rows end before T
     }
 
     def run(self, name: str, system: str, prompts: list | None = None, seed: int = 0):

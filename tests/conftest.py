@@ -13,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest
 import torch
 
+from ctrlalign.dynamics.counting import CountingDynamics
+
 WORDS = ["the", "a", "an", "sea", "sky", "sun", "moon", "star", "tree", "river", "cat", "dog", "bird", "fish", "red", "blue", "green", "happy", "sad", "good", "bad", "big", "small", "run", "jump", "swim", "fly", "is", "are", "was", "and", "or", "but", "not", "to", "of", "in", "on", "at", "with", "what", "who", "how", "why", "when", "where", "write", "tell", "story", "poem", "about", "me", "you", "it", "this", "that", "one", "two", "three", "hello", "hi", "please", "thanks", "answer", "question", "day", "night", "love", "hate", "."]
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -134,3 +136,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class EarlyEnd(CountingDynamics):
+    """A tiny LM whose uniforms are shrunk ×0.05, so that the first tokens of the vocabulary,
+    the end token among them, are drawn often: rows end early (the law is no longer the model's,
+    which budgets do not care about)."""
+
+    def draw_noise(self, generators, num_samples, steps=None):
+        return 0.05 * super().draw_noise(generators, num_samples, steps)

@@ -1,6 +1,7 @@
 """The closed-loop contract (ctrlalign.testing.ClosedLoopContract) over every closed-loop
-controller, on the enumerable token chain and end to end on a tiny random causal LM (eager
-engine, batch-invariant so that a prompt's rows are the same alone and in a batch)."""
+controller, on the enumerable token chains (without and with an end token) and end to end on a
+tiny random causal LM (eager engine, batch-invariant so that a prompt's rows are the same alone
+and in a batch), also with its end token made to fire."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import functools
 
 import pytest
 import torch
-from conftest import PROMPTS, make_model, make_tokenizer
+from conftest import PROMPTS, EarlyEnd, make_model, make_tokenizer
 
 import ctrlalign as ca
 from ctrlalign.dynamics import CausalLM, SamplingConfig
 from ctrlalign.rewards.counting import CountingReward
-from ctrlalign.testing import CLOSED_LOOP, ClosedLoopContract, CountingDynamics, make_token_chain
+from ctrlalign.testing import CLOSED_LOOP, ClosedLoopContract, CountingDynamics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,10 +32,21 @@ def tiny_lm_system():
     return _tiny_lm(), reward, list(PROMPTS[:2])
 
 
-@pytest.mark.parametrize("system", ["token_chain", "tiny_lm"])
+def ending_lm_system():
+    """The tiny Llama (T = 4) with its uniforms shrunk so that the end token fires
+    (:class:`conftest.EarlyEnd`), a reward for short texts (it favours responses that end, so
+    committed prefixes end too), 2 prompts."""
+    reward = ca.CallableReward(lambda p, text: -float(len(text)), texts=True, name="short")
+    return EarlyEnd(_tiny_lm()), reward, list(PROMPTS[:2])
+
+
+SYSTEMS = {**ClosedLoopContract.systems, "tiny_lm": tiny_lm_system, "tiny_lm_ending": ending_lm_system}
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
 @pytest.mark.parametrize("name", CLOSED_LOOP)
 class TestClosedLoopContract(ClosedLoopContract):
-    systems = {"token_chain": lambda: make_token_chain()[:3], "tiny_lm": tiny_lm_system}
+    systems = SYSTEMS
 
 
 def test_smc_with_a_control_proposal_runs_on_the_tiny_lm():

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import PROMPTS, make_model, make_tokenizer
+from conftest import PROMPTS, EarlyEnd, make_model, make_tokenizer
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -449,15 +449,6 @@ def test_archive_is_a_declared_hyperparameter():
 
 # ---------------------------------------------------------------------------------------------
 # end to end: the closed-loop contract where rows end early
-
-
-class EarlyEnd(CountingDynamics):
-    """A tiny LM whose uniforms are shrunk ×0.05, so that the first tokens of the vocabulary,
-    the end token among them, are drawn often: rows end early (the law is no longer the model's,
-    which budgets do not care about)."""
-
-    def draw_noise(self, generators, num_samples, steps=None):
-        return 0.05 * super().draw_noise(generators, num_samples, steps)
 
 
 @functools.cache

@@ -30,7 +30,7 @@ from ..cost import Cost
 from ..dynamics.base import Outcomes, Step, StepwiseDynamics
 from ..rewards.base import evaluate_reward, gather_samples
 
-__all__ = ["Particles", "decoded_tokens", "row_controls"]
+__all__ = ["Particles", "decoded_tokens", "row_controls", "score_rows"]
 
 
 def decoded_tokens(step: Step, num_prompts: int, steps: int) -> torch.Tensor:
@@ -59,6 +59,50 @@ def _gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """x (D, n, ...) → (D, n', ...) with row (j, i) = x[j, rows[j, i]]."""
     idx = rows.to(x.device).view(*rows.shape, *([1] * (x.dim() - 2))).expand(*rows.shape, *x.shape[2:])
     return x.gather(1, idx)
+
+
+def score_rows(cost: Cost, prompts: Sequence[Any], outcomes: Outcomes, *, prefix: bool | torch.Tensor,
+               rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score some rows of (D, n) outcomes by the reward's prefix score and others (finished) by
+    the full reward, each row once.
+
+    Args:
+        cost: the reward.
+        prompts: the D prompts.
+        outcomes: (D, n) rows (partial or finished responses).
+        prefix: True (the prefix score) or False (the full reward) for every row, or (D, n)
+            bool, the kind per row.
+        rows: (D, n) bool, the rows to score; None: all. The others get NaN and cost nothing.
+
+    Returns:
+        ``(scores, prefix_calls, full_calls)``: (D, n) float64 scores, and (D,) long, the rows of
+        each prompt scored by each kind. Every row of one kind is scored in one call on the
+        (D, n) outcomes; otherwise each kind's K rows are scored in one call as K prompts × 1
+        sample (:func:`~ctrlalign.rewards.base.gather_samples`).
+    """
+    D, n = outcomes.num_prompts, outcomes.num_samples
+    kinds = prefix if isinstance(prefix, torch.Tensor) else torch.full((D, n), bool(prefix))
+    kinds = kinds.cpu().bool()
+    wanted = torch.ones(D, n, dtype=torch.bool) if rows is None else rows.cpu().bool()
+    counts = {True: torch.zeros(D, dtype=torch.long), False: torch.zeros(D, dtype=torch.long)}
+    if bool(wanted.all()) and bool((kinds == kinds[0, 0]).all()):
+        as_prefix = bool(kinds[0, 0])
+        scores = evaluate_reward(cost.reward, prompts, outcomes, prefix=True) if as_prefix \
+            else cost.rewards(prompts, outcomes)
+        counts[as_prefix] += n
+        return scores.double().cpu(), counts[True], counts[False]
+    scores = torch.full((D, n), float("nan"), dtype=torch.float64)
+    for as_prefix in (True, False):
+        d, i = torch.nonzero(wanted & (kinds == as_prefix), as_tuple=True)
+        if d.numel() == 0:
+            continue
+        picked_prompts = [prompts[j] for j in d.tolist()]
+        picked = gather_samples(outcomes, d.tolist(), i.tolist())
+        got = evaluate_reward(cost.reward, picked_prompts, picked, prefix=True) if as_prefix \
+            else cost.rewards(picked_prompts, picked)
+        scores[d, i] = got.double().cpu()[:, 0]
+        counts[as_prefix] += torch.bincount(d, minlength=D)
+    return scores, counts[True], counts[False]
 
 
 class Particles:
@@ -148,53 +192,18 @@ class Particles:
         return self.state.finished.reshape(self.num_prompts, self.num_rows).cpu()
 
     def score(self, outcomes: Outcomes, *, prefix: bool | torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(D, n') float64 scores of the rows; counted.
+        """(D, n') float64 scores of the rows (:func:`score_rows`); counted.
 
         Args:
             outcomes: the rows so far (:meth:`outcomes`).
             prefix: True (the reward's prefix score) or False (the full reward) for every row, or
                 (D, n') bool, the kind per row.
             rows: (D, n') bool, the rows to score; None: all. The others get NaN and cost nothing.
-
-        Every row of one kind is scored in one call on the (D, n') outcomes; otherwise each
-        kind's K rows are scored in one call as K prompts × 1 sample
-        (:func:`~ctrlalign.rewards.base.gather_samples`).
         """
-        D, n = self.num_prompts, outcomes.num_samples
-        kinds = prefix if isinstance(prefix, torch.Tensor) else torch.full((D, n), bool(prefix))
-        kinds = kinds.cpu().bool()
-        wanted = torch.ones(D, n, dtype=torch.bool) if rows is None else rows.cpu().bool()
-        if bool(wanted.all()) and bool((kinds == kinds[0, 0]).all()):
-            return self.score_grid(outcomes, prefix=bool(kinds[0, 0]))
-        scores = torch.full((D, n), float("nan"), dtype=torch.float64)
-        for as_prefix in (True, False):
-            d, i = torch.nonzero(wanted & (kinds == as_prefix), as_tuple=True)
-            if d.numel() == 0:
-                continue
-            prompts = [self.prompts[j] for j in d.tolist()]
-            picked = gather_samples(outcomes, d.tolist(), i.tolist())
-            if as_prefix:
-                got = evaluate_reward(self.cost.reward, prompts, picked, prefix=True)
-            else:
-                got = self.cost.rewards(prompts, picked)
-            scores[d, i] = got.double().cpu()[:, 0]
-            counts = torch.bincount(d, minlength=D)
-            if as_prefix:
-                self.prefix_calls += counts
-            else:
-                self.full_calls += counts
+        scores, prefix_calls, full_calls = score_rows(self.cost, self.prompts, outcomes, prefix=prefix, rows=rows)
+        self.prefix_calls += prefix_calls
+        self.full_calls += full_calls
         return scores
-
-    def score_grid(self, outcomes: Outcomes, *, prefix: bool) -> torch.Tensor:
-        """(D, n') float64 scores of every row in one call: the reward's prefix score or the full
-        reward; counted."""
-        if prefix:
-            scores = evaluate_reward(self.cost.reward, self.prompts, outcomes, prefix=True)
-            self.prefix_calls += outcomes.num_samples
-        else:
-            scores = self.cost.rewards(self.prompts, outcomes)
-            self.full_calls += outcomes.num_samples
-        return scores.double().cpu()
 
     def select(self, rows: torch.Tensor, *, carry_noise: bool) -> None:
         """Continue row (j, i) from old row (j, rows[j, i]) for rows (D, n'): the dynamics state and

@@ -11,9 +11,20 @@ window reaches T, and its best rollout is the response:
 
 .. math:: t \leftarrow t + b,\qquad y_{1:t} \text{ fixed};\quad \text{window } [t, \min(t+L, T)).
 
+A rollout that has finished inside a window (emitted the end token) is a whole response: it
+is scored by the full reward, not the prefix score, and counted as a full call. When the
+committed block holds the end token, the response has ended: that window's best rollout is the
+response, and a finished response is absorbing — no more windows, reward calls or rollouts for
+its prompt (the run stops once every prompt's response has ended or reached T).
+
 Each window's rollouts start from the committed prefix by replaying its history (the
 committed controls and noise of each block) on n fresh rows: exact on any deterministic
-system, and it costs t extra tokens per rollout, which the budget counts. With one block
+system, and it costs the committed prefix's tokens again per rollout (t, or the response's
+length once it has ended), which the budget counts. The budget counts decoded tokens as
+:class:`~ctrlalign.dynamics.counting.CountingDynamics` does, rows' alive steps: a prompt
+whose response has ended decodes nothing in a window, but while other prompts of the batch go
+on, its rows are still replayed up to its end token (the rows of a batch share one prefix
+length; a run on that prompt alone stops at once). With one block
 (b >= T, L = T) receding-horizon control *is* the inner controller: its result equals
 :func:`ctrlalign.align`'s, bit for bit, on the same seed.
 """
@@ -31,10 +42,10 @@ from ..controllers import CONTROLLERS, BestOfN, Controller
 from ..cost import Cost
 from ..declare import Hyperparameter
 from ..dynamics.base import StepwiseDynamics
-from ..rewards.base import Reward, evaluate_reward
+from ..rewards.base import Reward
 from ..spaces import ControlSpace, PerToken
 from .base import Checkpoint, ClosedLoopController, ClosedLoopResult, start_run
-from .particles import decoded_tokens
+from .particles import decoded_tokens, score_rows
 
 __all__ = ["DEFAULT_INNER", "RecedingHorizon"]
 
@@ -118,50 +129,61 @@ class RecedingHorizon(ClosedLoopController):
         tokens = torch.zeros(D, dtype=torch.long)
         prefix_calls = torch.zeros(D, dtype=torch.long)
         full_calls = torch.zeros(D, dtype=torch.long)
+        best = torch.full((D,), float("-inf"), dtype=torch.float64)
+        kept: list[Any] = [None] * D
+        done = [False] * D  # the kept rollout had finished (ended, or reached T)
+        active = torch.ones(D, dtype=torch.bool)  # the committed prefix has not ended
         trace: list[Checkpoint] = []
         committed: list[list[list[int] | None]] = []  # per window, per prompt: the tokens committed
         t = 0
-        while t < T:
+        while t < T and bool(active.any()):
             L = min(L_max, T - t)
             b = min(self.block_size, L)  # a block longer than the window commits the window
             final = t + L >= T
             space = self.space.bind(L, dynamics)
             state = ctrl.init(D, space, device=dynamics.device, dtype=dynamics.dtype)
-            best = torch.full((D,), float("-inf"), dtype=torch.float64)
+            best = torch.where(active, torch.full_like(best, float("-inf")), best)
             best_v: list[torch.Tensor | None] = [None] * D
             best_noise: list[torch.Tensor | None] = [None] * D
-            kept: list[Any] = [None] * D
             for _ in range(k):
                 theta = ctrl.sample(state, [g.control for g in gens])
                 V = None if theta is None else space.controls(theta).to(device=dynamics.device, dtype=dynamics.dtype)
                 noise = dynamics.draw_noise([g.rollout for g in gens], n, steps=L)
-                rows = self._replay(dynamics, context, history, n)
+                rows, replayed = self._replay(dynamics, context, history, n)
                 rows, step = dynamics.advance(rows, V, noise)
-                tokens += decoded_tokens(step, D, L) + n * t
+                tokens += replayed + decoded_tokens(step, D, L)
                 outcomes = dynamics.outcomes(rows)
-                if final:
-                    scores = cost.rewards(prompts, outcomes)
-                    full_calls += n
-                else:
-                    scores = evaluate_reward(cost.reward, prompts, outcomes, prefix=True)
-                    prefix_calls += n
-                state, _ = ctrl.step(state, theta, scores.to(state.mean.device))
-                value, idx = scores.double().cpu().max(-1)
-                for j in range(D):
+                # finished rows (all of them in the last window) get the full reward, the others
+                # their prefix score; prompts whose response has ended are not scored
+                finished = torch.ones(D, n, dtype=torch.bool) if final else rows.finished.reshape(D, n).cpu()
+                scores, calls_p, calls_f = score_rows(cost, prompts, outcomes, prefix=~finished,
+                                                      rows=active.unsqueeze(-1).expand(D, n))
+                prefix_calls += calls_p
+                full_calls += calls_f
+                state, _ = ctrl.step(state, theta, scores.nan_to_num(0.0).to(state.mean.device))
+                value, idx = scores.max(-1)
+                for j in torch.nonzero(active).flatten().tolist():
                     if float(value[j]) > float(best[j]):
                         best[j] = value[j]
                         i = int(idx[j])
                         best_v[j] = None if V is None else V[j, i:i + 1, :b]
                         best_noise[j] = noise[j, i:i + 1, :b]
                         kept[j] = outcomes.sample(j, i)
+                        done[j] = bool(finished[j, i])
             history.append(self._stack(best_v, best_noise, dynamics))
-            committed.append([None if s.tokens is None else s.tokens[t:t + b] for s in kept])
-            trace.append(Checkpoint(t + b, torch.ones(D, dtype=torch.long), torch.full((D,), float("nan")),
-                                    torch.full((D,), float("nan")), best, torch.zeros(D, dtype=torch.bool),
-                                    torch.ones(D, dtype=torch.long)))
+            committed.append([None if s.tokens is None else s.tokens[t:t + b] if a else []
+                              for s, a in zip(kept, active.tolist())])
+            # a prompt whose response ended before this window has no row here (and no score)
+            trace.append(Checkpoint(t + b, active.long(), torch.full((D,), float("nan")), torch.full((D,), float("nan")),
+                                    torch.where(active, best, float("nan")), torch.zeros(D, dtype=torch.bool),
+                                    active.long()))
+            # a response whose committed prefix holds its end token is finished: no more windows
+            ended = torch.tensor([d and s.tokens is not None and len(s.tokens) <= t + b for s, d in zip(kept, done)])
+            active &= ~ended
             t += b
-        # the last window reaches T and commits all of its best rollout: that rollout is the
-        # response, already decoded and fully scored
+        # the last window reaches T and commits all of its best rollout, and a window whose
+        # committed block ends the response commits all of it: that rollout is the response,
+        # already decoded and fully scored
         return ClosedLoopResult(
             prompts=prompts, responses=kept, rewards=best, trace=trace, tokens=tokens, prefix_calls=prefix_calls,
             full_calls=full_calls, distinct=torch.ones(D, dtype=torch.long), seconds=time.perf_counter() - t_start,
@@ -169,21 +191,28 @@ class RecedingHorizon(ClosedLoopController):
         )
 
     @staticmethod
-    def _stack(controls: list[torch.Tensor | None], noise: list[torch.Tensor], dynamics: Any):
-        """One committed block for D prompts: (V (D, 1, b, d) or None, noise (D, 1, b, ...))."""
-        if all(v is None for v in controls):
-            V = None
-        else:
-            like = next(v for v in controls if v is not None)
-            V = torch.cat([torch.zeros_like(like) if v is None else v for v in controls]).unsqueeze(1)
-        return V, torch.cat(noise).unsqueeze(1)
+    def _stack(controls: list[torch.Tensor | None], noise: list[torch.Tensor | None], dynamics: Any):
+        """One committed block for D prompts: (V (D, 1, b, d) or None, noise (D, 1, b, ...)); a
+        prompt without a block (its response has ended: its rows stay finished whatever they are
+        given) gets zeros."""
+        def stack(blocks: list[torch.Tensor | None]) -> torch.Tensor | None:
+            if all(x is None for x in blocks):
+                return None
+            like = next(x for x in blocks if x is not None)
+            return torch.cat([torch.zeros_like(like) if x is None else x for x in blocks]).unsqueeze(1)
+
+        return stack(controls), stack(noise)
 
     @staticmethod
-    def _replay(dynamics: StepwiseDynamics, context: Any, history, num_rows: int) -> Any:
-        """n rows at the committed prefix: start, then every committed block again."""
+    def _replay(dynamics: StepwiseDynamics, context: Any, history, num_rows: int) -> tuple[Any, torch.Tensor]:
+        """n rows at the committed prefix: start, then every committed block again. Returns the
+        rows and (D,) the tokens the replay decoded per prompt (the rows' alive steps: a prefix
+        that has ended costs its length, not t)."""
         rows = dynamics.start(context, num_rows)
+        D = rows.num_prompts
+        replayed = torch.zeros(D, dtype=torch.long)
         for V, noise in history:
-            D = noise.shape[0]
             V = None if V is None else V.expand(D, num_rows, *V.shape[2:])
-            rows, _ = dynamics.advance(rows, V, noise.expand(D, num_rows, *noise.shape[2:]))
-        return rows
+            rows, step = dynamics.advance(rows, V, noise.expand(D, num_rows, *noise.shape[2:]))
+            replayed += decoded_tokens(step, D, noise.shape[2])
+        return rows, replayed
