@@ -73,7 +73,8 @@ def controllers(T: int) -> dict:
     decoded tokens (1,024 / 2,048 / 4,096): speculative rejection halving the rows at tokens 8
     and 16 from n₀ = 64, 128, 256 (``sr-n₀``), an aggressive one from n₀ = 128 keeping 32 at
     token 4 and 8 at token 16 (``sr-128a``, 1,024 tokens: Best-of-128's quarter), and SMC with 32
-    particles (1,024 tokens)."""
+    particles (1,024 tokens), with a checkpoint every 8 tokens (``smc-32``) or at sentence ends
+    (``smc-32s``)."""
     out: dict = {"bon-pool": ("pool", lambda: ca.BestOfN(num_samples=POOL, num_iterations=1, sigma=0.0))}
     for n0 in (64, 128, 256):
         out[f"sr-{n0}"] = ("closed", lambda n0=n0: sr(n0, [(8, n0 // 2), (16, n0 // 4)]))
@@ -81,6 +82,10 @@ def controllers(T: int) -> dict:
     # archive=False: the protocol as it started (the archive came later); at T = 32 rows seldom end early
     out["smc-32"] = ("closed", lambda: SMC(num_particles=32, block_size=8, temperature=0.05,
                                           twist_target_ess=0.5, resample_threshold=0.5, archive=False))
+    # the same SMC with each prompt's checkpoints at sentence ends (b = 12 tokens apart at most)
+    out["smc-32s"] = ("closed", lambda: SMC(num_particles=32, block_size=12, temperature=0.05,
+                                           twist_target_ess=0.5, resample_threshold=0.5, archive=False,
+                                           checkpoint_at="sentences"))
     out["aisp-learning"] = ("rounds", lambda: (ControllerConfig(**PRESETS["learning"]["controller"]).build(),
                                                 SpaceConfig(**PRESETS["learning"]["space"]).build()))
     return out
@@ -138,7 +143,7 @@ def run_closed(lm, reward, factory, prompt, seed) -> dict:
     res = factory().run(lm, counting, [prompt], seed=seed)
     return {"reward": float(res.rewards[0]), "tokens": int(lm.tokens.sum()), "tokens_reported": int(res.tokens[0]),
             "full_calls": sum(counting.calls.values()), "prefix_calls": sum(counting.prefix_calls.values()),
-            "text": res.texts[0], "seconds": time.perf_counter() - t0, "trace": [c.summary(0) for c in res.trace]}
+            "text": res.texts[0], "seconds": time.perf_counter() - t0, "trace": res.trace_of(0)}
 
 
 def family(label: str) -> str:

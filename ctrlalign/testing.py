@@ -85,29 +85,32 @@ def make_softmax_head(seed: int = 0) -> tuple[Dynamics, Reward, list[torch.Tenso
     return SoftmaxHead(W, b, TAU, embeddings=E), TableReward(table), prompts
 
 
-def make_token_chain(seed: int = 0, *, twist_scale: float = 0.5) -> tuple[SoftmaxHead, TableReward, list, list[dict]]:
+def make_token_chain(seed: int = 0, *, twist_scale: float = 0.5,
+                     sentence_token: int | None = None) -> tuple[SoftmaxHead, TableReward, list, list[dict]]:
     """An enumerable token system for closed-loop controllers: a softmax-head Markov chain over
     K = 3 tokens and T = τ = 3 steps, a table reward on the 27 sequences with a random prefix
     table (scale ``twist_scale``; any prefix score is a valid twist), 2 prompts, and each
-    prompt's exact law p(y) under the plain system (dict sequence → probability)."""
-    return _chain(seed, twist_scale, TAU, None)
+    prompt's exact law p(y) under the plain system (dict sequence → probability).
+    ``sentence_token``: a token that ends a "sentence" (SMC's sentence checkpoints), or None."""
+    return _chain(seed, twist_scale, TAU, None, sentence_token)
 
 
 #: T of :func:`make_ending_chain`
 ENDING_HORIZON = 4
 
 
-def make_ending_chain(seed: int = 0, *, twist_scale: float = 0.5) -> tuple[SoftmaxHead, TableReward, list, list[dict]]:
+def make_ending_chain(seed: int = 0, *, twist_scale: float = 0.5,
+                      sentence_token: int | None = None) -> tuple[SoftmaxHead, TableReward, list, list[dict]]:
     """:func:`make_token_chain` with an end token: K = 3 tokens, token 2 finishes a row, T = 4
     (:data:`ENDING_HORIZON`), so rows finish at different times; the 31 responses (15 ended
     by the end token before or at T, 16 of length T without it) carry a table reward, and every
     prefix of a response up to length T − 1 — finished responses included — a random prefix
     score. Returns the system, the reward, 2 prompts and each prompt's exact law p(y) over the
-    responses."""
-    return _chain(seed, twist_scale, ENDING_HORIZON, 2)
+    responses. ``sentence_token`` as for :func:`make_token_chain`."""
+    return _chain(seed, twist_scale, ENDING_HORIZON, 2, sentence_token)
 
 
-def _chain(seed: int, twist_scale: float, horizon: int, end_token: int | None):
+def _chain(seed: int, twist_scale: float, horizon: int, end_token: int | None, sentence_token: int | None):
     """The token chain of :func:`make_token_chain` (horizon T, optional end token)."""
     g = torch.Generator().manual_seed(seed)
     K = 3
@@ -120,7 +123,7 @@ def _chain(seed: int, twist_scale: float, horizon: int, end_token: int | None):
     prefixes = {s[:t]: twist_scale * float(torch.randn((), generator=g))
                 for s in seqs for t in range(1, min(len(s), horizon - 1) + 1)}
     prompts = [torch.randn(horizon, DIM, generator=g, dtype=torch.float64) for _ in range(2)]
-    dyn = SoftmaxHead(W, b, horizon, embeddings=E, end_token=end_token)
+    dyn = SoftmaxHead(W, b, horizon, embeddings=E, end_token=end_token, sentence_token=sentence_token)
     return dyn, TableReward(table, prefix_table=prefixes), prompts, [dyn.outcome_distribution(p, sigma=0.0)
                                                                       for p in prompts]
 
@@ -175,6 +178,8 @@ CLOSED_LOOP: dict[str, Callable[[], Any]] = {
     "smc": lambda: SMC(num_particles=4, block_size=1, temperature=0.5, resample_threshold=1.0),
     "smc_adaptive_weight": lambda: SMC(num_particles=4, block_size=2, temperature=0.5, twist_target_ess=0.5,
                                        scheme="residual", readout="weight"),
+    "smc_sentences": lambda: SMC(num_particles=4, block_size=3, temperature=0.5, resample_threshold=1.0,
+                                 checkpoint_at="sentences"),
     "speculative": lambda: SpeculativeRejection(num_samples=6, schedule=[(1, 3), (2, 2)]),
     "receding_aisp": lambda: RecedingHorizon(AISP(num_samples=3, num_iterations=2, sigma=0.7, temperature=0.5),
                                              block_size=1, lookahead=2),
@@ -185,7 +190,7 @@ CLOSED_LOOP: dict[str, Callable[[], Any]] = {
 class ClosedLoopContract:
     """The contract of closed-loop controllers (``run(dynamics, reward, prompts, seed=...)``), on
     the systems in ``systems`` (factories () → (stepwise dynamics, reward with prefix scores,
-    prompts); by default the token chain and the ending chain, whose rows end at different
+    prompts); by default the token chain and the ending chain (token 1 ends a sentence), whose rows end at different
     times): a response per prompt whose reward is its own full reward; determinism under a
     seed; per-prompt independence; and budgets counted outside the controller — decoded tokens
     by :class:`CountingDynamics`, full and prefix reward calls by
@@ -195,8 +200,8 @@ class ClosedLoopContract:
     controllers = CLOSED_LOOP
     #: name → factory () → (dynamics, reward, prompts)
     systems: dict[str, Callable[[], tuple[Any, Reward, list]]] = {
-        "token_chain": lambda: make_token_chain()[:3],
-        "ending_chain": lambda: make_ending_chain(1)[:3],  # seed 1: about half the rows end before T
+        "token_chain": lambda: make_token_chain(sentence_token=1)[:3],
+        "ending_chain": lambda: make_ending_chain(1, sentence_token=1)[:3],  # seed 1: about half the rows end before T
     }
 
     def run(self, name: str, system: str, prompts: list | None = None, seed: int = 0):

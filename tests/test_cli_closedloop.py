@@ -66,6 +66,20 @@ def test_align_runs_each_closed_loop_controller_end_to_end(tiny, name, tmp_path,
         assert rec["prefix_calls"] == 2 and rec["reward_calls"] == 2
 
 
+def test_align_runs_smc_with_sentence_checkpoints(tiny, tmp_path, capsys):
+    """``--checkpoint-at sentences``: the run's checkpoints are the prompt's own (increasing, at
+    most b = 2 apart, the last at T = 4); a bad rule exits 2 naming the allowed ones."""
+    out = tmp_path / "rec.json"
+    assert main(_align(tiny, "smc", "--checkpoint-at", "sentences", "--sentence-quorum", "0.5",
+                       "--output", str(out))) == 0
+    rec = json.loads(out.read_text())
+    positions = [c["position"] for c in rec["trace"]]
+    assert positions[-1] == 4 and all(0 < b - a <= 2 for a, b in zip([0, *positions], positions))
+    capsys.readouterr()
+    assert main(_align(tiny, "smc", "--checkpoint-at", "words")) == 2
+    assert "checkpoint_at must be one of 'tokens', 'sentences', got 'words'" in capsys.readouterr().err
+
+
 def test_align_prints_the_open_loop_budget_as_before(tiny, tmp_path, capsys):
     out = tmp_path / "rec.json"
     assert main(["align", "hi", "--model", str(tiny), "--controller", "bon", "-n", "2", "-k", "1", "--sigma", "0",

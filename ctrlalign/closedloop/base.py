@@ -116,6 +116,9 @@ class Checkpoint(NamedTuple):
         distinct: distinct prefixes among the rows, before the decision.
         archived: finished rows moved to the archive here (SMC with ``archive=True``), or None
             for controllers without an archive.
+        fired: bool, the prompts that had a checkpoint here, when not all did (SMC's
+            ``"sentences"`` rule gives each prompt its own); None: every prompt. The other
+            prompts' entries are NaN or unchanged, and their traces skip this checkpoint.
     """
 
     position: int
@@ -126,6 +129,11 @@ class Checkpoint(NamedTuple):
     resampled: torch.Tensor
     distinct: torch.Tensor
     archived: torch.Tensor | None = None
+    fired: torch.Tensor | None = None
+
+    def concerns(self, d: int) -> bool:
+        """Whether prompt d had this checkpoint."""
+        return self.fired is None or bool(self.fired[d])
 
     def summary(self, d: int) -> dict[str, float | int | bool | None]:
         """Plain numbers for prompt d (non-finite values are None; ``archived`` only when the
@@ -180,6 +188,10 @@ class ClosedLoopResult:
         """The kept responses' texts (language models)."""
         return [s.text for s in self.responses]
 
+    def trace_of(self, d: int) -> list[dict[str, Any]]:
+        """Prompt d's checkpoints, each as :meth:`Checkpoint.summary`."""
+        return [c.summary(d) for c in self.trace if c.concerns(d)]
+
     def to_records(self) -> list[dict[str, Any]]:
         """One JSON-serialisable dict per prompt."""
         out = []
@@ -191,7 +203,7 @@ class ClosedLoopResult:
                 "controller": self.controller, "tokens": int(self.tokens[d]),
                 "prefix_calls": int(self.prefix_calls[d]), "full_calls": int(self.full_calls[d]),
                 "distinct": int(self.distinct[d]), "log_normalizer": logz,
-                "trace": [c.summary(d) for c in self.trace],
+                "trace": self.trace_of(d),
             })
         return out
 
@@ -257,7 +269,7 @@ class ClosedLoopController(Declared):
         return Solution(
             prompts=res.prompts, responses=res.responses, rewards=res.rewards.double().cpu(),
             reward_calls=res.full_calls.long().cpu(), prefix_calls=res.prefix_calls.long().cpu(),
-            tokens=res.tokens.long().cpu(), traces=[[c.summary(d) for c in res.trace] for d in range(D)],
+            tokens=res.tokens.long().cpu(), traces=[res.trace_of(d) for d in range(D)],
             controller=self.name, kind="closed-loop", seconds=res.seconds,
             space=described() if self.uses_space and described is not None else None, extra=extra, result=res)
 

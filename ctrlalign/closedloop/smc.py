@@ -103,10 +103,10 @@ from .base import (
     Checkpoint,
     ClosedLoopController,
     ClosedLoopResult,
-    block_bounds,
     distinct_rows,
     start_run,
 )
+from .checkpoints import CHECKPOINT_RULES, sentence_checkpoints_due
 from .particles import Particles
 
 __all__ = ["SMC", "Archived", "distinct_responses"]
@@ -163,6 +163,11 @@ class SMC(ClosedLoopController):
         archive: move finished particles (the end token before T) to an archive at each
             intermediate checkpoint and refill their rows from the alive ones (the module
             docstring); False: finished particles stay in the resampling.
+        checkpoint_at: ``"tokens"`` (every b tokens) or ``"sentences"`` (each prompt's own
+            checkpoints, when a quorum of its rows has ended a sentence, b tokens apart at most;
+            :mod:`ctrlalign.closedloop.checkpoints`); needs a dynamics with
+            :meth:`~ctrlalign.dynamics.base.StepwiseDynamics.sentence_ends`.
+        sentence_quorum: q in (0, 1], the quorum of the ``"sentences"`` rule.
     """
 
     name = "smc"
@@ -184,18 +189,25 @@ class SMC(ClosedLoopController):
                        "with probability ∝ its weight (final particles and archive)", choices=READOUTS),
         Hyperparameter("archive", bool, "move finished particles to an archive at each checkpoint and refill their "
                        "rows from the alive ones (false: they stay in the resampling)"),
+        Hyperparameter("checkpoint_at", str, "'tokens': a checkpoint every b tokens; 'sentences': a prompt's "
+                       "checkpoint when a quorum of its rows has ended a sentence since its last one (b tokens at "
+                       "the latest)", choices=CHECKPOINT_RULES),
+        Hyperparameter("sentence_quorum", float, "with checkpoint_at 'sentences': the fraction of a prompt's "
+                       "unfinished rows that must have ended a sentence (or finished)", "q", low=0, high=1,
+                       low_open=True),
     )
 
     def __init__(self, *, num_particles: int = 16, block_size: int = 8, temperature: float = 0.1,
                  twist_temperature: float | None = None, twist_target_ess: float | None = None,
                  resample_threshold: float = 0.5, scheme: str = "systematic", readout: str = "argmax",
-                 archive: bool = True) -> None:
+                 archive: bool = True, checkpoint_at: str = "tokens", sentence_quorum: float = 0.5) -> None:
         if twist_temperature is not None and twist_target_ess is not None:
             raise ConfigError("set at most one of twist_temperature (fixed λ_t) and twist_target_ess (adaptive λ_t)")
         for key, value in (("num_particles", num_particles), ("block_size", block_size),
                            ("temperature", temperature), ("twist_temperature", twist_temperature),
                            ("twist_target_ess", twist_target_ess), ("resample_threshold", resample_threshold),
-                           ("scheme", scheme), ("readout", readout), ("archive", archive)):
+                           ("scheme", scheme), ("readout", readout), ("archive", archive),
+                           ("checkpoint_at", checkpoint_at), ("sentence_quorum", sentence_quorum)):
             self.set_hyperparameter(key, value)
 
     def twist_temperatures(self, scores: torch.Tensor, log_weights: torch.Tensor, previous: torch.Tensor,
@@ -221,6 +233,13 @@ class SMC(ClosedLoopController):
                  previous: torch.Tensor) -> torch.Tensor:
         r"""The checkpoint's update, all (D, n): :math:`\log w + [\log p - \log q]_\text{block} + \psi_t - \psi_\text{prev}`."""
         return log_weights + ratio + (twist - previous)
+
+    @staticmethod
+    def settle(pending: torch.Tensor, fired: torch.Tensor) -> torch.Tensor:
+        r"""The log p − log q (D, n) still to be applied after a checkpoint at which the prompts
+        ``fired`` (D,) took theirs: 0 for them, unchanged for the others (whose rows keep
+        accumulating their blocks' ratios until their own checkpoint)."""
+        return torch.where(fired.unsqueeze(-1), torch.zeros_like(pending), pending)
 
     @staticmethod
     def renormalize(log_normalizer: torch.Tensor, log_weights: torch.Tensor,
@@ -276,13 +295,16 @@ class SMC(ClosedLoopController):
             (D lists of :class:`Archived`) and ``archived`` (D counts).
         """
         t_start = time.perf_counter()
+        sentences = self.checkpoint_at == "sentences"
         run = start_run("SMC", dynamics, cost, prompts, seed=seed, context=context,
-                        scores_prefixes=lambda T: self.block_size < T or self.twist_target_ess is not None)
+                        scores_prefixes=lambda T: sentences or self.block_size < T or self.twist_target_ess is not None)
         prompts = run.prompts
         D, n, lam = len(prompts), self.num_particles, self.temperature
         select_gens = [g.select for g in run.generators]
         particles = Particles(run.dynamics, run.context, prompts, run.cost, n, run.generators, controls)
+        T = particles.horizon
         log_w = torch.zeros(D, n, dtype=torch.float64)
+        pending = torch.zeros(D, n, dtype=torch.float64)  # log p − log q since each prompt's last checkpoint
         psi = torch.zeros(D, n, dtype=torch.float64)
         log_z = torch.zeros(D, dtype=torch.float64)  # log S, the running scale
         identity = torch.arange(n).expand(D, n)
@@ -290,46 +312,80 @@ class SMC(ClosedLoopController):
         archive: list[list[Archived]] = [[] for _ in range(D)]
         known = torch.full((D, n), math.nan, dtype=torch.float64)  # full rewards of finished rows kept in place
         trace: list[Checkpoint] = []
-        for t0, t1 in block_bounds(particles.horizon, self.block_size):
-            ratio = particles.log_ratio(particles.advance(t0, t1))
+        if sentences:
+            ends_before = run.dynamics.sentence_ends(particles.state)
+            if ends_before is None:
+                raise ConfigError(f"checkpoint_at='sentences' needs a dynamics with sentences; "
+                                  f"{type(run.dynamics).__name__} has none (use checkpoint_at='tokens')")
+            finished_before = particles.finished()
+            last_t = torch.zeros(D, dtype=torch.long)
+        stride = 1 if sentences else self.block_size  # sentences: look after every token
+        t = 0
+        while t < T:
+            t0, t = t, min(t + stride, T)
+            pending = pending + particles.log_ratio(particles.advance(t0, t))
+            last = t == T  # not earlier when rows finish: a prompt's run must not depend on others
+            fired = torch.ones(D, dtype=torch.bool)
+            if sentences and not last:
+                ends = run.dynamics.sentence_ends(particles.state)
+                fired = sentence_checkpoints_due(t, last_t, self.block_size, ends, ends_before, particles.finished(),
+                                                 finished_before, self.sentence_quorum)
+                if not bool(fired.any()):
+                    continue
+            every = bool(fired.all())
+            some_fired = torch.nonzero(fired).flatten()
             outcomes = particles.outcomes()
-            last = t1 == particles.horizon  # not earlier when rows finish: a prompt's run must not depend on others
-            finished = particles.finished() if archiving and not last else torch.zeros(D, n, dtype=torch.bool)
+            finished = particles.finished() & fired.unsqueeze(-1) if archiving and not last \
+                else torch.zeros(D, n, dtype=torch.bool)
             done = known.isfinite()  # scored already (rows of a prompt whose rows all finished): not again
+            wanted = fired.unsqueeze(-1) & ~done
             scores = particles.score(outcomes, prefix=~finished if not last else False,
-                                     rows=~done if bool(done.any()) else None)
+                                     rows=None if bool(wanted.all()) else wanted)
             scores = torch.where(done, known, scores)
             if last:
                 lam_t = torch.full((D,), lam, dtype=torch.float64)
             else:
-                lam_t = self.twist_temperatures(scores, log_w + ratio, psi, alive=~finished if archiving else None)
+                lam_t = torch.full((D,), math.nan, dtype=torch.float64)
+                lam_t[some_fired] = self.twist_temperatures(
+                    scores[some_fired], (log_w + pending)[some_fired], psi[some_fired],
+                    alive=~finished[some_fired] if archiving else None)
             new_psi = torch.where(torch.isinf(lam_t).unsqueeze(-1), torch.zeros_like(scores),
                                   scores / lam_t.unsqueeze(-1))
             new_psi = torch.where(finished, scores / lam, new_psi)  # a finished row's twist is final: r/λ
-            log_w = self.reweight(log_w, ratio, new_psi, psi)
+            new_psi = torch.where(fired.unsqueeze(-1), new_psi, psi)
+            log_w = torch.where(fired.unsqueeze(-1), self.reweight(log_w, pending, new_psi, psi), log_w)
+            pending = self.settle(pending, fired)
             psi = new_psi
             ess = theory.effective_sample_size(torch.log_softmax(log_w, dim=-1))
             distinct = distinct_rows(outcomes)
             resampled = torch.zeros(D, dtype=torch.bool)
             leaving = torch.zeros(D, n, dtype=torch.bool)
+            rows = identity
             if not last and self.resample_threshold > 0:
-                some, every = finished.any(-1), finished.all(-1)
-                refill = some & ~every  # archive the finished rows, refill from the alive ones
+                some, all_finished = finished.any(-1), finished.all(-1)
+                refill = some & ~all_finished  # archive the finished rows, refill from the alive ones
                 leaving = finished & refill.unsqueeze(-1)
                 kept = torch.where(leaving, -math.inf, log_w)  # = log_w (bit for bit) where nothing leaves
-                ancestors = resample(kept, select_gens, self.scheme)
-                resampled = torch.where(some, refill, ess < self.resample_threshold * n)
-                for j, entries in enumerate(self.archive_rows(log_z, log_w, scores, leaving, outcomes, t1)):
+                ancestors = identity.clone()
+                ancestors[some_fired] = resample(kept[some_fired], [select_gens[j] for j in some_fired.tolist()],
+                                                 self.scheme)
+                resampled = torch.where(some, refill, ess < self.resample_threshold * n) & fired
+                for j, entries in enumerate(self.archive_rows(log_z, log_w, scores, leaving, outcomes, t)):
                     archive[j].extend(entries)
                 log_z, log_w = self.renormalize(log_z, kept, resampled)
                 rows = torch.where(resampled.unsqueeze(-1), ancestors, identity)
                 psi = psi.gather(1, rows)
+                pending = pending.gather(1, rows)
                 known = torch.where(finished, scores, known).gather(1, rows)
                 particles.select(rows, carry_noise=False)
-            trace.append(Checkpoint(t1, torch.full((D,), n), ess, lam_t, scores.mean(-1), resampled, distinct,
-                                    leaving.sum(-1) if archiving else None))
-            if last:
-                break
+            if sentences and not last:
+                ends_before = torch.where(fired.unsqueeze(-1), ends, ends_before).gather(1, rows)
+                finished_before = torch.where(fired.unsqueeze(-1), particles.finished(), finished_before)
+                last_t = torch.where(fired, t, last_t)
+            nan = torch.full((D,), math.nan, dtype=torch.float64)
+            trace.append(Checkpoint(t, torch.full((D,), n), torch.where(fired, ess, nan), lam_t,
+                                    torch.where(fired, scores.mean(-1), nan), resampled, distinct,
+                                    leaving.sum(-1) if archiving else None, None if every else fired))
         final = log_z + theory.log_mean_exp(log_w, dim=-1)
         chosen, reward, sample = self.read_out(scores, log_w, log_z, archive, select_gens)
         return ClosedLoopResult(

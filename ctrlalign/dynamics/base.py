@@ -214,8 +214,9 @@ class StepwiseDynamics(Dynamics):
         s_0 = \mathrm{start}(x, n),\qquad s_{t+1} = f(s_t, v_t, u_t),\quad t = 0..T-1 .
 
     Subclasses override exactly :meth:`draw_noise`, :meth:`start`, :meth:`advance`,
-    :meth:`select` and :meth:`outcomes` (and set ``hidden_size`` and ``max_horizon`` = T);
-    :meth:`rollout` is their composition and is not overridden:
+    :meth:`select` and :meth:`outcomes` (and set ``hidden_size`` and ``max_horizon`` = T),
+    and :meth:`sentence_ends` when their rows have sentences; :meth:`rollout` is the
+    composition of the first five and is not overridden:
 
     .. code-block:: python
 
@@ -269,6 +270,13 @@ class StepwiseDynamics(Dynamics):
     @abstractmethod
     def outcomes(self, state: Any) -> Outcomes:
         """The rows so far as :class:`Outcomes` (D, n, ...); at t = T the rollout's outcomes."""
+
+    def sentence_ends(self, state: Any) -> torch.Tensor | None:
+        """(D, n) long, the sentence ends in each row so far — the natural points at which a
+        closed-loop controller may look at a row (SMC's ``checkpoint_at="sentences"``) — or None
+        (the default) for a system without sentences. A count that grows by one each time a
+        row ends a sentence; only its changes are used."""
+        return None
 
     def rollout(
         self,

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,18 @@ from .engines.protocol import Engine, EngineState, eos_list
 from .engines.registry import make_engine
 from .head import OutputHead, verify_head
 
-__all__ = ["CausalLM", "CausalLMContext", "CausalLMState"]
+__all__ = ["CausalLM", "CausalLMContext", "CausalLMState", "count_sentence_ends"]
+
+#: a sentence end: terminal punctuation (with closing quotes or brackets) before white space or
+#: the end of the text, or a run of line breaks
+SENTENCE_END = re.compile(r"[.!?…。！？]+[\"'”’)\]]*(?:\s+|$)|\n+")
+
+
+def count_sentence_ends(text: str) -> int:
+    """Sentence ends in ``text``: runs of ``. ! ? …`` (and the CJK ones), with any closing quotes
+    or brackets, followed by white space or the end of the text; and runs of line breaks. A
+    period inside a number ("3.5") is not one; an abbreviation's ("e.g. ") is (a heuristic)."""
+    return len(SENTENCE_END.findall(text))
 
 
 @dataclass
@@ -450,6 +462,10 @@ class CausalLM(StepwiseDynamics):
             [tokens[b, : int(lengths[b])].tolist() for b in range(D * n)], skip_special_tokens=True
         )
         return [flat[j * n : (j + 1) * n] for j in range(D)]
+
+    def sentence_ends(self, state: CausalLMState) -> torch.Tensor:
+        """(D, n) long: :func:`count_sentence_ends` of each row's decoded text so far."""
+        return torch.tensor([[count_sentence_ends(t) for t in row] for row in self.texts(state)], dtype=torch.long)
 
     def outcomes(self, state: CausalLMState) -> Outcomes:
         """The rows so far as :class:`Outcomes`: tokens, logprobs and base_logprobs

@@ -74,3 +74,7 @@ class CountingDynamics(StepwiseDynamics):
     def outcomes(self, state):
         """The inner outcomes."""
         return self.inner.outcomes(state)
+
+    def sentence_ends(self, state):
+        """The inner sentence ends."""
+        return self.inner.sentence_ends(state)

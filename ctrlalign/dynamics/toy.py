@@ -300,10 +300,12 @@ class SoftmaxHead(StepwiseDynamics):
         W: (K, d) head weights; b: (K,) head bias; embeddings: (K+1, d) or None (zeros).
         horizon: τ.
         end_token: e in 0..K−1, the token that finishes a row, or None (rows run to τ).
+        sentence_token: a token in 0..K−1 that ends a "sentence" (:meth:`sentence_ends` counts
+            it), or None (no sentences).
     """
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor, horizon: int, embeddings: torch.Tensor | None = None,
-                 end_token: int | None = None):
+                 end_token: int | None = None, sentence_token: int | None = None):
         self.W = torch.as_tensor(W, dtype=torch.float64)
         self.b = torch.as_tensor(b, dtype=torch.float64)
         if self.W.dim() != 2 or self.b.shape != (self.W.shape[0],):
@@ -318,6 +320,9 @@ class SoftmaxHead(StepwiseDynamics):
         if end_token is not None and not (isinstance(end_token, int) and 0 <= end_token < K):
             raise ValueError(f"end_token must be a token in 0..{K - 1} or None, got {end_token!r}")
         self.end_token = end_token
+        if sentence_token is not None and not (isinstance(sentence_token, int) and 0 <= sentence_token < K):
+            raise ValueError(f"sentence_token must be a token in 0..{K - 1} or None, got {sentence_token!r}")
+        self.sentence_token = sentence_token
 
     def head_weight(self) -> torch.Tensor:
         """W (K, d)."""
@@ -399,6 +404,15 @@ class SoftmaxHead(StepwiseDynamics):
             lengths=state.lengths().reshape(D, n),
             logprobs=state.logprobs.reshape(D, n, t), base_logprobs=state.base_logprobs.reshape(D, n, t),
         )
+
+    def sentence_ends(self, state: ToyState) -> torch.Tensor | None:
+        """(D, n) long: how often each row has emitted ``sentence_token`` before its end (None
+        without a sentence token)."""
+        if self.sentence_token is None:
+            return None
+        D, n, t = state.num_prompts, state.num_samples, state.position
+        before_end = torch.arange(t).view(1, t) < state.lengths().view(-1, 1)
+        return ((state.tokens == self.sentence_token) & before_end).sum(-1).reshape(D, n)
 
     # ------------------------------------------------------------------ exact enumeration
     def step_probabilities(self, z: np.ndarray, mean: np.ndarray, sigma: float, nodes: int = 40) -> np.ndarray:
