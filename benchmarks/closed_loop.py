@@ -1,15 +1,17 @@
 """Closed loop vs open loop at matched decoded tokens on a packaged model (SmolLM2-135M default).
 
-Best-of-N (N = 8, 16, 32), SMC (n = 16, 32 particles, a checkpoint every 8 tokens, adaptive twist)
-and speculative rejection (n₀ = 32, 64, stopping half the rows at tokens 8 and 16) on MT-Bench
+Best-of-N (N = 8 … 128, read out of one pool), speculative rejection (n₀ = 64, 128, 256, stopping
+half the rows at tokens 8 and 16; and an aggressive schedule), SMC (32 particles, adaptive twist,
+a checkpoint every 8 tokens or at sentence ends) and the learning preset's AISP on MT-Bench
 prompts with one of the paper-regime stages' rewards (``--reward``), each scored on the text so
 far at checkpoints: ``steering`` (MiniLM similarity to a target description, the default),
 ``reference`` (MiniLM similarity to MT-Bench's reference answer; prompts without one are
 skipped) or ``tradeoff`` (−VADER − 2·P(toxic)); ``--model gemma3-270m`` for the second packaged
 model. Every run records its decoded tokens (stopped and resampled-away rows included, counted
 by a wrapper around the dynamics), full and prefix reward calls and seconds; the table compares
-each controller with Best-of-N at the same decoded tokens (the Best-of-N curve interpolated in
-log tokens), paired over prompt × seed, with a 95% bootstrap interval over prompts.
+each controller with Best-of-N at the same decoded tokens and at the same reward calls
+(:func:`ctrlalign.bench.matched.matched_readout`: the Best-of-N curve interpolated in log budget,
+clamped at its ends), paired over prompt × seed, with a 95% bootstrap interval over prompts.
 
 Resumable: one JSON line per (controller, prompt, seed) in the output; a rerun skips finished
 runs. Usage:
@@ -41,7 +43,7 @@ import torch
 import ctrlalign as ca
 from ctrlalign.bench.diversity import distinct_n
 from ctrlalign.bench.heldout import heldout_scores
-from ctrlalign.bench.matched import budget_of, log_interp
+from ctrlalign.bench.matched import budget_of, matched_readout
 from ctrlalign.bench.stats import mean_ci
 from ctrlalign.build import build_reward
 from ctrlalign.closedloop import SMC, SpeculativeRejection
@@ -147,32 +149,34 @@ def run_closed(lm, reward, factory, prompt, seed) -> dict:
 
 
 def family(label: str) -> str:
-    """The curve a label belongs to: bon, sr, sr-a (the aggressive schedule), smc or aisp-learning."""
+    """The curve a label belongs to: its name and letters after the budget (``sr-128a`` → ``sr-a``,
+    ``smc-32s`` → ``smc-s``)."""
     head, tail = label.rsplit("-", 1)
-    return head + ("-a" if tail.endswith("a") else "")
+    letters = re.sub(r"\d", "", tail)
+    return head + (f"-{letters}" if letters else "")
 
 
 def label_order(label: str) -> tuple[str, int]:
     return family(label), int(re.sub(r"\D", "", label.rsplit("-", 1)[1]))
 
 
-def delta_vs_bon(key: dict, bons: list[str], r: dict, axis: str) -> float | None:
-    """r's reward minus Best-of-N's at r's budget on ``axis`` (``tokens`` or ``calls``; Best-of-N's
-    curve of the same prompt and seed, linear in log budget: :mod:`ctrlalign.bench.matched`);
-    None when r's budget lies outside the curve (1% past its end allowed: EOS-shortened pools)."""
-    curve = [key[(b, r["prompt_id"], r["seed"])] for b in bons if (b, r["prompt_id"], r["seed"]) in key]
-    xs, x = [budget_of(c, axis) for c in curve], budget_of(r, axis)
-    if len(curve) < 2 or not min(xs) <= x <= max(xs) * 1.01:
-        return None
-    return r["reward"] - log_interp(xs, [c["reward"] for c in curve], x)[0]
+def as_records(rows: list[dict]) -> list[dict]:
+    """The rows as :mod:`ctrlalign.bench.matched` records: Best-of-N's labels ``bon-N`` become the
+    reference controller ``bon`` at budget N, every other label a controller of its own."""
+    out = []
+    for r in rows:
+        bon = r["label"].startswith("bon-")
+        out.append({**r, "controller": "bon" if bon else r["label"],
+                    "budget": int(r["label"].rsplit("-", 1)[1]) if bon else 0})
+    return out
 
 
-def paired(values: list[tuple[float, str]]) -> tuple[str, object]:
-    """A paired mean with its 95% cluster-bootstrap interval over prompts, as text and CI."""
+def paired(values: list[tuple[float, str]]) -> str:
+    """A paired mean with its 95% cluster-bootstrap interval over prompts, as text."""
     if len(values) < 2:
-        return "", None
+        return ""
     c = mean_ci([v for v, _ in values], method="bootstrap", clusters=[g for _, g in values])
-    return f"{c.mean:+.3f} [{c.low:+.3f}, {c.high:+.3f}]", c
+    return f"{c.mean:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"
 
 
 #: kept responses with a distinct-2 ratio below this count as degenerate repetition (an empty one too)
@@ -181,12 +185,18 @@ DEGENERATE = 0.7
 
 def report(rows: list[dict], heldout: dict | None = None) -> str:
     """Markdown table: each controller against Best-of-N at matched decoded tokens and at matched
-    reward calls (full + prefix), and against Best-of-128; with ``heldout`` (label/prompt/seed →
-    scores), the kept responses' published diversity, held-out fluency and degenerate count."""
+    reward calls (full + prefix) by :func:`ctrlalign.bench.matched.matched_readout` (a controller
+    whose every run spent more than Best-of-{POOL} reads "beyond"), and against Best-of-{POOL};
+    with ``heldout`` (label|prompt|seed → scores), the kept responses' published diversity,
+    held-out fluency and degenerate count."""
     labels = sorted({r["label"] for r in rows}, key=label_order)
     key = {(r["label"], r["prompt_id"], r["seed"]): r for r in rows}
     pairs = sorted({(r["prompt_id"], r["seed"]) for r in rows})
-    bons = [lb for lb in labels if lb.startswith("bon-")]
+    records = as_records(rows)
+    matched = {axis: {m["controller"]: m for m in matched_readout(records, "bon", axis) if m["controller"] != "bon"}
+               for axis in ("tokens", "calls")}
+    curve_end = {axis: float(np.mean([budget_of(r, axis) for r in rows if r["label"] == f"bon-{POOL}"] or [math.inf]))
+                 for axis in ("tokens", "calls")}
     head = ["controller", "runs", "tokens / prompt", "full calls", "prefix calls", "reward",
             "Δ vs Best-of-N, matched tokens [95% CI]", "Δ vs Best-of-N, matched calls", f"Δ vs Best-of-{POOL}",
             "degenerate"]
@@ -200,16 +210,22 @@ def report(rows: list[dict], heldout: dict | None = None) -> str:
         cells = [lb, str(len(rs))] + [f"{np.mean([r[k] for r in rs]):.0f}" for k in ("tokens", "full_calls", "prefix_calls")]
         cells.append(f"{np.mean([r['reward'] for r in rs]):.3f}")
         for axis in ("tokens", "calls"):
-            d = [(delta_vs_bon(key, bons, r, axis), r["prompt_id"]) for r in rs]
-            valid = [x for x in d if x[0] is not None]
-            cells.append("" if lb.startswith("bon-") else paired(valid)[0] if valid else f"beyond Best-of-{POOL}'s {axis}")
+            m = matched[axis].get(lb)
+            if lb.startswith("bon-") or m is None:
+                cells.append("")
+            elif m["outside"] == m["n"]:  # every run spent more than the curve's end (or less than its start)
+                cells.append(f"beyond Best-of-{POOL}'s {axis}" if m["spent"] > curve_end[axis]
+                             else f"below Best-of-{BON[0]}'s {axis}")
+            else:
+                d = m["delta"]
+                cells.append(f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]")
         top = [(r["reward"] - key[(f"bon-{POOL}", r["prompt_id"], r["seed"])]["reward"], r["prompt_id"])
                for r in rs if (f"bon-{POOL}", r["prompt_id"], r["seed"]) in key]
-        cells.append("" if lb == f"bon-{POOL}" else paired(top)[0])
+        cells.append("" if lb == f"bon-{POOL}" else paired(top))
         if heldout:
             h = [heldout.get(f"{lb}|{r['prompt_id']}|{r['seed']}") for r in rs]
-            groups = [r["prompt_id"] for r, x in zip(rs, h) if x]
-            h = [x for x in h if x]
+            h = h if all(h) else []  # a label with unscored runs gets no held-out cells
+            groups = [r["prompt_id"] for r in rs]
             cells.append(f"{np.mean([x['paper_diversity'] for x in h]):.3f}" if h else "")
             flu = [(x["fluency"], g) for x, g in zip(h, groups)
                    if x.get("fluency") is not None and math.isfinite(x["fluency"])]
@@ -236,7 +252,12 @@ def heldout_cache(rows: list[dict], path: Path, policy: str) -> dict:
     return cache
 
 
-def plot(rows: list[dict], path: Path) -> None:
+#: the figure's legend per curve (:func:`family`)
+LEGEND = {"bon": "Best-of-N", "smc": "SMC", "smc-s": "SMC, sentence checkpoints", "sr": "speculative rejection",
+          "sr-a": "speculative rejection (aggressive)", "aisp-learning": "AISP, learning preset"}
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     families: dict[str, list] = {}
     for r in rows:
@@ -246,14 +267,11 @@ def plot(rows: list[dict], path: Path) -> None:
         for r in rs:
             pts.setdefault(r["label"], []).append((r["tokens"], r["reward"]))
         xy = sorted((np.mean([p[0] for p in v]), np.mean([p[1] for p in v])) for v in pts.values())
-        ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label={"bon": "Best-of-N", "smc": "SMC",
-                                                                         "sr": "speculative rejection",
-                                                                         "sr-a": "speculative rejection (aggressive)",
-                                                                         "aisp-learning": "AISP, learning preset"}[fam])
+        ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label=LEGEND.get(fam, fam))
     ax.set_xscale("log")
     ax.set_xlabel("decoded tokens per prompt (log)")
     ax.set_ylabel("kept reward (mean over prompts × seeds)")
-    ax.set_title("SmolLM2-135M, steering reward: matched decoded tokens", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=200)
@@ -316,11 +334,16 @@ def main() -> None:
                     for row in new[-1:]:
                         print(f"{row['label']:8s} {item.id:>6} seed {seed}: reward {row['reward']:.3f}, "
                               f"{row['tokens']} tokens, {row['seconds']:.1f}s", flush=True)
-    heldout = heldout_cache(rows, args.output.with_suffix(".heldout.json"), args.model) if args.heldout else None
+    cache = args.output.with_suffix(".heldout.json")
+    if args.heldout:
+        heldout = heldout_cache(rows, cache, args.model)
+    else:  # keep the held-out columns of an earlier --heldout report (runs not yet scored get none)
+        heldout = json.loads(cache.read_text()) if cache.exists() else None
     table = report(rows, heldout)
     print(table)
     args.output.with_suffix(".md").write_text(table + "\n")
-    plot(rows, args.output.with_suffix(".png"))
+    model = {"default": "SmolLM2-135M", "gemma3-270m": "Gemma-3-270M"}.get(args.model, args.model)
+    plot(rows, args.output.with_suffix(".png"), f"{model}, {args.reward} reward: matched decoded tokens")
 
 
 if __name__ == "__main__":
