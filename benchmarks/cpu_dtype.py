@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from test_main_job import OTHERS, README_PROMPT, TOLERANCE
 
+from ctrlalign.bench.agreement import continuation_tv
 from ctrlalign.bench.diversity import distinct_n
 from ctrlalign.bench.stats import paired_diff_ci
 from ctrlalign.build import (
@@ -99,28 +100,15 @@ def run_config(label: str, prompts: list[str], done: set, out: Path) -> None:
               f"{row['response'][:70]!r}", flush=True)
 
 
-def next_token_tv(prompts: list[str], T: int = 32) -> dict:
+def bf16_agreement(prompts: list[str], T: int = 32) -> dict:
     """Mean and max TV between float32 and bfloat16 next-token laws along a float32-sampled
-    continuation of each prompt (and float32 at temperature 1.1 against 1, the yardstick)."""
+    continuation of each prompt (and float32 at temperature 1.1 against 1, the yardstick):
+    :func:`ctrlalign.bench.agreement.continuation_tv`."""
     m32, tok = load_packaged("smollm2-135m")
     m16, _ = load_packaged("smollm2-135m", dtype=torch.bfloat16)
-    tvs, yard = [], []
-    for k, p in enumerate(prompts):
-        ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)["input_ids"]
-        torch.manual_seed(k)
-        with torch.inference_mode():
-            seq = m32.generate(ids, do_sample=True, max_new_tokens=T, min_new_tokens=T, top_k=0, top_p=1.0,
-                               pad_token_id=tok.eos_token_id)
-            L = ids.shape[1]
-            l32 = m32(seq).logits[0, L - 1:-1].float()
-            l16 = m16(seq).logits[0, L - 1:-1].float()
-        p32 = torch.softmax(l32, -1)
-        tvs.append((0.5 * (p32 - torch.softmax(l16, -1)).abs().sum(-1)).tolist())
-        yard.append((0.5 * (p32 - torch.softmax(l32 / 1.1, -1)).abs().sum(-1)).tolist())
-    flat, flat_y = np.concatenate(tvs), np.concatenate(yard)
-    return {"positions": int(flat.size), "tv_mean": float(flat.mean()), "tv_max": float(flat.max()),
-            "tv_temperature_1_1_mean": float(flat_y.mean())}
+    tv, yard = continuation_tv(m32, m16, tok, prompts, new_tokens=T)
+    return {"positions": int(tv.numel()), "tv_mean": float(tv.mean()), "tv_max": float(tv.max()),
+            "tv_temperature_1_1_mean": float(yard.mean())}
 
 
 def report(rows: list[dict], tv: dict | None, meta: dict) -> str:
@@ -189,7 +177,7 @@ def main() -> None:
             for label in CONFIGS:
                 run_config(label, [prompt], done, args.out)
         if "tv" not in meta:
-            meta["tv"] = next_token_tv(prompts)
+            meta["tv"] = bf16_agreement(prompts)
         meta["load_end"] = uptime()
         meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     rows = [json.loads(x) for x in args.out.read_text().splitlines()]

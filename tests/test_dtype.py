@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import test_reliability
 import torch
+from conftest import make_model, make_tokenizer
 
 import ctrlalign as ca
 from ctrlalign._checks import ConfigError
+from ctrlalign.bench.agreement import continuation_tv, next_token_tv
 from ctrlalign.build import build_dynamics
 from ctrlalign.cli import align_config, build_parser, main
 from ctrlalign.config import ModelConfig
@@ -78,11 +80,6 @@ def test_a_bad_dtype_exits_2_naming_it_and_the_choices(capsys):
 TV_BOUND = 0.04
 
 
-def next_token_tv(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
-    """(positions,) TV distance between softmax(a) and softmax(b), rows of (positions, V)."""
-    return 0.5 * (torch.softmax(logits_a.float(), -1) - torch.softmax(logits_b.float(), -1)).abs().sum(-1)
-
-
 @pytest.mark.slow
 def test_bfloat16_next_token_law_is_within_tv_bound_of_float32_on_the_default_model():
     """Equal in distribution, not bitwise: along float32-sampled continuations of three prompts the
@@ -90,18 +87,18 @@ def test_bfloat16_next_token_law_is_within_tv_bound_of_float32_on_the_default_mo
     change of law a user would notice — exceeds it."""
     m32, tok = load_packaged("smollm2-135m")
     m16, _ = load_packaged("smollm2-135m", dtype=torch.bfloat16)
-    tv, yard = [], []
-    for k, p in enumerate(["Write one sentence about your weekend.", "Describe a city at night.",
-                           "What makes a good friend?"]):
-        ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)["input_ids"]
-        torch.manual_seed(k)
-        with torch.inference_mode():
-            seq = m32.generate(ids, do_sample=True, max_new_tokens=24, min_new_tokens=24, top_k=0, top_p=1.0,
-                               pad_token_id=tok.eos_token_id)
-            L = ids.shape[1]
-            l32, l16 = m32(seq).logits[0, L - 1:-1], m16(seq).logits[0, L - 1:-1]
-        tv.append(next_token_tv(l32, l16))
-        yard.append(next_token_tv(l32, l32.float() / 1.1))
-    assert torch.cat(tv).mean() < TV_BOUND
-    assert torch.cat(yard).mean() > TV_BOUND
+    tv, yard = continuation_tv(m32, m16, tok, ["Write one sentence about your weekend.", "Describe a city at night.",
+                                               "What makes a good friend?"], new_tokens=24)
+    assert tv.mean() < TV_BOUND
+    assert yard.mean() > TV_BOUND
+
+
+def test_continuation_tv_is_zero_for_one_model_and_positive_for_two():
+    """TV_t of a model with itself is 0 at every position, against another model it is in (0, 1],
+    and the yardstick (temperature 1.1) is positive; one value per prompt and position."""
+    a, b, tok = make_model("llama", seed=0), make_model("llama", seed=1), make_tokenizer(chat_template=True)
+    same, yard = continuation_tv(a, a, tok, ["hi there", "tell me"], new_tokens=5)
+    assert same.shape == (10,) and torch.equal(same, torch.zeros(10)) and (yard > 0).all()
+    other, _ = continuation_tv(a, b, tok, ["hi there", "tell me"], new_tokens=5)
+    assert ((other > 0) & (other <= 1)).all()
+    assert torch.allclose(next_token_tv(torch.zeros(3, 4), torch.zeros(3, 4)), torch.zeros(3))
