@@ -66,7 +66,7 @@ POOL = 128
 BON = (8, 16, 32, 64, 128)
 
 
-def sr(n0: int, schedule: list[tuple[int, int]]) -> SpeculativeRejection:
+def sr(n0: int, schedule: list[tuple[int, ...]]) -> SpeculativeRejection:
     return SpeculativeRejection(num_samples=n0, schedule=schedule)
 
 
@@ -76,11 +76,16 @@ def controllers(T: int) -> dict:
     and 16 from n₀ = 64, 128, 256 (``sr-n₀``), an aggressive one from n₀ = 128 keeping 32 at
     token 4 and 8 at token 16 (``sr-128a``, 1,024 tokens: Best-of-128's quarter), and SMC with 32
     particles (1,024 tokens), with a checkpoint every 8 tokens (``smc-32``) or at sentence ends
-    (``smc-32s``)."""
+    (``smc-32s``); speculative rejection with regrowth (``srf-32``, ``srf-64``, ``srf-128w``)."""
     out: dict = {"bon-pool": ("pool", lambda: ca.BestOfN(num_samples=POOL, num_iterations=1, sigma=0.0))}
     for n0 in (64, 128, 256):
         out[f"sr-{n0}"] = ("closed", lambda n0=n0: sr(n0, [(8, n0 // 2), (16, n0 // 4)]))
     out["sr-128a"] = ("closed", lambda: sr(128, [(4, 32), (16, 8)]))
+    # regrowth: keep the best prefixes and fork them back (srf-32: 1,024 tokens; srf-64: 2,048;
+    # srf-128w: a wide first cut, 128 → 16 at token 4, then keep 4 and fork to 16: 960 tokens)
+    for n0 in (32, 64):
+        out[f"srf-{n0}"] = ("closed", lambda n0=n0: sr(n0, [(t, n0 // 4, n0) for t in (8, 16, 24)]))
+    out["srf-128w"] = ("closed", lambda: sr(128, [(4, 16), (12, 4, 16), (20, 4, 16)]))
     # archive=False: the protocol as it started (the archive came later); at T = 32 rows seldom end early
     out["smc-32"] = ("closed", lambda: SMC(num_particles=32, block_size=8, temperature=0.05,
                                           twist_target_ess=0.5, resample_threshold=0.5, archive=False))
@@ -254,7 +259,8 @@ def heldout_cache(rows: list[dict], path: Path, policy: str) -> dict:
 
 #: the figure's legend per curve (:func:`family`)
 LEGEND = {"bon": "Best-of-N", "smc": "SMC", "smc-s": "SMC, sentence checkpoints", "sr": "speculative rejection",
-          "sr-a": "speculative rejection (aggressive)", "aisp-learning": "AISP, learning preset"}
+          "sr-a": "speculative rejection (aggressive)",
+          "srf": "speculative rejection, regrowth", "srf-w": "speculative rejection, wide regrowth", "aisp-learning": "AISP, learning preset"}
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:

@@ -86,13 +86,18 @@ def _add_model(a: argparse.ArgumentParser) -> None:
 
 
 def _schedule(text: str) -> list[list[int | float]]:
-    """``T:M,T:M,...`` as a schedule [[T, M], ...] (checked by the controller); an M with a
-    decimal point is a fraction of n₀."""
+    """``T:M,T:M,...`` (or ``T:M:R``) as a schedule [[T, M], ...] / [[T, M, R], ...] (checked by the
+    controller); an M or R with a decimal point is a fraction of n₀."""
+    def count(x: str) -> int | float:
+        return float(x) if "." in x else int(x)
     try:
-        return [[int(t), float(m) if "." in m else int(m)] for t, m in (pair.split(":") for pair in text.split(","))]
+        steps = [step.split(":") for step in text.split(",")]
+        if any(len(step) not in (2, 3) for step in steps):
+            raise ValueError(text)
+        return [[int(step[0]), *map(count, step[1:])] for step in steps]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected T:M,T:M,... (T an integer; M an integer row count or a "
-                                         f"fraction of n₀ such as 0.5), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected T:M,T:M,... or T:M:R,... (T an integer; M, R integer row counts "
+                                         f"or fractions of n₀ such as 0.5), got {text!r}") from None
 
 
 def _controller_options() -> set[str]:
@@ -129,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the controller flags it takes and receding-horizon does not (-n, -k, --sigma, ...) go to it")
     a.add_argument("--schedule", default=None, type=_schedule, metavar="T:M,T:M,...",
                    help="speculative-rejection: at T tokens keep the M best rows, e.g. 8:16,16:8, or a fraction "
-                   "of n₀, e.g. 8:0.5,16:0.25 (replaces --block-size/--keep-fraction)")
+                   "of n₀, e.g. 8:0.5,16:0.25; T:M:R continues with R rows, the survivors forked back, e.g. "
+                   "8:8:32,16:8:32 (replaces --block-size/--keep-fraction)")
     a.add_argument("--space", default=None, choices=list(SPACES),
                    help="control space (default: the preset's); its options are the flags that follow")
     add_arguments(a, SPACES.specs(), exclude=_controller_options())

@@ -181,6 +181,7 @@ CLOSED_LOOP: dict[str, Callable[[], Any]] = {
     "smc_sentences": lambda: SMC(num_particles=4, block_size=3, temperature=0.5, resample_threshold=1.0,
                                  checkpoint_at="sentences"),
     "speculative": lambda: SpeculativeRejection(num_samples=6, schedule=[(1, 3), (2, 2)]),
+    "speculative_regrow": lambda: SpeculativeRejection(num_samples=6, schedule=[(1, 2, 6), (2, 2, 4)]),
     "receding_aisp": lambda: RecedingHorizon(AISP(num_samples=3, num_iterations=2, sigma=0.7, temperature=0.5),
                                              block_size=1, lookahead=2),
     "receding_bon": lambda: RecedingHorizon(BestOfN(num_samples=3, num_iterations=2, sigma=0.0), block_size=2),

@@ -109,6 +109,7 @@ def test_cli_solution_matches_the_python_api(tiny):
 @pytest.mark.parametrize("section", [
     {"name": "smc", "num_particles": 4, "block_size": 2, "twist_target_ess": 0.5, "scheme": "residual"},
     {"name": "speculative-rejection", "num_samples": 8, "schedule": [[2, 4], [3, 2]]},
+    {"name": "speculative-rejection", "num_samples": 8, "schedule": [[2, 2, 8], [3, 0.25, 0.5]]},
     {"name": "receding-horizon", "block_size": 2, "lookahead": 3,
      "inner": {"name": "aisp", "num_samples": 2, "num_iterations": 2, "target_ess": 0.5}},
 ])
@@ -145,6 +146,8 @@ BAD = [  # (argv after the prompt, exit code, fragments of the message)
     (["--controller", "speculative-rejection", "--schedule", "4:2,2:1"], 2, ["schedule[1] position"]),
     (["--controller", "speculative-rejection", "--save-candidates", "c.jsonl"], 2, ["run.save_candidates"]),
     (["--controller", "speculative-rejection", "--schedule", "x"], 2, ["T:M"]),
+    (["--controller", "speculative-rejection", "--schedule", "2:2:1:1"], 2, ["T:M:R"]),
+    (["--controller", "speculative-rejection", "-n", "4", "--schedule", "2:2:5"], 2, ["r=5", "the 4 alive"]),
     (["--controller", "speculative-rejection", "--keep-fraction", "0"], 2, ["keep_fraction", "(0, 1]"]),
     (["--controller", "receding-horizon", "--inner", "bon", "--alpha", "0.5"], 2, ["alpha"]),
     (["--controller", "receding-horizon", "--inner", "smc"], 2, ["--inner", "'smc'"]),

@@ -31,7 +31,8 @@ def continuation_tv(model_a: Any, model_b: Any, tokenizer: Any, prompts: Sequenc
     """TV_t between two causal LMs' next-token laws along model a's sampled continuations.
 
     Args:
-        model_a, model_b: ``transformers`` causal LMs on one tokenizer (a samples the text).
+        model_a: a ``transformers`` causal LM; it samples the continuations.
+        model_b: a causal LM on the same tokenizer, compared with ``model_a`` along them.
         tokenizer: their tokenizer (with a chat template: each prompt is one user message).
         prompts: the prompts; prompt k's continuation is sampled after ``torch.manual_seed(k)``.
         new_tokens: T, tokens per continuation (EOS not allowed to stop it early).

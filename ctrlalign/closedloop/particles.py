@@ -205,14 +205,18 @@ class Particles:
         self.full_calls += full_calls
         return scores
 
-    def select(self, rows: torch.Tensor, *, carry_noise: bool) -> None:
+    def select(self, rows: torch.Tensor, *, carry_noise: bool | torch.Tensor) -> None:
         """Continue row (j, i) from old row (j, rows[j, i]) for rows (D, n'): the dynamics state and
-        the control follow the ancestor; the noise follows it only with ``carry_noise`` (see the
-        module docstring)."""
+        the control follow the ancestor; the noise follows it with ``carry_noise=True``, stays with
+        the row's own column with False (see the module docstring), or, given as (D, n') long,
+        comes from old column (j, carry_noise[j, i]) (forking: distinct columns per prompt give
+        every new row unused noise)."""
         self.state = self.dynamics.select(self.state, rows.to(self.dynamics.device))
         if self.controls is not None:
             self.controls = _gather_rows(self.controls, rows)
-        if carry_noise:
+        if isinstance(carry_noise, torch.Tensor):
+            self.noise = _gather_rows(self.noise, carry_noise)
+        elif carry_noise:
             self.noise = _gather_rows(self.noise, rows)
         elif rows.shape[1] != self.num_rows:
             raise ValueError(f"rows keep their own noise only when their number stays {self.num_rows}, "

@@ -8,9 +8,18 @@ others; decode the survivors to the end and return the one with the highest full
 finishes exactly as it would have in Best-of-:math:`n_0`: the kept response is one of
 Best-of-:math:`n_0`'s, chosen among fewer finished candidates at a fraction of the tokens.
 
+**Regrowth.** A checkpoint may also continue with more rows than it keeps: :math:`(t_c, m_c, r_c)`,
+:math:`m_c \le r_c \le` the rows alive before it, keeps the :math:`m_c` best prefixes and forks
+them back to :math:`r_c` rows — survivor i (in row order) is continued by rows i, i + m_c,
+i + 2m_c, … — each extra row with the unused noise of a stopped row, so it continues the
+survivor's prefix differently (as in TreeBoN, arXiv 2410.16033). The decoded tokens then go
+where the prefix score says the reward is. :math:`r_c = m_c` (the default) is plain pruning.
+
 Special cases: a schedule that stops nothing (every :math:`m_c = n_0`, ρ = 1, or no checkpoint)
 is Best-of-:math:`n_0`, bit for bit. The default schedule is the constant-rate one (a checkpoint
-every b tokens keeping a fraction ρ of the rows); an explicit one replaces it.
+every b tokens keeping a fraction ρ of the rows); an explicit one replaces it. Without regrowth
+the kept response is one of Best-of-:math:`n_0`'s; with it, it may be one Best-of-:math:`n_0`
+never drew.
 
 Known failure mode: a prefix reward that predicts the final one poorly stops good responses;
 compare at matched tokens against Best-of-N (the result counts tokens per prompt).
@@ -56,11 +65,14 @@ class SpeculativeRejection(ClosedLoopController):
         keep_fraction: ρ in (0, 1], rows kept at each checkpoint of the constant-rate schedule
             (1: stop nothing, Best-of-n₀).
         min_rows: rows never pruned below this many.
-        schedule: ``[(t, m), ...]``: at position t (tokens decoded, increasing) keep the m best
-            rows (non-increasing, >= 1); replaces the constant-rate schedule. m is a row count (an
-            int) or a fraction of n₀ (a float in (0, 1]: ⌈m·n₀⌉ rows), so that one schedule
-            serves every n₀: ``[(8, 0.5), (16, 0.25)]`` is ``[(8, 128), (16, 64)]`` at n₀ = 256.
-            Checkpoints at or past the end of a response are ignored.
+        schedule: ``[(t, m), ...]`` or ``[(t, m, r), ...]``: at position t (tokens decoded,
+            increasing) keep the m best rows (>= 1, at most the rows alive) and continue with r
+            rows (m <= r <= the rows alive before; default m: pruning; more: the survivors forked
+            back, the module docstring); replaces the constant-rate schedule. m and r are row
+            counts (ints) or fractions of n₀ (floats in (0, 1]: ⌈m·n₀⌉ rows), so that one
+            schedule serves every n₀: ``[(8, 0.5), (16, 0.25)]`` is ``[(8, 128), (16, 64)]`` at
+            n₀ = 256, and ``[(8, 0.25, 1.0)]`` keeps a quarter at token 8 and forks it back to n₀
+            rows. Checkpoints at or past the end of a response are ignored.
     """
 
     name = "speculative-rejection"
@@ -70,8 +82,9 @@ class SpeculativeRejection(ClosedLoopController):
         Hyperparameter("keep_fraction", float, "rows kept at each checkpoint of the constant-rate schedule "
                        "(1: stop nothing, Best-of-n₀)", "ρ", low=0, high=1, low_open=True),
         Hyperparameter("min_rows", int, "rows never pruned below this many", low=1),
-        Hyperparameter("schedule", list, "[[t, m], ...]: at t tokens keep the m best rows (t increasing, m "
-                       "non-increasing; m a count, or a fraction of n₀ when a float in (0, 1]); replaces the "
+        Hyperparameter("schedule", list, "[[t, m], ...] or [[t, m, r], ...]: at t tokens keep the m best rows and "
+                       "continue with r (default m; more: the survivors forked back); t increasing, m <= r <= the rows "
+                       "alive before; m, r counts, or fractions of n₀ when floats in (0, 1]; replaces the "
                        "constant-rate schedule", nullable=True),
     )
 
@@ -87,38 +100,61 @@ class SpeculativeRejection(ClosedLoopController):
         """A schedule entry's rows: m itself (an int), or ⌈m·n₀⌉ for a fraction m in (0, 1]."""
         return m if isinstance(m, int) else max(1, math.ceil(m * self.num_samples))
 
-    def _check_schedule(self, schedule: Sequence[tuple[int, int | float]]) -> tuple[tuple[int, int | float], ...]:
+    def _check_count(self, i: int, what: str, value: float) -> float:
+        """A schedule entry's row count m or r: an int >= 1, or a float fraction of n₀ in (0, 1]."""
+        if isinstance(value, float):
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"schedule[{i}] fraction {what} must be in (0, 1] (a float is a fraction of "
+                                  f"n₀; an int a row count), got {value!r}")
+            return value
+        return check_int(f"schedule[{i}] rows {what}", value, minimum=1, symbol="m" if what == "kept" else "r")
+
+    def _check_schedule(self, schedule: Sequence[Sequence[int | float]]) -> tuple[tuple[int | float, ...], ...]:
         steps = []
-        previous_t, previous_m = 0, self.num_samples
+        previous_t, alive = 0, self.num_samples
         for i, item in enumerate(schedule):
-            if not (isinstance(item, (tuple, list)) and len(item) == 2):
-                raise ConfigError(f"schedule[{i}] must be a pair (position t, rows kept m), got {item!r}")
+            if not (isinstance(item, (tuple, list)) and len(item) in (2, 3)):
+                raise ConfigError(f"schedule[{i}] must be a pair (position t, rows kept m) or a triple (t, m, rows "
+                                  f"after r), got {item!r}")
             t = check_int(f"schedule[{i}] position", item[0], minimum=previous_t + 1, symbol="t")
-            if isinstance(item[1], float):
-                m = item[1]
-                if not 0.0 < m <= 1.0:
-                    raise ConfigError(f"schedule[{i}] fraction kept must be in (0, 1] (a float is a fraction of "
-                                      f"n₀; an int a row count), got {m!r}")
-            else:
-                m = check_int(f"schedule[{i}] rows kept", item[1], minimum=1, symbol="m")
-            if self.rows_kept(m) > previous_m:
-                raise ConfigError(f"schedule[{i}] keeps m={m} ({self.rows_kept(m)} rows), more than the {previous_m} "
+            m = self._check_count(i, "kept", item[1])
+            if self.rows_kept(m) > alive:
+                raise ConfigError(f"schedule[{i}] keeps m={m} ({self.rows_kept(m)} rows), more than the {alive} "
                                   "alive before it; the rows kept must not increase")
-            steps.append((t, m))
-            previous_t, previous_m = t, self.rows_kept(m)
+            r = m if len(item) == 2 else self._check_count(i, "after", item[2])
+            if not self.rows_kept(m) <= self.rows_kept(r) <= alive:
+                raise ConfigError(f"schedule[{i}] continues with r={r} ({self.rows_kept(r)} rows); r must be between "
+                                  f"the rows kept ({self.rows_kept(m)}) and the {alive} alive before it")
+            steps.append((t, m) if len(item) == 2 else (t, m, r))
+            previous_t, alive = t, self.rows_kept(r)
         return tuple(steps)
 
-    def schedule_for(self, horizon: int) -> tuple[tuple[int, int], ...]:
-        """The checkpoints used for responses of T = ``horizon`` tokens, as (t, rows kept): the
-        explicit schedule's before T (fractions resolved against n₀), or the constant-rate one."""
+    def schedule_for(self, horizon: int) -> tuple[tuple[int, int, int], ...]:
+        """The checkpoints used for responses of T = ``horizon`` tokens, as (t, rows kept m, rows
+        after r): the explicit schedule's before T (fractions resolved against n₀; r = m unless
+        given), or the constant-rate one (r = m)."""
         T = check_int("horizon", horizon, minimum=1, symbol="T")
         if self.schedule is not None:
-            return tuple((t, self.rows_kept(m)) for t, m in self.schedule if t < T)
+            return tuple((step[0], self.rows_kept(step[1]), self.rows_kept(step[-1])) for step in self.schedule
+                         if step[0] < T)
         m, out = self.num_samples, []
         for t in range(self.block_size, T, self.block_size):
             m = max(self.min_rows, min(m, math.ceil(self.keep_fraction * m)))
-            out.append((t, m))
+            out.append((t, m, m))
         return tuple(out)
+
+    @staticmethod
+    def regrow(kept: torch.Tensor, rows_before: int, rows_after: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows after a checkpoint that keeps ``kept`` (D, m) of ``rows_before`` rows and
+        continues with r = ``rows_after`` (m <= r <= rows_before): ``(rows, noise)``, each (D, r) —
+        row i continues survivor ``kept[:, i % m]``; the first m rows keep their survivor's own noise
+        column, the others take the stopped rows' columns in order (unused noise, so that no two
+        rows continue alike)."""
+        D, m = kept.shape
+        rows = kept[:, torch.arange(rows_after) % m]
+        stopped = torch.ones(D, rows_before, dtype=torch.bool).scatter_(1, kept, False)
+        free = torch.arange(rows_before).expand(D, rows_before)[stopped].view(D, rows_before - m)
+        return rows, torch.cat([kept, free[:, :rows_after - m]], 1)
 
     def run(self, dynamics: StepwiseDynamics, cost: Cost | Reward, prompts: Sequence[Any], *, seed: int = 0,
             context: Any = None, controls: torch.Tensor | None = None) -> ClosedLoopResult:
@@ -127,7 +163,7 @@ class SpeculativeRejection(ClosedLoopController):
         :class:`~ctrlalign.closedloop.base.ClosedLoopResult`; ``final_rewards`` are the survivors'."""
         t_start = time.perf_counter()
         run = start_run("SpeculativeRejection", dynamics, cost, prompts, seed=seed, context=context,
-                        scores_prefixes=lambda T: any(m < self.num_samples for _, m in self.schedule_for(T)))
+                        scores_prefixes=lambda T: any(m < self.num_samples for _, m, _ in self.schedule_for(T)))
         prompts, T = run.prompts, run.horizon
         D = len(prompts)
         particles = Particles(run.dynamics, run.context, prompts, run.cost, self.num_samples, run.generators, controls)
@@ -135,16 +171,21 @@ class SpeculativeRejection(ClosedLoopController):
         trace: list[Checkpoint] = []
         nan = torch.full((D,), float("nan"), dtype=torch.float64)
         t0 = 0
-        for t, m in checkpoints:
+        for t, m, r in checkpoints:
             particles.advance(t0, t)
             t0 = t
-            if m == particles.num_rows:  # nothing to stop: no prefix score needed
+            if m == particles.num_rows:  # nothing to stop (r is then m too): no prefix score needed
                 continue
             outcomes = particles.outcomes()
             scores = particles.score(outcomes, prefix=True)
             distinct = distinct_rows(outcomes)
-            particles.select(keep_best(scores, m), carry_noise=True)
-            trace.append(Checkpoint(t, torch.full((D,), m), torch.full((D,), float(particles.num_rows)), nan,
+            kept = keep_best(scores, m)
+            if r == m:
+                particles.select(kept, carry_noise=True)
+            else:
+                rows, noise = self.regrow(kept, particles.num_rows, r)
+                particles.select(rows, carry_noise=noise)
+            trace.append(Checkpoint(t, torch.full((D,), particles.num_rows), torch.full((D,), float(particles.num_rows)), nan,
                                     scores.mean(-1), torch.ones(D, dtype=torch.bool), distinct))
         if t0 < T:
             particles.advance(t0, T)
