@@ -271,6 +271,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "controller": {"name": "speculative-rejection", "num_samples": 256, "schedule": [[8, 0.5], [16, 0.25]]},
         "model": {"greedy": False, "max_new_tokens": 32, "dtype": "auto"},
     },
+    "regrowth": {
+        "help": "speculative rejection with regrowth: 32 sampled responses; after 8, 16 and 24 tokens the 8 "
+                "best prefixes are kept and forked back to 32 rows (1,024 tokens, a quarter of the default's): "
+                "measured on SmolLM2 to reach Best-of-128's reward on average at a quarter of its tokens "
+                "(BENCHMARKS.md)",
+        "controller": {"name": "speculative-rejection", "num_samples": 32,
+                       "schedule": [[8, 0.25, 1.0], [16, 0.25, 1.0], [24, 0.25, 1.0]]},
+        "model": {"greedy": False, "max_new_tokens": 32, "dtype": "auto"},
+    },
     "learning": {
         "help": "AISP in the head's top-32 singular directions (shared by all tokens), λ adaptive "
                 "(ESS = n/4), greedy rollouts: the configuration measured to learn (tutorial 6)",

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import ctrlalign as ca
 from ctrlalign.cli import align_config, build_parser, main
-from ctrlalign.config import RunConfig, validate_config
+from ctrlalign.config import PRESETS, ControllerConfig, RunConfig, validate_config
 from ctrlalign.controllers import CONTROLLERS
 from ctrlalign.declare import describe
 from ctrlalign.rewards import register_reward
@@ -64,6 +64,23 @@ def test_align_runs_each_closed_loop_controller_end_to_end(tiny, name, tmp_path,
         assert rec["prefix_calls"] == 4 and rec["reward_calls"] == 2
     if name == "receding-horizon":  # two windows of 2 rollouts, the first scored on its prefix
         assert rec["prefix_calls"] == 2 and rec["reward_calls"] == 2
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_runs_end_to_end(tiny, preset, tmp_path):
+    """``align --preset NAME`` runs each preset on the tiny model; a closed-loop preset's first
+    checkpoint (token 8 of 10) continues with the rows its schedule says (regrowth: 32 again)."""
+    out = tmp_path / "rec.json"
+    assert main(["align", "hello there", "--model", str(tiny), "--preset", preset, "--max-new-tokens", "10", "-q",
+                 "--output", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    section = PRESETS[preset]["controller"]
+    assert rec["controller"] == section["name"] and rec["response"] is not None
+    if section["name"] == "speculative-rejection":
+        (t, _, rows), *_ = ControllerConfig(**section).build().schedule_for(10)
+        first = rec["trace"][0]
+        assert (first["position"], first["rows"]) == (t, rows)
+        assert rec["tokens"] <= section["num_samples"] * 8 + rows * 2
 
 
 def test_align_runs_smc_with_sentence_checkpoints(tiny, tmp_path, capsys):
