@@ -257,6 +257,37 @@ def heldout_cache(rows: list[dict], path: Path, policy: str) -> dict:
     return cache
 
 
+#: the rewards' names in the goal table
+REWARD_NAMES = {"steering": "steering", "reference": "reference similarity", "tradeoff": "−sentiment − 2·toxicity"}
+
+
+def read_table(path: Path) -> dict[str, dict[str, str]]:
+    """A report table written by :func:`report`, as label → {column: cell}."""
+    lines = [[c.strip() for c in line.strip().strip("|").split("|")] for line in path.read_text().splitlines()]
+    return {cells[0]: dict(zip(lines[0], cells)) for cells in lines[2:]}
+
+
+def goal_table(model: str, labels: list[str]) -> str:
+    """The goal protocol's summary across the three rewards, from their report tables: per reward
+    and label, Δ against Best-of-N at matched tokens and against Best-of-{POOL}, and the held-out
+    columns beside those of the Best-of-N nearest in decoded tokens (in parentheses)."""
+    head = ["reward", "controller", "runs", "tokens / prompt", "Δ vs Best-of-N, matched tokens",
+            f"Δ vs Best-of-{POOL}", "diversity (Best-of-N)", "fluency (Best-of-N)", "degenerate (Best-of-N)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for reward, name in REWARD_NAMES.items():
+        path = RESULTS / f"closed_loop-{reward}-{model}.md"
+        rows = read_table(path) if path.exists() else {}
+        bons = [f"bon-{n}" for n in BON if f"bon-{n}" in rows]
+        for lb in (lb for lb in labels if lb in rows and bons):
+            x = rows[lb]
+            tokens = int(x["tokens / prompt"])
+            bon = rows[min(bons, key=lambda b: abs(int(rows[b]["tokens / prompt"]) - tokens))]
+            held = [f"{x.get(c, '')} ({bon.get(c, '')})" for c in ("diversity", "fluency [95% CI]", "degenerate")]
+            lines.append("| " + " | ".join([name, lb, x["runs"], f"{tokens:,}", x["Δ vs Best-of-N, matched tokens [95% CI]"],
+                                            x[f"Δ vs Best-of-{POOL}"], *held]) + " |")
+    return "\n".join(lines)
+
+
 #: the figure's legend per curve (:func:`family`)
 LEGEND = {"bon": "Best-of-N", "smc": "SMC", "smc-s": "SMC, sentence checkpoints", "sr": "speculative rejection",
           "sr-a": "speculative rejection (aggressive)",
@@ -295,9 +326,17 @@ def main() -> None:
     ap.add_argument("--controllers", nargs="+", default=None, metavar="LABEL",
                     help="run only these of the controllers' labels (bon-pool, sr-64, ..., aisp-learning); "
                          "the report still reads every row in the output")
+    ap.add_argument("--goal", nargs="+", default=None, metavar="LABEL",
+                    help="only write the goal summary of these labels across the three rewards' reports "
+                         "(closed_loop-goal-MODEL.md)")
     ap.add_argument("--heldout", action="store_true",
                     help="score the kept responses' diversity and held-out fluency (cached beside the output)")
     args = ap.parse_args()
+    if args.goal:
+        table = goal_table(args.model, args.goal)
+        print(table)
+        (RESULTS / f"closed_loop-goal-{args.model}.md").write_text(table + "\n")
+        return
     if args.output is None:
         args.output = RESULTS / f"closed_loop-{args.reward}-{args.model}.jsonl"
     torch.set_num_threads(1)
