@@ -261,25 +261,27 @@ class ControllerConfig(ComponentSection):
         return make_selection(self.selection, self.final_samples)
 
 
+def _regrowth_preset(rows: int, help: str) -> dict[str, Any]:
+    """Speculative rejection from ``rows`` sampled responses at T = 32: at tokens 8, 16 and 24 the best
+    quarter of the prefixes is kept and forked back to ``rows`` (32·rows decoded tokens)."""
+    return {"help": help,
+            "controller": {"name": "speculative-rejection", "num_samples": rows,
+                           "schedule": [[t, 0.25, 1.0] for t in (8, 16, 24)]},
+            "model": {"greedy": False, "max_new_tokens": 32, "dtype": "auto"}}
+
+
 #: starting configurations for ``ctrlalign align --preset NAME`` (sections of a run config)
 PRESETS: dict[str, dict[str, Any]] = {
-    "speculative": {
-        "help": "speculative rejection: 256 sampled responses, the better half by prefix reward kept at "
-                "tokens 8 and 16, the best finished one returned (4,096 tokens, the learning preset's "
-                "16 × 8 × 32): closed loop, measured to beat Best-of-N at matched tokens (tutorial 7); bfloat16 "
-                "where the device computes it natively (half the time on CPU, benchmarks/cpu_dtype.py)",
-        "controller": {"name": "speculative-rejection", "num_samples": 256, "schedule": [[8, 0.5], [16, 0.25]]},
-        "model": {"greedy": False, "max_new_tokens": 32, "dtype": "auto"},
-    },
-    "regrowth": {
-        "help": "speculative rejection with regrowth: 32 sampled responses; after 8, 16 and 24 tokens the 8 "
-                "best prefixes are kept and forked back to 32 rows (1,024 tokens, a quarter of the default's): "
-                "measured on SmolLM2 to reach Best-of-128's reward on average at a quarter of its tokens "
-                "(BENCHMARKS.md)",
-        "controller": {"name": "speculative-rejection", "num_samples": 32,
-                       "schedule": [[8, 0.25, 1.0], [16, 0.25, 1.0], [24, 0.25, 1.0]]},
-        "model": {"greedy": False, "max_new_tokens": 32, "dtype": "auto"},
-    },
+    "speculative": _regrowth_preset(
+        64, "speculative rejection with regrowth: 64 sampled responses; after 8, 16 and 24 tokens the 16 best "
+        "prefixes by prefix reward are kept and forked back to 64 rows, the best finished one returned (2,048 "
+        "tokens): closed loop, measured on SmolLM2 to beat Best-of-128 with half its tokens on three rewards "
+        "(tutorial 7, BENCHMARKS.md); bfloat16 where the device computes it natively (half the time on CPU, "
+        "benchmarks/cpu_dtype.py)"),
+    "fast": _regrowth_preset(
+        32, "the default at half the rows: 32 sampled responses, the 8 best prefixes forked back to 32 after 8, "
+        "16 and 24 tokens (1,024 tokens): measured on SmolLM2 to reach Best-of-128's reward on average with a "
+        "quarter of its tokens (BENCHMARKS.md)"),
     "learning": {
         "help": "AISP in the head's top-32 singular directions (shared by all tokens), λ adaptive "
                 "(ESS = n/4), greedy rollouts: the configuration measured to learn (tutorial 6)",

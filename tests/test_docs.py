@@ -385,7 +385,7 @@ def test_index_examples_are_the_default_and_learning_presets_and_run(monkeypatch
             assert {k: getattr(space, k) for k in preset["space"] if k != "name"} == \
                 {k: v for k, v in preset["space"].items() if k != "name"}
     first, second = after
-    assert first["result"].rewards.shape == (1,) and int(first["result"].tokens[0]) <= 256 * 32
+    assert first["result"].rewards.shape == (1,) and int(first["result"].tokens[0]) <= 64 * 32
     assert len(second["result"].trace) == second["ctrl"].num_iterations
 
 
