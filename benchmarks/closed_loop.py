@@ -295,7 +295,7 @@ LEGEND = {"bon": "Best-of-N", "smc": "SMC", "smc-s": "SMC, sentence checkpoints"
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     families: dict[str, list] = {}
     for r in rows:
         families.setdefault(family(r["label"]), []).append(r)
@@ -306,10 +306,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         xy = sorted((np.mean([p[0] for p in v]), np.mean([p[1] for p in v])) for v in pts.values())
         ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label=LEGEND.get(fam, fam))
     ax.set_xscale("log")
+    ticks = [32 * n for n in BON]
+    ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("decoded tokens per prompt (log)")
     ax.set_ylabel("kept reward (mean over prompts × seeds)")
     ax.set_title(title, fontsize=10)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=200)
 
