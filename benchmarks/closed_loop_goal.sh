@@ -9,7 +9,7 @@ export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARA
 py=${PYTHON:-.venv/bin/python}
 # The learning preset (aisp-learning, half of a stage's time) runs in the first two stages only:
 # it is the open-loop reference, not a candidate for the goal.
-closed="bon-pool sr-64 sr-128 sr-256 sr-128a smc-32"
+closed="bon-pool sr-64 sr-128 sr-256 sr-128a smc-32 smc-32s srf-32 srf-64 srf-128w"
 for stage in "default 4 all" "default 8 all" "default 12 closed" "default 16 closed" "gemma3-270m 4 closed" \
              "gemma3-270m 8 closed"; do
   set -- $stage
