@@ -179,14 +179,11 @@ class SpeculativeRejection(ClosedLoopController):
             outcomes = particles.outcomes()
             scores = particles.score(outcomes, prefix=True)
             distinct = distinct_rows(outcomes)
-            kept = keep_best(scores, m)
-            if r == m:
-                particles.select(kept, carry_noise=True)
-            else:
-                rows, noise = self.regrow(kept, particles.num_rows, r)
-                particles.select(rows, carry_noise=noise)
-            trace.append(Checkpoint(t, torch.full((D,), particles.num_rows), torch.full((D,), float(particles.num_rows)), nan,
-                                    scores.mean(-1), torch.ones(D, dtype=torch.bool), distinct))
+            rows, noise = self.regrow(keep_best(scores, m), particles.num_rows, r)  # r = m: pruning
+            particles.select(rows, carry_noise=noise)
+            alive = torch.full((D,), r)
+            trace.append(Checkpoint(t, alive, alive.float(), nan, scores.mean(-1), torch.ones(D, dtype=torch.bool),
+                                    distinct))
         if t0 < T:
             particles.advance(t0, T)
         outcomes = particles.outcomes()
